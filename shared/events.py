@@ -1,0 +1,169 @@
+"""The event schema: OpenAI Responses streaming events, and how each is stored as a Redis stream entry.
+
+Stream entry (one per event), id "<sequence_number>-1":
+    seq      sequence number, 0-based, +1 per event of the response (assigned by Redis, see turn_state)
+    type     the event type, e.g. "response.output_text.delta"
+    attempt  which run of the turn wrote it (1, 2, ...); a higher attempt means a re-run: drop what the
+             lower attempt streamed and rebuild from the new attempt's events
+    data     the event JSON, exactly what the SSE `data:` line carries (includes sequence_number)
+
+Builders here return the event without `sequence_number`; Redis splices it in when the entry is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+Event = dict[str, Any]
+
+CREATED = "response.created"
+IN_PROGRESS = "response.in_progress"
+COMPLETED = "response.completed"
+FAILED = "response.failed"
+# OpenAI has no cancelled stream event; a cancelled turn ends with response.incomplete whose
+# response.status is "cancelled", which every SDK's event union still accepts.
+INCOMPLETE = "response.incomplete"
+TERMINAL_TYPES = frozenset({COMPLETED, FAILED, INCOMPLETE})
+
+TERMINAL_TYPE_FOR_STATUS = {
+    "completed": COMPLETED,
+    "failed": FAILED,
+    "incomplete": INCOMPLETE,
+    "cancelled": INCOMPLETE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    seq: int
+    type: str
+    attempt: int
+    data: str  # JSON text
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+    def json(self) -> Event:
+        result: Event = json.loads(self.data)
+        return result
+
+
+def decode_entry(fields: dict[bytes, bytes] | dict[str, str]) -> StreamEvent:
+    f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+         for k, v in fields.items()}
+    return StreamEvent(seq=int(f["seq"]), type=f["type"], attempt=int(f["attempt"]), data=f["data"])
+
+
+def entry_id(seq: int) -> str:
+    return f"{seq}-1"
+
+
+def encode(event: Event) -> str:
+    # Compact and starting with '{"type":' so Redis can splice the sequence number in front.
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+# --- builders ---------------------------------------------------------------------------------
+
+
+def lifecycle(kind: str, response: dict[str, Any]) -> Event:
+    return {"type": kind, "response": response}
+
+
+def output_item_added(output_index: int, item: dict[str, Any]) -> Event:
+    return {"type": "response.output_item.added", "output_index": output_index, "item": item}
+
+
+def output_item_done(output_index: int, item: dict[str, Any]) -> Event:
+    return {"type": "response.output_item.done", "output_index": output_index, "item": item}
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def content_part_added(item_id: str, output_index: int) -> Event:
+    return {
+        "type": "response.content_part.added",
+        "item_id": item_id,
+        "output_index": output_index,
+        "content_index": 0,
+        "part": _text_part(""),
+    }
+
+
+def content_part_done(item_id: str, output_index: int, text: str) -> Event:
+    return {
+        "type": "response.content_part.done",
+        "item_id": item_id,
+        "output_index": output_index,
+        "content_index": 0,
+        "part": _text_part(text),
+    }
+
+
+def text_delta(item_id: str, output_index: int, delta: str) -> Event:
+    return {
+        "type": "response.output_text.delta",
+        "item_id": item_id,
+        "output_index": output_index,
+        "content_index": 0,
+        "delta": delta,
+        "logprobs": [],
+    }
+
+
+def text_done(item_id: str, output_index: int, text: str) -> Event:
+    return {
+        "type": "response.output_text.done",
+        "item_id": item_id,
+        "output_index": output_index,
+        "content_index": 0,
+        "text": text,
+        "logprobs": [],
+    }
+
+
+def arguments_delta(item_id: str, output_index: int, delta: str) -> Event:
+    return {
+        "type": "response.function_call_arguments.delta",
+        "item_id": item_id,
+        "output_index": output_index,
+        "delta": delta,
+    }
+
+
+def arguments_done(item_id: str, output_index: int, name: str, arguments: str) -> Event:
+    return {
+        "type": "response.function_call_arguments.done",
+        "item_id": item_id,
+        "output_index": output_index,
+        "name": name,
+        "arguments": arguments,
+    }
+
+
+# --- items --------------------------------------------------------------------------------------
+
+
+def message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    content = [_text_part(text)] if status != "in_progress" else []
+    return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": content}
+
+
+def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
+def function_call_output_item(item_id: str, call_id: str, output: str, status: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "function_call_output", "call_id": call_id, "output": output, "status": status}

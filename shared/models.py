@@ -1,0 +1,99 @@
+"""The pydantic models that cross Redis between the API and the worker.
+
+Items (messages, function calls, their outputs) are stored in exactly the JSON shape OpenAI's Responses and
+Conversations APIs return, so the API can hand them back without translation.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Item = dict[str, Any]
+
+
+class Status(StrEnum):
+    QUEUED = "queued"  # accepted, waiting for a worker (or for the conversation's previous turn)
+    IN_PROGRESS = "in_progress"  # a worker is running it
+    COMPLETED = "completed"  # the model finished (including "ended with client function calls")
+    FAILED = "failed"  # upstream error, deadline, or the turn ran out of attempts
+    CANCELLED = "cancelled"  # cancel was requested
+    INCOMPLETE = "incomplete"  # stopped at a limit: output bytes/tokens or tool rounds
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (Status.QUEUED, Status.IN_PROGRESS)
+
+
+TERMINAL_STATUSES = frozenset(s.value for s in Status if s.terminal)
+
+LockPolicy = Literal["wait", "reject"]
+
+
+class TurnRequest(BaseModel):
+    """A validated turn, stored by the API in the response hash and read back by the worker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    response_id: str
+    created_at: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    instructions: str | None = None
+    input: list[Item]
+    conversation_id: str | None = None
+    previous_response_id: str | None = None
+    tools: list[Item] = Field(default_factory=list)  # client function tools, Responses format
+    tool_choice: str | Item = "auto"
+    parallel_tool_calls: bool = True
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    store: bool = True
+    background: bool = False
+    metadata: dict[str, str] = Field(default_factory=dict)
+    user: str | None = None
+    conversation_lock: LockPolicy = "wait"
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def add(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+        )
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "input_tokens": self.input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": self.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": self.input_tokens + self.output_tokens,
+        }
+
+
+class TurnOutcome(BaseModel):
+    """What a finished turn produced; turned into the stored Response and the terminal event."""
+
+    status: Status
+    output: list[Item] = Field(default_factory=list)
+    usage: Usage | None = None
+    error: dict[str, str] | None = None  # {"code", "message"}
+    incomplete_reason: str | None = None
+
+
+class AgentCard(BaseModel):
+    """What a worker publishes about one agent profile, so API nodes can list and validate models."""
+
+    name: str
+    description: str = ""
+    model: str
+    tools: list[str] = Field(default_factory=list)
+    max_tool_rounds: int = 8
+    tool_timeout_s: float = 30.0

@@ -1,0 +1,56 @@
+"""Reading stored responses and conversations; both the API and the worker use these."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.models import Item, Status, TurnRequest
+
+
+@dataclass(frozen=True)
+class ResponseRecord:
+    status: Status
+    request: TurnRequest
+    response: dict[str, Any]
+    cancel_requested: bool
+
+
+async def load_response(redis: Redis, response_id: str) -> ResponseRecord | None:
+    status, request, response, cancel = await redis.hmget(
+        keys.response(response_id), ["status", "request", "response", "cancel"]
+    )
+    if status is None or request is None or response is None:
+        return None
+    return ResponseRecord(
+        status=Status(status.decode()),
+        request=TurnRequest.model_validate_json(request),
+        response=json.loads(response),
+        cancel_requested=bool(cancel),
+    )
+
+
+async def load_conversation(redis: Redis, conversation_id: str) -> dict[str, Any] | None:
+    raw = await redis.get(keys.conversation(conversation_id))
+    return json.loads(raw) if raw else None
+
+
+async def conversation_items(redis: Redis, conversation_id: str, start: int = 0, end: int = -1) -> list[Item]:
+    return [json.loads(raw) for raw in await redis.lrange(keys.conversation_items(conversation_id), start, end)]
+
+
+async def response_chain_items(redis: Redis, response_id: str, max_depth: int) -> list[Item]:
+    """The context a `previous_response_id` carries: every earlier turn's input and output, oldest first."""
+    turns: list[list[Item]] = []
+    current: str | None = response_id
+    while current and len(turns) < max_depth:
+        record = await load_response(redis, current)
+        if record is None:
+            break
+        turns.append(record.request.input + list(record.response.get("output") or []))
+        current = record.request.previous_response_id
+    return [item for turn in reversed(turns) for item in turn]

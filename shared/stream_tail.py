@@ -1,0 +1,54 @@
+"""Reading a response's event stream from Redis: replay from any point, then follow until the end.
+
+`read_after` is what every reader starts with; `tail` adds a blocking follow and is what `turnstream tail`
+and an out-of-process gateway use. The API's fan-out uses `read_after` plus one shared XREAD per process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.events import StreamEvent, decode_entry
+
+BATCH = 500
+
+
+async def read_after(redis: Redis, response_id: str, after_seq: int) -> list[StreamEvent]:
+    """Every stored event with sequence number > after_seq, in order."""
+    out: list[StreamEvent] = []
+    start = f"{after_seq + 1}-0"
+    while True:
+        entries = await redis.xrange(keys.events(response_id), min=start, max="+", count=BATCH)
+        out.extend(decode_entry(fields) for _, fields in entries)
+        if len(entries) < BATCH:
+            return out
+        last_id = entries[-1][0].decode() if isinstance(entries[-1][0], bytes) else entries[-1][0]
+        start = "(" + last_id
+
+
+async def tail(
+    redis: Redis, response_id: str, after_seq: int = -1, block_ms: int = 5000
+) -> AsyncIterator[StreamEvent]:
+    """Yields events after `after_seq` as they arrive, ending after the terminal event.
+
+    Holds one blocking read while following, so use it for a handful of readers, not one per client.
+    """
+    last = after_seq
+    for event in await read_after(redis, response_id, last):
+        yield event
+        last = event.seq
+        if event.terminal:
+            return
+    stream = keys.events(response_id)
+    while True:
+        reply = await redis.xread({stream: f"{last}-1" if last >= 0 else "0-0"}, block=block_ms, count=BATCH)
+        for _, entries in reply or []:
+            for _, fields in entries:
+                event = decode_entry(fields)
+                yield event
+                last = event.seq
+                if event.terminal:
+                    return

@@ -1,0 +1,209 @@
+"""A turn's state machine in Redis, as atomic Lua scripts the API and the worker share.
+
+queued ──start──► in_progress ──finish──► completed | failed | cancelled | incomplete
+   └──────────────finish (cancel before pickup)──────┘
+
+Every transition and every event write checks the state it expects, so a re-run, a zombie worker of an
+older attempt, or a cancel racing a pickup can never write twice or out of turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared import events, keys
+from shared.models import TERMINAL_STATUSES, Status
+from shared.settings import Settings
+
+_TERMINAL_LUA = "{" + ",".join(f"['{s}']=true" for s in sorted(TERMINAL_STATUSES)) + "}"
+
+# Appends one event: the sequence number comes from the response hash, so writers never collide.
+_APPEND_FN = """
+local function append(resp, stream, attempt, maxlen, etype, body)
+  local seq = redis.call('HINCRBY', resp, 'seq', 1)
+  local data = '{"sequence_number":' .. seq .. ',' .. string.sub(body, 2)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-1',
+             'seq', seq, 'type', etype, 'attempt', attempt, 'data', data)
+  return seq
+end
+"""
+
+# KEYS: response hash, events stream. ARGV: attempt, maxlen, ttl, then (type, json) pairs.
+# Returns {last_seq, cancel_flag} or {-1} missing, {-2} stale attempt, {-3} already terminal.
+APPEND_EVENTS = _APPEND_FN + f"""
+local TERMINAL = {_TERMINAL_LUA}
+local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'cancel')
+if not st[1] then return {{-1}} end
+if st[2] ~= ARGV[1] then return {{-2}} end
+if TERMINAL[st[1]] then return {{-3}} end
+local seq = -1
+for i = 4, #ARGV, 2 do
+  seq = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {{seq, st[3] or ''}}
+"""
+
+# KEYS: response hash. Returns {status_before, attempt, cancel_flag}.
+START_TURN = f"""
+local TERMINAL = {_TERMINAL_LUA}
+local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'cancel')
+if not st[1] then return {{'missing', 0, ''}} end
+if TERMINAL[st[1]] then return {{st[1], tonumber(st[2]) or 0, st[3] or ''}} end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('HSET', KEYS[1], 'status', 'in_progress')
+return {{st[1], attempt, st[3] or ''}}
+"""
+
+# KEYS: response hash, events stream, conversation items, conversation turns, conversation record.
+# ARGV: expected status, attempt ('' = any), maxlen, stream ttl, response ttl, conversation ttl,
+#       final status, response json, terminal type, terminal json, response id, wake key prefix,
+#       then the conversation items to append.
+# Returns 1 when committed, 0 when the turn was not in the expected state (already committed).
+FINISH_TURN = _APPEND_FN + """
+local resp, stream, items, turns, conv = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local st = redis.call('HMGET', resp, 'status', 'attempt')
+if st[1] ~= ARGV[1] then return 0 end
+if ARGV[2] ~= '' and st[2] ~= ARGV[2] then return 0 end
+-- A conversation deleted mid-turn gains nothing (and is not resurrected).
+if redis.call('EXISTS', conv) == 1 then
+  for i = 13, #ARGV do redis.call('RPUSH', items, ARGV[i]) end
+  redis.call('EXPIRE', items, ARGV[6])
+  redis.call('EXPIRE', conv, ARGV[6])
+end
+redis.call('HSET', resp, 'status', ARGV[7], 'response', ARGV[8])
+append(resp, stream, st[2] or '0', ARGV[3], ARGV[9], ARGV[10])
+redis.call('EXPIRE', resp, ARGV[5])
+redis.call('EXPIRE', stream, ARGV[4])
+if redis.call('LREM', turns, 0, ARGV[11]) > 0 then
+  local nxt = redis.call('LINDEX', turns, 0)
+  if nxt then
+    redis.call('LPUSH', ARGV[12] .. nxt, '1')
+    redis.call('EXPIRE', ARGV[12] .. nxt, ARGV[6])
+  end
+end
+return 1
+"""
+
+# KEYS: conversation turns. ARGV: response id, policy, ttl. Returns 1 when queued, 0 when locked.
+CLAIM_TURN = """
+if ARGV[2] == 'reject' and redis.call('LLEN', KEYS[1]) > 0 then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+class StaleTurn(Exception):
+    """Raised when a write is refused because the turn is gone, finished, or owned by a newer attempt."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        super().__init__({-1: "response deleted", -2: "newer attempt owns the turn", -3: "turn finished"}[code])
+
+
+@dataclass(frozen=True)
+class Started:
+    status_before: str
+    attempt: int
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class Retention:
+    stream_ttl_s: int
+    response_ttl_s: int
+    conversation_ttl_s: int
+    stream_maxlen: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Retention:
+        return cls(
+            stream_ttl_s=settings.stream_ttl_s,
+            response_ttl_s=settings.response_ttl_s,
+            conversation_ttl_s=settings.conversation_ttl_s,
+            stream_maxlen=settings.stream_maxlen,
+        )
+
+
+class TurnState:
+    """The scripts, registered once per Redis client."""
+
+    def __init__(self, redis: Redis, retention: Retention) -> None:
+        self.redis = redis
+        self.retention = retention
+        self._append = redis.register_script(APPEND_EVENTS)
+        self._start = redis.register_script(START_TURN)
+        self._finish = redis.register_script(FINISH_TURN)
+        self._claim = redis.register_script(CLAIM_TURN)
+
+    async def append(self, response_id: str, attempt: int, batch: list[events.Event]) -> bool:
+        """Writes events in one round trip; returns whether cancel was requested meanwhile."""
+        argv: list[Any] = [attempt, self.retention.stream_maxlen, self.retention.stream_ttl_s]
+        for event in batch:
+            argv += [event["type"], events.encode(event)]
+        result = await self._append(keys=[keys.response(response_id), keys.events(response_id)], args=argv)
+        if int(result[0]) < 0:
+            raise StaleTurn(int(result[0]))
+        return _flag(result[1])
+
+    async def start(self, response_id: str) -> Started:
+        status, attempt, cancel = await self._start(keys=[keys.response(response_id)])
+        return Started(_text(status), int(attempt), _flag(cancel))
+
+    async def finish(
+        self,
+        response_id: str,
+        *,
+        expect: Status,
+        attempt: int | None,
+        final: Status,
+        response: dict[str, Any],
+        conversation_id: str | None,
+        items: list[dict[str, Any]],
+        response_ttl_s: int | None = None,
+    ) -> bool:
+        terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[final.value], response)
+        conv = conversation_id or ""
+        r = self.retention
+        committed = await self._finish(
+            keys=[
+                keys.response(response_id),
+                keys.events(response_id),
+                keys.conversation_items(conv),
+                keys.conversation_turns(conv),
+                keys.conversation(conv),
+            ],
+            args=[
+                expect.value,
+                "" if attempt is None else attempt,
+                r.stream_maxlen,
+                r.stream_ttl_s,
+                response_ttl_s or r.response_ttl_s,
+                r.conversation_ttl_s,
+                final.value,
+                events.encode(response),
+                terminal["type"],
+                events.encode(terminal),
+                response_id,
+                keys.TURN_WAKE_PREFIX,
+                *(events.encode(item) for item in items),
+            ],
+        )
+        return bool(committed)
+
+    async def claim(self, conversation_id: str, response_id: str, policy: str) -> bool:
+        ttl = self.retention.conversation_ttl_s
+        ok = await self._claim(keys=[keys.conversation_turns(conversation_id)], args=[response_id, policy, ttl])
+        return bool(ok)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _flag(value: bytes | str | None) -> bool:
+    return bool(value) and _text(value) not in ("", "0")  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""The arq worker: runs each turn against the upstream model and publishes its events to Redis."""

@@ -1,0 +1,91 @@
+"""Turns stored Responses-format items into the Chat Completions messages an upstream model takes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.models import Item
+
+Message = dict[str, Any]
+
+
+def window(items: list[Item], max_items: int) -> list[Item]:
+    """The most recent `max_items` items, never starting on a tool result whose call was cut off."""
+    recent = items[-max_items:] if max_items > 0 else []
+    while recent and recent[0].get("type") == "function_call_output":
+        recent = recent[1:]
+    return recent
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content or []:
+        if part.get("type") in ("input_text", "output_text", "text", "summary_text"):
+            parts.append(part.get("text", ""))
+        elif part.get("type") == "refusal":
+            parts.append(part.get("refusal", ""))
+    return "".join(parts)
+
+
+def _user_content(content: Any) -> str | list[dict[str, Any]]:
+    """Plain text when the message is text only; chat content parts when it carries images."""
+    if isinstance(content, str) or not any(p.get("type") == "input_image" for p in content or []):
+        return _text_of(content)
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if part.get("type") == "input_image" and part.get("image_url"):
+            parts.append({"type": "image_url", "image_url": {"url": part["image_url"]}})
+        elif part.get("type") == "input_text":
+            parts.append({"type": "text", "text": part.get("text", "")})
+    return parts
+
+
+def to_messages(instructions: str, items: list[Item]) -> list[Message]:
+    messages: list[Message] = []
+    if instructions:
+        messages.append({"role": "system", "content": instructions})
+    for item in items:
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role", "user")
+            if role == "assistant":
+                messages.append({"role": "assistant", "content": _text_of(item.get("content"))})
+            elif role in ("system", "developer"):
+                messages.append({"role": "system", "content": _text_of(item.get("content"))})
+            else:
+                messages.append({"role": "user", "content": _user_content(item.get("content"))})
+        elif kind == "function_call":
+            call = {
+                "id": item["call_id"],
+                "type": "function",
+                "function": {"name": item["name"], "arguments": item.get("arguments") or "{}"},
+            }
+            last = messages[-1] if messages else None
+            # Parallel calls (and text said before them) belong to one assistant message.
+            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
+                last["tool_calls"].append(call)
+            elif last is not None and last["role"] == "assistant":
+                last["tool_calls"] = [call]
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            messages.append(
+                {"role": "tool", "tool_call_id": item["call_id"], "content": output if isinstance(output, str)
+                 else _text_of(output)}
+            )
+    return messages
+
+
+def chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """A Responses-format function tool in Chat Completions format."""
+    return {
+        "type": "function",
+        "function": {
+            "name": tool["name"],
+            "description": tool.get("description") or "",
+            "parameters": tool.get("parameters") or {"type": "object", "properties": {}},
+        },
+    }

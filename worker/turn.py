@@ -1,0 +1,193 @@
+"""The arq job for one turn: wait for the conversation, run the agent, commit exactly once.
+
+What a turn commits to its conversation (atomically, with the final Response and the terminal event):
+- completed / incomplete: the input items, then every output item (messages, tool calls and results).
+- cancelled: the input items and what was produced before the cancel: the text streamed so far as an
+  incomplete message and every tool call that already has its result; a call cut off mid-way is dropped
+  with its half-written result, so history never holds an orphan call.
+- failed: nothing; the conversation is as if the turn had not been sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import openai
+from openai import AsyncOpenAI
+from redis.asyncio import Redis
+
+from shared import events, keys
+from shared.models import Item, Status, TurnOutcome, TurnRequest
+from shared.records import conversation_items, load_response, response_chain_items
+from shared.response_object import build_response
+from shared.settings import Settings
+from shared.turn_state import Retention, StaleTurn, TurnState
+from worker.agent_loop import AgentTurn, Limits
+from worker.agents import Agent, AgentRegistry
+from worker.cancel_listener import CancelHandle, CancelListener
+from worker.emitter import Emitter
+from worker.prompt import window
+
+log = logging.getLogger(__name__)
+
+
+class TurnRunner:
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        agents: AgentRegistry,
+        client: AsyncOpenAI,
+        cancels: CancelListener,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.state = TurnState(redis, Retention.from_settings(settings))
+        self.agents = agents
+        self.client = client
+        self.cancels = cancels
+
+    async def run(self, response_id: str) -> str:
+        lease = asyncio.create_task(self._renew_lease(response_id))
+        try:
+            return await self._run(response_id)
+        finally:
+            lease.cancel()
+
+    async def _run(self, response_id: str) -> str:
+        record = await load_response(self.redis, response_id)
+        if record is None:
+            return "missing"
+        if record.status.terminal:
+            return "already finished"
+        req = record.request
+        if req.conversation_id and not await self._wait_for_turn(req.conversation_id, response_id):
+            return "finished while waiting"
+        # Registered before the start transition, so a cancel published in between is not missed.
+        handle = self.cancels.register(response_id)
+        try:
+            started = await self.state.start(response_id)
+            if started.status_before not in (Status.QUEUED, Status.IN_PROGRESS):
+                return started.status_before
+            if started.cancel_requested:
+                await self._commit(req, started.attempt, TurnOutcome(status=Status.CANCELLED))
+                return Status.CANCELLED
+            if started.attempt > self.settings.job_max_tries:
+                error = {"code": "server_error", "message": f"turn gave up after {started.attempt - 1} attempts"}
+                await self._commit(req, started.attempt, TurnOutcome(status=Status.FAILED, error=error))
+                return Status.FAILED
+            return await self._execute(req, started.attempt, handle)
+        finally:
+            self.cancels.unregister(response_id)
+
+    async def _execute(self, req: TurnRequest, attempt: int, handle: CancelHandle) -> str:
+        emitter = Emitter(self.state, req.response_id, attempt, self.settings.coalesce_ms / 1000, handle.request)
+        try:
+            await emitter.emit(events.lifecycle(events.IN_PROGRESS, build_response(req, Status.IN_PROGRESS)))
+            agent = self._agent(req.model)
+            if agent is None:
+                outcome = _failed(f"unknown model {req.model!r}: no agent profile has that name")
+            else:
+                history = await self._history(req)
+                limits = Limits(self.settings.first_token_timeout_s, self.settings.max_output_bytes)
+                turn = AgentTurn(req, agent, history, self.client, emitter, limits)
+                outcome = await self._outcome(turn, handle)
+            if outcome.status == Status.CANCELLED:
+                emitter.discard()
+            else:
+                await emitter.close()
+        except StaleTurn as stale:
+            log.info("turn %s attempt %d stopped: %s", req.response_id, attempt, stale)
+            emitter.discard()
+            return "stale"
+        await self._commit(req, attempt, outcome)
+        return outcome.status
+
+    async def _outcome(self, turn: AgentTurn, handle: CancelHandle) -> TurnOutcome:
+        task = asyncio.create_task(turn.run())
+        handle.task = task
+        if handle.requested:
+            task.cancel()
+        try:
+            async with asyncio.timeout(self.settings.turn_timeout_s) as deadline:
+                return await task
+        except asyncio.CancelledError:
+            if not handle.requested:
+                raise  # the worker is shutting down: arq re-queues the job and a new attempt starts over
+            return TurnOutcome(status=Status.CANCELLED, output=turn.settled_output(), usage=turn.usage)
+        except TimeoutError:
+            which = (
+                f"turn exceeded its deadline of {self.settings.turn_timeout_s:g}s"
+                if deadline.expired()
+                else f"no output from the model within {self.settings.first_token_timeout_s:g}s"
+            )
+            return _failed(which)
+        except openai.APIStatusError as exc:
+            return _failed(f"upstream model error {exc.status_code}: {exc.message}")
+        except openai.APIError as exc:
+            return _failed(f"upstream model error: {exc.message}")
+        except StaleTurn:
+            raise
+        except Exception as exc:
+            log.exception("turn %s failed", turn.req.response_id)
+            return _failed(f"internal error: {type(exc).__name__}")
+
+    async def _commit(self, req: TurnRequest, attempt: int, outcome: TurnOutcome) -> None:
+        response = build_response(req, outcome.status, outcome)
+        items: list[Item] = []
+        if req.conversation_id and outcome.status != Status.FAILED:
+            items = req.input + outcome.output
+        await self.state.finish(
+            req.response_id,
+            expect=Status.IN_PROGRESS,
+            attempt=attempt,
+            final=outcome.status,
+            response=response,
+            conversation_id=req.conversation_id,
+            items=items,
+            response_ttl_s=None if req.store else self.settings.unstored_response_ttl_s,
+        )
+
+    def _agent(self, model: str) -> Agent | None:
+        agent = self.agents.get(model)
+        if agent is None and self.settings.allow_model_passthrough:
+            return Agent(name=model, model=model)
+        return agent
+
+    async def _history(self, req: TurnRequest) -> list[Item]:
+        limit = self.settings.history_max_items
+        if req.conversation_id:
+            return window(await conversation_items(self.redis, req.conversation_id, -limit, -1), limit)
+        if req.previous_response_id:
+            return window(await response_chain_items(self.redis, req.previous_response_id, limit), limit)
+        return []
+
+    async def _wait_for_turn(self, conversation_id: str, response_id: str) -> bool:
+        """Blocks until this turn heads its conversation's queue; False if it finished meanwhile (cancel)."""
+        turns = keys.conversation_turns(conversation_id)
+        while True:
+            head = await self.redis.lindex(turns, 0)
+            if head is None or head.decode() == response_id:
+                return True
+            mine = await self.redis.hget(keys.response(response_id), "status")
+            if mine is None or Status(mine.decode()).terminal:
+                return False
+            head_status = await self.redis.hget(keys.response(head.decode()), "status")
+            if head_status is None or Status(head_status.decode()).terminal:
+                # A head that is gone or finished can never hand over; drop it so the queue moves.
+                await self.redis.lrem(turns, 0, head)
+                continue
+            await self.redis.blpop([keys.turn_wake(response_id)], timeout=1)
+
+    async def _renew_lease(self, job_id: str) -> None:
+        """Keeps arq's in-progress marker short-lived: if this worker dies, another re-runs the turn soon."""
+        lease_ms = int(self.settings.lease_s * 1000)
+        while True:
+            await self.redis.pexpire(keys.arq_in_progress(job_id), lease_ms)
+            await asyncio.sleep(self.settings.lease_s / 3)
+
+
+def _failed(message: str) -> TurnOutcome:
+    return TurnOutcome(status=Status.FAILED, error={"code": "server_error", "message": message})
+
