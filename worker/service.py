@@ -72,6 +72,7 @@ def build_worker(
         on_shutdown=shutdown,
         max_jobs=settings.max_jobs,
         fallback_poll_s=settings.poll_delay_s,
+        health_check_interval=30,  # `turnstream worker --check` fails once this lapses
         keep_result=60,  # nothing reads arq's job results; turn results live in the response hash
         burst=burst,
         handle_signals=handle_signals,

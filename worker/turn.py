@@ -72,11 +72,11 @@ class TurnRunner:
                 return started.status_before
             if started.cancel_requested:
                 await self._commit(req, started.attempt, TurnOutcome(status=Status.CANCELLED))
-                return Status.CANCELLED
+                return Status.CANCELLED.value
             if started.attempt > self.settings.job_max_tries:
                 error = {"code": "server_error", "message": f"turn gave up after {started.attempt - 1} attempts"}
                 await self._commit(req, started.attempt, TurnOutcome(status=Status.FAILED, error=error))
-                return Status.FAILED
+                return Status.FAILED.value
             return await self._execute(req, started.attempt, handle)
         finally:
             self.cancels.unregister(response_id)
@@ -102,7 +102,7 @@ class TurnRunner:
             emitter.discard()
             return "stale"
         await self._commit(req, attempt, outcome)
-        return outcome.status
+        return outcome.status.value
 
     async def _outcome(self, turn: AgentTurn, handle: CancelHandle) -> TurnOutcome:
         task = asyncio.create_task(turn.run())

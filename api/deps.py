@@ -1,0 +1,29 @@
+"""Shared clients, created once at startup and handed to routes as typed dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from arq.connections import ArqRedis
+from fastapi import Depends, Request
+
+from api.fanout import Fanout
+from shared.settings import Settings
+from shared.turn_state import TurnState
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: ArqRedis
+    state: TurnState
+    fanout: Fanout
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(_services)]

@@ -1,0 +1,100 @@
+"""Errors in OpenAI's shape, raised only at the HTTP edge.
+
+APIError
+ ├─ invalid input ........ 400 invalid_request_error (names the param)
+ ├─ not found ............ 404 invalid_request_error
+ ├─ conversation_locked .. 409 (reject policy and a turn already running)
+ ├─ too large ............ 413
+ └─ unavailable .......... 503 + Retry-After (Redis unreachable, queue full)
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """Raised when a request cannot be served; rendered as {"error": {...}}."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.retry_after = retry_after
+
+
+def invalid(message: str, param: str | None = None, code: str = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def not_found(kind: str, ident: str, param: str | None = None) -> APIError:
+    return APIError(404, f"{kind} with id '{ident}' not found.", param=param, code="not_found")
+
+
+def from_validation(exc: ValidationError | RequestValidationError) -> APIError:
+    first = exc.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    param = "".join(f"[{p}]" if p.isdigit() else (f".{p}" if i else p) for i, p in enumerate(loc)) or None
+    kind = first.get("type", "")
+    if kind == "missing":
+        return invalid(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+    if kind == "extra_forbidden":
+        return invalid(f"Unknown parameter: '{param}'.", param, "unknown_parameter")
+    return invalid(f"Invalid value for '{param}': {first.get('msg', 'invalid')}.", param)
+
+
+def _render(err: APIError) -> JSONResponse:
+    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
+    body = {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    return JSONResponse(body, status_code=err.status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return _render(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _render(from_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else None
+        return _render(APIError(exc.status_code, str(exc.detail), code=code))
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("redis unavailable: %s", exc)
+        return _render(
+            APIError(503, "The service's store is unreachable; retry shortly.", type="server_error",
+                     code="service_unavailable", retry_after=1)
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _render(APIError(500, "Internal server error.", type="server_error", code="server_error"))

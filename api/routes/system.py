@@ -1,0 +1,58 @@
+"""Models, liveness and readiness."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api.deps import ServicesDep
+from api.errors import not_found
+from shared import keys
+from shared.models import AgentCard
+
+router = APIRouter(tags=["system"])
+
+
+async def _cards(svc: ServicesDep) -> list[AgentCard]:
+    published = await svc.redis.hgetall(keys.AGENTS)
+    cards = [AgentCard.model_validate(json.loads(raw)) for raw in published.values()]
+    return cards or [AgentCard(name=svc.settings.default_model, model=svc.settings.default_model)]
+
+
+def _model(card: AgentCard) -> dict[str, Any]:
+    return {"id": card.name, "object": "model", "created": 0, "owned_by": "turnstream"}
+
+
+@router.get("/v1/models")
+async def list_models(svc: ServicesDep) -> dict[str, Any]:
+    """List the agent profiles the workers serve, as models."""
+    return {"object": "list", "data": [_model(c) for c in sorted(await _cards(svc), key=lambda c: c.name)]}
+
+
+@router.get("/v1/models/{model_id}")
+async def get_model(model_id: str, svc: ServicesDep) -> dict[str, Any]:
+    """Retrieve one model."""
+    for card in await _cards(svc):
+        if card.name == model_id:
+            return _model(card)
+    raise not_found("Model", model_id)
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(svc: ServicesDep) -> JSONResponse:
+    """Redis is reachable: this node can take turns."""
+    try:
+        await svc.redis.ping()
+    except Exception as exc:
+        return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503,
+                            headers={"Retry-After": "1"})
+    return JSONResponse({"status": "ok"})

@@ -1,0 +1,183 @@
+"""Request bodies as OpenAI defines them, validated once at the edge, and input normalised to stored items."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from api.errors import invalid
+from shared import ids
+from shared.models import Item, LockPolicy
+
+Metadata = dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=512)]]
+
+
+class ConversationRef(BaseModel):
+    id: str
+
+
+class CreateResponseBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    conversation: str | ConversationRef | None = None
+    previous_response_id: str | None = None
+    stream: bool | None = False
+    background: bool | None = False
+    store: bool | None = True
+    metadata: Metadata | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    user: str | None = None
+    # turnstream's own option (send it with the SDK's extra_body): what a turn does when its
+    # conversation already has one running. "wait" queues it behind; "reject" answers 409.
+    conversation_lock: LockPolicy = "wait"
+    # Accepted for compatibility with clients that always send them; they do not change a turn.
+    stream_options: dict[str, Any] | None = None
+    include: list[str] | None = None
+    text: dict[str, Any] | None = None
+    truncation: str | None = None
+    reasoning: dict[str, Any] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, value: Metadata | None) -> Metadata | None:
+        if value is not None and len(value) > 16:
+            raise ValueError("at most 16 key-value pairs")
+        return value
+
+    @property
+    def conversation_id(self) -> str | None:
+        return self.conversation.id if isinstance(self.conversation, ConversationRef) else self.conversation
+
+
+class CreateConversationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[dict[str, Any]] | None = Field(default=None, max_length=20)
+    metadata: Metadata | None = None
+
+
+class UpdateConversationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: Metadata
+
+
+_ROLES = ("user", "assistant", "system", "developer")
+_INPUT_PARTS = ("input_text", "input_image")
+
+
+def normalise_input(value: str | list[dict[str, Any]], param: str = "input") -> list[Item]:
+    """Every input form OpenAI accepts, as the item shapes the Conversations API returns."""
+    if isinstance(value, str):
+        if not value:
+            raise invalid("'input' must not be empty.", param)
+        return [_message("user", value)]
+    if not value:
+        raise invalid("'input' must contain at least one item.", param)
+    return [_item(raw, f"{param}[{i}]") for i, raw in enumerate(value)]
+
+
+def _item(raw: dict[str, Any], param: str) -> Item:
+    kind = raw.get("type", "message")
+    if kind == "message":
+        role = raw.get("role")
+        if role not in _ROLES:
+            raise invalid(f"Invalid value for '{param}.role': expected one of {', '.join(_ROLES)}.", f"{param}.role")
+        return _message(role, raw.get("content"), param, raw.get("id"))
+    if kind == "function_call_output":
+        call_id, output = raw.get("call_id"), raw.get("output")
+        if not isinstance(call_id, str) or not call_id:
+            raise invalid(f"Missing required parameter: '{param}.call_id'.", f"{param}.call_id")
+        if not isinstance(output, str):
+            raise invalid(f"Invalid value for '{param}.output': expected a string.", f"{param}.output")
+        return {
+            "id": raw.get("id") or ids.function_call_output_id(),
+            "type": "function_call_output",
+            "call_id": call_id,
+            "output": output,
+            "status": "completed",
+        }
+    if kind == "function_call":
+        for field in ("call_id", "name", "arguments"):
+            if not isinstance(raw.get(field), str):
+                raise invalid(f"Missing required parameter: '{param}.{field}'.", f"{param}.{field}")
+        return {
+            "id": raw.get("id") or ids.function_call_id(),
+            "type": "function_call",
+            "call_id": raw["call_id"],
+            "name": raw["name"],
+            "arguments": raw["arguments"],
+            "status": "completed",
+        }
+    raise invalid(f"Unsupported input item type '{kind}' in '{param}'.", f"{param}.type", "unsupported_value")
+
+
+def _message(role: str, content: Any, param: str = "input", item_id: str | None = None) -> Item:
+    text_type = "output_text" if role == "assistant" else "input_text"
+    if isinstance(content, str):
+        parts: list[dict[str, Any]] = [_text_part(text_type, content)]
+    elif isinstance(content, list) and content:
+        parts = [_part(p, text_type, f"{param}.content[{i}]") for i, p in enumerate(content)]
+    else:
+        raise invalid(f"Invalid value for '{param}.content': expected a string or content parts.", f"{param}.content")
+    return {"id": item_id or ids.message_id(), "type": "message", "role": role, "status": "completed", "content": parts}
+
+
+def _text_part(kind: str, text: str) -> dict[str, Any]:
+    return {"type": kind, "text": text, "annotations": []} if kind == "output_text" else {"type": kind, "text": text}
+
+
+def _part(raw: Any, text_type: str, param: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise invalid(f"Invalid value for '{param}': expected an object.", param)
+    kind = raw.get("type")
+    if kind in ("input_text", "output_text", "text"):
+        if not isinstance(raw.get("text"), str):
+            raise invalid(f"Missing required parameter: '{param}.text'.", f"{param}.text")
+        return _text_part(text_type, raw["text"])
+    if kind == "input_image" and text_type == "input_text":
+        if not isinstance(raw.get("image_url"), str):
+            raise invalid(f"'{param}' needs an 'image_url' string.", f"{param}.image_url")
+        return {"type": "input_image", "image_url": raw["image_url"], "detail": raw.get("detail", "auto")}
+    raise invalid(f"Unsupported content part type '{kind}' in '{param}'.", f"{param}.type", "unsupported_value")
+
+
+def function_tools(tools: list[dict[str, Any]] | None) -> list[Item]:
+    """The request's client-side function tools, checked and in the shape the Response echoes back."""
+    out: list[Item] = []
+    for i, tool in enumerate(tools or []):
+        param = f"tools[{i}]"
+        if tool.get("type") != "function":
+            raise invalid(
+                f"Unsupported tool type '{tool.get('type')}' in '{param}': only function tools are supported.",
+                f"{param}.type",
+                "unsupported_value",
+            )
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            raise invalid(f"Missing required parameter: '{param}.name'.", f"{param}.name")
+        parameters = tool.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise invalid(f"Invalid value for '{param}.parameters': expected a JSON schema object.", param)
+        out.append(
+            {
+                "type": "function",
+                "name": name,
+                "description": tool.get("description"),
+                "parameters": parameters,
+                "strict": bool(tool.get("strict", False)),
+            }
+        )
+    return out
