@@ -80,12 +80,15 @@ def _worker(settings: Settings) -> int:
 
 
 def _worker_check(settings: Settings) -> int:
+    import socket
+
     from arq.worker import async_check_health
 
+    from shared import keys
     from shared.redis_conn import redis_settings
 
-    # The worker refreshes this key every 30 s (health_check_interval in worker/service.py).
-    key = settings.queue_name + ":health-check"
+    # The worker refreshes its own key every 30 s (health_check_interval in worker/service.py).
+    key = keys.worker_health(settings.queue_name, socket.gethostname())
     return asyncio.run(async_check_health(redis_settings(settings), key, settings.queue_name))
 
 

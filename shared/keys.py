@@ -53,6 +53,11 @@ def fanout_wake(node_id: str) -> str:
     return f"{PREFIX}fanout-wake:{node_id}"
 
 
+def worker_health(queue_name: str, hostname: str) -> str:
+    """STRING: one worker's arq heartbeat, per host so `turnstream worker --check` checks this pod only."""
+    return f"{queue_name}:health-check:{hostname}"
+
+
 def arq_in_progress(job_id: str) -> str:
     """arq's own in-progress marker; a running turn renews it as its lease."""
     from arq.constants import in_progress_key_prefix

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -73,9 +74,10 @@ def build_worker(
         max_jobs=settings.max_jobs,
         fallback_poll_s=settings.poll_delay_s,
         health_check_interval=30,  # `turnstream worker --check` fails once this lapses
+        health_check_key=keys.worker_health(settings.queue_name, socket.gethostname()),
         keep_result=60,  # nothing reads arq's job results; turn results live in the response hash
         burst=burst,
         handle_signals=handle_signals,
-        # Lets a SIGTERM'd worker finish short turns instead of re-queueing them.
-        job_completion_wait=30,
+        # Lets a SIGTERM'd worker finish short turns instead of re-queueing them (under k8s' 60 s grace).
+        job_completion_wait=45,
     )

@@ -1,0 +1,48 @@
+"""Agent profiles the integration tests point their workers at (TURNSTREAM_AGENTS)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from worker.agents import Agent
+from worker.default_agents import get_time, get_weather
+from worker.tools import tool
+
+
+@tool
+async def slow_tool(seconds: float) -> str:
+    """Waits, then reports how long it waited."""
+    await asyncio.sleep(seconds)
+    return f"waited {seconds}s"
+
+
+@tool
+def broken_tool(reason: str) -> str:
+    """Always fails, so the error path runs."""
+    raise RuntimeError(reason)
+
+
+@tool(timeout_s=0.5)
+async def stuck_tool() -> str:
+    """Never answers within its 0.5 s timeout."""
+    await asyncio.sleep(30)
+    return "unreachable"
+
+
+@tool
+def echo_tool(text: str) -> str:
+    """Returns its input."""
+    return text
+
+
+AGENTS = [
+    Agent(
+        name="turnstream-mock",
+        model="turnstream-mock",
+        instructions="You are a helpful assistant.",
+        tools=(get_weather, get_time, slow_tool, broken_tool, stuck_tool, echo_tool),
+        max_tool_rounds=3,
+        tool_timeout_s=5.0,
+    ),
+    Agent(name="plain", model="turnstream-mock", instructions="Answer briefly."),
+]

@@ -1,0 +1,176 @@
+"""Test stack: a real redis-server on a free port, and the service as separate processes.
+
+Integration tests drive the API over HTTP with the official `openai` SDK; the workers reach the built-in
+mock model over HTTP through the SDK too, so the production path runs end to end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: object, timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+@dataclass
+class RedisServer:
+    port: int
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+def start_redis(workdir: Path) -> RedisServer:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not on PATH: integration tests need a real Redis (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = RedisServer(port, proc, workdir)
+    wait_until(lambda: server.client().ping(), what="redis-server")
+    return server
+
+
+@dataclass
+class Stack:
+    redis: RedisServer
+    api_url: str
+    mock_url: str
+    env: dict[str, str]
+    logdir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.api_url}/v1"
+
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115 - the process owns it
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from shared.cli import main; main()", *args],
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str, *, kill: bool = False) -> None:
+        proc = self.procs.pop(name)
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def worker_pids(self) -> list[str]:
+        return [n for n in self.procs if n.startswith("worker")]
+
+
+TEST_SETTINGS = {
+    "TURNSTREAM_AGENTS": str(ROOT / "tests" / "agents_for_tests.py"),
+    "TURNSTREAM_MOCK_TOKEN_DELAY_MS": "2",
+    "TURNSTREAM_MAX_INPUT_BYTES": "65536",
+    "TURNSTREAM_MAX_OUTPUT_BYTES": "20000",
+    "TURNSTREAM_LEASE_S": "2",
+    "TURNSTREAM_SSE_KEEPALIVE_S": "1",
+    "TURNSTREAM_FIRST_TOKEN_TIMEOUT_S": "10",
+}
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="turnstream-tests-") as d:
+        yield Path(d)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_root: Path) -> Iterator[RedisServer]:
+    server = start_redis(tmp_root)
+    yield server
+    server.proc.terminate()
+    server.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server: RedisServer, tmp_root: Path) -> Iterator[Stack]:
+    api_port, mock_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TURNSTREAM_", "OPENAI_"))}
+    env.update(TEST_SETTINGS)
+    env.update(
+        {
+            "TURNSTREAM_REDIS_URL": redis_server.url,
+            "TURNSTREAM_HOST": "127.0.0.1",
+            "TURNSTREAM_PORT": str(api_port),
+            "TURNSTREAM_MOCK_PORT": str(mock_port),
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{mock_port}/v1",
+            "OPENAI_API_KEY": "test-key",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    logdir = tmp_root / "logs"
+    logdir.mkdir()
+    s = Stack(redis_server, f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{mock_port}/v1", env, logdir)
+    try:
+        s.spawn("mock", "mock")
+        s.spawn("worker-1", "worker")
+        s.spawn("worker-2", "worker")
+        s.spawn("api", "api")
+        wait_until(lambda: httpx.get(f"{s.api_url}/readyz").status_code == 200, 30, "the API")
+        wait_until(lambda: httpx.get(f"{s.mock_url}/models").status_code == 200, 30, "the mock model")
+        wait_until(
+            lambda: "plain" in {m["id"] for m in httpx.get(f"{s.base_url}/models").json()["data"]}, 30, "workers"
+        )
+        yield s
+    except BaseException:
+        for log in sorted(logdir.iterdir()):
+            sys.stderr.write(f"--- {log.name} ---\n{log.read_text()[-4000:]}\n")
+        raise
+    finally:
+        for name in list(s.procs):
+            s.stop(name)
