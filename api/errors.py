@@ -11,6 +11,7 @@ APIError
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -53,9 +54,14 @@ def not_found(kind: str, ident: str, param: str | None = None) -> APIError:
     return APIError(404, f"{kind} with id '{ident}' not found.", param=param, code="not_found")
 
 
+# pydantic puts where the value came from and, for unions, the member type into `loc`; neither is a param.
+_NOT_PARAMS = frozenset({"body", "query", "path", "header", "str", "int", "float", "bool", "list", "dict", "ConversationRef"})
+_TYPE_TAG = re.compile(r"[\[\]()]|^function-")
+
+
 def from_validation(exc: ValidationError | RequestValidationError) -> APIError:
     first = exc.errors()[0]
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    loc = [str(p) for p in first.get("loc", ()) if p not in _NOT_PARAMS and not _TYPE_TAG.search(str(p))]
     param = "".join(f"[{p}]" if p.isdigit() else (f".{p}" if i else p) for i, p in enumerate(loc)) or None
     kind = first.get("type", "")
     if kind == "missing":

@@ -26,10 +26,13 @@ async def load_response(redis: Redis, response_id: str) -> ResponseRecord | None
     )
     if status is None or request is None or response is None:
         return None
+    body = json.loads(response)
+    # The Response body is rewritten only when the turn finishes; the status field moves on its own.
+    body["status"] = status.decode()
     return ResponseRecord(
         status=Status(status.decode()),
         request=TurnRequest.model_validate_json(request),
-        response=json.loads(response),
+        response=body,
         cancel_requested=bool(cancel),
     )
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import fakeredis
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis, RedisSettings
 from fakeredis.aioredis import FakeAsyncRedisMixin
+from redis.asyncio import ConnectionPool
 
 from shared.settings import Settings
 
@@ -32,18 +33,14 @@ async def connect(settings: Settings, embedded: EmbeddedRedis | None = None) -> 
                 "TURNSTREAM_REDIS_URL is not set; only `turnstream dev` can run on the embedded Redis"
             )
         return embedded.client(settings)
-    return await create_pool(
-        redis_settings(settings), default_queue_name=settings.queue_name, retry=0
-    )
+    # No ping here: an API node starts while Redis is away, answers 503 meanwhile, and recovers by itself.
+    pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=30)
+    return ArqRedis(pool, default_queue_name=settings.queue_name)
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
     assert settings.redis_url is not None
-    rs = RedisSettings.from_dsn(settings.redis_url)
-    # Fail fast: the API answers 503 instead of hanging when Redis is away.
-    rs.conn_timeout = 2
-    rs.conn_retries = 0
-    return rs
+    return RedisSettings.from_dsn(settings.redis_url)
 
 
 def patch_arq_for_fakeredis() -> None:

@@ -1,0 +1,27 @@
+# The two front-door commands: `make dev` runs the service, `make test` runs every gate.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: dev test install lint bench
+
+$(BIN)/turnstream: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/turnstream
+
+install: $(BIN)/turnstream
+
+dev: install
+	$(BIN)/turnstream dev
+
+lint: install
+	$(BIN)/ruff check api worker shared tests
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python tests/benchmarks/latency.py
