@@ -118,11 +118,15 @@ class _Printer:
         self.last_seq: int | None = None
         self.highest_attempt: int | None = None
         self.attempt_events = False
+        self.tool_names: dict[str, str] = {}  # call_id -> name: an output item names only its call
 
     def show(self, seq: int, event_type: str, attempt: int | None, data: dict[str, Any]) -> None:
         self._mark_rerun(event_type, attempt)
         tag = f" [attempt {attempt}]" if attempt is not None else ""
-        summary = _summary(event_type, data)
+        item = data.get("item")
+        if isinstance(item, dict) and item.get("type") == "function_call" and item.get("call_id"):
+            self.tool_names[str(item["call_id"])] = str(item.get("name"))
+        summary = _summary(event_type, data, self.tool_names)
         line = f"{seq} {event_type}{tag}" + (f" {summary}" if summary else "")
         print(line, file=self.out, flush=True)
         self.last_seq = seq
@@ -153,11 +157,11 @@ def _quoted(text: Any) -> str:
     return _clip(json.dumps(text if isinstance(text, str) else "", ensure_ascii=False))
 
 
-def _summary(event_type: str, data: dict[str, Any]) -> str:
+def _summary(event_type: str, data: dict[str, Any], tool_names: dict[str, str]) -> str:
     if event_type.endswith(".delta"):
         return _quoted(data.get("delta"))
     if event_type in ("response.output_item.added", "response.output_item.done"):
-        return _item_summary(data.get("item") or {})
+        return _item_summary(data.get("item") or {}, tool_names)
     if event_type == "response.output_text.done":
         return _quoted(data.get("text"))
     if event_type == "response.function_call_arguments.done":
@@ -171,7 +175,7 @@ def _summary(event_type: str, data: dict[str, Any]) -> str:
     return ""
 
 
-def _item_summary(item: dict[str, Any]) -> str:
+def _item_summary(item: dict[str, Any], tool_names: dict[str, str]) -> str:
     kind = str(item.get("type", "?"))
     status = item.get("status")
     suffix = f" {status}" if status else ""
@@ -180,9 +184,10 @@ def _item_summary(item: dict[str, Any]) -> str:
         call = f"{item.get('name')}({arguments})" if arguments else str(item.get("name"))
         return _clip(f"{kind} {call}{suffix}")
     if kind == "function_call_output":
+        call_id = str(item.get("call_id"))
         output = item.get("output")
         shown = f" {_quoted(output)}" if output else ""
-        return _clip(f"{kind} {item.get('call_id')}{suffix}{shown}")
+        return f"{kind} {tool_names.get(call_id, call_id)}{suffix}{shown}"
     if kind == "message" and item.get("role"):
         return f"{kind} {item['role']}{suffix}"
     return f"{kind}{suffix}"

@@ -24,13 +24,18 @@ import pytest
 import uvicorn
 
 from api.app import create_app
-from shared import keys
+from shared import events, keys
 from shared.chat_repl import run_chat
 from shared.mock_model import MODEL_ID
 from shared.mock_model import create_app as create_mock_app
+from shared.models import Status, TurnOutcome
+from shared.records import load_response
 from shared.redis_conn import EmbeddedRedis, connect, patch_arq_for_fakeredis
+from shared.response_object import build_response
 from shared.settings import Settings
+from shared.stream_tail import read_after
 from shared.tail_cli import run_tail
+from shared.turn_state import Retention, TurnState
 from worker.service import build_worker
 
 T = TypeVar("T")
@@ -292,7 +297,9 @@ async def _wait_finished(stack: Stack, response_id: str) -> str:
 
 async def _tail_api(stack: Stack, response_id: str, after: int, url: str | None = None) -> list[str]:
     out = io.StringIO()
-    await asyncio.wait_for(run_tail(stack.settings, response_id, after, url or stack.v1, out=out), TURN_TIMEOUT_S)
+    # asyncio.timeout, not wait_for: a SystemExit raised in a separate task would stop the whole loop.
+    async with asyncio.timeout(TURN_TIMEOUT_S):
+        await run_tail(stack.settings, response_id, after, url or stack.v1, out=out)
     return out.getvalue().splitlines()
 
 
@@ -335,7 +342,7 @@ async def test_tail_through_the_api_replays_from_the_start_and_from_the_middle(s
     assert full[0].startswith("0 response.created [attempt 0] queued")
     assert full[1].startswith("1 response.in_progress [attempt 1] in_progress")
     assert any("function_call get_weather" in line for line in full)
-    assert any("function_call_output" in line and "Bengaluru: 24°C" in line for line in full)
+    assert any("function_call_output get_weather completed \"Bengaluru: 24°C" in line for line in full)
     assert full[-1].endswith("response.completed [attempt 1] completed")
 
     middle = await _tail_api(stack, response_id, 3)
@@ -362,6 +369,66 @@ async def test_tail_from_redis_matches_the_api_and_follows_a_live_response(stack
     middle = await _tail_redis(stack, response_id, 3)
     _assert_consecutive(middle, 4)
     assert middle == from_redis[4:]  # Redis knows every event's attempt, wherever the replay starts
+
+
+async def _take_over_after_first_delta(stack: Stack, response_id: str) -> None:
+    """Does what a second worker does once the first one's lease lapsed: re-runs the turn as attempt 2."""
+    redis = stack.embedded.client(stack.settings)
+    try:
+        deadline = time.monotonic() + TURN_TIMEOUT_S
+        while not any(e.type == "response.output_text.delta" for e in await read_after(redis, response_id, -1)):
+            assert time.monotonic() < deadline, "attempt 1 never streamed"
+            await asyncio.sleep(0.01)
+        state = TurnState(redis, Retention.from_settings(stack.settings))
+        started = await state.start(response_id)  # from here on attempt 1's writes are refused
+        assert started.attempt == 2
+        record = await load_response(redis, response_id)
+        assert record is not None
+        req = record.request
+        item = events.message_item("msg_rerun", "", "in_progress")
+        await state.append(
+            response_id,
+            2,
+            [
+                events.lifecycle(events.IN_PROGRESS, build_response(req, Status.IN_PROGRESS)),
+                events.output_item_added(0, item),
+                events.text_delta("msg_rerun", 0, "Re-run answer."),
+            ],
+        )
+        assert await state.finish(
+            response_id,
+            expect=Status.IN_PROGRESS,
+            attempt=2,
+            final=Status.COMPLETED,
+            response=build_response(req, Status.COMPLETED, TurnOutcome(status=Status.COMPLETED)),
+            conversation_id=req.conversation_id,
+            items=[],
+        )
+    finally:
+        await redis.aclose()
+
+
+async def test_tail_marks_a_re_run_on_both_paths(stack: Stack) -> None:
+    response_id = await _create(stack, "count to 500 [delay=20ms]")
+    await stack.on_stack(_take_over_after_first_delta(stack, response_id))
+
+    rerun = "--- re-run: attempt 2 (discard the output above) ---"
+    from_redis = await _tail_redis(stack, response_id, -1)
+    assert from_redis.count(rerun) == 1
+    marker = from_redis.index(rerun)
+    assert " response.output_text.delta [attempt 1] " in from_redis[marker - 1]
+    assert " response.in_progress [attempt 2] " in from_redis[marker + 1]
+    assert from_redis[-1].endswith(" response.completed [attempt 2] completed")
+    without_marker = [line for line in from_redis if line != rerun]
+    seqs = [int(line.split(" ", 1)[0]) for line in without_marker]
+    assert seqs == list(range(len(seqs)))
+    # SSE carries no attempt field; replayed from the start, the API path counts attempts just the same.
+    assert await _tail_api(stack, response_id, -1) == from_redis
+
+    first_delta = int(from_redis[marker - 1].split(" ", 1)[0])
+    middle = await _tail_api(stack, response_id, first_delta - 1)
+    assert "--- re-run: new attempt (discard the output above) ---" in middle
+    assert "[attempt" not in "\n".join(middle)
 
 
 async def test_tail_from_redis_needs_a_redis_url(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
