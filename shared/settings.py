@@ -42,7 +42,6 @@ class Settings(BaseSettings):
     turn_timeout_s: float = 600.0
     max_queue_depth: int = 10_000  # queued turns before the API answers 503 + Retry-After
     history_max_items: int = 200  # window of conversation items sent upstream
-    metadata_max_pairs: int = 16
 
     # --- Retention ----------------------------------------------------------------------------
     stream_ttl_s: int = 86_400  # events stay replayable for a day
