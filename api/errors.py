@@ -55,7 +55,9 @@ def not_found(kind: str, ident: str, param: str | None = None) -> APIError:
 
 
 # pydantic puts where the value came from and, for unions, the member type into `loc`; neither is a param.
-_NOT_PARAMS = frozenset({"body", "query", "path", "header", "str", "int", "float", "bool", "list", "dict", "ConversationRef"})
+_NOT_PARAMS = frozenset(
+    {"body", "query", "path", "header", "str", "int", "float", "bool", "list", "dict", "ConversationRef"}
+)
 _TYPE_TAG = re.compile(r"[\[\]()]|^function-")
 
 

@@ -85,7 +85,7 @@ class Stack:
         return f"{self.api_url}/v1"
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115 - the process owns it
+        log = open(self.logdir / f"{name}.log", "ab")
         proc = subprocess.Popen(
             [sys.executable, "-c", "from shared.cli import main; main()", *args],
             env={**self.env, **(env or {})},

@@ -88,7 +88,12 @@ def test_two_concurrent_turns_wait_and_the_second_sees_the_first(client: OpenAI)
     assert done_second.output_text == "Your name is Ravi."
     items = client.conversations.items.list(conv.id, order="asc").data
     texts = [i.content[0].text for i in items]  # type: ignore[union-attr]
-    assert texts == ["My name is Ravi. [delay=30ms]", "Nice to meet you, Ravi.", "What is my name?", "Your name is Ravi."]
+    assert texts == [
+        "My name is Ravi. [delay=30ms]",
+        "Nice to meet you, Ravi.",
+        "What is my name?",
+        "Your name is Ravi.",
+    ]
 
 
 def test_many_concurrent_turns_on_one_conversation_never_interleave(client: OpenAI) -> None:

@@ -1,0 +1,48 @@
+"""The README stays true: its SDK examples run, and its settings table names every setting."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from shared.settings import Settings
+from tests.conftest import ROOT, Stack
+
+README = (ROOT / "README.md").read_text()
+EXAMPLES = dict(re.findall(r"<!-- example: ([\w-]+) -->\n```python\n(.*?)```", README, re.S))
+EXPECTED_OUTPUT = {
+    "multi-turn": "Your name is Ravi.",
+    "background": "completed 1 2 3 4 5 6 7 8 9",
+    "tools": "[calling get_weather({\"city\": \"Bengaluru\"})]",
+}
+
+
+def test_readme_has_the_examples() -> None:
+    assert set(EXAMPLES) == set(EXPECTED_OUTPUT)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_OUTPUT))
+def test_readme_example_runs(name: str, stack: Stack) -> None:
+    code = EXAMPLES[name].replace("http://127.0.0.1:8000/v1", stack.base_url)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, f"README example {name}", "exec"), {"__name__": "__readme__"})
+    assert EXPECTED_OUTPUT[name] in out.getvalue()
+    if name == "tools":
+        assert "Tool lookup_order returned: shipped." in out.getvalue()
+
+
+def test_readme_settings_table_names_every_setting() -> None:
+    for name in Settings.model_fields:
+        assert f"TURNSTREAM_{name.upper()}" in README, name
+
+
+def test_readme_commands_exist() -> None:
+    makefile = (Path(ROOT) / "Makefile").read_text()
+    assert "make dev" in README and "\ndev:" in makefile
+    assert "make test" in README and "\ntest:" in makefile
+    assert "make test" in (Path(ROOT) / ".ci" / "run").read_text()
