@@ -1,0 +1,275 @@
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from arq.connections import ArqRedis
+from openai.types.responses import ResponseTextDeltaEvent
+
+from shared import events, ids, keys
+from shared.events import StreamEvent, decode_entry
+from shared.models import Status
+from shared.redis_conn import EmbeddedRedis
+from shared.settings import Settings
+from shared.turn_state import Retention, StaleTurn, TurnState
+from worker.emitter import Emitter
+
+WINDOW = 0.03
+SETTINGS = Settings()
+
+
+class Turn:
+    """A started turn on a fresh in-process Redis, with an emitter writing to it."""
+
+    def __init__(self, redis: ArqRedis, state: TurnState, response_id: str, attempt: int) -> None:
+        self.redis = redis
+        self.state = state
+        self.response_id = response_id
+        self.cancels = 0
+        self.emitter = Emitter(state, response_id, attempt, WINDOW, self._on_cancel)
+
+    def _on_cancel(self) -> None:
+        self.cancels += 1
+
+    async def stored(self) -> list[StreamEvent]:
+        return [decode_entry(fields) for _, fields in await self.redis.xrange(keys.events(self.response_id))]
+
+    async def stored_count(self) -> int:
+        return int(await self.redis.xlen(keys.events(self.response_id)))
+
+
+@pytest.fixture
+async def turn() -> Turn:
+    redis = EmbeddedRedis().client(SETTINGS)
+    state = TurnState(redis, Retention.from_settings(SETTINGS))
+    response_id = ids.response_id()
+    await redis.hset(
+        keys.response(response_id),
+        mapping={"status": Status.QUEUED.value, "attempt": 0, "seq": -1, "request": "{}", "response": "{}"},
+    )
+    started = await state.start(response_id)
+    return Turn(redis, state, response_id, started.attempt)
+
+
+def delta(text: str, item_id: str = "msg_1") -> events.Event:
+    return events.text_delta(item_id, 0, text)
+
+
+def texts(stored: list[StreamEvent]) -> list[str]:
+    return [event.json()["delta"] for event in stored]
+
+
+async def test_first_event_is_written_at_once(turn: Turn) -> None:
+    await turn.emitter.emit(delta("first"))
+
+    assert texts(await turn.stored()) == ["first"]
+    assert turn.emitter.writes == 1
+
+
+async def test_rapid_deltas_are_merged_into_fewer_entries_with_identical_text(turn: Turn) -> None:
+    pieces = [f"t{i} " for i in range(200)]
+    for piece in pieces:
+        await turn.emitter.emit(delta(piece))
+        await asyncio.sleep(0.0002)
+    await asyncio.sleep(WINDOW * 2)
+
+    stored = await turn.stored()
+    assert 1 < len(stored) < len(pieces) / 4
+    assert "".join(texts(stored)) == "".join(pieces)
+    assert [event.seq for event in stored] == list(range(len(stored)))
+    assert turn.emitter.writes == len(stored)
+
+
+async def test_merged_delta_is_a_valid_openai_text_delta_event(turn: Turn) -> None:
+    for piece in ("a", "b", "c"):
+        await turn.emitter.emit(delta(piece))
+    await turn.emitter.close()
+
+    merged = (await turn.stored())[-1].json()
+    parsed = ResponseTextDeltaEvent.model_validate(merged)
+    assert parsed.delta == "bc"
+    assert parsed.sequence_number == 1
+
+
+async def test_buffered_events_reach_redis_within_the_window_without_close(turn: Turn) -> None:
+    await turn.emitter.emit(delta("a"))
+    await turn.emitter.emit(delta("b"))
+    await turn.emitter.emit(delta("c"))
+    assert await turn.stored_count() == 1
+
+    await asyncio.sleep(WINDOW * 2)
+
+    assert texts(await turn.stored()) == ["a", "bc"]
+
+
+async def test_an_event_after_a_quiet_spell_is_written_at_once(turn: Turn) -> None:
+    await turn.emitter.emit(delta("a"))
+    await asyncio.sleep(WINDOW * 1.5)
+
+    await turn.emitter.emit(delta("b"))
+
+    assert texts(await turn.stored()) == ["a", "b"]
+
+
+async def test_deltas_of_different_items_are_not_merged(turn: Turn) -> None:
+    await turn.emitter.emit(delta("start", "msg_a"))
+    for event in (
+        delta("a1", "msg_a"),
+        delta("a2", "msg_a"),
+        delta("b1", "msg_b"),
+        delta("a3", "msg_a"),
+        events.arguments_delta("fc_1", 1, '{"x"'),
+        events.arguments_delta("fc_1", 1, ":1}"),
+        events.arguments_delta("fc_2", 2, "{}"),
+    ):
+        await turn.emitter.emit(event)
+    await turn.emitter.close()
+
+    stored = [event.json() for event in await turn.stored()]
+    assert [(e["type"], e["item_id"], e["delta"]) for e in stored] == [
+        ("response.output_text.delta", "msg_a", "start"),
+        ("response.output_text.delta", "msg_a", "a1a2"),
+        ("response.output_text.delta", "msg_b", "b1"),
+        ("response.output_text.delta", "msg_a", "a3"),
+        ("response.function_call_arguments.delta", "fc_1", '{"x":1}'),
+        ("response.function_call_arguments.delta", "fc_2", "{}"),
+    ]
+
+
+async def test_text_and_argument_deltas_of_the_same_item_id_are_not_merged(turn: Turn) -> None:
+    await turn.emitter.emit(delta("start"))
+    await turn.emitter.emit(events.text_delta("x", 0, "text"))
+    await turn.emitter.emit(events.arguments_delta("x", 0, "args"))
+    await turn.emitter.close()
+
+    stored = await turn.stored()
+    assert [event.type for event in stored[1:]] == [
+        "response.output_text.delta",
+        "response.function_call_arguments.delta",
+    ]
+
+
+async def test_structural_events_keep_their_order_around_merged_deltas(turn: Turn) -> None:
+    item = events.message_item("msg_1", "", "in_progress")
+    done = events.message_item("msg_1", "Hello world", "completed")
+    sequence = [
+        events.output_item_added(0, item),
+        events.content_part_added("msg_1", 0),
+        delta("Hello"),
+        delta(" world"),
+        events.text_done("msg_1", 0, "Hello world"),
+        events.content_part_done("msg_1", 0, "Hello world"),
+        events.output_item_done(0, done),
+    ]
+    for event in sequence:
+        await turn.emitter.emit(event)
+    await turn.emitter.close()
+
+    stored = await turn.stored()
+    assert [event.type for event in stored] == [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]
+    assert stored[2].json()["delta"] == "Hello world"
+    assert stored[-1].json()["item"] == done
+
+
+async def test_emitted_event_is_not_changed_by_later_merges(turn: Turn) -> None:
+    await turn.emitter.emit(delta("start"))
+    second = delta("b")
+    await turn.emitter.emit(second)
+    await turn.emitter.emit(delta("c"))
+    await turn.emitter.close()
+
+    assert second["delta"] == "b"
+    assert texts(await turn.stored()) == ["start", "bc"]
+
+
+async def test_close_flushes_pending_events_and_stops_the_timer(turn: Turn) -> None:
+    await turn.emitter.emit(delta("a"))
+    await turn.emitter.emit(delta("b"))
+
+    await turn.emitter.close()
+
+    assert texts(await turn.stored()) == ["a", "b"]
+    writes = turn.emitter.writes
+    await asyncio.sleep(WINDOW * 2)
+    assert turn.emitter.writes == writes
+    assert await turn.stored_count() == 2
+
+
+async def test_close_with_nothing_pending_writes_nothing(turn: Turn) -> None:
+    await turn.emitter.close()
+
+    assert await turn.stored_count() == 0
+    assert turn.emitter.writes == 0
+
+
+async def test_discard_drops_pending_events(turn: Turn) -> None:
+    await turn.emitter.emit(delta("kept"))
+    await turn.emitter.emit(delta("dropped"))
+
+    turn.emitter.discard()
+    await asyncio.sleep(WINDOW * 2)
+    await turn.emitter.close()
+
+    assert texts(await turn.stored()) == ["kept"]
+
+
+async def test_on_cancel_fires_when_the_cancel_flag_is_set(turn: Turn) -> None:
+    await turn.emitter.emit(delta("a"))
+    assert turn.cancels == 0
+
+    await turn.redis.hset(keys.response(turn.response_id), "cancel", "1")
+    await asyncio.sleep(WINDOW * 1.5)
+    await turn.emitter.emit(delta("b"))
+
+    assert turn.cancels == 1
+
+
+async def test_on_cancel_fires_from_a_timed_flush(turn: Turn) -> None:
+    await turn.emitter.emit(delta("a"))
+    await turn.redis.hset(keys.response(turn.response_id), "cancel", "1")
+    await turn.emitter.emit(delta("b"))
+    assert turn.cancels == 0
+
+    await asyncio.sleep(WINDOW * 2)
+
+    assert turn.cancels == 1
+
+
+async def test_failed_timed_flush_surfaces_on_next_emit_and_close(turn: Turn) -> None:
+    await turn.emitter.emit(delta("a"))
+    await turn.emitter.emit(delta("b"))
+    await turn.state.start(turn.response_id)  # a re-run takes the turn over
+    await asyncio.sleep(WINDOW * 2)
+
+    with pytest.raises(StaleTurn) as on_emit:
+        await turn.emitter.emit(delta("c"))
+    with pytest.raises(StaleTurn):
+        await turn.emitter.close()
+
+    assert on_emit.value.code == -2
+    assert texts(await turn.stored()) == ["a"]
+
+
+async def test_immediate_write_to_a_finished_turn_raises(turn: Turn) -> None:
+    await turn.redis.hset(keys.response(turn.response_id), "status", "cancelled")
+
+    with pytest.raises(StaleTurn) as raised:
+        await turn.emitter.emit(delta("a"))
+
+    assert raised.value.code == -3
+
+
+async def test_stored_entry_carries_the_emitter_attempt(turn: Turn) -> None:
+    await turn.emitter.emit(delta("a"))
+
+    (entry,) = await turn.stored()
+    assert entry.attempt == 1
+    assert json.loads(entry.data)["sequence_number"] == 0

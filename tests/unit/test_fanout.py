@@ -1,0 +1,258 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from arq.connections import ArqRedis
+
+from api.fanout import Fanout
+from shared import events, ids, keys
+from shared.events import StreamEvent
+from shared.models import Status
+from shared.redis_conn import EmbeddedRedis
+from shared.settings import Settings
+from shared.turn_state import Retention, TurnState
+
+SETTINGS = Settings()
+GUARD_S = 3.0  # every wait is bounded: a fan-out bug fails the test instead of hanging it
+
+
+@dataclass
+class Harness:
+    redis: ArqRedis
+    state: TurnState
+    fanout: Fanout
+
+    async def new_turn(self) -> str:
+        """A record as the API stores it, with its `response.created` event, started by a worker."""
+        response_id = ids.response_id()
+        await self.redis.hset(
+            keys.response(response_id),
+            mapping={"status": Status.QUEUED.value, "attempt": 0, "seq": -1, "request": "{}", "response": "{}"},
+        )
+        await self.state.append(response_id, 0, [events.lifecycle(events.CREATED, {"id": response_id})])
+        await self.state.start(response_id)
+        return response_id
+
+    async def write(self, response_id: str, count: int, pause_s: float = 0.0) -> None:
+        for i in range(count):
+            await self.state.append(response_id, 1, [events.text_delta("msg_1", 0, f"{i} ")])
+            await asyncio.sleep(pause_s)
+
+    async def finish(self, response_id: str) -> None:
+        assert await self.state.finish(
+            response_id,
+            expect=Status.IN_PROGRESS,
+            attempt=1,
+            final=Status.COMPLETED,
+            response={"id": response_id, "status": "completed"},
+            conversation_id=None,
+            items=[],
+        )
+
+    async def produce(self, response_id: str, count: int, pause_s: float = 0.001) -> None:
+        await self.write(response_id, count, pause_s)
+        await self.finish(response_id)
+
+    async def length(self, response_id: str) -> int:
+        return int(await self.redis.xlen(keys.events(response_id)))
+
+    async def collect(self, response_id: str, after_seq: int = -1) -> list[StreamEvent]:
+        async with asyncio.timeout(GUARD_S):
+            return [event async for event in self.fanout.events(response_id, after_seq)]
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    embedded = EmbeddedRedis()
+    redis = embedded.client(SETTINGS)
+    fanout = Fanout(redis, embedded.client(SETTINGS), poll_s=0.05)
+    await fanout.start()
+    yield Harness(redis, TurnState(redis, Retention.from_settings(SETTINGS)), fanout)
+    async with asyncio.timeout(GUARD_S):
+        await fanout.stop()
+
+
+async def until_watched(fanout: Fanout) -> None:
+    for _ in range(int(GUARD_S * 1000)):
+        if fanout.watched:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the subscriber never registered its watch")
+
+
+def reader_tasks() -> int:
+    return sum(1 for task in asyncio.all_tasks() if task.get_coro().__qualname__ == "Fanout._run" and not task.done())
+
+
+def assert_complete(received: list[StreamEvent], first: int, last: int) -> None:
+    assert [event.seq for event in received] == list(range(first, last + 1))
+    assert received[-1].terminal
+    assert received[-1].type == events.COMPLETED
+    assert not any(event.terminal for event in received[:-1])
+
+
+async def test_subscriber_before_any_live_event_gets_every_event_once_in_order(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    subscriber = asyncio.create_task(harness.collect(response_id))
+    await asyncio.sleep(0.01)
+
+    async with asyncio.timeout(GUARD_S):
+        await harness.produce(response_id, 30)
+        received = await subscriber
+
+    assert_complete(received, 0, 31)
+    assert received[0].type == events.CREATED
+
+
+async def test_subscriber_joining_mid_stream_gets_replay_then_live_without_gap_or_duplicate(harness: Harness) -> None:
+    for pause_s in (0.001, 0.0):
+        response_id = await harness.new_turn()
+        await harness.write(response_id, 20)
+        producer = asyncio.create_task(harness.produce(response_id, 100, pause_s))
+        await asyncio.sleep(0)
+        async with asyncio.timeout(GUARD_S):
+            received = await harness.collect(response_id)
+            await producer
+
+        assert_complete(received, 0, 121)
+
+
+async def test_subscriber_after_a_sequence_number_gets_only_later_events(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    await harness.write(response_id, 10)
+    subscriber = asyncio.create_task(harness.collect(response_id, after_seq=5))
+
+    async with asyncio.timeout(GUARD_S):
+        await harness.produce(response_id, 10)
+        received = await subscriber
+
+    assert_complete(received, 6, 21)
+
+
+async def test_subscriber_to_a_finished_response_replays_it_and_ends(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    await harness.produce(response_id, 5, pause_s=0)
+
+    received = await harness.collect(response_id)
+
+    assert_complete(received, 0, 6)
+    assert received[-1].json()["response"]["status"] == "completed"
+
+
+async def test_two_subscribers_to_one_response_both_get_everything(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    early = asyncio.create_task(harness.collect(response_id))
+    await asyncio.sleep(0.01)
+    await harness.write(response_id, 30)
+    producer = asyncio.create_task(harness.produce(response_id, 70))
+
+    async with asyncio.timeout(GUARD_S):
+        late = await harness.collect(response_id)
+        await producer
+        first = await early
+
+    assert_complete(first, 0, 101)
+    assert_complete(late, 0, 101)
+
+
+async def test_subscribers_to_different_responses_get_only_their_own_events(harness: Harness) -> None:
+    one, two = await harness.new_turn(), await harness.new_turn()
+    subscribers = [asyncio.create_task(harness.collect(rid)) for rid in (one, two)]
+    await asyncio.sleep(0.01)
+
+    async with asyncio.timeout(GUARD_S):
+        await asyncio.gather(harness.produce(one, 20), harness.produce(two, 40))
+        got_one, got_two = await asyncio.gather(*subscribers)
+
+    assert_complete(got_one, 0, 21)
+    assert_complete(got_two, 0, 41)
+    assert got_one[-1].json()["response"]["id"] == one
+    assert got_two[-1].json()["response"]["id"] == two
+
+
+async def test_watched_counts_streams_and_drops_to_zero_after_subscribers_finish(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    subscribers = [asyncio.create_task(harness.collect(response_id)) for _ in range(3)]
+    await until_watched(harness.fanout)
+    assert harness.fanout.watched == 1
+
+    async with asyncio.timeout(GUARD_S):
+        await harness.produce(response_id, 5)
+        await asyncio.gather(*subscribers)
+
+    assert harness.fanout.watched == 0
+
+
+async def test_a_subscriber_that_stops_early_is_unwatched(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    await harness.write(response_id, 3)
+    stream = harness.fanout.events(response_id)
+
+    async with asyncio.timeout(GUARD_S):
+        first = await anext(stream)
+        assert harness.fanout.watched == 1
+        await stream.aclose()
+
+    assert first.seq == 0
+    assert harness.fanout.watched == 0
+
+
+async def test_a_rerun_is_delivered_with_its_attempt_number(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    subscriber = asyncio.create_task(harness.collect(response_id))
+    await harness.write(response_id, 2)
+    await harness.state.start(response_id)
+    await harness.state.append(response_id, 2, [events.text_delta("msg_2", 0, "again")])
+
+    async with asyncio.timeout(GUARD_S):
+        await harness.state.finish(
+            response_id,
+            expect=Status.IN_PROGRESS,
+            attempt=2,
+            final=Status.COMPLETED,
+            response={"id": response_id},
+            conversation_id=None,
+            items=[],
+        )
+        received = await subscriber
+
+    assert [event.attempt for event in received] == [0, 1, 1, 2, 2]
+    assert [event.seq for event in received] == [0, 1, 2, 3, 4]
+
+
+async def test_stop_ends_the_reader_and_removes_its_wake_stream() -> None:
+    embedded = EmbeddedRedis()
+    redis = embedded.client(SETTINGS)
+    fanout = Fanout(redis, embedded.client(SETTINGS), poll_s=0.05)
+    await fanout.start()
+    state = TurnState(redis, Retention.from_settings(SETTINGS))
+    harness = Harness(redis, state, fanout)
+    response_id = await harness.new_turn()
+    subscriber = asyncio.create_task(harness.collect(response_id))
+    await until_watched(fanout)
+    async with asyncio.timeout(GUARD_S):
+        await harness.produce(response_id, 2)
+        await subscriber
+    assert await redis.keys(keys.fanout_wake("*")) != []
+    assert reader_tasks() == 1
+
+    async with asyncio.timeout(GUARD_S):
+        await fanout.stop()
+
+    assert reader_tasks() == 0
+    assert await redis.keys(keys.fanout_wake("*")) == []
+
+
+@pytest.mark.xfail(strict=True, reason="resuming after the terminal event waits forever instead of ending")
+async def test_subscriber_resuming_after_the_terminal_event_ends_at_once(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    await harness.produce(response_id, 3, pause_s=0)
+    terminal_seq = await harness.length(response_id) - 1
+
+    async with asyncio.timeout(0.5):
+        received = [event async for event in harness.fanout.events(response_id, terminal_seq)]
+
+    assert received == []

@@ -1,0 +1,464 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from arq.connections import ArqRedis
+
+from shared import events, ids, keys
+from shared.events import StreamEvent, decode_entry
+from shared.models import Status, TurnRequest
+from shared.redis_conn import EmbeddedRedis
+from shared.response_object import build_response
+from shared.settings import Settings
+from shared.turn_state import Retention, StaleTurn, TurnState
+
+SETTINGS = Settings()
+RETENTION = Retention(stream_ttl_s=600, response_ttl_s=7200, conversation_ttl_s=3600, stream_maxlen=20_000)
+
+
+@pytest.fixture
+def redis() -> ArqRedis:
+    return EmbeddedRedis().client(SETTINGS)
+
+
+@pytest.fixture
+def state(redis: ArqRedis) -> TurnState:
+    return TurnState(redis, RETENTION)
+
+
+async def store_queued(redis: ArqRedis, conversation_id: str | None = None) -> TurnRequest:
+    """The record exactly as the API stores it before enqueueing."""
+    req = TurnRequest(
+        response_id=ids.response_id(),
+        model="test-model",
+        input=[{"id": ids.message_id(), "type": "message", "role": "user", "status": "completed",
+                "content": [{"type": "input_text", "text": "hi"}]}],
+        conversation_id=conversation_id,
+    )
+    await redis.hset(
+        keys.response(req.response_id),
+        mapping={
+            "status": Status.QUEUED.value,
+            "attempt": 0,
+            "seq": -1,
+            "request": req.model_dump_json(),
+            "response": json.dumps(build_response(req, Status.QUEUED)),
+        },
+    )
+    return req
+
+
+async def create_conversation(redis: ArqRedis) -> str:
+    conversation_id = ids.conversation_id()
+    await redis.set(keys.conversation(conversation_id), json.dumps({"id": conversation_id}), ex=60)
+    return conversation_id
+
+
+async def stream(redis: ArqRedis, response_id: str) -> list[tuple[str, StreamEvent]]:
+    entries = await redis.xrange(keys.events(response_id))
+    return [(entry_id.decode(), decode_entry(fields)) for entry_id, fields in entries]
+
+
+async def status_of(redis: ArqRedis, response_id: str) -> str:
+    return (await redis.hget(keys.response(response_id), "status")).decode()
+
+
+async def stored_items(redis: ArqRedis, conversation_id: str) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in await redis.lrange(keys.conversation_items(conversation_id), 0, -1)]
+
+
+def delta(text: str) -> events.Event:
+    return events.text_delta("msg_1", 0, text)
+
+
+async def finish(
+    state: TurnState,
+    req: TurnRequest,
+    *,
+    attempt: int | None,
+    expect: Status = Status.IN_PROGRESS,
+    final: Status = Status.COMPLETED,
+    items: list[dict[str, Any]] | None = None,
+) -> bool:
+    return await state.finish(
+        req.response_id,
+        expect=expect,
+        attempt=attempt,
+        final=final,
+        response=build_response(req, final),
+        conversation_id=req.conversation_id,
+        items=items or [],
+    )
+
+
+# --- append -------------------------------------------------------------------------------------
+
+
+async def test_sequence_numbers_start_at_zero_and_increase_by_one_across_appends(
+    redis: ArqRedis, state: TurnState
+) -> None:
+    req = await store_queued(redis)
+    await state.append(req.response_id, 0, [delta("a")])
+    await state.append(req.response_id, 0, [delta("b"), delta("c"), delta("d")])
+    await state.append(req.response_id, 0, [delta("e"), delta("f")])
+
+    entries = await stream(redis, req.response_id)
+    assert [event.seq for _, event in entries] == [0, 1, 2, 3, 4, 5]
+    assert [entry_id for entry_id, _ in entries] == [f"{seq}-1" for seq in range(6)]
+    assert [event.json()["sequence_number"] for _, event in entries] == list(range(6))
+    assert "".join(event.json()["delta"] for _, event in entries) == "abcdef"
+    assert int(await redis.hget(keys.response(req.response_id), "seq")) == 5
+
+
+async def test_entry_data_is_the_event_json_with_sequence_number_added(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    event = events.output_item_added(0, events.message_item("msg_1", "", "in_progress"))
+    await state.append(req.response_id, 0, [delta("x"), event])
+
+    (_, first), (_, second) = await stream(redis, req.response_id)
+    assert second.type == "response.output_item.added"
+    assert second.attempt == 0
+    assert second.json() == {"sequence_number": 1, **event}
+    assert first.json() == {"sequence_number": 0, **delta("x")}
+
+
+async def test_append_records_the_writing_attempt_on_each_entry(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    await state.append(req.response_id, 0, [events.lifecycle(events.CREATED, {"id": req.response_id})])
+    started = await state.start(req.response_id)
+    await state.append(req.response_id, started.attempt, [delta("x")])
+
+    assert [event.attempt for _, event in await stream(redis, req.response_id)] == [0, 1]
+
+
+async def test_append_with_stale_attempt_is_refused_and_writes_nothing(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    await state.start(req.response_id)
+    await state.append(req.response_id, 1, [delta("from attempt 1")])
+    await state.start(req.response_id)
+
+    with pytest.raises(StaleTurn) as raised:
+        await state.append(req.response_id, 1, [delta("zombie")])
+
+    assert raised.value.code == -2
+    assert [event.json()["delta"] for _, event in await stream(redis, req.response_id)] == ["from attempt 1"]
+    assert int(await redis.hget(keys.response(req.response_id), "seq")) == 0
+
+
+async def test_append_after_finish_is_refused_as_finished(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    await state.start(req.response_id)
+    assert await finish(state, req, attempt=1)
+
+    with pytest.raises(StaleTurn) as raised:
+        await state.append(req.response_id, 1, [delta("late")])
+
+    assert raised.value.code == -3
+    assert (await stream(redis, req.response_id))[-1][1].type == events.COMPLETED
+
+
+async def test_append_to_deleted_response_is_refused_as_missing(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    await state.start(req.response_id)
+    await redis.delete(keys.response(req.response_id), keys.events(req.response_id))
+
+    with pytest.raises(StaleTurn) as raised:
+        await state.append(req.response_id, 1, [delta("x")])
+
+    assert raised.value.code == -1
+    assert await redis.exists(keys.events(req.response_id)) == 0
+
+
+async def test_append_reports_whether_cancel_was_requested(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    await state.start(req.response_id)
+    assert await state.append(req.response_id, 1, [delta("a")]) is False
+
+    await redis.hset(keys.response(req.response_id), "cancel", "1")
+
+    assert await state.append(req.response_id, 1, [delta("b")]) is True
+
+
+async def test_stream_is_capped_near_maxlen_and_given_a_ttl(redis: ArqRedis) -> None:
+    retention = Retention(stream_ttl_s=90, response_ttl_s=7200, conversation_ttl_s=3600, stream_maxlen=10)
+    state = TurnState(redis, retention)
+    req = await store_queued(redis)
+    for i in range(300):
+        await state.append(req.response_id, 0, [delta(str(i))])
+
+    length = await redis.xlen(keys.events(req.response_id))
+    # "~" trims whole radix nodes (100 entries by default), so the cap is approximate.
+    assert 10 <= length <= 10 + 100
+    assert 0 < await redis.ttl(keys.events(req.response_id)) <= 90
+    newest = await redis.xrevrange(keys.events(req.response_id), count=1)
+    assert newest[0][0] == b"299-1"
+
+
+@pytest.mark.xfail(strict=True, reason="an empty batch is reported as a deleted response (StaleTurn(-1))")
+async def test_append_of_empty_batch_writes_nothing_and_does_not_raise(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+
+    assert await state.append(req.response_id, 0, []) is False
+    assert await redis.xlen(keys.events(req.response_id)) == 0
+
+
+# --- start --------------------------------------------------------------------------------------
+
+
+async def test_start_moves_queued_turn_to_in_progress_as_attempt_one(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+
+    started = await state.start(req.response_id)
+
+    assert started.status_before == "queued"
+    assert started.attempt == 1
+    assert started.cancel_requested is False
+    assert await status_of(redis, req.response_id) == "in_progress"
+    assert int(await redis.hget(keys.response(req.response_id), "attempt")) == 1
+
+
+async def test_second_start_is_a_rerun_with_attempt_two(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    await state.start(req.response_id)
+
+    rerun = await state.start(req.response_id)
+
+    assert rerun.status_before == "in_progress"
+    assert rerun.attempt == 2
+    assert await status_of(redis, req.response_id) == "in_progress"
+
+
+async def test_start_of_finished_turn_changes_nothing(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    await state.start(req.response_id)
+    await finish(state, req, attempt=1)
+
+    again = await state.start(req.response_id)
+
+    assert again.status_before == "completed"
+    assert again.attempt == 1
+    assert await status_of(redis, req.response_id) == "completed"
+
+
+async def test_start_of_missing_response_reports_missing(state: TurnState) -> None:
+    started = await state.start("resp_gone")
+
+    assert started.status_before == "missing"
+    assert started.attempt == 0
+
+
+async def test_start_reports_a_cancel_requested_while_queued(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    await redis.hset(keys.response(req.response_id), "cancel", "1")
+
+    started = await state.start(req.response_id)
+
+    assert started.cancel_requested is True
+
+
+# --- finish -------------------------------------------------------------------------------------
+
+
+async def test_finish_stores_final_status_response_and_terminal_event(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    await state.append(req.response_id, 0, [events.lifecycle(events.CREATED, {"id": req.response_id})])
+    await state.start(req.response_id)
+    await state.append(req.response_id, 1, [delta("hello")])
+
+    assert await finish(state, req, attempt=1) is True
+
+    assert await status_of(redis, req.response_id) == "completed"
+    stored = json.loads(await redis.hget(keys.response(req.response_id), "response"))
+    assert stored["status"] == "completed"
+    entries = await stream(redis, req.response_id)
+    entry_id, terminal = entries[-1]
+    assert (entry_id, terminal.seq, terminal.attempt) == ("2-1", 2, 1)
+    assert terminal.terminal
+    assert terminal.json()["type"] == events.COMPLETED
+    assert terminal.json()["response"] == stored
+    assert terminal.json()["sequence_number"] == 2
+
+
+async def test_finish_sets_response_and_stream_ttls(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    await state.start(req.response_id)
+
+    await state.finish(
+        req.response_id,
+        expect=Status.IN_PROGRESS,
+        attempt=1,
+        final=Status.COMPLETED,
+        response=build_response(req, Status.COMPLETED),
+        conversation_id=None,
+        items=[],
+        response_ttl_s=120,
+    )
+
+    assert 0 < await redis.ttl(keys.response(req.response_id)) <= 120
+    assert 0 < await redis.ttl(keys.events(req.response_id)) <= RETENTION.stream_ttl_s
+
+
+async def test_finish_twice_commits_once(redis: ArqRedis, state: TurnState) -> None:
+    conversation_id = await create_conversation(redis)
+    req = await store_queued(redis, conversation_id)
+    await state.claim(conversation_id, req.response_id, "wait")
+    await state.start(req.response_id)
+    items = [events.message_item("msg_a", "answer", "completed")]
+
+    first = await finish(state, req, attempt=1, items=items)
+    second = await finish(state, req, attempt=1, final=Status.FAILED, items=items)
+
+    assert (first, second) == (True, False)
+    assert await stored_items(redis, conversation_id) == items
+    assert await status_of(redis, req.response_id) == "completed"
+    terminals = [event for _, event in await stream(redis, req.response_id) if event.terminal]
+    assert len(terminals) == 1
+
+
+async def test_finish_by_older_attempt_is_refused(redis: ArqRedis, state: TurnState) -> None:
+    conversation_id = await create_conversation(redis)
+    req = await store_queued(redis, conversation_id)
+    await state.start(req.response_id)
+    await state.start(req.response_id)
+
+    refused = await finish(state, req, attempt=1, items=[events.message_item("msg_old", "zombie", "completed")])
+
+    assert refused is False
+    assert await status_of(redis, req.response_id) == "in_progress"
+    assert await stored_items(redis, conversation_id) == []
+    assert await redis.xlen(keys.events(req.response_id)) == 0
+    assert await finish(state, req, attempt=2) is True
+
+
+async def test_cancel_before_pickup_finishes_a_queued_turn(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+
+    committed = await finish(state, req, attempt=None, expect=Status.QUEUED, final=Status.CANCELLED)
+
+    assert committed is True
+    assert await status_of(redis, req.response_id) == "cancelled"
+    (_, terminal), = await stream(redis, req.response_id)
+    assert terminal.type == events.INCOMPLETE
+    assert terminal.json()["response"]["status"] == "cancelled"
+    assert (await state.start(req.response_id)).status_before == "cancelled"
+
+
+async def test_cancel_before_pickup_is_refused_once_the_turn_started(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    await state.start(req.response_id)
+
+    committed = await finish(state, req, attempt=None, expect=Status.QUEUED, final=Status.CANCELLED)
+
+    assert committed is False
+    assert await status_of(redis, req.response_id) == "in_progress"
+    assert await redis.xlen(keys.events(req.response_id)) == 0
+
+
+async def test_finish_pops_the_turn_and_wakes_the_next_one(redis: ArqRedis, state: TurnState) -> None:
+    conversation_id = await create_conversation(redis)
+    first, second, third = [await store_queued(redis, conversation_id) for _ in range(3)]
+    for req in (first, second, third):
+        assert await state.claim(conversation_id, req.response_id, "wait")
+    await state.start(first.response_id)
+
+    assert await finish(state, first, attempt=1)
+
+    turns = await redis.lrange(keys.conversation_turns(conversation_id), 0, -1)
+    assert [t.decode() for t in turns] == [second.response_id, third.response_id]
+    assert await redis.lrange(keys.turn_wake(second.response_id), 0, -1) == [b"1"]
+    assert await redis.exists(keys.turn_wake(third.response_id)) == 0
+    assert 0 < await redis.ttl(keys.turn_wake(second.response_id)) <= RETENTION.conversation_ttl_s
+
+
+async def test_finish_of_the_last_turn_leaves_no_turns_and_wakes_nobody(redis: ArqRedis, state: TurnState) -> None:
+    conversation_id = await create_conversation(redis)
+    req = await store_queued(redis, conversation_id)
+    await state.claim(conversation_id, req.response_id, "wait")
+    await state.start(req.response_id)
+
+    assert await finish(state, req, attempt=1)
+
+    assert await redis.llen(keys.conversation_turns(conversation_id)) == 0
+    assert await redis.keys(keys.TURN_WAKE_PREFIX + "*") == []
+
+
+async def test_finish_appends_items_to_the_conversation_in_order_and_refreshes_its_ttl(
+    redis: ArqRedis, state: TurnState
+) -> None:
+    conversation_id = await create_conversation(redis)
+    req = await store_queued(redis, conversation_id)
+    await state.start(req.response_id)
+    items = [
+        *req.input,
+        events.function_call_item("fc_1", "call_1", "lookup", "{}", "completed"),
+        events.function_call_output_item("fco_1", "call_1", "42", "completed"),
+        events.message_item("msg_2", "It is 42.", "completed"),
+    ]
+
+    assert await finish(state, req, attempt=1, items=items)
+
+    assert await stored_items(redis, conversation_id) == items
+    assert 60 < await redis.ttl(keys.conversation(conversation_id)) <= RETENTION.conversation_ttl_s
+    assert 60 < await redis.ttl(keys.conversation_items(conversation_id)) <= RETENTION.conversation_ttl_s
+
+
+async def test_conversation_deleted_before_finish_gets_no_items_and_is_not_recreated(
+    redis: ArqRedis, state: TurnState
+) -> None:
+    conversation_id = await create_conversation(redis)
+    req = await store_queued(redis, conversation_id)
+    await state.claim(conversation_id, req.response_id, "wait")
+    await state.start(req.response_id)
+    await redis.delete(keys.conversation(conversation_id), keys.conversation_items(conversation_id))
+
+    committed = await finish(state, req, attempt=1, items=[events.message_item("msg_x", "orphan", "completed")])
+
+    assert committed is True
+    assert await status_of(redis, req.response_id) == "completed"
+    assert await redis.exists(keys.conversation(conversation_id)) == 0
+    assert await redis.exists(keys.conversation_items(conversation_id)) == 0
+
+
+# --- claim --------------------------------------------------------------------------------------
+
+
+async def test_claim_with_reject_refuses_while_a_turn_is_queued(redis: ArqRedis, state: TurnState) -> None:
+    conversation_id = await create_conversation(redis)
+    first = await store_queued(redis, conversation_id)
+
+    assert await state.claim(conversation_id, first.response_id, "reject") is True
+    assert await state.claim(conversation_id, "resp_second", "reject") is False
+
+    turns = await redis.lrange(keys.conversation_turns(conversation_id), 0, -1)
+    assert turns == [first.response_id.encode()]
+
+
+async def test_claim_with_reject_succeeds_again_after_the_turn_finishes(redis: ArqRedis, state: TurnState) -> None:
+    conversation_id = await create_conversation(redis)
+    first = await store_queued(redis, conversation_id)
+    await state.claim(conversation_id, first.response_id, "reject")
+    await state.start(first.response_id)
+    await finish(state, first, attempt=1)
+
+    assert await state.claim(conversation_id, "resp_next", "reject") is True
+
+
+async def test_claim_with_wait_always_queues_in_arrival_order(redis: ArqRedis, state: TurnState) -> None:
+    conversation_id = await create_conversation(redis)
+    names = ["resp_a", "resp_b", "resp_c"]
+
+    results = [await state.claim(conversation_id, name, "wait") for name in names]
+
+    assert results == [True, True, True]
+    turns = await redis.lrange(keys.conversation_turns(conversation_id), 0, -1)
+    assert [t.decode() for t in turns] == names
+    assert 0 < await redis.ttl(keys.conversation_turns(conversation_id)) <= RETENTION.conversation_ttl_s
+
+
+def test_retention_reads_its_limits_from_settings() -> None:
+    settings = Settings(stream_ttl_s=1, response_ttl_s=2, conversation_ttl_s=3, stream_maxlen=4)
+
+    assert Retention.from_settings(settings) == Retention(1, 2, 3, 4)
+
