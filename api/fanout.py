@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.events import StreamEvent, decode_entry
+from shared.models import TERMINAL_STATUSES
 from shared.stream_tail import read_after
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class Fanout:
         try:
             last = after_seq
             pending = await read_after(self._redis, response_id, last)
+            if not pending and await self._ended_by(response_id, last):
+                return  # resumed after the terminal event: nothing more will come
             while True:
                 for event in pending:
                     if event.seq <= last:
@@ -86,6 +89,12 @@ class Fanout:
                 pending = await self._next(sub, response_id, last)
         finally:
             self._unwatch(keys.events(response_id), sub)
+
+    async def _ended_by(self, response_id: str, seq: int) -> bool:
+        status, last_seq = await self._redis.hmget(keys.response(response_id), ["status", "seq"])
+        if status is None:
+            return True  # deleted or expired: no event will ever come
+        return status.decode() in TERMINAL_STATUSES and int(last_seq or -1) <= seq
 
     async def _next(self, sub: _Subscriber, response_id: str, last: int) -> list[StreamEvent]:
         if sub.lost:

@@ -170,7 +170,9 @@ def function_tools(tools: list[dict[str, Any]] | None) -> list[Item]:
             raise invalid(f"Missing required parameter: '{param}.name'.", f"{param}.name")
         parameters = tool.get("parameters")
         if parameters is not None and not isinstance(parameters, dict):
-            raise invalid(f"Invalid value for '{param}.parameters': expected a JSON schema object.", param)
+            raise invalid(
+                f"Invalid value for '{param}.parameters': expected a JSON schema object.", f"{param}.parameters"
+            )
         out.append(
             {
                 "type": "function",

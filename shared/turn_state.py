@@ -78,6 +78,8 @@ redis.call('HSET', resp, 'status', ARGV[7], 'response', ARGV[8])
 append(resp, stream, st[2] or '0', ARGV[3], ARGV[9], ARGV[10])
 redis.call('EXPIRE', resp, ARGV[5])
 redis.call('EXPIRE', stream, ARGV[4])
+-- A turn that never had to wait leaves its wake token unread; it is of no use once the turn is over.
+redis.call('DEL', ARGV[12] .. ARGV[11])
 if redis.call('LREM', turns, 0, ARGV[11]) > 0 then
   local nxt = redis.call('LINDEX', turns, 0)
   if nxt then
@@ -142,6 +144,8 @@ class TurnState:
 
     async def append(self, response_id: str, attempt: int, batch: list[events.Event]) -> bool:
         """Writes events in one round trip; returns whether cancel was requested meanwhile."""
+        if not batch:
+            return False
         argv: list[Any] = [attempt, self.retention.stream_maxlen, self.retention.stream_ttl_s]
         for event in batch:
             argv += [event["type"], events.encode(event)]

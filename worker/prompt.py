@@ -10,11 +10,14 @@ Message = dict[str, Any]
 
 
 def window(items: list[Item], max_items: int) -> list[Item]:
-    """The most recent `max_items` items, never starting on a tool result whose call was cut off."""
+    """The most recent `max_items` items, without tool results whose call was cut off.
+
+    Models reject a tool message that answers no call in the prompt; a cut can land between parallel
+    calls, so every result is checked, not only the first item.
+    """
     recent = items[-max_items:] if max_items > 0 else []
-    while recent and recent[0].get("type") == "function_call_output":
-        recent = recent[1:]
-    return recent
+    calls = {item.get("call_id") for item in recent if item.get("type") == "function_call"}
+    return [i for i in recent if i.get("type") != "function_call_output" or i.get("call_id") in calls]
 
 
 def _text_of(content: Any) -> str:

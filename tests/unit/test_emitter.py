@@ -15,7 +15,7 @@ from shared.settings import Settings
 from shared.turn_state import Retention, StaleTurn, TurnState
 from worker.emitter import Emitter
 
-WINDOW = 0.03
+WINDOW = 0.05
 SETTINGS = Settings()
 
 

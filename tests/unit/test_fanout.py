@@ -75,9 +75,9 @@ async def harness() -> AsyncIterator[Harness]:
         await fanout.stop()
 
 
-async def until_watched(fanout: Fanout) -> None:
+async def until_watched(fanout: Fanout, streams: int = 1) -> None:
     for _ in range(int(GUARD_S * 1000)):
-        if fanout.watched:
+        if fanout.watched >= streams:
             return
         await asyncio.sleep(0.001)
     raise AssertionError("the subscriber never registered its watch")
@@ -97,7 +97,7 @@ def assert_complete(received: list[StreamEvent], first: int, last: int) -> None:
 async def test_subscriber_before_any_live_event_gets_every_event_once_in_order(harness: Harness) -> None:
     response_id = await harness.new_turn()
     subscriber = asyncio.create_task(harness.collect(response_id))
-    await asyncio.sleep(0.01)
+    await until_watched(harness.fanout)
 
     async with asyncio.timeout(GUARD_S):
         await harness.produce(response_id, 30)
@@ -145,7 +145,7 @@ async def test_subscriber_to_a_finished_response_replays_it_and_ends(harness: Ha
 async def test_two_subscribers_to_one_response_both_get_everything(harness: Harness) -> None:
     response_id = await harness.new_turn()
     early = asyncio.create_task(harness.collect(response_id))
-    await asyncio.sleep(0.01)
+    await until_watched(harness.fanout)
     await harness.write(response_id, 30)
     producer = asyncio.create_task(harness.produce(response_id, 70))
 
@@ -161,7 +161,7 @@ async def test_two_subscribers_to_one_response_both_get_everything(harness: Harn
 async def test_subscribers_to_different_responses_get_only_their_own_events(harness: Harness) -> None:
     one, two = await harness.new_turn(), await harness.new_turn()
     subscribers = [asyncio.create_task(harness.collect(rid)) for rid in (one, two)]
-    await asyncio.sleep(0.01)
+    await until_watched(harness.fanout, streams=2)
 
     async with asyncio.timeout(GUARD_S):
         await asyncio.gather(harness.produce(one, 20), harness.produce(two, 40))
@@ -246,13 +246,45 @@ async def test_stop_ends_the_reader_and_removes_its_wake_stream() -> None:
     assert await redis.keys(keys.fanout_wake("*")) == []
 
 
-@pytest.mark.xfail(strict=True, reason="resuming after the terminal event waits forever instead of ending")
 async def test_subscriber_resuming_after_the_terminal_event_ends_at_once(harness: Harness) -> None:
     response_id = await harness.new_turn()
     await harness.produce(response_id, 3, pause_s=0)
     terminal_seq = await harness.length(response_id) - 1
 
-    async with asyncio.timeout(0.5):
-        received = [event async for event in harness.fanout.events(response_id, terminal_seq)]
+    received = await harness.collect(response_id, after_seq=terminal_seq)
 
     assert received == []
+    assert harness.fanout.watched == 0
+
+
+async def test_subscriber_resuming_just_before_the_terminal_event_gets_only_it(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    await harness.produce(response_id, 3, pause_s=0)
+    terminal_seq = await harness.length(response_id) - 1
+
+    received = await harness.collect(response_id, after_seq=terminal_seq - 1)
+
+    assert_complete(received, terminal_seq, terminal_seq)
+
+
+async def test_subscriber_to_a_deleted_response_ends_at_once(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    await harness.write(response_id, 2)
+    await harness.redis.delete(keys.response(response_id), keys.events(response_id))
+
+    assert await harness.collect(response_id) == []
+    assert harness.fanout.watched == 0
+
+
+async def test_subscriber_caught_up_on_a_running_turn_waits_for_live_events(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    await harness.write(response_id, 3)
+    subscriber = asyncio.create_task(harness.collect(response_id, after_seq=3))
+    await until_watched(harness.fanout)
+    assert not subscriber.done()
+
+    async with asyncio.timeout(GUARD_S):
+        await harness.produce(response_id, 2)
+        received = await subscriber
+
+    assert_complete(received, 4, 6)

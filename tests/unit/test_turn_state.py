@@ -196,12 +196,12 @@ async def test_stream_is_capped_near_maxlen_and_given_a_ttl(redis: ArqRedis) -> 
     assert newest[0][0] == b"299-1"
 
 
-@pytest.mark.xfail(strict=True, reason="an empty batch is reported as a deleted response (StaleTurn(-1))")
 async def test_append_of_empty_batch_writes_nothing_and_does_not_raise(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
 
     assert await state.append(req.response_id, 0, []) is False
     assert await redis.xlen(keys.events(req.response_id)) == 0
+    assert int(await redis.hget(keys.response(req.response_id), "seq")) == -1
 
 
 # --- start --------------------------------------------------------------------------------------
@@ -379,6 +379,22 @@ async def test_finish_of_the_last_turn_leaves_no_turns_and_wakes_nobody(redis: A
     await state.start(req.response_id)
 
     assert await finish(state, req, attempt=1)
+
+    assert await redis.llen(keys.conversation_turns(conversation_id)) == 0
+    assert await redis.keys(keys.TURN_WAKE_PREFIX + "*") == []
+
+
+async def test_finished_turns_leave_no_wake_tokens_behind(redis: ArqRedis, state: TurnState) -> None:
+    conversation_id = await create_conversation(redis)
+    first, second, third = [await store_queued(redis, conversation_id) for _ in range(3)]
+    for req in (first, second, third):
+        await state.claim(conversation_id, req.response_id, "wait")
+    await state.start(first.response_id)
+    assert await finish(state, third, attempt=None, expect=Status.QUEUED, final=Status.CANCELLED)
+    assert await finish(state, first, attempt=1)
+    await state.start(second.response_id)  # picked up late: it heads the queue and never waits
+
+    assert await finish(state, second, attempt=1)
 
     assert await redis.llen(keys.conversation_turns(conversation_id)) == 0
     assert await redis.keys(keys.TURN_WAKE_PREFIX + "*") == []
