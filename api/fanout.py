@@ -9,6 +9,7 @@ already saw: registering first is what guarantees no gap between replay and live
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -63,7 +64,8 @@ class Fanout:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._redis.delete(self._wake_key)
+        with contextlib.suppress(Exception):  # Redis may be away at shutdown; the key expires anyway
+            await self._redis.delete(self._wake_key)
 
     @property
     def watched(self) -> int:

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, Query
 
 from api.errors import invalid
 
 
-def paginate(items: list[dict[str, Any]], *, limit: int, order: str, after: str | None) -> dict[str, Any]:
-    ordered = items if order == "asc" else list(reversed(items))
+@dataclass
+class PageQuery:
+    """The `limit`, `order` and `after` query parameters every list endpoint takes."""
+
+    limit: Annotated[int, Query(ge=1, le=100)] = 20
+    order: Annotated[Literal["asc", "desc"], Query()] = "desc"
+    after: str | None = None
+
+
+Page = Annotated[PageQuery, Depends()]
+
+
+def paginate(items: list[dict[str, Any]], page: PageQuery) -> dict[str, Any]:
+    ordered = items if page.order == "asc" else list(reversed(items))
     start = 0
-    if after is not None:
-        positions = [i for i, item in enumerate(ordered) if item.get("id") == after]
+    if page.after is not None:
+        positions = [i for i, item in enumerate(ordered) if item.get("id") == page.after]
         if not positions:
-            raise invalid(f"No item with id '{after}' to page after.", "after")
+            raise invalid(f"No item with id '{page.after}' to page after.", "after")
         start = positions[0] + 1
-    page = ordered[start : start + limit]
+    chunk = ordered[start : start + page.limit]
     return {
         "object": "list",
-        "data": page,
-        "first_id": page[0]["id"] if page else None,
-        "last_id": page[-1]["id"] if page else None,
-        "has_more": start + limit < len(ordered),
+        "data": chunk,
+        "first_id": chunk[0]["id"] if chunk else None,
+        "last_id": chunk[-1]["id"] if chunk else None,
+        "has_more": start + page.limit < len(ordered),
     }

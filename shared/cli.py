@@ -11,8 +11,12 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from shared.redis_conn import EmbeddedRedis
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -57,13 +61,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         pass
 
 
-async def _serve_api(settings: Settings, embedded: object | None = None) -> None:
+async def _serve_api(settings: Settings, embedded: EmbeddedRedis | None = None) -> None:
     import uvicorn
 
     from api.app import create_app
-    from shared.redis_conn import EmbeddedRedis
 
-    app = create_app(settings, embedded if isinstance(embedded, EmbeddedRedis) else None)
+    app = create_app(settings, embedded)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
     await uvicorn.Server(config).serve()
 

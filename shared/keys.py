@@ -5,6 +5,8 @@ A gateway written in another language needs only this file and docs/stream-contr
 
 from __future__ import annotations
 
+from arq.constants import in_progress_key_prefix
+
 PREFIX = "turnstream:"
 
 
@@ -60,8 +62,6 @@ def worker_health(queue_name: str, hostname: str) -> str:
 
 def arq_in_progress(job_id: str) -> str:
     """arq's own in-progress marker; a running turn renews it as its lease."""
-    from arq.constants import in_progress_key_prefix
-
     return f"{in_progress_key_prefix}{job_id}"
 
 

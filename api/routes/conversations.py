@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from api.deps import ServicesDep
 from api.errors import not_found
-from api.listing import paginate
+from api.listing import Page, paginate
 from api.schemas import CreateConversationBody, UpdateConversationBody, normalise_input
 from shared import ids, keys
 from shared.records import conversation_items, load_conversation
@@ -69,14 +69,11 @@ async def delete_conversation(conversation_id: str, svc: ServicesDep) -> dict[st
 async def list_items(
     conversation_id: str,
     svc: ServicesDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
-    after: str | None = None,
+    page: Page,
 ) -> dict[str, Any]:
     """List a conversation's items, newest first by default."""
     await _conversation(svc, conversation_id)
-    items = await conversation_items(svc.redis, conversation_id)
-    return paginate(items, limit=limit, order=order, after=after)
+    return paginate(await conversation_items(svc.redis, conversation_id), page)
 
 
 @router.get("/{conversation_id}/items/{item_id}")

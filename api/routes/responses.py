@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from api.deps import Services, ServicesDep
 from api.errors import APIError, from_validation, invalid, not_found
-from api.listing import paginate
+from api.listing import Page, paginate
 from api.schemas import CreateResponseBody
 from api.sse import sse_response
 from api.turns import accept, build_request
@@ -97,13 +97,11 @@ async def delete_response(response_id: str, svc: ServicesDep) -> dict[str, Any]:
 async def list_input_items(
     response_id: str,
     svc: ServicesDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
-    after: str | None = None,
+    page: Page,
 ) -> dict[str, Any]:
     """List the input items of a response."""
     record = await _record(svc, response_id)
-    return paginate(record.request.input, limit=limit, order=order, after=after)
+    return paginate(record.request.input, page)
 
 
 # --- helpers ----------------------------------------------------------------------------------
