@@ -10,7 +10,6 @@ from api.schemas import CreateResponseBody, function_tools, normalise_input
 from shared import events, ids, keys
 from shared.models import Status, TurnRequest
 from shared.queue import enqueue_turn, queue_depth
-from shared.records import load_conversation, load_response
 from shared.response_object import build_response
 
 
@@ -27,12 +26,12 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
         raise invalid("Background mode requires 'store' to be true.", "background")
     model = body.model or settings.default_model
     await _check_model(svc, model)
-    if conversation_id and await load_conversation(svc.redis, conversation_id) is None:
+    # Existence is all the edge needs; the worker reads the history itself when the turn runs.
+    if conversation_id and not await svc.redis.exists(keys.conversation(conversation_id)):
         raise not_found("Conversation", conversation_id, "conversation")
-    if body.previous_response_id:
-        previous = await load_response(svc.redis, body.previous_response_id)
-        if previous is None:
-            raise not_found("Previous response", body.previous_response_id, "previous_response_id")
+    previous = body.previous_response_id
+    if previous and not await svc.redis.exists(keys.response(previous)):
+        raise not_found("Previous response", previous, "previous_response_id")
     items = normalise_input(body.input)
     if len(items) > settings.max_input_items:
         raise invalid(f"'input' has {len(items)} items; the limit is {settings.max_input_items}.", "input")

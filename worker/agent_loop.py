@@ -96,7 +96,7 @@ class AgentTurn:
     def _end(self, status: Status, incomplete_reason: str | None = None) -> TurnOutcome:
         return TurnOutcome(
             status=status,
-            output=self.output.settled(self.client_tools),
+            output=self.settled_output(),
             usage=self.usage,
             incomplete_reason=incomplete_reason,
         )
