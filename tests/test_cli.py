@@ -25,16 +25,16 @@ import uvicorn
 
 from api.app import create_app
 from shared import events, keys
-from shared.chat_repl import run_chat
-from shared.mock_model import MODEL_ID
-from shared.mock_model import create_app as create_mock_app
+from shared.cli.chat import run_chat
+from shared.cli.tail import run_tail
+from shared.mock.server import MODEL_ID
+from shared.mock.server import create_app as create_mock_app
 from shared.models import Status, TurnOutcome
 from shared.records import load_response
 from shared.redis_conn import EmbeddedRedis, connect, patch_arq_for_fakeredis
 from shared.response_object import build_response
 from shared.settings import Settings
 from shared.stream_tail import read_after
-from shared.tail_cli import run_tail
 from shared.turn_state import Retention, TurnState
 from worker.service import build_worker
 

@@ -27,8 +27,8 @@ from openai.types.chat import (
 )
 from openai.types.chat import ChatCompletionMessageFunctionToolCall as FunctionToolCall
 
-from shared.mock_brain import decide, parse_directives, tokenize
-from shared.mock_model import create_app
+from shared.mock.brain import decide, parse_directives, tokenize
+from shared.mock.server import create_app
 
 
 def _tool(name: str) -> ChatCompletionFunctionToolParam:

@@ -46,15 +46,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.command == "worker":
             sys.exit(_worker_check(settings) if args.check else _worker(settings))
         elif args.command == "mock":
-            from shared.mock_model import serve
+            from shared.mock.server import serve
 
             asyncio.run(serve(settings.host, settings.mock_port, settings.mock_token_delay_ms))
         elif args.command == "chat":
-            from shared.chat_repl import run_chat
+            from shared.cli.chat import run_chat
 
             run_chat(args.url or f"http://{settings.host}:{settings.port}/v1", args.model or settings.default_model)
         elif args.command == "tail":
-            from shared.tail_cli import run_tail
+            from shared.cli.tail import run_tail
 
             asyncio.run(run_tail(settings, args.response_id, args.after, args.url))
     except KeyboardInterrupt:
@@ -96,7 +96,7 @@ def _worker_check(settings: Settings) -> int:
 
 
 async def _dev(settings: Settings) -> None:
-    from shared.mock_model import serve as serve_mock
+    from shared.mock.server import serve as serve_mock
     from shared.redis_conn import EmbeddedRedis, connect, patch_arq_for_fakeredis
     from worker.service import build_worker
 

@@ -1,4 +1,4 @@
-"""The built-in mock model: an OpenAI-compatible Chat Completions endpoint over shared.mock_brain.
+"""The built-in mock model: an OpenAI-compatible Chat Completions endpoint over shared.mock.brain.
 
 It speaks the real wire format so the worker's openai-SDK path is exercised end to end in dev and tests.
 """
@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.mock_brain import (
+from shared.mock.brain import (
     Reply,
     count_tokens,
     decide,

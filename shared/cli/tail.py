@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
-from shared.chat_repl import API_KEY, api_base_url, describe_api_error
+from shared.cli.chat import API_KEY, api_base_url, describe_api_error
 from shared.events import CREATED, IN_PROGRESS, TERMINAL_TYPES
 from shared.redis_conn import connect
 from shared.settings import Settings
