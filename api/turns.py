@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from api.deps import Services
 from api.errors import APIError, invalid, not_found
@@ -115,6 +116,8 @@ async def _store_and_enqueue(svc: Services, req: TurnRequest) -> dict[str, objec
             },
         )
         pipe.expire(record, ttl)
+        # Indexed until its commit, so the sweeper can find it if its job is ever lost.
+        pipe.zadd(keys.ACTIVE_TURNS, {req.response_id: int(time.time() * 1000)})
         await pipe.execute()
     await svc.state.append(req.response_id, 0, [events.lifecycle(events.CREATED, queued)])
     await enqueue_turn(svc.redis, settings.queue_name, req.response_id)

@@ -5,14 +5,26 @@ A gateway written in another language needs only this file and docs/stream-contr
 
 from __future__ import annotations
 
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 
 PREFIX = "turnstream:"
 
 
+RESPONSE_PREFIX = f"{PREFIX}response:"
+
+
 def response(response_id: str) -> str:
-    """HASH: status, attempt, seq (last sequence number), cancel, request (JSON), response (JSON)."""
-    return f"{PREFIX}response:{response_id}"
+    """HASH: status, attempt, seq (last sequence number), batch (last event batch written), cancel,
+    request (JSON), response (JSON)."""
+    return f"{RESPONSE_PREFIX}{response_id}"
+
+
+# ZSET: response id -> accept time (ms) of every turn not yet finished. The sweeper walks it to find turns
+# whose job was lost; the commit script removes a turn from it.
+ACTIVE_TURNS = f"{PREFIX}active-turns"
+
+# STRING: held (with a short TTL) by the one worker currently sweeping.
+SWEEPER_LOCK = f"{PREFIX}sweeper-lock"
 
 
 def events(response_id: str) -> str:
@@ -63,6 +75,21 @@ def worker_health(queue_name: str, hostname: str) -> str:
 def arq_in_progress(job_id: str) -> str:
     """arq's own in-progress marker; a running turn renews it as its lease."""
     return f"{in_progress_key_prefix}{job_id}"
+
+
+def arq_job(job_id: str) -> str:
+    """arq's job record; gone once arq considers the job finished (or failed)."""
+    return f"{job_key_prefix}{job_id}"
+
+
+def arq_result(job_id: str) -> str:
+    """arq's job result; while it exists arq refuses to enqueue the same job id again."""
+    return f"{result_key_prefix}{job_id}"
+
+
+def arq_retry(job_id: str) -> str:
+    """arq's run counter for a job; arq gives up on a job past its max_tries."""
+    return f"{retry_key_prefix}{job_id}"
 
 
 # HASH: agent name -> AgentCard JSON, published by workers at start so any API node can list and validate models.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,13 @@ class Settings(BaseSettings):
     job_max_tries: int = 3
     # A running turn renews its lease this often; a dead worker's turn is re-run once it lapses.
     lease_s: float = 15.0
+    # Longest wait between retries while Redis is unreachable (exponential backoff with jitter up to this).
+    redis_retry_max_s: float = 5.0
+    # How often one worker of the fleet looks for turns whose job was lost and runs them again.
+    sweep_interval_s: float = 5.0
+    # How a re-run asks the model to continue a message its dead attempt left half-written: "instruction"
+    # (the partial message plus a system instruction, works everywhere) or "continue_final_message" (vLLM).
+    upstream_continuation: Literal["instruction", "continue_final_message"] = "instruction"
 
     # --- API ----------------------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -31,18 +31,25 @@ local function append(resp, stream, attempt, maxlen, etype, body)
 end
 """
 
-# KEYS: response hash, events stream. ARGV: attempt, maxlen, ttl, then (type, json) pairs.
+# KEYS: response hash, events stream. ARGV: attempt, maxlen, ttl, batch id ('' = none), then (type, json) pairs.
 # Returns {last_seq, cancel_flag} or {-1} missing, {-2} stale attempt, {-3} already terminal.
+# A writer that lost the reply to a batch cannot know whether it was written; retrying it with the same
+# batch id is then a no-op instead of a second copy of every event (the last id is all that is needed:
+# one writer owns an attempt and writes its batches one at a time).
 APPEND_EVENTS = _APPEND_FN + f"""
 local TERMINAL = {_TERMINAL_LUA}
-local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'cancel')
+local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'cancel', 'batch')
 if not st[1] then return {{-1}} end
 if st[2] ~= ARGV[1] then return {{-2}} end
 if TERMINAL[st[1]] then return {{-3}} end
+if ARGV[4] ~= '' and st[4] == ARGV[4] then
+  return {{tonumber(redis.call('HGET', KEYS[1], 'seq')), st[3] or ''}}
+end
 local seq = -1
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   seq = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[i], ARGV[i + 1])
 end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'batch', ARGV[4]) end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {{seq, st[3] or ''}}
 """
@@ -58,13 +65,13 @@ redis.call('HSET', KEYS[1], 'status', 'in_progress')
 return {{st[1], attempt, st[3] or ''}}
 """
 
-# KEYS: response hash, events stream, conversation items, conversation turns, conversation record.
+# KEYS: response hash, events stream, conversation items, conversation turns, conversation record, active turns.
 # ARGV: expected status, attempt ('' = any), maxlen, stream ttl, response ttl, conversation ttl,
 #       final status, response json, terminal type, terminal json, response id, wake key prefix,
 #       then the conversation items to append.
 # Returns 1 when committed, 0 when the turn was not in the expected state (already committed).
 FINISH_TURN = _APPEND_FN + """
-local resp, stream, items, turns, conv = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local resp, stream, items, turns, conv, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local st = redis.call('HMGET', resp, 'status', 'attempt')
 if st[1] ~= ARGV[1] then return 0 end
 if ARGV[2] ~= '' and st[2] ~= ARGV[2] then return 0 end
@@ -78,6 +85,7 @@ redis.call('HSET', resp, 'status', ARGV[7], 'response', ARGV[8])
 append(resp, stream, st[2] or '0', ARGV[3], ARGV[9], ARGV[10])
 redis.call('EXPIRE', resp, ARGV[5])
 redis.call('EXPIRE', stream, ARGV[4])
+redis.call('ZREM', active, ARGV[11])
 -- A turn that never had to wait leaves its wake token unread; it is of no use once the turn is over.
 redis.call('DEL', ARGV[12] .. ARGV[11])
 if redis.call('LREM', turns, 0, ARGV[11]) > 0 then
@@ -90,8 +98,18 @@ end
 return 1
 """
 
-# KEYS: conversation turns. ARGV: response id, policy, ttl. Returns 1 when queued, 0 when locked.
-CLAIM_TURN = """
+# KEYS: conversation turns. ARGV: response id, policy, ttl, response key prefix. Returns 1 when queued, 0 when
+# locked. Heads that finished without leaving the queue are dropped first, so they can never lock a
+# conversation. A head with no record is kept: the API claims before it stores the record.
+CLAIM_TURN = f"""
+local TERMINAL = {_TERMINAL_LUA}
+while true do
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  if not head then break end
+  local st = redis.call('HGET', ARGV[4] .. head, 'status')
+  if not (st and TERMINAL[st]) then break end
+  redis.call('LPOP', KEYS[1])
+end
 if ARGV[2] == 'reject' and redis.call('LLEN', KEYS[1]) > 0 then return 0 end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -142,11 +160,14 @@ class TurnState:
         self._finish = redis.register_script(FINISH_TURN)
         self._claim = redis.register_script(CLAIM_TURN)
 
-    async def append(self, response_id: str, attempt: int, batch: list[events.Event]) -> bool:
-        """Writes events in one round trip; returns whether cancel was requested meanwhile."""
+    async def append(self, response_id: str, attempt: int, batch: list[events.Event], batch_id: str = "") -> bool:
+        """Writes events in one round trip; returns whether cancel was requested meanwhile.
+
+        With a `batch_id`, writing the same batch again (a retry after a lost reply) changes nothing.
+        """
         if not batch:
             return False
-        argv: list[Any] = [attempt, self.retention.stream_maxlen, self.retention.stream_ttl_s]
+        argv: list[Any] = [attempt, self.retention.stream_maxlen, self.retention.stream_ttl_s, batch_id]
         for event in batch:
             argv += [event["type"], events.encode(event)]
         result = await self._append(keys=[keys.response(response_id), keys.events(response_id)], args=argv)
@@ -180,6 +201,7 @@ class TurnState:
                 keys.conversation_items(conv),
                 keys.conversation_turns(conv),
                 keys.conversation(conv),
+                keys.ACTIVE_TURNS,
             ],
             args=[
                 expect.value,
@@ -201,7 +223,9 @@ class TurnState:
 
     async def claim(self, conversation_id: str, response_id: str, policy: str) -> bool:
         ttl = self.retention.conversation_ttl_s
-        ok = await self._claim(keys=[keys.conversation_turns(conversation_id)], args=[response_id, policy, ttl])
+        ok = await self._claim(
+            keys=[keys.conversation_turns(conversation_id)], args=[response_id, policy, ttl, keys.RESPONSE_PREFIX]
+        )
         return bool(ok)
 
 

@@ -2,6 +2,10 @@
 
 Streaming and history are separate concerns here: events go out through the emitter as chunks arrive,
 while `TurnOutput` collects the items the turn will commit to the conversation when it ends.
+
+A re-run (the previous attempt's worker died) starts from what that attempt streamed (worker/resume.py):
+finished items stay, tool results already streamed are not produced again, and the round that was cut
+off is continued into the same items: the model is shown its partial answer and asked to go on from there.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk
@@ -19,8 +23,17 @@ from shared.models import Item, Status, TurnOutcome, TurnRequest, Usage
 from worker.agents import Agent
 from worker.emitter import Emitter
 from worker.prompt import Message, chat_tool, to_messages
-from worker.tools import Tool
+from worker.resume import Resumed
+from worker.tools import Tool, ToolCall
 from worker.turn_output import TurnOutput
+
+Continuation = Literal["instruction", "continue_final_message"]
+
+# Sent after a partial assistant message when the upstream cannot continue a message natively.
+CONTINUE_INSTRUCTION = (
+    "Your previous message was cut off. Continue it exactly from where it stopped, "
+    "without repeating anything already written."
+)
 
 
 @dataclass
@@ -36,6 +49,11 @@ class _Call:
     call_id: str
     name: str
     arguments: str = ""
+    # A call a dead attempt opened: the model's regenerated arguments are matched against what was
+    # already streamed, and only the part beyond it is sent.
+    resumed: bool = False
+    regenerated: str = ""
+    closed: bool = False  # its done events were already streamed
 
 
 @dataclass
@@ -47,6 +65,15 @@ class _Round:
     over_budget: bool = False
 
 
+@dataclass
+class _Cut:
+    """The round a dead attempt was streaming when it stopped."""
+
+    text: str  # what the model had said in it, to be continued
+    message: tuple[str, int] | None  # (item id, output index) of the message still open, if any
+    calls: list[_Call]
+
+
 class AgentTurn:
     def __init__(
         self,
@@ -56,42 +83,66 @@ class AgentTurn:
         client: AsyncOpenAI,
         emitter: Emitter,
         limits: Limits,
+        *,
+        attempt: int = 1,
+        resumed: Resumed | None = None,
+        continuation: Continuation = "instruction",
     ) -> None:
         self.req = req
         self.agent = agent
         self.client = client
+        self.emitter = emitter
         self.emit = emitter.emit
         self.limits = limits
-        self.output = TurnOutput()
+        self.attempt = attempt
+        self.continuation = continuation
+        self.resumed = resumed or Resumed()
+        self.output = TurnOutput.restore(self.resumed)
         self.client_tools = frozenset(t["name"] for t in req.tools if t.get("type") == "function")
         # A client's own function tool shadows a server tool of the same name: the client asked for it.
         self.server_tools: dict[str, Tool] = {t.name: t for t in agent.tools if t.name not in self.client_tools}
         self.chat_tools = [chat_tool(t) for t in req.tools if t.get("type") == "function"] + [
             t.chat_schema() for t in self.server_tools.values()
         ]
-        instructions = "\n\n".join(s for s in (agent.instructions, req.instructions or "") if s)
-        self.messages: list[Message] = to_messages(instructions, history + req.input)
+        self.instructions = "\n\n".join(s for s in (agent.instructions, req.instructions or "") if s)
+        self.base = history + req.input
+        self.messages: list[Message] = to_messages(self.instructions, self.base)
         self.usage = Usage()
 
     async def run(self) -> TurnOutcome:
-        for round_no in range(self.agent.max_tool_rounds + 1):
-            rnd = await self._stream_round()
-            self.usage = self.usage.add(rnd.usage)
-            if rnd.over_budget or rnd.finish_reason == "length":
-                return self._end(Status.INCOMPLETE, incomplete_reason="max_output_tokens")
-            if not rnd.calls:
-                return self._end(Status.COMPLETED)
-            self.messages.append(_assistant_message(rnd))
-            if round_no == self.agent.max_tool_rounds:
-                # Answer the calls anyway so history keeps every call paired with a result.
-                limit = f"tool round limit of {self.agent.max_tool_rounds} reached; the tool was not run"
-                for call in rnd.calls:
-                    await self._tool_result(call, json.dumps({"error": limit}), opened=None)
-                return self._end(Status.INCOMPLETE, incomplete_reason="max_messages")
-            await asyncio.gather(*(self._run_tool(c) for c in rnd.calls if c.name not in self.client_tools))
-            if any(c.name in self.client_tools for c in rnd.calls):
-                return self._end(Status.COMPLETED)  # the client runs its own tools and comes back
-        raise AssertionError("unreachable: the last round always returns")
+        round_no, first = await self._resume()
+        if isinstance(first, TurnOutcome):
+            return first
+        cut = first
+        while True:
+            rnd = await self._stream_round(cut)
+            cut = None
+            outcome = await self._after_round(rnd, round_no)
+            if outcome is not None:
+                return outcome
+            round_no += 1
+
+    async def _after_round(self, rnd: _Round, round_no: int) -> TurnOutcome | None:
+        """Runs the round's tool calls; returns the outcome when the turn ends here."""
+        self.usage = self.usage.add(rnd.usage)
+        if rnd.over_budget or rnd.finish_reason == "length":
+            return self._end(Status.INCOMPLETE, incomplete_reason="max_output_tokens")
+        if not rnd.calls:
+            return self._end(Status.COMPLETED)
+        self.messages.append(_assistant_message(rnd))
+        answered = self.resumed.results()
+        pending = [c for c in rnd.calls if c.call_id not in answered]
+        if round_no >= self.agent.max_tool_rounds:
+            # Answer the calls anyway so history keeps every call paired with a result.
+            limit = f"tool round limit of {self.agent.max_tool_rounds} reached; the tool was not run"
+            for call in pending:
+                await self._tool_result(call, json.dumps({"error": limit}), self._opened_result(call))
+            return self._end(Status.INCOMPLETE, incomplete_reason="max_messages")
+        await asyncio.gather(*(self._run_tool(c) for c in pending if c.name not in self.client_tools))
+        self.messages += self._streamed_results(rnd.calls)
+        if any(c.name in self.client_tools for c in rnd.calls):
+            return self._end(Status.COMPLETED)  # the client runs its own tools and comes back
+        return None
 
     def _end(self, status: Status, incomplete_reason: str | None = None) -> TurnOutcome:
         return TurnOutcome(
@@ -104,16 +155,89 @@ class AgentTurn:
     def settled_output(self) -> list[Item]:
         return self.output.settled(self.client_tools)
 
+    # --- picking up after a dead attempt --------------------------------------------------------
+
+    async def _resume(self) -> tuple[int, _Cut | TurnOutcome | None]:
+        """Where the turn starts: the round number, and the cut-off round to continue (or the outcome)."""
+        items = self.resumed.items
+        if not items:
+            return 0, None
+        # The last round is [message][function_call...], possibly followed by its tool results.
+        end = len(items)
+        while end and items[end - 1]["type"] == "function_call_output":
+            end -= 1
+        start = end
+        while start and items[start - 1]["type"] == "function_call":
+            start -= 1
+        if start and items[start - 1]["type"] == "message":
+            start -= 1
+        # Every item before the last round is finished: a round starts only once the previous one's tools returned.
+        earlier = [items[i] for i in range(start) if i in self.resumed.done]
+        self.messages = to_messages(self.instructions, self.base + earlier)
+        round_no = Resumed(items=items[:start]).rounds()
+        calls = [self._resumed_call(i) for i in range(start, end) if items[i]["type"] == "function_call"]
+        text = next((self._resumed_text(i) for i in range(start, end) if items[i]["type"] == "message"), "")
+        if all(i in self.resumed.done for i in range(start, end)):
+            if not calls:  # the model had finished answering; only the commit was missing
+                return round_no, self._end(Status.COMPLETED)
+            # The model's round was over; its tools had not all returned yet.
+            outcome = await self._after_round(_Round(calls=calls, text=text), round_no)
+            return round_no + 1, outcome
+        open_message = next(
+            ((items[i]["id"], i) for i in range(start, end) if items[i]["type"] == "message" and i not in
+             self.resumed.done),
+            None,
+        )
+        return round_no, _Cut(text=text, message=open_message, calls=calls)
+
+    def _resumed_call(self, index: int) -> _Call:
+        item = self.resumed.items[index]
+        closed = index in self.resumed.done
+        arguments = item["arguments"] if closed else self.resumed.arguments.get(index, "")
+        return _Call(index, item["id"], item["call_id"], item["name"], arguments, resumed=True, closed=closed)
+
+    def _resumed_text(self, index: int) -> str:
+        if index in self.resumed.done:
+            return "".join(p.get("text", "") for p in self.resumed.items[index].get("content") or [])
+        return self.resumed.text.get(index, "")
+
+    def _streamed_results(self, calls: list[_Call]) -> list[Message]:
+        """Tool messages for results a dead attempt streamed, which this attempt did not produce itself."""
+        by_call = {
+            item["call_id"]: item
+            for i, item in enumerate(self.resumed.items)
+            if i in self.resumed.done and item["type"] == "function_call_output"
+        }
+        return [
+            {"role": "tool", "tool_call_id": c.call_id, "content": by_call[c.call_id]["output"]}
+            for c in calls
+            if c.call_id in by_call
+        ]
+
+    def _opened_result(self, call: _Call) -> tuple[str, int] | None:
+        """The result item a dead attempt opened for this call (and did not finish), to finish it here."""
+        for index in self.resumed.open():
+            item = self.resumed.items[index]
+            if item["type"] == "function_call_output" and item["call_id"] == call.call_id:
+                return item["id"], index
+        return None
+
     # --- streaming from the model ---------------------------------------------------------------
 
-    async def _stream_round(self) -> _Round:
-        rnd = _Round()
+    def _request(self, cut: _Cut | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self.agent.model,
             "messages": self.messages,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if cut is not None and cut.text:
+            kwargs["messages"] = [*self.messages, {"role": "assistant", "content": cut.text}]
+            if self.continuation == "continue_final_message":
+                # vLLM's (and compatible servers') native way to extend the last assistant message.
+                kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+            else:
+                kwargs["messages"].append({"role": "system", "content": CONTINUE_INSTRUCTION})
         if self.chat_tools:
             kwargs["tools"] = self.chat_tools
             kwargs["parallel_tool_calls"] = self.req.parallel_tool_calls
@@ -124,11 +248,17 @@ class AgentTurn:
             kwargs["temperature"] = self.req.temperature
         if self.req.top_p is not None:
             kwargs["top_p"] = self.req.top_p
-        message_index: int | None = None
-        message_id = ""
+        return kwargs
+
+    async def _stream_round(self, cut: _Cut | None = None) -> _Round:
+        rnd = _Round(text=cut.text if cut else "")
+        message_id, message_index = cut.message if cut and cut.message else ("", None)
+        resumed_calls = cut.calls if cut else []
         calls: dict[int, _Call] = {}
         async with asyncio.timeout(self.limits.first_token_timeout_s) as deadline:
-            stream = cast(AsyncStream[ChatCompletionChunk], await self.client.chat.completions.create(**kwargs))
+            stream = cast(
+                AsyncStream[ChatCompletionChunk], await self.client.chat.completions.create(**self._request(cut))
+            )
             # Leaving this block closes the HTTP stream, so a cancelled turn stops costing tokens at once.
             async with stream:
                 async for chunk in stream:
@@ -157,27 +287,45 @@ class AgentTurn:
                             message_index = None
                         call = calls.get(tc.index)
                         if call is None:
-                            name = (tc.function.name if tc.function else None) or ""
-                            call = _Call(-1, ids.function_call_id(), tc.id or ids.call_id(), name)
-                            call.index = self.output.add(
-                                events.function_call_item(call.item_id, call.call_id, name, "", "in_progress")
-                            )
-                            calls[tc.index] = call
+                            call = calls[tc.index] = await self._open_call(tc, resumed_calls, len(calls))
                             rnd.calls.append(call)
-                            await self.emit(events.output_item_added(call.index, self.output.items[call.index]))
                         if tc.function and tc.function.arguments:
-                            call.arguments += tc.function.arguments
-                            await self.emit(events.arguments_delta(call.item_id, call.index, tc.function.arguments))
+                            await self._add_arguments(call, tc.function.arguments)
                     if choice.finish_reason:
                         rnd.finish_reason = choice.finish_reason
         if message_index is not None and not rnd.over_budget:
             await self._close_message(message_id, message_index, rnd.text)
+        # Calls a dead attempt opened stay in the turn even if the model did not produce them again:
+        # clients were shown them, so they are finished with what they have.
+        rnd.calls += [c for c in resumed_calls if c not in rnd.calls]
+        rnd.calls.sort(key=lambda c: c.index)
         for call in rnd.calls:
+            if call.closed:
+                continue
             item = events.function_call_item(call.item_id, call.call_id, call.name, call.arguments, "completed")
             self.output.replace(call.index, item)
             await self.emit(events.arguments_done(call.item_id, call.index, call.name, call.arguments))
             await self.emit(events.output_item_done(call.index, item))
         return rnd
+
+    async def _open_call(self, tc: Any, resumed_calls: list[_Call], position: int) -> _Call:
+        if position < len(resumed_calls):
+            return resumed_calls[position]  # the dead attempt's call, continued under its ids
+        name = (tc.function.name if tc.function else None) or ""
+        call = _Call(-1, ids.function_call_id(), tc.id or ids.call_id(), name)
+        call.index = self.output.add(events.function_call_item(call.item_id, call.call_id, name, "", "in_progress"))
+        await self.emit(events.output_item_added(call.index, self.output.items[call.index]))
+        return call
+
+    async def _add_arguments(self, call: _Call, fragment: str) -> None:
+        if call.resumed:
+            # Regenerated arguments: skip what the dead attempt already streamed, send only what is new.
+            call.regenerated += fragment
+            fragment = "" if call.closed else call.regenerated[len(call.arguments) :]
+            if not fragment:
+                return
+        call.arguments += fragment
+        await self.emit(events.arguments_delta(call.item_id, call.index, fragment))
 
     async def _open_message(self, item_id: str) -> int:
         item = events.message_item(item_id, "", "in_progress")
@@ -197,13 +345,18 @@ class AgentTurn:
 
     async def _run_tool(self, call: _Call) -> None:
         # Announce the result item first: between this and its `done`, clients show "calling X…".
-        opened = await self._open_tool_result(call)
+        opened = self._opened_result(call) or await self._open_tool_result(call)
+        await self.emitter.flush()
         tool = self.server_tools.get(call.name)
         if tool is None:
             output = json.dumps({"error": f"no tool named {call.name!r}"})
         else:
-            output = (await tool.run(call.arguments, timeout_s=self.agent.tool_timeout_s)).output
+            context = ToolCall(call.call_id, self.req.response_id, self.attempt)
+            result = await tool.run(call.arguments, timeout_s=self.agent.tool_timeout_s, call=context)
+            output = result.output
         await self._tool_result(call, output, opened)
+        # Written at once: a result on record is never produced again, even if this worker dies next.
+        await self.emitter.flush()
 
     async def _open_tool_result(self, call: _Call) -> tuple[str, int]:
         item_id = ids.function_call_output_id()

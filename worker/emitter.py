@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from shared import events
 from shared.turn_state import TurnState
+from worker.redis_retry import Outage
 
 _MERGEABLE = ("response.output_text.delta", "response.function_call_arguments.delta")
 
@@ -25,12 +26,14 @@ class Emitter:
         attempt: int,
         window_s: float,
         on_cancel_requested: Callable[[], None],
+        outage: Outage,
     ) -> None:
         self._state = state
         self._response_id = response_id
         self._attempt = attempt
         self._window = window_s
         self._on_cancel = on_cancel_requested
+        self._outage = outage  # a write waits out a Redis outage: the events are the turn's durable record
         self._buffer: list[events.Event] = []
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
@@ -77,7 +80,11 @@ class Emitter:
                 return
             self._last_flush = asyncio.get_running_loop().time()
             self.writes += 1
-            if await self._state.append(self._response_id, self._attempt, batch):
+            batch_id = f"{self._attempt}:{self.writes}"
+            cancel = await self._outage.call(
+                lambda: self._state.append(self._response_id, self._attempt, batch, batch_id), "event append"
+            )
+            if cancel:
                 self._on_cancel()
 
     async def close(self) -> None:

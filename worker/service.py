@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.worker import func
+from arq.worker import Retry, func
 from openai import AsyncOpenAI
 
 from shared import keys
 from shared.queue import RUN_TURN
 from shared.redis_conn import redis_settings
 from shared.settings import Settings
+from shared.turn_state import Retention, TurnState
 from worker.agents import AgentRegistry, load_agents
 from worker.cancel_listener import CancelListener
 from worker.fast_pickup import FastPickupWorker
+from worker.redis_retry import TRANSIENT, Outage
+from worker.sweeper import Sweeper
 from worker.turn import TurnRunner
 
 log = logging.getLogger(__name__)
@@ -28,7 +32,12 @@ _JOB_TIMEOUT_S = 24 * 3600
 
 async def run_turn(ctx: dict[str, Any], response_id: str) -> str:
     runner: TurnRunner = ctx["runner"]
-    return await runner.run(response_id)
+    try:
+        return await runner.run(response_id)
+    except TRANSIENT as exc:
+        # arq deletes a job whose function raised; a Redis outage is not the turn's failure, so the job
+        # goes back on the queue instead and the re-run continues from what was streamed.
+        raise Retry(defer=1) from exc
 
 
 async def publish_agents(redis: ArqRedis, agents: AgentRegistry) -> None:
@@ -40,27 +49,31 @@ async def publish_agents(redis: ArqRedis, agents: AgentRegistry) -> None:
 
 
 def build_worker(
-    settings: Settings, redis: ArqRedis | None = None, *, burst: bool = False, handle_signals: bool = True
+    settings: Settings, redis: ArqRedis | None = None, *, handle_signals: bool = True
 ) -> FastPickupWorker:
     agents = load_agents(settings.agents)
+    outage = Outage(settings.redis_retry_max_s)
 
     async def startup(ctx: dict[str, Any]) -> None:
         pool: ArqRedis = ctx["redis"]
-        await publish_agents(pool, agents)
-        cancels = CancelListener(pool)
+        await outage.call(lambda: publish_agents(pool, agents), "agent publish")
+        cancels = CancelListener(pool, outage)
         await cancels.start()
         client = AsyncOpenAI(
             base_url=settings.upstream_base_url,
             api_key=settings.openai_api_key.get_secret_value(),
             timeout=settings.upstream_timeout_s,
         )
+        state = TurnState(pool, Retention.from_settings(settings))
         ctx["cancels"] = cancels
         ctx["client"] = client
-        ctx["runner"] = TurnRunner(pool, settings, agents, client, cancels)
+        ctx["runner"] = TurnRunner(pool, settings, agents, client, cancels, outage)
+        ctx["sweeper"] = asyncio.create_task(Sweeper(pool, settings, state, outage).run_forever())
         log.info("worker ready: agents %s, upstream %s", ", ".join(a.name for a in agents), settings.upstream_base_url)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         if "cancels" in ctx:
+            ctx["sweeper"].cancel()
             await ctx["cancels"].stop()
             await ctx["client"].close()
 
@@ -73,10 +86,11 @@ def build_worker(
         on_shutdown=shutdown,
         max_jobs=settings.max_jobs,
         fallback_poll_s=settings.poll_delay_s,
+        lease_s=settings.lease_s,
+        outage=outage,
         health_check_interval=30,  # `turnstream worker --check` fails once this lapses
         health_check_key=keys.worker_health(settings.queue_name, socket.gethostname()),
         keep_result=60,  # nothing reads arq's job results; turn results live in the response hash
-        burst=burst,
         handle_signals=handle_signals,
         # Lets a SIGTERM'd worker finish short turns instead of re-queueing them (under k8s' 60 s grace).
         job_completion_wait=45,

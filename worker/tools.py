@@ -8,6 +8,7 @@ error result the model can read and react to, so one bad tool call cannot fail a
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import inspect
 import json
@@ -20,13 +21,31 @@ from pydantic import BaseModel, ConfigDict, Field, PydanticUserError, Validation
 from pydantic.fields import FieldInfo
 from pydantic_core import to_json
 
-__all__ = ["Tool", "ToolResult", "ToolSet", "tool"]
+__all__ = ["Tool", "ToolCall", "ToolResult", "ToolSet", "current_call", "tool"]
 
 # The Chat Completions API rejects function names outside this pattern.
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Schema keywords whose values are data (or name maps) rather than sub-schemas.
 _DATA_KEYS = frozenset({"default", "const", "enum", "examples"})
 _NAME_MAP_KEYS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The call a tool is running for. `call_id` stays the same when a turn is re-run after its worker died,
+    so a tool with side effects (send the email, charge the card) can use it as an idempotency key."""
+
+    call_id: str
+    response_id: str
+    attempt: int
+
+
+_current_call: contextvars.ContextVar[ToolCall | None] = contextvars.ContextVar("tool_call", default=None)
+
+
+def current_call() -> ToolCall | None:
+    """Inside a tool: the call being run (sync tools too: their thread inherits the context)."""
+    return _current_call.get()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +122,15 @@ class Tool:
             "strict": False,
         }
 
-    async def run(self, arguments: str, *, timeout_s: float) -> ToolResult:
+    async def run(self, arguments: str, *, timeout_s: float, call: ToolCall | None = None) -> ToolResult:
         """Parse, validate and call; every failure short of cancellation becomes an error result."""
+        token = _current_call.set(call)
+        try:
+            return await self._run(arguments, timeout_s)
+        finally:
+            _current_call.reset(token)
+
+    async def _run(self, arguments: str, timeout_s: float) -> ToolResult:
         try:
             # Models commonly send "" rather than "{}" for a call that takes no arguments.
             raw = json.loads(arguments) if arguments.strip() else {}

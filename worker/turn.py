@@ -22,12 +22,15 @@ from shared.models import Item, Status, TurnOutcome, TurnRequest
 from shared.records import conversation_items, load_response, response_chain_items
 from shared.response_object import build_response
 from shared.settings import Settings
+from shared.stream_tail import read_after
 from shared.turn_state import Retention, StaleTurn, TurnState
 from worker.agent_loop import AgentTurn, Limits
 from worker.agents import Agent, AgentRegistry
 from worker.cancel_listener import CancelHandle, CancelListener
 from worker.emitter import Emitter
 from worker.prompt import window
+from worker.redis_retry import TRANSIENT, Outage
+from worker.resume import Resumed, fold
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,10 @@ class TurnRunner:
         agents: AgentRegistry,
         client: AsyncOpenAI,
         cancels: CancelListener,
+        outage: Outage,
     ) -> None:
         self.redis = redis
+        self.outage = outage
         self.settings = settings
         self.state = TurnState(redis, Retention.from_settings(settings))
         self.agents = agents
@@ -56,7 +61,8 @@ class TurnRunner:
             lease.cancel()
 
     async def _run(self, response_id: str) -> str:
-        record = await load_response(self.redis, response_id)
+        call = self.outage.call
+        record = await call(lambda: load_response(self.redis, response_id), "turn load")
         if record is None:
             return "missing"
         if record.status.terminal:
@@ -67,7 +73,7 @@ class TurnRunner:
         # Registered before the start transition, so a cancel published in between is not missed.
         handle = self.cancels.register(response_id)
         try:
-            started = await self.state.start(response_id)
+            started = await call(lambda: self.state.start(response_id), "turn start")
             if started.status_before not in (Status.QUEUED, Status.IN_PROGRESS):
                 return started.status_before
             if started.cancel_requested:
@@ -82,16 +88,31 @@ class TurnRunner:
             self.cancels.unregister(response_id)
 
     async def _execute(self, req: TurnRequest, attempt: int, handle: CancelHandle) -> str:
-        emitter = Emitter(self.state, req.response_id, attempt, self.settings.coalesce_ms / 1000, handle.request)
+        emitter = Emitter(
+            self.state, req.response_id, attempt, self.settings.coalesce_ms / 1000, handle.request, self.outage
+        )
         try:
-            await emitter.emit(events.lifecycle(events.IN_PROGRESS, build_response(req, Status.IN_PROGRESS)))
+            resumed = await self._resumed(req.response_id, attempt)
+            # A re-run announces itself with a fresh in_progress carrying the output it continues from.
+            progress = TurnOutcome(status=Status.IN_PROGRESS, output=resumed.done_items())
+            await emitter.emit(events.lifecycle(events.IN_PROGRESS, build_response(req, Status.IN_PROGRESS, progress)))
             agent = self._agent(req.model)
             if agent is None:
                 outcome = _failed(f"unknown model {req.model!r}: no agent profile has that name")
             else:
-                history = await self._history(req)
+                history = await self.outage.call(lambda: self._history(req), "history load")
                 limits = Limits(self.settings.first_token_timeout_s, self.settings.max_output_bytes)
-                turn = AgentTurn(req, agent, history, self.client, emitter, limits)
+                turn = AgentTurn(
+                    req,
+                    agent,
+                    history,
+                    self.client,
+                    emitter,
+                    limits,
+                    attempt=attempt,
+                    resumed=resumed,
+                    continuation=self.settings.upstream_continuation,
+                )
                 outcome = await self._outcome(turn, handle)
             if outcome.status == Status.CANCELLED:
                 emitter.discard()
@@ -103,6 +124,13 @@ class TurnRunner:
             return "stale"
         await self._commit(req, attempt, outcome)
         return outcome.status.value
+
+    async def _resumed(self, response_id: str, attempt: int) -> Resumed:
+        """What earlier attempts streamed; empty for a first run."""
+        if attempt <= 1:
+            return Resumed()
+        stream = await self.outage.call(lambda: read_after(self.redis, response_id, -1), "stream read")
+        return fold(stream)
 
     async def _outcome(self, turn: AgentTurn, handle: CancelHandle) -> TurnOutcome:
         task = asyncio.create_task(turn.run())
@@ -127,8 +155,8 @@ class TurnRunner:
             return _failed(f"upstream model error {exc.status_code}: {exc.message}")
         except openai.APIError as exc:
             return _failed(f"upstream model error: {exc.message}")
-        except StaleTurn:
-            raise
+        except (StaleTurn, *TRANSIENT):
+            raise  # not the turn's failure: a newer attempt owns it, or Redis is away (the job is re-run)
         except Exception as exc:
             log.exception("turn %s failed", turn.req.response_id)
             return _failed(f"internal error: {type(exc).__name__}")
@@ -138,15 +166,20 @@ class TurnRunner:
         items: list[Item] = []
         if req.conversation_id and outcome.status != Status.FAILED:
             items = req.input + outcome.output
-        await self.state.finish(
-            req.response_id,
-            expect=Status.IN_PROGRESS,
-            attempt=attempt,
-            final=outcome.status,
-            response=response,
-            conversation_id=req.conversation_id,
-            items=items,
-            response_ttl_s=None if req.store else self.settings.unstored_response_ttl_s,
+        # Retrying is safe: the script commits only from in_progress at this attempt, so a commit whose
+        # reply was lost is refused the second time instead of appending the items twice.
+        await self.outage.call(
+            lambda: self.state.finish(
+                req.response_id,
+                expect=Status.IN_PROGRESS,
+                attempt=attempt,
+                final=outcome.status,
+                response=response,
+                conversation_id=req.conversation_id,
+                items=items,
+                response_ttl_s=None if req.store else self.settings.unstored_response_ttl_s,
+            ),
+            "turn commit",
         )
 
     def _agent(self, model: str) -> Agent | None:
@@ -165,26 +198,36 @@ class TurnRunner:
 
     async def _wait_for_turn(self, conversation_id: str, response_id: str) -> bool:
         """Blocks until this turn heads its conversation's queue; False if it finished meanwhile (cancel)."""
-        turns = keys.conversation_turns(conversation_id)
         while True:
-            head = await self.redis.lindex(turns, 0)
-            if head is None or head.decode() == response_id:
-                return True
-            mine = await self.redis.hget(keys.response(response_id), "status")
-            if mine is None or Status(mine.decode()).terminal:
-                return False
-            head_status = await self.redis.hget(keys.response(head.decode()), "status")
-            if head_status is None or Status(head_status.decode()).terminal:
-                # A head that is gone or finished can never hand over; drop it so the queue moves.
-                await self.redis.lrem(turns, 0, head)
-                continue
-            await self.redis.blpop([keys.turn_wake(response_id)], timeout=1)
+            step = await self.outage.call(lambda: self._queue_step(conversation_id, response_id), "turn queue")
+            if step is not None:
+                return step
+
+    async def _queue_step(self, conversation_id: str, response_id: str) -> bool | None:
+        turns = keys.conversation_turns(conversation_id)
+        head = await self.redis.lindex(turns, 0)
+        if head is None or head.decode() == response_id:
+            return True
+        mine = await self.redis.hget(keys.response(response_id), "status")
+        if mine is None or Status(mine.decode()).terminal:
+            return False
+        head_status = await self.redis.hget(keys.response(head.decode()), "status")
+        if head_status is None or Status(head_status.decode()).terminal:
+            # A head that is gone or finished can never hand over; drop it so the queue moves.
+            await self.redis.lrem(turns, 0, head)
+            return None
+        await self.redis.blpop([keys.turn_wake(response_id)], timeout=1)
+        return None
 
     async def _renew_lease(self, job_id: str) -> None:
-        """Keeps arq's in-progress marker short-lived: if this worker dies, another re-runs the turn soon."""
+        """Keeps arq's in-progress marker short-lived: if this worker dies, another re-runs the turn soon.
+
+        During a Redis outage the renewal keeps retrying; if the lease lapses meanwhile another worker may
+        start a new attempt, and this one's next write is refused (the attempt number fences it off).
+        """
         lease_ms = int(self.settings.lease_s * 1000)
         while True:
-            await self.redis.pexpire(keys.arq_in_progress(job_id), lease_ms)
+            await self.outage.call(lambda: self.redis.pexpire(keys.arq_in_progress(job_id), lease_ms), "lease")
             await asyncio.sleep(self.settings.lease_s / 3)
 
 

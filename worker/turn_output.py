@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shared import events
 from shared.models import Item
+from worker.resume import Resumed
 
 
 class TurnOutput:
@@ -11,6 +12,22 @@ class TurnOutput:
         self.items: list[Item] = []
         self.text_bytes = 0
         self._streaming_text: dict[int, str] = {}  # message index -> text so far, while it streams
+
+    @classmethod
+    def restore(cls, resumed: Resumed) -> TurnOutput:
+        """The output as a dead attempt left it, for a re-run to continue."""
+        output = cls()
+        output.items = [dict(item) for item in resumed.items]
+        for index, item in enumerate(output.items):
+            if item["type"] != "message":
+                continue
+            text = resumed.text.get(index, "")
+            if index in resumed.done:
+                text = "".join(p.get("text", "") for p in item.get("content") or [])
+            else:
+                output._streaming_text[index] = text
+            output.text_bytes += len(text.encode())
+        return output
 
     def add(self, item: Item) -> int:
         self.items.append(item)

@@ -119,6 +119,40 @@ def decide(
     messages: Sequence[Mapping[str, Any]],
     tools: Sequence[Any] | None = None,
     new_call_id: Callable[[], str] = call_id,
+    continue_final_message: bool = False,
+) -> Reply:
+    """The reply to `messages`; a request to continue a cut-off answer gets only the rest of that answer.
+
+    A continuation is either vLLM's `continue_final_message` (the last message is the partial answer) or
+    a partial answer followed by a system message asking to go on.
+    """
+    partial, before = _continuation(messages, continue_final_message)
+    if partial is None:
+        return _decide(messages, tools, new_call_id)
+    reply = _decide(before, tools, new_call_id)
+    text = reply.text or ""
+    rest = text[len(partial) :] if text.startswith(partial) else text
+    return Reply(text=rest or None, tool_calls=reply.tool_calls)
+
+
+def _continuation(
+    messages: Sequence[Mapping[str, Any]], continue_final_message: bool
+) -> tuple[str | None, Sequence[Mapping[str, Any]]]:
+    end = len(messages)
+    if not continue_final_message:
+        if end < 2 or messages[-1].get("role") != "system":
+            return None, messages
+        end -= 1
+    last = messages[end - 1] if end else {}
+    if last.get("role") != "assistant" or last.get("tool_calls"):
+        return None, messages
+    return content_text(last.get("content")), messages[: end - 1]
+
+
+def _decide(
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Any] | None,
+    new_call_id: Callable[[], str],
 ) -> Reply:
     offered = offered_tool_names(tools)
     user_text = _strip_directives(_last_user_raw_text(messages))

@@ -67,6 +67,7 @@ class _ChatRequest:
     stream: bool
     include_usage: bool
     max_tokens: int | None
+    continue_final_message: bool = False
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,8 @@ def _parse_request(raw: bytes) -> _ChatRequest:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise _BadRequest(f"'{key}' must be a positive integer.", key)
         max_tokens = value if max_tokens is None else min(max_tokens, value)
-    return _ChatRequest(model, messages, tools, bool(stream), include_usage, max_tokens)
+    continue_final = body.get("continue_final_message") is True
+    return _ChatRequest(model, messages, tools, bool(stream), include_usage, max_tokens, continue_final)
 
 
 def _check_message(message: Any, where: str) -> None:
@@ -176,7 +178,7 @@ def _check_message(message: Any, where: str) -> None:
 
 
 def _plan(chat: _ChatRequest) -> _Plan:
-    reply = decide(chat.messages, chat.tools)
+    reply = decide(chat.messages, chat.tools, continue_final_message=chat.continue_final_message)
     finish_reason = "tool_calls" if reply.tool_calls else "stop"
     tokens = tokenize(reply.text or "") if not reply.tool_calls else []
     if chat.max_tokens is not None and len(tokens) > chat.max_tokens:

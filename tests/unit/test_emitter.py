@@ -14,6 +14,7 @@ from shared.redis_conn import EmbeddedRedis
 from shared.settings import Settings
 from shared.turn_state import Retention, StaleTurn, TurnState
 from worker.emitter import Emitter
+from worker.redis_retry import Outage
 
 WINDOW = 0.05
 SETTINGS = Settings()
@@ -27,7 +28,7 @@ class Turn:
         self.state = state
         self.response_id = response_id
         self.cancels = 0
-        self.emitter = Emitter(state, response_id, attempt, WINDOW, self._on_cancel)
+        self.emitter = Emitter(state, response_id, attempt, WINDOW, self._on_cancel, Outage(0.1))
 
     def _on_cancel(self) -> None:
         self.cancels += 1

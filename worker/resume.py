@@ -1,0 +1,86 @@
+"""Where a re-run picks up: the output a dead attempt already streamed, read back from the event stream.
+
+The stream is the truth of what clients were shown, so a re-run rebuilds its output from it rather than
+starting over. Items whose `output_item.done` was written are final: they are kept as they are and go back
+into the prompt, so a server tool whose result was streamed never runs again. The one item the attempt left
+open (a message mid-text, a call mid-arguments, a tool result being computed) is continued under the same
+item id and output index. Whatever the dead attempt had merged but not yet written was never seen by
+anyone, so it is simply produced again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from shared.events import StreamEvent
+from shared.models import Item
+
+
+@dataclass
+class Resumed:
+    items: list[Item] = field(default_factory=list)  # by output_index, as last streamed
+    done: set[int] = field(default_factory=set)  # indexes whose output_item.done was streamed
+    text: dict[int, str] = field(default_factory=dict)  # message index -> text streamed so far
+    arguments: dict[int, str] = field(default_factory=dict)  # call index -> arguments streamed so far
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def open(self) -> list[int]:
+        return [i for i in range(len(self.items)) if i not in self.done]
+
+    def done_items(self) -> list[Item]:
+        return [self.items[i] for i in sorted(self.done)]
+
+    def results(self) -> set[str]:
+        """Call ids whose result was streamed in full."""
+        return {
+            item["call_id"]
+            for i, item in enumerate(self.items)
+            if i in self.done and item["type"] == "function_call_output"
+        }
+
+    def rounds(self) -> int:
+        """Model rounds that ended in tool calls: each run of consecutive function_call items is one."""
+        count, previous = 0, None
+        for item in self.items:
+            if item["type"] == "function_call" and previous != "function_call":
+                count += 1
+            previous = item["type"]
+        return count
+
+
+def fold(stream: list[StreamEvent]) -> Resumed:
+    """Replays the output events of a response's stream into the items a client holds after them."""
+    out = Resumed()
+    for event in stream:
+        if not event.type.startswith("response.") or event.type in _LIFECYCLE:
+            continue
+        body = json.loads(event.data)
+        index = body.get("output_index")
+        if event.type == "response.output_item.added":
+            if index == len(out.items):
+                out.items.append(body["item"])
+        elif index is None or index >= len(out.items):
+            continue  # belongs to no item this reader knows; nothing a client could have rendered
+        elif event.type == "response.output_text.delta":
+            out.text[index] = out.text.get(index, "") + body["delta"]
+        elif event.type == "response.function_call_arguments.delta":
+            out.arguments[index] = out.arguments.get(index, "") + body["delta"]
+        elif event.type == "response.output_item.done":
+            out.items[index] = body["item"]
+            out.done.add(index)
+    return out
+
+
+_LIFECYCLE = frozenset(
+    {
+        "response.created",
+        "response.queued",
+        "response.in_progress",
+        "response.completed",
+        "response.failed",
+        "response.incomplete",
+    }
+)

@@ -1,0 +1,144 @@
+"""Finds accepted turns that nothing will ever run, and runs them again (or fails them, out of attempts).
+
+A turn can lose its arq job: arq deletes a job whose function raised, a job whose worker died before its
+lease began is only as good as its in-progress marker, and an operator can flush a queue. Every unfinished
+turn is indexed in `keys.ACTIVE_TURNS` from accept to commit; every `sweep_interval_s` one worker of the
+fleet (whoever holds the sweeper lock) walks that index. A turn that is queued or in progress, with no
+in-progress marker (no live lease) and no job waiting in the queue, is stranded: its job is enqueued again.
+The turn's own state machine makes that safe: a re-run continues from what was streamed, and a turn that
+already finished is left alone. Entries for turns that finished or vanished are dropped from the index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from arq.connections import ArqRedis
+
+from shared import keys
+from shared.models import TERMINAL_STATUSES, Status, TurnOutcome
+from shared.queue import enqueue_turn
+from shared.records import load_response
+from shared.response_object import build_response
+from shared.settings import Settings
+from shared.turn_state import TurnState
+from worker.redis_retry import TRANSIENT, Outage
+
+log = logging.getLogger(__name__)
+
+_BATCH = 200
+# A turn younger than this may still be between its record and its enqueue in the API.
+_GRACE_MS = 10_000
+
+_TERMINAL_LUA = "{" + ",".join(f"['{s}']=true" for s in sorted(TERMINAL_STATUSES)) + "}"
+
+# KEYS: active turns, queue. ARGV: response prefix, job prefix, in-progress prefix, now ms, grace ms, start, count.
+# Returns {scanned, removed, stranded ids...}; drops index entries of finished or vanished turns as it goes.
+_SCAN = f"""
+local TERMINAL = {_TERMINAL_LUA}
+local ids = redis.call('ZRANGE', KEYS[1], ARGV[6], ARGV[6] + ARGV[7] - 1, 'WITHSCORES')
+local out = {{#ids / 2, 0}}
+for i = 1, #ids, 2 do
+  local id, accepted = ids[i], tonumber(ids[i + 1])
+  local st = redis.call('HGET', ARGV[1] .. id, 'status')
+  if not st or TERMINAL[st] then
+    redis.call('ZREM', KEYS[1], id)
+    out[2] = out[2] + 1
+  elseif accepted < tonumber(ARGV[4]) - tonumber(ARGV[5])
+      and redis.call('EXISTS', ARGV[3] .. id) == 0
+      and not (redis.call('EXISTS', ARGV[2] .. id) == 1 and redis.call('ZSCORE', KEYS[2], id)) then
+    table.insert(out, id)
+  end
+end
+return out
+"""
+
+
+@dataclass
+class SweepReport:
+    scanned: int = 0
+    requeued: int = 0
+    failed: int = 0
+
+
+class Sweeper:
+    def __init__(self, redis: ArqRedis, settings: Settings, state: TurnState, outage: Outage) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.state = state
+        self.outage = outage
+        self.owner = uuid.uuid4().hex
+        self._scan = redis.register_script(_SCAN)
+
+    async def run_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                if await self._acquire():
+                    report = await self.sweep()
+                    if report.requeued or report.failed:
+                        log.warning("sweeper: %d stranded turns re-queued, %d failed", report.requeued, report.failed)
+            except TRANSIENT as exc:
+                self.outage.failed(exc, "sweep")
+
+    async def _acquire(self) -> bool:
+        """One sweeper at a time across the fleet; the lock outlives a sweep interval so the holder keeps it."""
+        ttl_ms = int(self.settings.sweep_interval_s * 3000)
+        if await self.redis.set(keys.SWEEPER_LOCK, self.owner, nx=True, px=ttl_ms):
+            return True
+        holder = await self.redis.get(keys.SWEEPER_LOCK)
+        if holder is not None and holder.decode() == self.owner:
+            await self.redis.pexpire(keys.SWEEPER_LOCK, ttl_ms)
+            return True
+        return False
+
+    async def sweep(self) -> SweepReport:
+        report = SweepReport()
+        start = 0
+        while True:
+            now_ms = int(time.time() * 1000)
+            reply = await self._scan(
+                keys=[keys.ACTIVE_TURNS, self.settings.queue_name],
+                args=[keys.RESPONSE_PREFIX, keys.arq_job(""), keys.arq_in_progress(""), now_ms, _GRACE_MS, start,
+                      _BATCH],
+            )
+            scanned, removed, stranded = int(reply[0]), int(reply[1]), [r.decode() for r in reply[2:]]
+            report.scanned += scanned
+            for response_id in stranded:
+                if await self._rescue(response_id):
+                    report.requeued += 1
+                else:
+                    report.failed += 1
+            if scanned < _BATCH:
+                return report
+            start += scanned - removed  # removed entries shifted the ranks after them down
+
+    async def _rescue(self, response_id: str) -> bool:
+        """Enqueues a stranded turn again, or fails it once it has used up its attempts. True if re-queued."""
+        record = await load_response(self.redis, response_id)
+        if record is None or record.status.terminal:
+            return True
+        attempt = int(await self.redis.hget(keys.response(response_id), "attempt") or 0)
+        if record.status == Status.IN_PROGRESS and attempt >= self.settings.job_max_tries:
+            error = {"code": "server_error", "message": f"turn gave up after {attempt} attempts"}
+            outcome = TurnOutcome(status=Status.FAILED, error=error)
+            await self.state.finish(
+                response_id,
+                expect=Status.IN_PROGRESS,
+                attempt=None,
+                final=Status.FAILED,
+                response=build_response(record.request, Status.FAILED, outcome),
+                conversation_id=record.request.conversation_id,
+                items=[],
+            )
+            return False
+        # arq refuses a job id whose result it still keeps, and stops running one past its own try count;
+        # the turn's attempt counter is what bounds re-runs here.
+        await self.redis.delete(keys.arq_job(response_id), keys.arq_result(response_id), keys.arq_retry(response_id))
+        await enqueue_turn(self.redis, self.settings.queue_name, response_id)
+        log.info("sweeper: turn %s had no job; enqueued again", response_id)
+        return True
