@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     job_max_tries: int = 3
     # A running turn renews its lease this often; a dead worker's turn is re-run once it lapses.
     lease_s: float = 15.0
+    # On SIGTERM a worker stops taking turns and lets running ones finish for this long; the rest go back
+    # to the queue and continue on another worker (keep it under the orchestrator's grace period).
+    shutdown_grace_s: float = 45.0
     # Longest wait between retries while Redis is unreachable (exponential backoff with jitter up to this).
     redis_retry_max_s: float = 5.0
     # How often one worker of the fleet looks for turns whose job was lost and runs them again.

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from worker.agents import Agent
 from worker.default_agents import get_time, get_weather
-from worker.tools import tool
+from worker.tools import current_call, tool
 
 
 @tool
@@ -35,12 +36,21 @@ def echo_tool(text: str) -> str:
     return text
 
 
+@tool
+def record_call(words: int) -> str:
+    """Appends its call id to the file named by TURNSTREAM_TEST_TOOL_LOG, so tests can count executions."""
+    call = current_call()
+    with open(os.environ["TURNSTREAM_TEST_TOOL_LOG"], "a") as log:
+        log.write(f"{call.call_id if call else '-'}\n")
+    return " ".join(["recorded"] * words)
+
+
 AGENTS = [
     Agent(
         name="turnstream-mock",
         model="turnstream-mock",
         instructions="You are a helpful assistant.",
-        tools=(get_weather, get_time, slow_tool, broken_tool, stuck_tool, echo_tool),
+        tools=(get_weather, get_time, slow_tool, broken_tool, stuck_tool, echo_tool, record_call),
         max_tool_rounds=3,
         tool_timeout_s=5.0,
     ),

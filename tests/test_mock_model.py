@@ -336,3 +336,25 @@ def test_brain_directives_and_tokens() -> None:
     assert directives.delay_ms == 50.0 and directives.fail_midstream and not directives.fail
     text = "  one two\nthree  four "
     assert "".join(tokenize(text)) == text and len(tokenize(text)) == 4
+
+
+def test_continuation_with_an_instruction_answers_only_the_rest() -> None:
+    messages = [
+        {"role": "user", "content": "count to 6"},
+        {"role": "assistant", "content": "1 2 3"},
+        {"role": "system", "content": "Continue exactly from where you stopped."},
+    ]
+
+    assert decide(messages).text == " 4 5 6"
+
+
+def test_continuation_with_continue_final_message_answers_only_the_rest() -> None:
+    messages = [{"role": "user", "content": "count to 6"}, {"role": "assistant", "content": "1 2 3 4"}]
+
+    assert decide(messages, continue_final_message=True).text == " 5 6"
+
+
+def test_continuation_of_a_finished_answer_adds_nothing() -> None:
+    messages = [{"role": "user", "content": "count to 3"}, {"role": "assistant", "content": "1 2 3"}]
+
+    assert decide(messages, continue_final_message=True).text is None

@@ -93,5 +93,5 @@ def build_worker(
         keep_result=60,  # nothing reads arq's job results; turn results live in the response hash
         handle_signals=handle_signals,
         # Lets a SIGTERM'd worker finish short turns instead of re-queueing them (under k8s' 60 s grace).
-        job_completion_wait=45,
+        job_completion_wait=settings.shutdown_grace_s,
     )

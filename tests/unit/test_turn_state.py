@@ -478,3 +478,45 @@ def test_retention_reads_its_limits_from_settings() -> None:
 
     assert Retention.from_settings(settings) == Retention(1, 2, 3, 4)
 
+
+
+async def test_claim_drops_a_finished_head_that_never_left_the_queue(redis: ArqRedis, state: TurnState) -> None:
+    conversation_id = await create_conversation(redis)
+    first = await store_queued(redis, conversation_id)
+    await state.claim(conversation_id, first.response_id, "reject")
+    # Finished without its commit reaching the queue (a record rewritten by hand, an old version's commit).
+    await redis.hset(keys.response(first.response_id), "status", Status.FAILED.value)
+
+    assert await state.claim(conversation_id, "resp_next", "reject") is True
+    turns = await redis.lrange(keys.conversation_turns(conversation_id), 0, -1)
+    assert turns == [b"resp_next"]
+
+
+async def test_claim_keeps_a_head_whose_record_is_not_stored_yet(redis: ArqRedis, state: TurnState) -> None:
+    conversation_id = await create_conversation(redis)
+    assert await state.claim(conversation_id, "resp_being_accepted", "wait")
+
+    assert await state.claim(conversation_id, "resp_next", "reject") is False
+
+
+async def test_append_retried_with_the_same_batch_id_is_written_once(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    started = await state.start(req.response_id)
+    batch = [delta("a"), delta("b")]
+
+    await state.append(req.response_id, started.attempt, batch, "1:1")
+    await state.append(req.response_id, started.attempt, batch, "1:1")  # the reply was lost: sent again
+    await state.append(req.response_id, started.attempt, [delta("c")], "1:2")
+
+    stored = [e.json()["delta"] for _, e in await stream(redis, req.response_id)]
+    assert stored == ["a", "b", "c"]
+
+
+async def test_finish_removes_the_turn_from_the_active_index(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    await redis.zadd(keys.ACTIVE_TURNS, {req.response_id: 1})
+    await state.start(req.response_id)
+
+    await finish(state, req, attempt=1)
+
+    assert await redis.zscore(keys.ACTIVE_TURNS, req.response_id) is None
