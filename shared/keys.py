@@ -67,6 +67,11 @@ def fanout_wake(node_id: str) -> str:
     return f"{PREFIX}fanout-wake:{node_id}"
 
 
+def running_jobs(queue_name: str) -> str:
+    """ZSET: job id -> lease expiry (ms) of every claimed job; the queue itself holds only waiting jobs."""
+    return f"{queue_name}:running"
+
+
 def worker_health(queue_name: str, hostname: str) -> str:
     """STRING: one worker's arq heartbeat, per host so `turnstream worker --check` checks this pod only."""
     return f"{queue_name}:health-check:{hostname}"

@@ -5,9 +5,13 @@ Here the API pushes a token to a wake list on every enqueue and an idle worker B
 few milliseconds; the BLPOP timeout keeps the ordinary poll as a fallback (deferred jobs, lost tokens, jobs
 re-queued after a dead worker's lease lapsed).
 
-Outages: stock arq ends its main loop on the first Redis error, and a claim cut off half-way leaks one of
-`max_jobs` slots for good. Here every poll, claim and job bookkeeping step retries through the outage (see
-worker/redis_retry.py), and a worker stops only on a signal or on a bug, never on a dropped connection.
+Claims: a poll moves due jobs into a leased running set in one script (worker/job_leases.py) instead of
+arq's per-job check of everything in the queue, running jobs included, so pickup costs the same with 2 or
+300 turns running. arq's job format, run_job, retries and results are kept.
+
+Outages: stock arq ends its main loop on the first Redis error. Here every poll, claim and job bookkeeping
+step retries through the outage (see worker/redis_retry.py), and a worker stops only on a signal or on a
+bug, never on a dropped connection.
 """
 
 from __future__ import annotations
@@ -15,16 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from typing import Any
 
 import arq.worker
 from arq.connections import create_pool
-from arq.constants import in_progress_key_prefix
-from arq.utils import timestamp_ms
 from arq.worker import Worker
-from redis.exceptions import ResponseError, WatchError
 
 from shared import keys
+from worker.job_leases import JobLeases, now_ms
 from worker.redis_retry import TRANSIENT, Outage
 
 log = logging.getLogger(__name__)
@@ -39,9 +42,12 @@ class FastPickupWorker(Worker):
         self.fallback_poll_s = fallback_poll_s
         self.outage = outage
         self._poll_failures = 0
-        # arq marks a claimed job in progress for the whole job timeout (a day here); the turn renews this
-        # as a short lease once it runs, so a worker that dies right after claiming holds the job only briefly.
-        self.in_progress_timeout_s = lease_s
+        self.lease_s = lease_s
+        self.leases: JobLeases | None = None  # needs the pool, made in main()
+        self.token_prefix = f"{uuid.uuid4().hex}:"
+        # job id -> (claim token, queue score); shared with jobs through ctx so a turn can renew its lease.
+        self.claims: dict[str, tuple[str, int]] = {}
+        self.ctx["claims"] = self.claims
 
     async def main(self) -> None:
         """arq's main loop, except that a worker started before Redis (or during an outage) waits for it."""
@@ -60,6 +66,7 @@ class FastPickupWorker(Worker):
         # Looked up on the module at call time: the embedded dev mode replaces it (fakeredis has no INFO).
         await self.outage.call(lambda: arq.worker.log_redis_info(self.pool, log.info), "worker start")
         self.ctx["redis"] = self.pool
+        self.leases = JobLeases(self.pool, self.queue_name, self.lease_s)
         if self.on_startup:
             await self.on_startup(self.ctx)
         while True:
@@ -67,7 +74,8 @@ class FastPickupWorker(Worker):
 
     async def _poll_iteration(self) -> None:
         try:
-            await super()._poll_iteration()
+            await self._claim_and_start()
+            await self.heart_beat()
             if self.allow_pick_jobs and self.job_counter < self.max_jobs:
                 # Only a worker with a free slot takes a token, so the token wakes one that can run the job.
                 await self.pool.blpop([keys.QUEUE_WAKE], timeout=self.fallback_poll_s)  # type: ignore[arg-type]
@@ -81,43 +89,59 @@ class FastPickupWorker(Worker):
             self._poll_failures = 0
             self.outage.recovered()
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's claim, with the slot given back when Redis fails part-way (arq's own version leaks it)."""
-        for job_id_b in job_ids:
-            await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
-                self.sem.release()
-                return
-            self.job_counter += 1
-            job_id = job_id_b.decode()
-            try:
-                score = await self._claim(job_id)
-            except BaseException:
-                self._release_sem_dec_counter_on_complete()
-                raise
-            if score is None:
-                self._release_sem_dec_counter_on_complete()
-                continue
-            task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+    async def _claim_and_start(self) -> None:
+        assert self.leases is not None
+        if self.allow_pick_jobs:
+            for job_id, score, token in await self.leases.claim(self.max_jobs - self.job_counter, self.token_prefix):
+                self.claims[job_id] = (token, score)
+                self.job_counter += 1
+                task = self.loop.create_task(self.run_job(job_id, score))
+                task.add_done_callback(self._job_done)
+                self.tasks[job_id] = task
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # an error in arq's own job handling is a bug: let it stop the worker
 
-    async def _claim(self, job_id: str) -> int | None:
-        """Marks the job in progress unless another worker has it; returns its queue score when claimed."""
-        in_progress_key = in_progress_key_prefix + job_id
-        async with self.pool.pipeline(transaction=True) as pipe:
-            await pipe.watch(in_progress_key)
-            ongoing = await pipe.exists(in_progress_key)
-            score = await pipe.zscore(self.queue_name, job_id)
-            if ongoing or not score or score > timestamp_ms():
-                return None  # running elsewhere, finished, or re-queued with a delay
-            pipe.multi()
-            pipe.psetex(in_progress_key, int(self.in_progress_timeout_s * 1000), b"1")
-            try:
-                await pipe.execute()
-            except (ResponseError, WatchError):
-                return None  # another worker claimed it between the check and the write
-        return int(score)
+    def _job_done(self, _: object) -> None:
+        self.job_counter -= 1
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's bookkeeping for a job that ran, plus leaving the running set (or going back to the queue)."""
+        token, score = self.claims.pop(job_id, ("", 0))
+        assert self.leases is not None
+        ttl_ms = None if keep_result_forever or result_timeout_s is None else int(result_timeout_s * 1000)
+        await self.leases.finish(
+            job_id,
+            token,
+            finished=finish,
+            # Not finished (arq's Retry, or cancelled by a shutdown): back on the queue, due at once or after
+            # the Retry's deferral (arq's incr_score is relative to the job's original score).
+            requeue_score=None if finish else (score + incr_score if incr_score else now_ms()),
+            result=result_data if finish else None,
+            result_ttl_ms=ttl_ms,
+        )
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        token, _ = self.claims.pop(job_id, ("", 0))
+        assert self.leases is not None
+        keep = self.keep_result_forever or self.keep_result_s > 0
+        await self.leases.finish(
+            job_id,
+            token,
+            finished=True,
+            result=result_data if keep else None,
+            result_ttl_ms=None if self.keep_result_forever else int(self.keep_result_s * 1000),
+        )
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:

@@ -32,8 +32,10 @@ _JOB_TIMEOUT_S = 24 * 3600
 
 async def run_turn(ctx: dict[str, Any], response_id: str) -> str:
     runner: TurnRunner = ctx["runner"]
+    job_id: str = ctx["job_id"]
+    token, _ = ctx["claims"].get(job_id, (None, 0))
     try:
-        return await runner.run(response_id)
+        return await runner.run(response_id, job_id, token)
     except TRANSIENT as exc:
         # arq deletes a job whose function raised; a Redis outage is not the turn's failure, so the job
         # goes back on the queue instead and the re-run continues from what was streamed.

@@ -3,8 +3,9 @@
 A turn can lose its arq job: arq deletes a job whose function raised, a job whose worker died before its
 lease began is only as good as its in-progress marker, and an operator can flush a queue. Every unfinished
 turn is indexed in `keys.ACTIVE_TURNS` from accept to commit; every `sweep_interval_s` one worker of the
-fleet (whoever holds the sweeper lock) walks that index. A turn that is queued or in progress, with no
-in-progress marker (no live lease) and no job waiting in the queue, is stranded: its job is enqueued again.
+fleet (whoever holds the sweeper lock) walks that index. (Jobs whose lease lapsed go back on the queue in
+every worker's claim, see worker/job_leases.py.) A turn that is queued or in progress, with no in-progress
+marker (no live lease) and no job waiting in the queue, is stranded: its job is enqueued again.
 The turn's own state machine makes that safe: a re-run continues from what was streamed, and a turn that
 already finished is left alone. Entries for turns that finished or vanished are dropped from the index.
 """

@@ -28,6 +28,7 @@ from worker.agent_loop import AgentTurn, Limits
 from worker.agents import Agent, AgentRegistry
 from worker.cancel_listener import CancelHandle, CancelListener
 from worker.emitter import Emitter
+from worker.job_leases import JobLeases
 from worker.prompt import window
 from worker.redis_retry import TRANSIENT, Outage
 from worker.resume import Resumed, fold
@@ -49,16 +50,19 @@ class TurnRunner:
         self.outage = outage
         self.settings = settings
         self.state = TurnState(redis, Retention.from_settings(settings))
+        self.leases = JobLeases(redis, settings.queue_name, settings.lease_s)
         self.agents = agents
         self.client = client
         self.cancels = cancels
 
-    async def run(self, response_id: str) -> str:
-        lease = asyncio.create_task(self._renew_lease(response_id))
+    async def run(self, response_id: str, job_id: str | None = None, token: str | None = None) -> str:
+        """Runs the turn; `job_id`/`token` name the claim whose lease this keeps alive while it runs."""
+        lease = asyncio.create_task(self._renew_lease(job_id, token)) if job_id and token else None
         try:
             return await self._run(response_id)
         finally:
-            lease.cancel()
+            if lease is not None:
+                lease.cancel()
 
     async def _run(self, response_id: str) -> str:
         call = self.outage.call
@@ -219,15 +223,17 @@ class TurnRunner:
         await self.redis.blpop([keys.turn_wake(response_id)], timeout=1)
         return None
 
-    async def _renew_lease(self, job_id: str) -> None:
-        """Keeps arq's in-progress marker short-lived: if this worker dies, another re-runs the turn soon.
+    async def _renew_lease(self, job_id: str, token: str) -> None:
+        """Keeps the job's lease short-lived: if this worker dies, another re-runs the turn soon.
 
         During a Redis outage the renewal keeps retrying; if the lease lapses meanwhile another worker may
-        start a new attempt, and this one's next write is refused (the attempt number fences it off).
+        claim the job and start a new attempt, and this one's next write is refused (the attempt number
+        fences it off), so renewing stops once the claim is no longer ours.
         """
-        lease_ms = int(self.settings.lease_s * 1000)
         while True:
-            await self.outage.call(lambda: self.redis.pexpire(keys.arq_in_progress(job_id), lease_ms), "lease")
+            if not await self.outage.call(lambda: self.leases.renew(job_id, token), "lease"):
+                log.info("job %s: lease taken over by a newer claim", job_id)
+                return
             await asyncio.sleep(self.settings.lease_s / 3)
 
 

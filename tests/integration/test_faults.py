@@ -295,7 +295,9 @@ def test_turns_whose_jobs_were_lost_are_swept_back(client: OpenAI, fault_stack: 
     for _, first, second in load:
         for turn in (first, second):
             r.delete(keys.arq_job(turn), keys.arq_in_progress(turn), keys.arq_retry(turn))
-            r.zrem(fault_stack.env.get("TURNSTREAM_QUEUE_NAME", "turnstream:queue"), turn)
+            queue = fault_stack.env.get("TURNSTREAM_QUEUE_NAME", "turnstream:queue")
+            r.zrem(queue, turn)
+            r.zrem(keys.running_jobs(queue), turn)
     _ensure_workers(fault_stack)
     settled_in = _wait_settled(fault_stack, [i for _, a, b in load for i in (a, b)], timeout=45)
     print(f"\nlost jobs: all {2 * CONVERSATIONS} turns settled {settled_in:.1f}s after the workers came back")
