@@ -12,9 +12,10 @@ Builders here return the event without `sequence_number`; Redis splices it in wh
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 Event = dict[str, Any]
 
@@ -47,7 +48,7 @@ class StreamEvent:
         return self.type in TERMINAL_TYPES
 
     def json(self) -> Event:
-        result: Event = json.loads(self.data)
+        result: Event = orjson.loads(self.data)
         return result
 
 
@@ -62,8 +63,9 @@ def entry_id(seq: int) -> str:
 
 
 def encode(event: Event) -> str:
-    # Compact and starting with '{"type":' so Redis can splice the sequence number in front.
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    # Compact and starting with '{"type":' so Redis can splice the sequence number in front. orjson writes
+    # UTF-8 as is and keeps key order; it is several times cheaper than json.dumps per delta.
+    return orjson.dumps(event).decode()
 
 
 # --- builders ---------------------------------------------------------------------------------

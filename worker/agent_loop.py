@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
-from openai import AsyncOpenAI, AsyncStream
-from openai.types.chat import ChatCompletionChunk
+from openai import AsyncOpenAI
 
 from shared import events, ids
 from shared.models import Item, Status, TurnOutcome, TurnRequest, Usage
 from worker.agents import Agent
+from worker.chat_stream import Chunk, chat_chunks
 from worker.emitter import Emitter
 from worker.prompt import Message, chat_tool, to_messages
 from worker.resume import Resumed
@@ -256,43 +256,44 @@ class AgentTurn:
         resumed_calls = cut.calls if cut else []
         calls: dict[int, _Call] = {}
         async with asyncio.timeout(self.limits.first_token_timeout_s) as deadline:
-            stream = cast(
-                AsyncStream[ChatCompletionChunk], await self.client.chat.completions.create(**self._request(cut))
-            )
-            # Leaving this block closes the HTTP stream, so a cancelled turn stops costing tokens at once.
-            async with stream:
-                async for chunk in stream:
-                    deadline.reschedule(None)
-                    if chunk.usage is not None:
-                        rnd.usage = Usage(
-                            input_tokens=chunk.usage.prompt_tokens, output_tokens=chunk.usage.completion_tokens
-                        )
-                    if not chunk.choices:
-                        continue  # usage-only or empty update
-                    choice = chunk.choices[0]
-                    delta = choice.delta
-                    if delta is not None and delta.content:
-                        if message_index is None:
-                            message_id = ids.message_id()
-                            message_index = await self._open_message(message_id)
-                        rnd.text += delta.content
-                        self.output.append_text(message_index, delta.content)
-                        await self.emit(events.text_delta(message_id, message_index, delta.content))
-                        if self.output.text_bytes > self.limits.max_output_bytes:
-                            rnd.over_budget = True
-                            break
-                    for tc in (delta.tool_calls if delta is not None else None) or []:
-                        if message_index is not None:
-                            await self._close_message(message_id, message_index, rnd.text)
-                            message_index = None
-                        call = calls.get(tc.index)
-                        if call is None:
-                            call = calls[tc.index] = await self._open_call(tc, resumed_calls, len(calls))
-                            rnd.calls.append(call)
-                        if tc.function and tc.function.arguments:
-                            await self._add_arguments(call, tc.function.arguments)
-                    if choice.finish_reason:
-                        rnd.finish_reason = choice.finish_reason
+            # Breaking out of this loop closes the HTTP stream, so a cancelled turn stops costing tokens at once.
+            async for chunk in chat_chunks(self.client, self._request(cut)):
+                deadline.reschedule(None)
+                usage = chunk.get("usage")
+                if usage:
+                    rnd.usage = Usage(
+                        input_tokens=usage.get("prompt_tokens") or 0, output_tokens=usage.get("completion_tokens") or 0
+                    )
+                choices = chunk.get("choices")
+                if not choices:
+                    continue  # usage-only or empty update
+                choice = choices[0]
+                delta = choice.get("delta") or {}
+                content = delta.get("content")
+                if content:
+                    if message_index is None:
+                        message_id = ids.message_id()
+                        message_index = await self._open_message(message_id)
+                    rnd.text += content
+                    self.output.append_text(message_index, content)
+                    await self.emit(events.text_delta(message_id, message_index, content))
+                    if self.output.text_bytes > self.limits.max_output_bytes:
+                        rnd.over_budget = True
+                        break
+                for tc in delta.get("tool_calls") or ():
+                    if message_index is not None:
+                        await self._close_message(message_id, message_index, rnd.text)
+                        message_index = None
+                    position = tc.get("index", 0)
+                    call = calls.get(position)
+                    if call is None:
+                        call = calls[position] = await self._open_call(tc, resumed_calls, len(calls))
+                        rnd.calls.append(call)
+                    arguments = (tc.get("function") or {}).get("arguments")
+                    if arguments:
+                        await self._add_arguments(call, arguments)
+                if choice.get("finish_reason"):
+                    rnd.finish_reason = choice["finish_reason"]
         if message_index is not None and not rnd.over_budget:
             await self._close_message(message_id, message_index, rnd.text)
         # Calls a dead attempt opened stay in the turn even if the model did not produce them again:
@@ -308,11 +309,11 @@ class AgentTurn:
             await self.emit(events.output_item_done(call.index, item))
         return rnd
 
-    async def _open_call(self, tc: Any, resumed_calls: list[_Call], position: int) -> _Call:
+    async def _open_call(self, tc: Chunk, resumed_calls: list[_Call], position: int) -> _Call:
         if position < len(resumed_calls):
             return resumed_calls[position]  # the dead attempt's call, continued under its ids
-        name = (tc.function.name if tc.function else None) or ""
-        call = _Call(-1, ids.function_call_id(), tc.id or ids.call_id(), name)
+        name = (tc.get("function") or {}).get("name") or ""
+        call = _Call(-1, ids.function_call_id(), tc.get("id") or ids.call_id(), name)
         call.index = self.output.add(events.function_call_item(call.item_id, call.call_id, name, "", "in_progress"))
         await self.emit(events.output_item_added(call.index, self.output.items[call.index]))
         return call
