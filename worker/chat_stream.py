@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from openai import APIError, AsyncOpenAI
+from openai import APIConnectionError, APIError, AsyncOpenAI
 
 Chunk = dict[str, Any]
 
@@ -23,7 +23,19 @@ Chunk = dict[str, Any]
 async def chat_chunks(client: AsyncOpenAI, request: dict[str, Any]) -> AsyncIterator[Chunk]:
     """The chunks of one streamed completion; leaving the iteration closes the HTTP stream at once."""
     async with client.chat.completions.with_streaming_response.create(**request) as response:
-        async for line in response.iter_lines():
+        lines = response.iter_lines()
+        while True:
+            try:
+                line = await anext(lines)
+            except StopAsyncIteration:
+                return
+            except Exception as exc:
+                # A connection cut mid-stream surfaces as the SDK's HTTP client's own error; report it the
+                # way the SDK reports a connection that failed before the stream began.
+                raise APIConnectionError(
+                    message=f"the upstream stream broke off ({type(exc).__name__})",
+                    request=response.http_response.request,
+                ) from exc
             if not line.startswith("data:"):
                 continue
             data = line[5:].strip()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import httpx
 import openai
 from openai import AsyncOpenAI
 from redis.asyncio import Redis
@@ -160,8 +159,6 @@ class TurnRunner:
             return _failed(f"upstream model error {exc.status_code}: {exc.message}")
         except openai.APIError as exc:
             return _failed(f"upstream model error: {exc.message}")
-        except httpx.HTTPError as exc:
-            return _failed(f"upstream stream broke off: {type(exc).__name__}")
         except (StaleTurn, *TRANSIENT):
             raise  # not the turn's failure: a newer attempt owns it, or Redis is away (the job is re-run)
         except Exception as exc:

@@ -48,6 +48,7 @@ def test_broken_upstream_stream_fails_the_turn(client: OpenAI) -> None:
     response = client.responses.create(model=M, input="count to 50 [fail-midstream]")
     assert response.status == "failed"
     assert response.error is not None and response.error.code == "server_error"
+    assert "the upstream stream broke off" in response.error.message
 
 
 def test_full_queue_answers_503_with_retry_after(stack: Stack) -> None:
