@@ -33,8 +33,8 @@ class JSONBodyRoute(APIRoute):
     """An APIRoute whose body, if it takes one, is read and decoded by this module."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        # A body without a Content-Type is decoded as JSON too (curl -d '...' with -H is not always sent);
-        # any other content type is refused in `_read_json`.
+        # A body sent with no Content-Type at all is decoded as JSON too; any other type than JSON is
+        # refused in `_check_content_type`.
         kwargs["strict_content_type"] = False
         super().__init__(path, endpoint, **kwargs)
 
