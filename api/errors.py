@@ -2,7 +2,8 @@
 
 APIError
  ├─ invalid input ........ 400 invalid_request_error (names the param)
- ├─ not found ............ 404 invalid_request_error
+ ├─ not found ............ 404 invalid_request_error (also every malformed id)
+ ├─ request_timeout ...... 408 (the body did not arrive in time; the connection is closed)
  ├─ conversation_locked .. 409 (reject policy and a turn already running)
  ├─ too large ............ 413
  └─ unavailable .......... 503 + Retry-After (Redis unreachable, queue full)
@@ -54,6 +55,14 @@ def not_found(kind: str, ident: str, param: str | None = None) -> APIError:
     return APIError(404, f"{kind} with id '{ident}' not found.", param=param, code="not_found")
 
 
+def store_unavailable() -> APIError:
+    # Says nothing about where the store is: the address is for the logs, not for clients.
+    return APIError(
+        503, "The service's store is unreachable; retry shortly.", type="server_error",
+        code="service_unavailable", retry_after=1,
+    )
+
+
 # pydantic puts where the value came from and, for unions, the member type into `loc`; neither is a param.
 _NOT_PARAMS = frozenset(
     {"body", "query", "path", "header", "str", "int", "float", "bool", "list", "dict", "ConversationRef"}
@@ -66,6 +75,11 @@ def from_validation(exc: ValidationError | RequestValidationError) -> APIError:
     loc = [str(p) for p in first.get("loc", ()) if p not in _NOT_PARAMS and not _TYPE_TAG.search(str(p))]
     param = "".join(f"[{p}]" if p.isdigit() else (f".{p}" if i else p) for i, p in enumerate(loc)) or None
     kind = first.get("type", "")
+    if param is None:
+        # The body as a whole: absent, or not an object.
+        if kind == "missing":
+            return invalid("The request body is missing; send a JSON object.", None, "missing_required_parameter")
+        return invalid(f"The request body must be a JSON object: {first.get('msg', 'invalid')}.", None)
     if kind == "missing":
         return invalid(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
     if kind == "extra_forbidden":
@@ -74,7 +88,10 @@ def from_validation(exc: ValidationError | RequestValidationError) -> APIError:
 
 
 def _render(err: APIError) -> JSONResponse:
-    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
+    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else {}
+    if err.status == 408:
+        # The unread rest of the body would otherwise be parsed as the next request on this connection.
+        headers["Connection"] = "close"
     body = {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
     return JSONResponse(body, status_code=err.status, headers=headers)
 
@@ -97,10 +114,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RedisTimeoutError)
     async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("redis unavailable: %s", exc)
-        return _render(
-            APIError(503, "The service's store is unreachable; retry shortly.", type="server_error",
-                     code="service_unavailable", retry_after=1)
-        )
+        return _render(store_unavailable())
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, Query
 
 from api.errors import invalid
+from shared import ids
 
 
 @dataclass
@@ -26,7 +27,8 @@ def paginate(items: list[dict[str, Any]], page: PageQuery) -> dict[str, Any]:
     ordered = items if page.order == "asc" else list(reversed(items))
     start = 0
     if page.after is not None:
-        positions = [i for i, item in enumerate(ordered) if item.get("id") == page.after]
+        well_formed = ids.is_item_id(page.after)
+        positions = [i for i, item in enumerate(ordered) if well_formed and item.get("id") == page.after]
         if not positions:
             raise invalid(f"No item with id '{page.after}' to page after.", "after")
         start = positions[0] + 1

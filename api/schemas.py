@@ -95,7 +95,7 @@ def _item(raw: dict[str, Any], param: str) -> Item:
         role = raw.get("role")
         if role not in _ROLES:
             raise invalid(f"Invalid value for '{param}.role': expected one of {', '.join(_ROLES)}.", f"{param}.role")
-        return _message(role, raw.get("content"), param, raw.get("id"))
+        return _message(role, raw.get("content"), param, _given_id(raw, ids.MESSAGE, param))
     if kind == "function_call_output":
         call_id, output = raw.get("call_id"), raw.get("output")
         if not isinstance(call_id, str) or not call_id:
@@ -103,7 +103,7 @@ def _item(raw: dict[str, Any], param: str) -> Item:
         if not isinstance(output, str):
             raise invalid(f"Invalid value for '{param}.output': expected a string.", f"{param}.output")
         return {
-            "id": raw.get("id") or ids.function_call_output_id(),
+            "id": _given_id(raw, ids.FUNCTION_CALL_OUTPUT, param) or ids.function_call_output_id(),
             "type": "function_call_output",
             "call_id": call_id,
             "output": output,
@@ -114,7 +114,7 @@ def _item(raw: dict[str, Any], param: str) -> Item:
             if not isinstance(raw.get(field), str):
                 raise invalid(f"Missing required parameter: '{param}.{field}'.", f"{param}.{field}")
         return {
-            "id": raw.get("id") or ids.function_call_id(),
+            "id": _given_id(raw, ids.FUNCTION_CALL, param) or ids.function_call_id(),
             "type": "function_call",
             "call_id": raw["call_id"],
             "name": raw["name"],
@@ -122,6 +122,17 @@ def _item(raw: dict[str, Any], param: str) -> Item:
             "status": "completed",
         }
     raise invalid(f"Unsupported input item type '{kind}' in '{param}'.", f"{param}.type", "unsupported_value")
+
+
+def _given_id(raw: dict[str, Any], prefix: str, param: str) -> str | None:
+    """A client may name its items, with ids of the shape this service issues, so each stays addressable."""
+    given = raw.get("id")
+    if given is None or ids.is_id(given, prefix):
+        return given
+    raise invalid(
+        f"Invalid value for '{param}.id': expected an id that begins with '{prefix}_' followed by 48 hex digits.",
+        f"{param}.id",
+    )
 
 
 def _message(role: str, content: Any, param: str = "input", item_id: str | None = None) -> Item:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic_core import PydanticSerializationError
 
 from api.deps import Services
 from api.errors import APIError, invalid, not_found
@@ -27,11 +31,14 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
         raise invalid("Background mode requires 'store' to be true.", "background")
     model = body.model or settings.default_model
     await _check_model(svc, model)
-    # Existence is all the edge needs; the worker reads the history itself when the turn runs.
-    if conversation_id and not await svc.redis.exists(keys.conversation(conversation_id)):
+    # Existence is all the edge needs; the worker reads the history itself when the turn runs. A malformed
+    # id is as absent as an unknown one, and never reaches Redis as part of a key.
+    if conversation_id is not None and not (
+        ids.is_id(conversation_id, ids.CONVERSATION) and await svc.redis.exists(keys.conversation(conversation_id))
+    ):
         raise not_found("Conversation", conversation_id, "conversation")
     previous = body.previous_response_id
-    if previous and not await svc.redis.exists(keys.response(previous)):
+    if previous is not None and not await _is_stored_response(svc, previous):
         raise not_found("Previous response", previous, "previous_response_id")
     items = normalise_input(body.input)
     if len(items) > settings.max_input_items:
@@ -57,6 +64,14 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
     )
 
 
+async def _is_stored_response(svc: Services, response_id: str) -> bool:
+    if not ids.is_id(response_id, ids.RESPONSE):
+        return False
+    request = await svc.redis.hget(keys.response(response_id), "request")
+    # A store=false response is never a base for another turn, as with OpenAI.
+    return request is not None and TurnRequest.model_validate_json(request).store
+
+
 async def _check_model(svc: Services, model: str) -> None:
     if svc.settings.allow_model_passthrough:
         return
@@ -67,8 +82,13 @@ async def _check_model(svc: Services, model: str) -> None:
         raise invalid(f"The model '{model}' does not exist. Available models: {names}.", "model", "model_not_found")
 
 
-async def accept(svc: Services, req: TurnRequest) -> dict[str, object]:
-    """Stores the queued turn and its `response.created` event, then enqueues it. Returns the Response."""
+async def accept(svc: Services, req: TurnRequest) -> str:
+    """Stores the queued turn and its `response.created` event, then enqueues it. Returns the Response JSON.
+
+    Everything it writes or returns is rendered before anything is stored: once a turn is accepted no
+    error may follow, or a client retrying that error would run the turn twice.
+    """
+    turn = _render(req)
     settings = svc.settings
     if await queue_depth(svc.redis, settings.queue_name) >= settings.max_queue_depth:
         raise APIError(
@@ -82,12 +102,34 @@ async def accept(svc: Services, req: TurnRequest) -> dict[str, object]:
             code="conversation_locked",
         )
     try:
-        return await _store_and_enqueue(svc, req)
+        await _store_and_enqueue(svc, turn)
     except BaseException:
         # Not accepted after all: release the conversation so the turns behind it are not stuck.
         if req.conversation_id:
             await _forget(svc, req)
         raise
+    return turn.response_json
+
+
+@dataclass(frozen=True)
+class _RenderedTurn:
+    req: TurnRequest
+    request_json: str
+    response: dict[str, Any]
+    response_json: str  # the queued Response: stored, and what the client gets back
+
+
+def _render(req: TurnRequest) -> _RenderedTurn:
+    queued = build_response(req, Status.QUEUED)
+    try:
+        response_json = json.dumps(queued, ensure_ascii=False, allow_nan=False)
+        # Encoding is where a lone surrogate would fail, and the Redis client encodes every value it sends.
+        response_json.encode()
+        events.encode(events.lifecycle(events.CREATED, queued)).encode()
+        request_json = req.model_dump_json()
+    except (ValueError, PydanticSerializationError) as exc:
+        raise invalid(f"The request cannot be stored as standard JSON: {exc}.") from None
+    return _RenderedTurn(req, request_json, queued, response_json)
 
 
 async def _forget(svc: Services, req: TurnRequest) -> None:
@@ -99,11 +141,10 @@ async def _forget(svc: Services, req: TurnRequest) -> None:
         pass  # Redis is away; a waiting turn drops a head whose record is missing on its own
 
 
-async def _store_and_enqueue(svc: Services, req: TurnRequest) -> dict[str, object]:
+async def _store_and_enqueue(svc: Services, turn: _RenderedTurn) -> None:
     settings = svc.settings
-    queued = build_response(req, Status.QUEUED)
-    ttl = settings.response_ttl_s if req.store else settings.unstored_response_ttl_s
-    record = keys.response(req.response_id)
+    response_id = turn.req.response_id
+    record = keys.response(response_id)
     async with svc.redis.pipeline(transaction=True) as pipe:
         pipe.hset(
             record,
@@ -111,14 +152,15 @@ async def _store_and_enqueue(svc: Services, req: TurnRequest) -> dict[str, objec
                 "status": Status.QUEUED.value,
                 "attempt": 0,
                 "seq": -1,
-                "request": req.model_dump_json(),
-                "response": json.dumps(queued),
+                "request": turn.request_json,
+                "response": turn.response_json,
             },
         )
-        pipe.expire(record, ttl)
+        # Full retention even for store=false: a turn queued behind a long backlog must not expire before it
+        # runs. The worker shortens it when the turn ends.
+        pipe.expire(record, settings.response_ttl_s)
         # Indexed until its commit, so the sweeper can find it if its job is ever lost.
-        pipe.zadd(keys.ACTIVE_TURNS, {req.response_id: int(time.time() * 1000)})
+        pipe.zadd(keys.ACTIVE_TURNS, {response_id: int(time.time() * 1000)})
         await pipe.execute()
-    await svc.state.append(req.response_id, 0, [events.lifecycle(events.CREATED, queued)])
-    await enqueue_turn(svc.redis, settings.queue_name, req.response_id)
-    return queued
+    await svc.state.append(response_id, 0, [events.lifecycle(events.CREATED, turn.response)])
+    await enqueue_turn(svc.redis, settings.queue_name, response_id)

@@ -28,6 +28,9 @@ FAILED = "response.failed"
 INCOMPLETE = "response.incomplete"
 TERMINAL_TYPES = frozenset({COMPLETED, FAILED, INCOMPLETE})
 
+# Sequence numbers come from HINCRBY, which counts in signed 64 bits: no event is ever numbered higher.
+MAX_SEQUENCE_NUMBER = 2**63 - 1
+
 TERMINAL_TYPE_FOR_STATUS = {
     "completed": COMPLETED,
     "failed": FAILED,

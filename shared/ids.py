@@ -1,34 +1,65 @@
-"""Unguessable ids carrying OpenAI's prefixes, so clients can route on them."""
+"""Unguessable ids carrying OpenAI's prefixes, so clients can route on them, and the one check of their format.
+
+Every id the service issues is `<prefix>_` + 48 lowercase hex digits, the same shape OpenAI's own ids have.
+An id from a path or a body is checked with `is_id` before it is used in a Redis key: a malformed id then
+reads exactly like one that does not exist, and never like a key of another kind (`conv_x:items`).
+"""
 
 from __future__ import annotations
 
+import re
 import secrets
+
+RESPONSE = "resp"
+CONVERSATION = "conv"
+MESSAGE = "msg"
+FUNCTION_CALL = "fc"
+FUNCTION_CALL_OUTPUT = "fco"
+CALL = "call"
+ITEM_PREFIXES = (MESSAGE, FUNCTION_CALL, FUNCTION_CALL_OUTPUT)
+
+_RANDOM_BYTES = 24  # 192 bits: unguessable, and the shape clients expect (prefix_ + 48 hex)
+_BODY = f"[0-9a-f]{{{_RANDOM_BYTES * 2}}}"
+_FORMATS = {
+    prefix: re.compile(f"{prefix}_{_BODY}")
+    for prefix in (RESPONSE, CONVERSATION, MESSAGE, FUNCTION_CALL, FUNCTION_CALL_OUTPUT, CALL)
+}
+_ITEM_FORMAT = re.compile(f"(?:{'|'.join(ITEM_PREFIXES)})_{_BODY}")
 
 
 def new_id(prefix: str) -> str:
-    # 24 random bytes = 192 bits: unguessable, and the shape clients expect (prefix_ + hex).
-    return f"{prefix}_{secrets.token_hex(24)}"
+    return f"{prefix}_{secrets.token_hex(_RANDOM_BYTES)}"
+
+
+def is_id(value: object, prefix: str) -> bool:
+    """True when `value` is exactly an id this service could have issued with `prefix`."""
+    return isinstance(value, str) and _FORMATS[prefix].fullmatch(value) is not None
+
+
+def is_item_id(value: object) -> bool:
+    """True for a message, function call or function call output id."""
+    return isinstance(value, str) and _ITEM_FORMAT.fullmatch(value) is not None
 
 
 def response_id() -> str:
-    return new_id("resp")
+    return new_id(RESPONSE)
 
 
 def conversation_id() -> str:
-    return new_id("conv")
+    return new_id(CONVERSATION)
 
 
 def message_id() -> str:
-    return new_id("msg")
+    return new_id(MESSAGE)
 
 
 def function_call_id() -> str:
-    return new_id("fc")
+    return new_id(FUNCTION_CALL)
 
 
 def function_call_output_id() -> str:
-    return new_id("fco")
+    return new_id(FUNCTION_CALL_OUTPUT)
 
 
 def call_id() -> str:
-    return new_id("call")
+    return new_id(CALL)

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
 
     # --- Limits (every one is enforced and tested) ---------------------------------------------
     max_input_bytes: int = 1_048_576  # request body ceiling -> 413
+    max_json_depth: int = 64  # nesting of arrays/objects in a request body -> 400
+    body_read_timeout_s: float = 30.0  # a request body must arrive whole within this -> 408
     max_input_items: int = 1000
     max_output_bytes: int = 262_144  # streamed text per turn -> incomplete
     first_token_timeout_s: float = 60.0
@@ -47,7 +49,9 @@ class Settings(BaseSettings):
     # --- Retention ----------------------------------------------------------------------------
     stream_ttl_s: int = 86_400  # events stay replayable for a day
     response_ttl_s: int = 30 * 86_400  # the same retention OpenAI uses for stored responses
-    unstored_response_ttl_s: int = 3_600  # store=false: kept only long enough to be polled
+    # store=false: a finished turn's working state (record and stream) lingers only this long, so the
+    # request that created it can finish reading; it is never served by id.
+    unstored_response_ttl_s: int = 300
     conversation_ttl_s: int = 30 * 86_400  # refreshed on every turn
     stream_maxlen: int = 20_000  # approximate MAXLEN per response stream
 

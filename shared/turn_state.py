@@ -190,6 +190,7 @@ class TurnState:
         conversation_id: str | None,
         items: list[dict[str, Any]],
         response_ttl_s: int | None = None,
+        stream_ttl_s: int | None = None,
     ) -> bool:
         terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[final.value], response)
         conv = conversation_id or ""
@@ -207,7 +208,7 @@ class TurnState:
                 expect.value,
                 "" if attempt is None else attempt,
                 r.stream_maxlen,
-                r.stream_ttl_s,
+                stream_ttl_s or r.stream_ttl_s,
                 response_ttl_s or r.response_ttl_s,
                 r.conversation_ttl_s,
                 final.value,

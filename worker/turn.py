@@ -6,6 +6,7 @@ What a turn commits to its conversation (atomically, with the final Response and
   incomplete message and every tool call that already has its result; a call cut off mid-way is dropped
   with its half-written result, so history never holds an orphan call.
 - failed: nothing; the conversation is as if the turn had not been sent.
+- store=false: nothing either; its record and stream expire soon after the turn ends.
 """
 
 from __future__ import annotations
@@ -168,8 +169,10 @@ class TurnRunner:
     async def _commit(self, req: TurnRequest, attempt: int, outcome: TurnOutcome) -> None:
         response = build_response(req, outcome.status, outcome)
         items: list[Item] = []
-        if req.conversation_id and outcome.status != Status.FAILED:
+        # store=false reads the conversation but adds nothing to it.
+        if req.conversation_id and req.store and outcome.status != Status.FAILED:
             items = req.input + outcome.output
+        unstored_ttl = None if req.store else self.settings.unstored_response_ttl_s
         # Retrying is safe: the script commits only from in_progress at this attempt, so a commit whose
         # reply was lost is refused the second time instead of appending the items twice.
         await self.outage.call(
@@ -181,7 +184,8 @@ class TurnRunner:
                 response=response,
                 conversation_id=req.conversation_id,
                 items=items,
-                response_ttl_s=None if req.store else self.settings.unstored_response_ttl_s,
+                response_ttl_s=unstored_ttl,
+                stream_ttl_s=unstored_ttl,
             ),
             "turn commit",
         )

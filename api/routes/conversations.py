@@ -10,12 +10,13 @@ from fastapi import APIRouter
 
 from api.deps import ServicesDep
 from api.errors import not_found
+from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateConversationBody, UpdateConversationBody, normalise_input
 from shared import ids, keys
 from shared.records import conversation_items, load_conversation
 
-router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
+router = APIRouter(prefix="/v1/conversations", tags=["conversations"], route_class=JSONBodyRoute)
 
 
 @router.post("")
@@ -80,14 +81,17 @@ async def list_items(
 async def get_item(conversation_id: str, item_id: str, svc: ServicesDep) -> dict[str, Any]:
     """Retrieve one item of a conversation."""
     await _conversation(svc, conversation_id)
-    for item in await conversation_items(svc.redis, conversation_id):
-        if item.get("id") == item_id:
-            return item
+    if ids.is_item_id(item_id):
+        for item in await conversation_items(svc.redis, conversation_id):
+            if item.get("id") == item_id:
+                return item
     raise not_found("Item", item_id)
 
 
 async def _conversation(svc: ServicesDep, conversation_id: str) -> dict[str, Any]:
-    conversation = await load_conversation(svc.redis, conversation_id)
+    # A malformed id is as absent as an unknown one, and never reaches Redis as (part of) a key.
+    valid = ids.is_id(conversation_id, ids.CONVERSATION)
+    conversation = await load_conversation(svc.redis, conversation_id) if valid else None
     if conversation is None:
         raise not_found("Conversation", conversation_id)
     return conversation

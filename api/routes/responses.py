@@ -4,40 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 
 from api.deps import Services, ServicesDep
-from api.errors import APIError, from_validation, invalid, not_found
+from api.errors import invalid, not_found
+from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateResponseBody
 from api.sse import sse_response
 from api.turns import accept, build_request
-from shared import events, keys
-from shared.events import StreamEvent
+from shared import events, ids, keys
+from shared.events import MAX_SEQUENCE_NUMBER, StreamEvent
 from shared.models import Status, TurnOutcome
 from shared.records import ResponseRecord, load_response
 from shared.response_object import build_response
 
-router = APIRouter(prefix="/v1/responses", tags=["responses"])
+router = APIRouter(prefix="/v1/responses", tags=["responses"], route_class=JSONBodyRoute)
 
 _CANCEL_WAIT_S = 2.0  # cancel answers with the final Response when the worker stops within this
+_SEQUENCE_NUMBER = re.compile(r"-?[0-9]+")
 
 
 @router.post("")
-async def create_response(request: Request, svc: ServicesDep) -> Response:
+async def create_response(body: CreateResponseBody, svc: ServicesDep) -> Response:
     """Create a model response (runs on a worker; returns at once, streams, or waits)."""
-    body = await _read_body(request, svc.settings.max_input_bytes)
     req = await build_request(svc, body)
     queued = await accept(svc, req)
     if body.stream:
         return sse_response(svc.fanout.events(req.response_id), svc.settings.sse_keepalive_s)
     if body.background:
-        return JSONResponse(queued)
+        return Response(queued, media_type="application/json")
     return JSONResponse(await _wait_final(svc, req.response_id, svc.settings.sync_wait_timeout_s))
 
 
@@ -46,7 +47,7 @@ async def get_response(
     response_id: str,
     svc: ServicesDep,
     stream: bool = False,
-    starting_after: Annotated[int | None, Query(ge=-1)] = None,
+    starting_after: Annotated[int | None, Query(ge=-1, le=MAX_SEQUENCE_NUMBER)] = None,
     include_obfuscation: bool | None = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
@@ -54,8 +55,15 @@ async def get_response(
     record = await _record(svc, response_id)
     if not stream:
         return JSONResponse(record.response)
-    after = starting_after if starting_after is not None else _last_event_id(last_event_id)
-    return sse_response(_resumed(svc, record, response_id, after), svc.settings.sse_keepalive_s)
+    if starting_after is not None:
+        after, param = starting_after, "starting_after"
+    else:
+        after, param = _last_event_id(last_event_id), "Last-Event-ID"
+    # Past the newest event would wait for a sequence number that is never written: refuse it up front.
+    last_seq = int(await svc.redis.hget(keys.response(response_id), "seq") or -1)
+    if after > last_seq:
+        raise invalid(f"'{param}' is {after}, past this response's last event ({last_seq}).", param)
+    return sse_response(_resumed(svc, record, response_id, after, last_seq), svc.settings.sse_keepalive_s)
 
 
 @router.post("/{response_id}/cancel")
@@ -107,53 +115,30 @@ async def list_input_items(
 # --- helpers ----------------------------------------------------------------------------------
 
 
-async def _read_body(request: Request, max_bytes: int) -> CreateResponseBody:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(max_bytes)
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > max_bytes:
-            raise _too_large(max_bytes)
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise invalid("The request body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise invalid("The request body must be a JSON object.")
-    try:
-        return CreateResponseBody.model_validate(data)
-    except ValidationError as exc:
-        raise from_validation(exc) from None
-
-
-def _too_large(max_bytes: int) -> APIError:
-    return APIError(413, f"Request body exceeds the limit of {max_bytes} bytes.", param="input", code="too_large")
-
-
 def _last_event_id(header: str | None) -> int:
     if header is None:
         return -1
-    try:
-        return int(header)
-    except ValueError:
-        raise invalid("Last-Event-ID must be an event sequence number.", "Last-Event-ID") from None
+    # int() would also take " 7", "+7", "1_0" and other scripts' digits.
+    if not _SEQUENCE_NUMBER.fullmatch(header) or not -1 <= int(header) <= MAX_SEQUENCE_NUMBER:
+        raise invalid(
+            f"Last-Event-ID must be an event sequence number from -1 to {MAX_SEQUENCE_NUMBER}.", "Last-Event-ID"
+        )
+    return int(header)
 
 
 async def _record(svc: Services, response_id: str) -> ResponseRecord:
-    record = await load_response(svc.redis, response_id)
-    if record is None:
+    """A response as clients may see it: a malformed id, or a store=false response, is not found."""
+    record = await load_response(svc.redis, response_id) if ids.is_id(response_id, ids.RESPONSE) else None
+    if record is None or not record.request.store:
         raise not_found("Response", response_id)
     return record
 
 
 async def _resumed(
-    svc: Services, record: ResponseRecord, response_id: str, after: int
+    svc: Services, record: ResponseRecord, response_id: str, after: int, last_seq: int
 ) -> AsyncIterator[StreamEvent]:
     if record.status.terminal and not await svc.redis.exists(keys.events(response_id)):
         # The stream outlived its TTL but the response did not: end it with the stored final state.
-        last_seq = int(await svc.redis.hget(keys.response(response_id), "seq") or 0)
         if last_seq > after:
             terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[record.status.value], record.response)
             yield StreamEvent(last_seq, terminal["type"], 0, json.dumps({**terminal, "sequence_number": last_seq}))
@@ -170,5 +155,8 @@ async def _wait_final(svc: Services, response_id: str, timeout_s: float) -> dict
                     break
     except TimeoutError:
         pass
-    record = await _record(svc, response_id)
+    # The creating request reads its own turn even when store=false hides it from everyone else.
+    record = await load_response(svc.redis, response_id)
+    if record is None:
+        raise not_found("Response", response_id)
     return record.response

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import ServicesDep
-from api.errors import not_found
+from api.errors import not_found, store_unavailable
 from shared import keys
 from shared.models import AgentCard
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["system"])
 
@@ -53,6 +56,6 @@ async def readyz(svc: ServicesDep) -> JSONResponse:
     try:
         await svc.redis.ping()
     except Exception as exc:
-        return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503,
-                            headers={"Retry-After": "1"})
+        log.warning("not ready: redis unreachable: %s", exc)
+        raise store_unavailable() from None
     return JSONResponse({"status": "ok"})

@@ -98,14 +98,36 @@ def test_image_parts_keep_url_and_default_detail_to_auto() -> None:
     Message.model_validate(item)
 
 
+MSG_GIVEN = "msg_" + "ab" * 24
+FC_GIVEN = "fc_" + "cd" * 24
+
+
 def test_supplied_item_ids_are_kept_and_missing_ones_generated() -> None:
     given, generated = normalise_input(
-        [{"id": "msg_given", "role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+        [{"id": MSG_GIVEN, "role": "user", "content": "a"}, {"role": "user", "content": "b"}]
     )
 
-    assert given["id"] == "msg_given"
+    assert given["id"] == MSG_GIVEN
     assert generated["id"].startswith("msg_")
     assert generated["id"] != given["id"]
+
+
+@pytest.mark.parametrize(
+    ("item", "bad_id"),
+    [
+        ({"role": "user", "content": "a"}, "msg_given"),
+        ({"role": "user", "content": "a"}, FC_GIVEN),  # another type's prefix
+        ({"role": "user", "content": "a"}, MSG_GIVEN.upper().replace("MSG", "msg")),  # upper-case hex
+        ({"role": "user", "content": "a"}, MSG_GIVEN + ":items"),
+        ({"role": "user", "content": "a"}, ""),
+        ({"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}, MSG_GIVEN),
+        ({"type": "function_call_output", "call_id": "c", "output": "x"}, FC_GIVEN),
+    ],
+)
+def test_a_supplied_item_id_of_the_wrong_shape_names_the_id_param(item: dict[str, Any], bad_id: str) -> None:
+    error = rejected([{"role": "user", "content": "ok"}, {**item, "id": bad_id}])
+
+    assert error.param == "input[1].id"
 
 
 def test_function_call_output_item_is_stored_completed() -> None:
@@ -124,11 +146,11 @@ def test_function_call_output_item_is_stored_completed() -> None:
 
 def test_function_call_item_is_stored_completed() -> None:
     (item,) = normalise_input(
-        [{"type": "function_call", "id": "fc_given", "call_id": "call_1", "name": "lookup", "arguments": "{}"}]
+        [{"type": "function_call", "id": FC_GIVEN, "call_id": "call_1", "name": "lookup", "arguments": "{}"}]
     )
 
     assert item == {
-        "id": "fc_given",
+        "id": FC_GIVEN,
         "type": "function_call",
         "call_id": "call_1",
         "name": "lookup",
