@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     max_jobs: int = 50
     poll_delay_s: float = 0.5  # fallback when no wake token arrives
     coalesce_ms: float = 20.0  # longest a delta waits to be merged with the next one
+    # Delta-only writes of all a worker's turns share one Redis pipeline per tick (0 = each writes alone).
+    append_tick_ms: float = 10.0
     job_max_tries: int = 3
     # A running turn renews its lease this often; a dead worker's turn is re-run once it lapses.
     lease_s: float = 15.0

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from shared import events, keys
 from shared.models import TERMINAL_STATUSES, Status
@@ -167,13 +168,42 @@ class TurnState:
         """
         if not batch:
             return False
+        argv = self._append_args(attempt, batch, batch_id)
+        result = await self._append(keys=[keys.response(response_id), keys.events(response_id)], args=argv)
+        return _appended(result)
+
+    async def append_many(self, writes: list[tuple[str, int, list[events.Event], str]]) -> list[bool | Exception]:
+        """Several `append`s (response id, attempt, batch, batch id) in one pipelined round trip.
+
+        Each entry gets its own outcome, in order: the cancel flag, or the exception its append raised
+        (StaleTurn for a refused write). A connection error fails the whole call.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for response_id, attempt, batch, batch_id in writes:
+                pipe.evalsha(
+                    self._append.sha, 2, keys.response(response_id), keys.events(response_id),
+                    *self._append_args(attempt, batch, batch_id),
+                )
+            replies = await pipe.execute(raise_on_error=False)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            # A restarted Redis forgets its scripts: load it once and write the entries that were refused.
+            await self.redis.script_load(APPEND_EVENTS)
+            retried = [w for w, r in zip(writes, replies, strict=True) if isinstance(r, NoScriptError)]
+            again = iter(await self.append_many(retried))
+            replies = [next(again) if isinstance(r, NoScriptError) else r for r in replies]
+        outcomes: list[bool | Exception] = []
+        for reply in replies:
+            try:
+                outcomes.append(reply if isinstance(reply, Exception | bool) else _appended(reply))
+            except StaleTurn as stale:
+                outcomes.append(stale)
+        return outcomes
+
+    def _append_args(self, attempt: int, batch: list[events.Event], batch_id: str) -> list[Any]:
         argv: list[Any] = [attempt, self.retention.stream_maxlen, self.retention.stream_ttl_s, batch_id]
         for event in batch:
             argv += [event["type"], events.encode(event)]
-        result = await self._append(keys=[keys.response(response_id), keys.events(response_id)], args=argv)
-        if int(result[0]) < 0:
-            raise StaleTurn(int(result[0]))
-        return _flag(result[1])
+        return argv
 
     async def start(self, response_id: str) -> Started:
         status, attempt, cancel = await self._start(keys=[keys.response(response_id)])
@@ -228,6 +258,13 @@ class TurnState:
             keys=[keys.conversation_turns(conversation_id)], args=[response_id, policy, ttl, keys.RESPONSE_PREFIX]
         )
         return bool(ok)
+
+
+def _appended(result: list[Any]) -> bool:
+    """The APPEND_EVENTS reply as the cancel flag, or StaleTurn when the write was refused."""
+    if int(result[0]) < 0:
+        raise StaleTurn(int(result[0]))
+    return _flag(result[1])
 
 
 def _text(value: bytes | str) -> str:

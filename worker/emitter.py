@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from shared import events
 from shared.turn_state import TurnState
+from worker.append_batcher import AppendBatcher
 from worker.redis_retry import Outage
 
 _MERGEABLE = ("response.output_text.delta", "response.function_call_arguments.delta")
@@ -21,7 +22,7 @@ _MERGEABLE = ("response.output_text.delta", "response.function_call_arguments.de
 class Emitter:
     def __init__(
         self,
-        state: TurnState,
+        state: TurnState | AppendBatcher,
         response_id: str,
         attempt: int,
         window_s: float,

@@ -27,6 +27,7 @@ from shared.stream_tail import read_after
 from shared.turn_state import Retention, StaleTurn, TurnState
 from worker.agent_loop import AgentTurn, Limits
 from worker.agents import Agent, AgentRegistry
+from worker.append_batcher import AppendBatcher
 from worker.cancel_listener import CancelHandle, CancelListener
 from worker.emitter import Emitter
 from worker.job_leases import JobLeases
@@ -52,6 +53,7 @@ class TurnRunner:
         self.settings = settings
         self.state = TurnState(redis, Retention.from_settings(settings))
         self.leases = JobLeases(redis, settings.queue_name, settings.lease_s)
+        self.writes = AppendBatcher(self.state, settings.append_tick_ms / 1000)
         self.agents = agents
         self.client = client
         self.cancels = cancels
@@ -94,7 +96,7 @@ class TurnRunner:
 
     async def _execute(self, req: TurnRequest, attempt: int, handle: CancelHandle) -> str:
         emitter = Emitter(
-            self.state, req.response_id, attempt, self.settings.coalesce_ms / 1000, handle.request, self.outage
+            self.writes, req.response_id, attempt, self.settings.coalesce_ms / 1000, handle.request, self.outage
         )
         try:
             resumed = await self._resumed(req.response_id, attempt)

@@ -520,3 +520,27 @@ async def test_finish_removes_the_turn_from_the_active_index(redis: ArqRedis, st
     await finish(state, req, attempt=1)
 
     assert await redis.zscore(keys.ACTIVE_TURNS, req.response_id) is None
+
+
+async def test_append_many_writes_each_turn_and_reports_each_outcome(redis: ArqRedis, state: TurnState) -> None:
+    running = await store_queued(redis)
+    attempt = (await state.start(running.response_id)).attempt
+    finished = await store_queued(redis)
+    await state.start(finished.response_id)
+    await finish(state, finished, attempt=1)
+
+    outcomes = await state.append_many(
+        [(running.response_id, attempt, [delta("a")], "1:1"), (finished.response_id, 1, [delta("late")], "1:1")]
+    )
+
+    assert outcomes[0] is False  # written, no cancel requested
+    assert isinstance(outcomes[1], StaleTurn)
+    assert [e.json()["delta"] for _, e in await stream(redis, running.response_id)] == ["a"]
+
+
+async def test_append_many_reloads_the_script_a_restarted_redis_forgot(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    attempt = (await state.start(req.response_id)).attempt
+    await redis.script_flush()
+
+    assert await state.append_many([(req.response_id, attempt, [delta("a")], "1:1")]) == [False]
