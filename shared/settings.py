@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TURNSTREAM_OPENAI_API_KEY", "OPENAI_API_KEY"),
     )
     default_model: str = "turnstream-mock"
+    # The upstream model the default agents run on; unset = the built-in mock's `turnstream-mock`.
+    upstream_model: str | None = None
     upstream_timeout_s: float = 600.0
 
     # --- Agents --------------------------------------------------------------------------------
@@ -57,6 +60,10 @@ class Settings(BaseSettings):
     job_max_tries: int = 3
     # A running turn renews its lease this often; a dead worker's turn is re-run once it lapses.
     lease_s: float = 15.0
+
+    # --- Logs -------------------------------------------------------------------------------
+    # "json": one object per line with the turn's ids, for log shippers; "human" for terminals.
+    log_format: Literal["human", "json"] = "human"
 
     # --- API ----------------------------------------------------------------------------------
     host: str = "127.0.0.1"

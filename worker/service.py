@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -12,6 +13,7 @@ from arq.worker import func
 from openai import AsyncOpenAI
 
 from shared import keys
+from shared.logs import log_context
 from shared.queue import RUN_TURN
 from shared.redis_conn import redis_settings
 from shared.settings import Settings
@@ -19,6 +21,7 @@ from worker.agents import AgentRegistry, load_agents
 from worker.cancel_listener import CancelListener
 from worker.fast_pickup import FastPickupWorker
 from worker.turn import TurnRunner
+from worker.upstream_diagnostics import check_upstream_models
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,10 @@ _JOB_TIMEOUT_S = 24 * 3600
 
 async def run_turn(ctx: dict[str, Any], response_id: str) -> str:
     runner: TurnRunner = ctx["runner"]
-    return await runner.run(response_id)
+    with log_context(response_id=response_id):
+        result = await runner.run(response_id)
+        log.info("turn ended: %s", result)
+        return result
 
 
 async def publish_agents(redis: ArqRedis, agents: AgentRegistry) -> None:
@@ -57,9 +63,13 @@ def build_worker(
         ctx["cancels"] = cancels
         ctx["client"] = client
         ctx["runner"] = TurnRunner(pool, settings, agents, client, cancels)
+        if settings.openai_base_url is not None:  # the built-in mock answers any model name
+            ctx["upstream_check"] = asyncio.create_task(check_upstream_models(client, agents))
         log.info("worker ready: agents %s, upstream %s", ", ".join(a.name for a in agents), settings.upstream_base_url)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        if "upstream_check" in ctx:
+            ctx["upstream_check"].cancel()
         if "cancels" in ctx:
             await ctx["cancels"].stop()
             await ctx["client"].close()

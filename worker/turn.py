@@ -18,6 +18,7 @@ from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
 from shared import events, keys
+from shared.logs import add_log_context
 from shared.models import Item, Status, TurnOutcome, TurnRequest
 from shared.records import conversation_items, load_response, response_chain_items
 from shared.response_object import build_response
@@ -28,6 +29,7 @@ from worker.agents import Agent, AgentRegistry
 from worker.cancel_listener import CancelHandle, CancelListener
 from worker.emitter import Emitter
 from worker.prompt import window
+from worker.upstream_diagnostics import describe_upstream_error
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class TurnRunner:
         handle = self.cancels.register(response_id)
         try:
             started = await self.state.start(response_id)
+            add_log_context(attempt=started.attempt, conversation_id=req.conversation_id)
             if started.status_before not in (Status.QUEUED, Status.IN_PROGRESS):
                 return started.status_before
             if started.cancel_requested:
@@ -123,10 +126,8 @@ class TurnRunner:
                 else f"no output from the model within {self.settings.first_token_timeout_s:g}s"
             )
             return _failed(which)
-        except openai.APIStatusError as exc:
-            return _failed(f"upstream model error {exc.status_code}: {exc.message}")
         except openai.APIError as exc:
-            return _failed(f"upstream model error: {exc.message}")
+            return _failed(describe_upstream_error(exc))
         except StaleTurn:
             raise
         except Exception as exc:
