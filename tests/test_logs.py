@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -121,11 +122,11 @@ def test_dev_with_json_logs_writes_only_json_with_the_turn_ids_and_no_text(tmp_p
         OPENAI_API_KEY=secret,
         PYTHONUNBUFFERED="1",
     )
-    err_path = tmp_path / "dev.err"
-    with err_path.open("wb") as err:
+    err_path = tmp_path / "dev.log"
+    with err_path.open("wb") as log:
+        # stdout too: the banner is a log record in JSON mode, so a shipper reading both streams gets only JSON.
         proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "shared.cli", "dev"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-            stderr=err,
+            [sys.executable, "-P", "-m", "shared.cli", "dev"], env=env, cwd=tmp_path, stdout=log, stderr=log
         )
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=30)
@@ -137,7 +138,7 @@ def test_dev_with_json_logs_writes_only_json_with_the_turn_ids_and_no_text(tmp_p
         assert "Zanzibar" in response.output_text
         wait_until(lambda: "turn ended" in err_path.read_text(), 10, "the worker's line")
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
 
     text = err_path.read_text()
@@ -147,4 +148,6 @@ def test_dev_with_json_logs_writes_only_json_with_the_turn_ids_and_no_text(tmp_p
     ended = [e for e in mine if e["message"] == "turn ended: completed"]
     assert len(ended) == 1 and ended[0]["conversation_id"] == conversation.id and ended[0]["attempt"] == 1
     assert any(e["logger"] == "uvicorn.access" and "POST /v1/responses" in e["message"] for e in mine)
+    assert any(e["message"].startswith(f"turnstream dev: API on http://127.0.0.1:{port}/v1") for e in entries)
+    assert entries[-1]["message"] == "turnstream dev: stopped"
     assert "Zanzibar" not in text and secret not in text

@@ -57,10 +57,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         _run(command, args, settings)
     except StartupError as exc:
-        _exit(command, str(exc), exc.exit_code)
+        _tell(settings, f"turnstream {command}: {exc}", logging.ERROR)
+        raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         if not interactive:
-            print(f"turnstream {command}: stopped", file=sys.stderr, flush=True)
+            _tell(settings, f"turnstream {command}: stopped")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -118,6 +119,14 @@ def _exit(command: str, message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def _tell(settings: Settings, message: str, level: int = logging.INFO, *, banner: bool = False) -> None:
+    """Banners (stdout) and one-line notes (stderr); with JSON logs they are log records, so every line is JSON."""
+    if settings.log_format == "json":
+        logging.getLogger("turnstream").log(level, message)
+    else:
+        print(message, file=sys.stdout if banner else sys.stderr, flush=True)
+
+
 def _run(command: str, args: argparse.Namespace, settings: Settings) -> None:
     if command == "dev":
         asyncio.run(_dev(settings))
@@ -168,7 +177,7 @@ async def _api(settings: Settings) -> None:
         # Not fatal: the API starts while Redis is away, answers 503 meanwhile and recovers by itself.
         logging.getLogger("turnstream").warning("%s; answering 503 until it is reachable", problem)
     sock = listen(settings.host, settings.port, "the API", _PORT_FIX)
-    print(f"turnstream api: API on http://{settings.host}:{settings.port}/v1, Redis {redacted(url)}", flush=True)
+    _tell(settings, f"turnstream api: API on {_local_api(settings)}, Redis {redacted(url)}", banner=True)
     await _serve(create_app(settings), sock)
 
 
@@ -177,7 +186,7 @@ async def _mock(settings: Settings) -> None:
 
     sock = listen(settings.host, settings.mock_port, "the mock model", "set TURNSTREAM_MOCK_PORT or pass --port")
     base = f"http://{settings.host}:{settings.mock_port}/v1"
-    print(f"turnstream mock: model {MODEL_ID!r} on {base} (point OPENAI_BASE_URL there)", flush=True)
+    _tell(settings, f"turnstream mock: model {MODEL_ID!r} on {base} (point OPENAI_BASE_URL there)", banner=True)
     await _serve(create_app(settings.mock_token_delay_ms), sock)
 
 
@@ -247,9 +256,13 @@ def _print_dev_banner(settings: Settings, embedded: bool) -> None:
     base = f"http://{settings.host}:{settings.port}"
     where = "embedded in-process Redis (nothing persists)" if embedded else redacted(settings.redis_url or "")
     upstream = settings.openai_base_url or f"built-in mock model on :{settings.mock_port}"
+    headline = f"turnstream dev: API on {base}/v1, {where}, upstream {upstream}"
+    if settings.log_format == "json":
+        _tell(settings, headline, banner=True)
+        return
     me = _self_command()
     print(
-        f"\nturnstream dev: API on {base}/v1, {where}, upstream {upstream}\n"
+        f"\n{headline}\n"
         f"  try:  curl -s {base}/v1/responses -H 'Content-Type: application/json' "
         "-d '{\"model\": \"turnstream-mock\", \"input\": \"My name is Ravi.\"}'\n"
         f"  or:   {me} chat --url {base}/v1\n"

@@ -181,6 +181,12 @@ def test_command_without_a_redis_url_says_what_to_set(tmp_path: Path, command: s
     assert "TURNSTREAM_REDIS_URL is not set" in line and "turnstream dev" in line
 
 
+def test_invalid_setting_is_named_in_one_line(tmp_path: Path) -> None:
+    result = run_cli("mock", env=clean_env(TURNSTREAM_MOCK_PORT="eighty"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result).startswith("turnstream mock: TURNSTREAM_MOCK_PORT: ")
+
+
 def test_dev_with_unreachable_redis_says_so_without_the_password(tmp_path: Path) -> None:
     url = f"redis://:hunter2@127.0.0.1:{closed_port()}/0"
     result = run_cli("dev", env=clean_env(TURNSTREAM_REDIS_URL=url), cwd=tmp_path)
