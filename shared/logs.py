@@ -17,12 +17,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+from opentelemetry import trace
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-try:  # a dependency of FastAPI; its current span names the trace once tracing is configured
-    from opentelemetry import trace as _otel_trace
-except ImportError:  # pragma: no cover
-    _otel_trace = None  # type: ignore[assignment]
 
 LogFormat = Literal["human", "json"]
 
@@ -70,9 +66,8 @@ def _known(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _current_trace_id() -> str | None:
-    if _otel_trace is None:
-        return None
-    span_context = _otel_trace.get_current_span().get_span_context()
+    # Without a configured tracer provider the current span is invalid and this costs a context lookup.
+    span_context = trace.get_current_span().get_span_context()
     return f"{span_context.trace_id:032x}" if span_context.is_valid else None
 
 

@@ -69,7 +69,11 @@ async def _tail_redis(
         async for event in tail(redis, response_id, after):
             printer.show(event.seq, event.type, event.attempt, event.json())
     except RedisError as exc:
-        raise _fail(f"Redis error after event {printer.last_seq}: {exc}") from exc
+        last = printer.last_seq
+        if last is None:
+            fix = "check TURNSTREAM_REDIS_URL, or read through an API with --url"
+            raise _fail(f"cannot read Redis ({exc}); {fix}") from exc
+        raise _fail(f"Redis error after event {last}: {exc}; resume with --after {last}") from exc
     finally:
         if own:
             await redis.aclose()

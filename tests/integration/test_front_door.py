@@ -311,6 +311,13 @@ def test_tail_with_nothing_to_reach_names_both_ways(tmp_path: Path) -> None:
     assert "cannot reach the API at http://127.0.0.1:" in line and "--url" in line and "TURNSTREAM_REDIS_URL" in line
 
 
+def test_tail_with_unreachable_redis_names_both_ways(tmp_path: Path) -> None:
+    env = clean_env(TURNSTREAM_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
+    result = run_cli("tail", "resp_x", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "TURNSTREAM_REDIS_URL" in one_line(result) and "--url" in result.stderr
+
+
 # --- a real upstream -------------------------------------------------------------------------------------
 
 
