@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test install lint bench
+.PHONY: dev test install lint bench deploy-check
 
 $(BIN)/turnstream: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q
+
+# deploy/ alone (also part of `test`): hadolint, Kubernetes and Compose schemas, the image's file set run.
+deploy-check: install
+	$(BIN)/pytest -q tests/test_deploy.py
 
 bench: install
 	$(BIN)/python tests/benchmarks/latency.py

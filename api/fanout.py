@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared import keys
 from shared.events import StreamEvent, decode_entry
@@ -137,6 +138,10 @@ class Fanout:
                 await self._read_once()
             except asyncio.CancelledError:
                 raise
+            except (RedisError, OSError) as exc:
+                # Redis is away: a line per retry says so; a traceback per second would bury it.
+                log.warning("fan-out cannot read Redis (%s); retrying", exc)
+                await asyncio.sleep(self._poll_s)
             except Exception:
                 log.warning("fan-out read failed; retrying", exc_info=True)
                 await asyncio.sleep(self._poll_s)

@@ -13,6 +13,7 @@ from api.deps import Services
 from api.errors import APIError, invalid, not_found
 from api.schemas import CreateResponseBody, function_tools, normalise_input
 from shared import events, ids, keys
+from shared.logs import add_log_context
 from shared.models import Status, TurnRequest
 from shared.queue import enqueue_turn, queue_depth
 from shared.response_object import build_response
@@ -79,7 +80,13 @@ async def _check_model(svc: Services, model: str) -> None:
     # Before any worker has published its agents there is nothing to check against; the worker will.
     if published and model.encode() not in published:
         names = ", ".join(sorted(n.decode() for n in published))
-        raise invalid(f"The model '{model}' does not exist. Available models: {names}.", "model", "model_not_found")
+        raise invalid(
+            f"The model '{model}' does not exist. Available models: {names}. To serve it, define an agent of that "
+            "name in the workers' TURNSTREAM_AGENTS, or set TURNSTREAM_ALLOW_MODEL_PASSTHROUGH=true to send unknown "
+            "models to the upstream as they are.",
+            "model",
+            "model_not_found",
+        )
 
 
 async def accept(svc: Services, req: TurnRequest) -> str:
@@ -88,6 +95,7 @@ async def accept(svc: Services, req: TurnRequest) -> str:
     Everything it writes or returns is rendered before anything is stored: once a turn is accepted no
     error may follow, or a client retrying that error would run the turn twice.
     """
+    add_log_context(response_id=req.response_id, conversation_id=req.conversation_id)
     turn = _render(req)
     settings = svc.settings
     if await queue_depth(svc.redis, settings.queue_name) >= settings.max_queue_depth:

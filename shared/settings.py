@@ -27,6 +27,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TURNSTREAM_OPENAI_API_KEY", "OPENAI_API_KEY"),
     )
     default_model: str = "turnstream-mock"
+    # The upstream model the default agents run on; unset = the built-in mock's `turnstream-mock`.
+    upstream_model: str | None = None
     upstream_timeout_s: float = 600.0
 
     # --- Agents --------------------------------------------------------------------------------
@@ -74,6 +76,10 @@ class Settings(BaseSettings):
     # How a re-run asks the model to continue a message its dead attempt left half-written: "instruction"
     # (the partial message plus a system instruction, works everywhere) or "continue_final_message" (vLLM).
     upstream_continuation: Literal["instruction", "continue_final_message"] = "instruction"
+
+    # --- Logs -------------------------------------------------------------------------------
+    # "json": one object per line with the turn's ids, for log shippers; "human" for terminals.
+    log_format: Literal["human", "json"] = "human"
 
     # --- API ----------------------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -12,10 +12,13 @@ import contextlib
 import io
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import arq.worker
@@ -26,6 +29,7 @@ import uvicorn
 from api.app import create_app
 from shared import events, keys
 from shared.cli.chat import run_chat
+from shared.cli.main import _self_command, main
 from shared.cli.tail import run_tail
 from shared.mock.server import MODEL_ID
 from shared.mock.server import create_app as create_mock_app
@@ -431,11 +435,15 @@ async def test_tail_marks_a_re_run_on_both_paths(stack: Stack) -> None:
     assert "[attempt" not in "\n".join(middle)
 
 
-async def test_tail_from_redis_needs_a_redis_url(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        await run_tail(stack.settings, "resp_x", -1, None, out=io.StringIO())
-    assert exited.value.code == 2
-    assert "TURNSTREAM_REDIS_URL" in capsys.readouterr().err
+async def test_tail_without_a_redis_url_reads_this_machines_api(stack: Stack) -> None:
+    response_id = await _create(stack, "count to 5")
+    assert await _wait_finished(stack, response_id) == "completed"
+    assert stack.settings.redis_url is None
+
+    out = io.StringIO()
+    async with asyncio.timeout(TURN_TIMEOUT_S):
+        await run_tail(stack.settings, response_id, -1, None, out=out)
+    assert out.getvalue().splitlines() == await _tail_api(stack, response_id, -1)
 
 
 async def test_tail_of_an_unknown_response_exits_1(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
@@ -456,3 +464,48 @@ async def test_tail_of_an_unknown_response_exits_1(stack: Stack, capsys: pytest.
 
     assert await stack.on_stack(direct()) == 1
     assert "no response resp_doesnotexist" in capsys.readouterr().err
+
+
+# --- the command itself -------------------------------------------------------------------------
+
+
+def test_help_lists_the_main_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["api", "--help"], ["dev", "--help"]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 0
+        text = capsys.readouterr().out
+        for variable in ("TURNSTREAM_REDIS_URL", "OPENAI_BASE_URL", "TURNSTREAM_AGENTS", "TURNSTREAM_LOG_FORMAT"):
+            assert variable in text, (argv, variable)
+    main_help = _help(capsys, ["api", "--help"])
+    assert "--host" in main_help and "--port" in main_help
+    assert "--port" in _help(capsys, ["mock", "--help"])
+
+
+def _help(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    with pytest.raises(SystemExit):
+        main(argv)
+    return capsys.readouterr().out
+
+
+def test_banner_names_the_script_by_path_when_it_is_not_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    script = bin_dir / "turnstream"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(script), "dev"])
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert _self_command() == ".venv/bin/turnstream"
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    assert _self_command() == "turnstream"
+
+
+def test_env_file_is_ignored_by_git() -> None:
+    root = Path(__file__).resolve().parent.parent
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=root, check=False)
+    assert ignored.returncode == 0, ".env (documented for secrets) must be in .gitignore"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -131,8 +132,21 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _import_module(spec: str) -> ModuleType:
+    # A console script's sys.path starts at its own bin/ directory, not at the working directory where
+    # `python -m` and uvicorn look first; `TURNSTREAM_AGENTS=myagents` means the myagents.py right here.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         return importlib.import_module(spec)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (spec == exc.name or spec.startswith(exc.name + ".")):
+            file = spec.replace(".", "/") + ".py"
+            raise ImportError(
+                f"no module {spec!r} in the working directory ({cwd}) or on the Python path; run from the "
+                f"directory that holds {file}, or name the file itself (TURNSTREAM_AGENTS=/path/to/{file})"
+            ) from exc
+        raise ImportError(f"cannot import agents module {spec!r}: {exc}") from exc
     except Exception as exc:
         raise ImportError(f"cannot import agents module {spec!r}: {exc}") from exc
 

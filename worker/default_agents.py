@@ -1,7 +1,8 @@
 """The default agent profiles, served when `TURNSTREAM_AGENTS` is not set.
 
 The tools answer from fixed data so the mock model, the tests and a fresh `turnstream dev` all
-exercise a full tool round (including a failing call) without any network access.
+exercise a full tool round (including a failing call) without any network access. They run on the
+mock's model unless `TURNSTREAM_UPSTREAM_MODEL` names one that a real upstream serves.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field
 
+from shared.settings import get_settings
 from worker.agents import Agent
 from worker.tools import tool
 
@@ -48,17 +50,19 @@ def get_time(
     return datetime.now(zone).isoformat(timespec="seconds")
 
 
+UPSTREAM_MODEL = get_settings().upstream_model or "turnstream-mock"
+
 AGENTS = [
     Agent(
         name="turnstream-mock",
-        model="turnstream-mock",
+        model=UPSTREAM_MODEL,
         instructions="You are a helpful assistant.",
         tools=(get_weather, get_time),
         description="General assistant that can look up the weather and the current time.",
     ),
     Agent(
         name="turnstream-mock-notools",
-        model="turnstream-mock",
+        model=UPSTREAM_MODEL,
         instructions="You are a helpful assistant.",
         description="The same assistant without tools.",
     ),

@@ -13,6 +13,7 @@ from arq.worker import Retry, func
 from openai import AsyncOpenAI
 
 from shared import keys
+from shared.logs import log_context
 from shared.queue import RUN_TURN
 from shared.redis_conn import redis_settings
 from shared.settings import Settings
@@ -23,6 +24,7 @@ from worker.fast_pickup import FastPickupWorker
 from worker.redis_retry import TRANSIENT, Outage
 from worker.sweeper import Sweeper
 from worker.turn import TurnRunner
+from worker.upstream_diagnostics import check_upstream_models
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +36,15 @@ async def run_turn(ctx: dict[str, Any], response_id: str) -> str:
     runner: TurnRunner = ctx["runner"]
     job_id: str = ctx["job_id"]
     token, _ = ctx["claims"].get(job_id, (None, 0))
-    try:
-        return await runner.run(response_id, job_id, token)
-    except TRANSIENT as exc:
-        # arq deletes a job whose function raised; a Redis outage is not the turn's failure, so the job
-        # goes back on the queue instead and the re-run continues from what was streamed.
-        raise Retry(defer=1) from exc
+    with log_context(response_id=response_id):
+        try:
+            result = await runner.run(response_id, job_id, token)
+        except TRANSIENT as exc:
+            # arq deletes a job whose function raised; a Redis outage is not the turn's failure, so the job
+            # goes back on the queue instead and the re-run continues from what was streamed.
+            raise Retry(defer=1) from exc
+        log.info("turn ended: %s", result)
+        return result
 
 
 async def publish_agents(redis: ArqRedis, agents: AgentRegistry) -> None:
@@ -71,9 +76,13 @@ def build_worker(
         ctx["client"] = client
         ctx["runner"] = TurnRunner(pool, settings, agents, client, cancels, outage)
         ctx["sweeper"] = asyncio.create_task(Sweeper(pool, settings, state, outage).run_forever())
+        if settings.openai_base_url is not None:  # the built-in mock answers any model name
+            ctx["upstream_check"] = asyncio.create_task(check_upstream_models(client, agents))
         log.info("worker ready: agents %s, upstream %s", ", ".join(a.name for a in agents), settings.upstream_base_url)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        if "upstream_check" in ctx:
+            ctx["upstream_check"].cancel()
         if "cancels" in ctx:
             ctx["sweeper"].cancel()
             await ctx["cancels"].stop()

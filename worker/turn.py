@@ -19,6 +19,7 @@ from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
 from shared import events, keys
+from shared.logs import add_log_context
 from shared.models import Item, Status, TurnOutcome, TurnRequest
 from shared.records import conversation_items, load_response, response_chain_items
 from shared.response_object import build_response
@@ -34,6 +35,7 @@ from worker.job_leases import JobLeases
 from worker.prompt import window
 from worker.redis_retry import TRANSIENT, Outage
 from worker.resume import Resumed, fold
+from worker.upstream_diagnostics import describe_upstream_error
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class TurnRunner:
         handle = self.cancels.register(response_id)
         try:
             started = await call(lambda: self.state.start(response_id), "turn start")
+            add_log_context(attempt=started.attempt, conversation_id=req.conversation_id)
             if started.status_before not in (Status.QUEUED, Status.IN_PROGRESS):
                 return started.status_before
             if started.cancel_requested:
@@ -149,7 +152,7 @@ class TurnRunner:
                 return await task
         except asyncio.CancelledError:
             if not handle.requested:
-                raise  # the worker is shutting down: arq re-queues the job and a new attempt starts over
+                raise  # the worker is shutting down: the job goes back on the queue and a re-run continues it
             return TurnOutcome(status=Status.CANCELLED, output=turn.settled_output(), usage=turn.usage)
         except TimeoutError:
             which = (
@@ -158,10 +161,8 @@ class TurnRunner:
                 else f"no output from the model within {self.settings.first_token_timeout_s:g}s"
             )
             return _failed(which)
-        except openai.APIStatusError as exc:
-            return _failed(f"upstream model error {exc.status_code}: {exc.message}")
         except openai.APIError as exc:
-            return _failed(f"upstream model error: {exc.message}")
+            return _failed(describe_upstream_error(exc))
         except (StaleTurn, *TRANSIENT):
             raise  # not the turn's failure: a newer attempt owns it, or Redis is away (the job is re-run)
         except Exception as exc:

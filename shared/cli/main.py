@@ -9,115 +9,275 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
+import socket
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from pydantic import ValidationError
+
+from shared.cli.startup import StartupError, announce, listen, redacted, redis_problem, require_redis_url
+from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from shared.redis_conn import EmbeddedRedis
+    from arq.connections import ArqRedis
+
+    from worker.fast_pickup import FastPickupWorker
+
+SETTINGS_HELP = """\
+settings come from the environment (or a .env file in the working directory); the main ones:
+  TURNSTREAM_REDIS_URL      Redis URL; unset = an embedded in-process Redis (`dev` only)
+  TURNSTREAM_HOST, _PORT    API bind address (127.0.0.1, 8000); --host/--port override them
+  OPENAI_BASE_URL           upstream Chat Completions endpoint, usually ending in /v1; unset = built-in mock
+  OPENAI_API_KEY            upstream API key
+  TURNSTREAM_AGENTS         module name or .py file defining AGENTS (default: worker.default_agents)
+  TURNSTREAM_UPSTREAM_MODEL upstream model of the default agents (default: turnstream-mock)
+  TURNSTREAM_ALLOW_MODEL_PASSTHROUGH  true: a `model` no agent has goes to the upstream as it is
+  TURNSTREAM_LOG_FORMAT     human (default) or json: one object per line
+  TURNSTREAM_MOCK_PORT      built-in mock model port (8001)
+every setting: the Settings table in README.md"""
+
+_PORT_FIX = "set TURNSTREAM_PORT or pass --port"
+_MOCK_PORT_FIX = "set TURNSTREAM_MOCK_PORT"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="turnstream", description="Chat-agent turns on a Redis-backed worker fleet.")
+    args = _parser().parse_args(argv)
+    command: str = args.command
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        _exit(command, "; ".join(_setting_error(e) for e in exc.errors()), 2)
+    interactive = command in ("chat", "tail")
+    # The interactive tools print their own output; the SDK's INFO lines would land between the turns.
+    configure_logging(settings.log_format, logging.WARNING if interactive else logging.INFO)
+    try:
+        _run(command, args, settings)
+    except StartupError as exc:
+        _tell(settings, f"turnstream {command}: {exc}", logging.ERROR)
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        if not interactive:
+            _tell(settings, f"turnstream {command}: stopped")
+
+
+def _parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="turnstream",
+        description="Chat-agent turns on a Redis-backed worker fleet.",
+        epilog=SETTINGS_HELP,
+        formatter_class=formatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("dev", help="API + worker + mock model in one process (embedded Redis unless a URL is set)")
-    sub.add_parser("api", help="serve the HTTP API")
-    worker = sub.add_parser("worker", help="run a worker")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=SETTINGS_HELP, formatter_class=formatter)
+
+    dev = command("dev", "API + worker + mock model in one process (embedded Redis unless a URL is set)")
+    api = command("api", "serve the HTTP API")
+    for server in (dev, api):
+        server.add_argument("--host", help="API bind address (TURNSTREAM_HOST)")
+        server.add_argument("--port", type=int, help="API port (TURNSTREAM_PORT)")
+    worker = command("worker", "run a worker")
     worker.add_argument("--check", action="store_true", help="exit 0 if a worker heartbeat is recent")
-    sub.add_parser("mock", help="serve the built-in mock model")
-    chat = sub.add_parser("chat", help="chat in the terminal, streaming token by token")
-    chat.add_argument("--url", default=None, help="API base URL (default: this machine's API)")
+    mock = command("mock", "serve the built-in mock model")
+    mock.add_argument("--host", help="bind address (TURNSTREAM_HOST)")
+    mock.add_argument("--port", type=int, dest="mock_port", help="port (TURNSTREAM_MOCK_PORT)")
+    chat = command("chat", "chat in the terminal, streaming token by token")
+    chat.add_argument("--url", default=None, help="API base URL (default: http://TURNSTREAM_HOST:TURNSTREAM_PORT/v1)")
     chat.add_argument("--model", default=None)
-    tail = sub.add_parser("tail", help="print a response's events as they come")
+    tail = command("tail", "print a response's events as they come")
     tail.add_argument("response_id")
     tail.add_argument("--after", type=int, default=-1, help="start after this sequence number")
-    tail.add_argument("--url", default=None, help="read through the API's SSE instead of Redis")
-    args = parser.parse_args(argv)
+    tail.add_argument(
+        "--url",
+        default=None,
+        help="read through this API's SSE (default: Redis if TURNSTREAM_REDIS_URL is set, else this machine's API)",
+    )
+    return parser
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        name: value for name in ("host", "port", "mock_port") if (value := getattr(args, name, None)) is not None
+    }
     settings = get_settings()
-    try:
-        if args.command == "dev":
-            asyncio.run(_dev(settings))
-        elif args.command == "api":
-            asyncio.run(_api(settings))
-        elif args.command == "worker":
-            sys.exit(_worker_check(settings) if args.check else _worker(settings))
-        elif args.command == "mock":
-            from shared.mock.server import serve
-
-            asyncio.run(serve(settings.host, settings.mock_port, settings.mock_token_delay_ms))
-        elif args.command == "chat":
-            from shared.cli.chat import run_chat
-
-            run_chat(args.url or f"http://{settings.host}:{settings.port}/v1", args.model or settings.default_model)
-        elif args.command == "tail":
-            from shared.cli.tail import run_tail
-
-            asyncio.run(run_tail(settings, args.response_id, args.after, args.url))
-    except KeyboardInterrupt:
-        pass
+    return settings.model_copy(update=overrides) if overrides else settings
 
 
-async def _serve_api(settings: Settings, embedded: EmbeddedRedis | None = None) -> None:
+def _setting_error(error: Any) -> str:
+    name = "_".join(str(part) for part in error["loc"]).upper()
+    return f"TURNSTREAM_{name}: {error['msg']}"
+
+
+def _exit(command: str, message: str, code: int) -> NoReturn:
+    print(f"turnstream {command}: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def _tell(settings: Settings, message: str, level: int = logging.INFO, *, banner: bool = False) -> None:
+    """Banners (stdout) and one-line notes (stderr); with JSON logs they are log records, so every line is JSON."""
+    if settings.log_format == "json":
+        logging.getLogger("turnstream").log(level, message)
+    else:
+        print(message, file=sys.stdout if banner else sys.stderr, flush=True)
+
+
+def _run(command: str, args: argparse.Namespace, settings: Settings) -> None:
+    if command == "dev":
+        asyncio.run(_dev(settings))
+    elif command == "api":
+        asyncio.run(_api(settings))
+    elif command == "worker":
+        sys.exit(_worker_check(settings) if args.check else _worker(settings))
+    elif command == "mock":
+        asyncio.run(_mock(settings))
+    elif command == "chat":
+        from shared.cli.chat import run_chat
+
+        run_chat(args.url or _local_api(settings), args.model or settings.default_model)
+    elif command == "tail":
+        from shared.cli.tail import run_tail
+
+        asyncio.run(run_tail(settings, args.response_id, args.after, args.url))
+
+
+def _local_api(settings: Settings) -> str:
+    return f"http://{settings.host}:{settings.port}/v1"
+
+
+async def _serve(app: Any, sock: socket.socket) -> None:
     import uvicorn
 
-    from api.app import create_app
+    announce(sock)
+    # log_config=None: uvicorn's records flow to the handler configure_logging installed (human or JSON).
+    config = uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=5)
+    await uvicorn.Server(config).serve(sockets=[sock])
 
-    app = create_app(settings, embedded)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
-    await uvicorn.Server(config).serve()
+
+def _build_worker(settings: Settings, redis: ArqRedis | None = None, handle_signals: bool = True) -> FastPickupWorker:
+    from worker.service import build_worker
+
+    try:
+        return build_worker(settings, redis, handle_signals=handle_signals)
+    except (ImportError, ValueError) as exc:
+        raise StartupError(f"TURNSTREAM_AGENTS={settings.agents}: {exc}") from exc
 
 
 async def _api(settings: Settings) -> None:
-    await _serve_api(settings)
+    from api.app import create_app
+
+    url = require_redis_url(settings)
+    problem = await redis_problem(url)
+    if problem:
+        # Not fatal: the API starts while Redis is away, answers 503 meanwhile and recovers by itself.
+        logging.getLogger("turnstream").warning("%s; answering 503 until it is reachable", problem)
+    sock = listen(settings.host, settings.port, "the API", _PORT_FIX)
+    _tell(settings, f"turnstream api: API on {_local_api(settings)}, Redis {redacted(url)}", banner=True)
+    await _serve(create_app(settings), sock)
+
+
+async def _mock(settings: Settings) -> None:
+    from shared.mock.server import MODEL_ID, create_app
+
+    sock = listen(settings.host, settings.mock_port, "the mock model", "set TURNSTREAM_MOCK_PORT or pass --port")
+    base = f"http://{settings.host}:{settings.mock_port}/v1"
+    _tell(settings, f"turnstream mock: model {MODEL_ID!r} on {base} (point OPENAI_BASE_URL there)", banner=True)
+    await _serve(create_app(settings.mock_token_delay_ms), sock)
 
 
 def _worker(settings: Settings) -> int:
-    from worker.service import build_worker
-
-    build_worker(settings).run()
+    url = require_redis_url(settings)
+    worker = _build_worker(settings)
+    problem = asyncio.run(redis_problem(url))
+    if problem:
+        # Not fatal: a worker started before Redis (or during an outage) waits for it and then serves.
+        logging.getLogger("turnstream").warning("%s; waiting for it", problem)
+    worker.run()
     return 0
 
 
 def _worker_check(settings: Settings) -> int:
-    import socket
-
     from arq.worker import async_check_health
 
     from shared import keys
     from shared.redis_conn import redis_settings
 
+    require_redis_url(settings)
     # The worker refreshes its own key every 30 s (health_check_interval in worker/service.py).
     key = keys.worker_health(settings.queue_name, socket.gethostname())
     return asyncio.run(async_check_health(redis_settings(settings), key, settings.queue_name))
 
 
+class _InProcessStop(logging.Filter):
+    """arq's close() reports stopping an in-process worker as 'shutdown on SIGUSR1', though no signal came."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and args and args[0] == "SIGUSR1" and str(record.msg).startswith("shutdown on %s"):
+            record.msg = "worker stopped" + str(record.msg).removeprefix("shutdown on %s")
+            record.args = args[1:]
+        return True
+
+
 async def _dev(settings: Settings) -> None:
-    from shared.mock.server import serve as serve_mock
+    from api.app import create_app
+    from shared.mock.server import create_app as create_mock_app
     from shared.redis_conn import EmbeddedRedis, connect, patch_arq_for_fakeredis
-    from worker.service import build_worker
 
     embedded = EmbeddedRedis() if settings.redis_url is None else None
     if embedded is not None:
         patch_arq_for_fakeredis()
-    worker = build_worker(settings, await connect(settings, embedded), handle_signals=False)
-    base = f"http://{settings.host}:{settings.port}"
-    where = "embedded in-process Redis (nothing persists)" if embedded else settings.redis_url
-    upstream = settings.openai_base_url or f"built-in mock model on :{settings.mock_port}"
-    print(
-        f"\nturnstream dev: API on {base}/v1, {where}, upstream {upstream}\n"
-        f"  try:  curl -s {base}/v1/responses -H 'Content-Type: application/json' "
-        "-d '{\"model\": \"turnstream-mock\", \"input\": \"My name is Ravi.\"}'\n"
-        f"  or:   turnstream chat --url {base}/v1\n",
-        flush=True,
-    )
-    tasks = [_serve_api(settings, embedded), worker.async_run()]
+    elif problem := await redis_problem(settings.redis_url or ""):
+        raise StartupError(problem)
+    api_sock = listen(settings.host, settings.port, "the API", _PORT_FIX)
+    mock_sock = None
     if settings.openai_base_url is None:
-        tasks.append(serve_mock(settings.host, settings.mock_port, settings.mock_token_delay_ms))
+        mock_sock = listen(settings.host, settings.mock_port, "the built-in mock model", _MOCK_PORT_FIX)
+    worker = _build_worker(settings, await connect(settings, embedded), handle_signals=False)
+    logging.getLogger("arq.worker").addFilter(_InProcessStop())
+    _print_dev_banner(settings, embedded is not None)
+    tasks = [_serve(create_app(settings, embedded), api_sock), worker.async_run()]
+    if mock_sock is not None:
+        tasks.append(_serve(create_mock_app(settings.mock_token_delay_ms), mock_sock))
     try:
         await asyncio.gather(*tasks)
     finally:
         await worker.close()
+
+
+def _print_dev_banner(settings: Settings, embedded: bool) -> None:
+    base = f"http://{settings.host}:{settings.port}"
+    where = "embedded in-process Redis (nothing persists)" if embedded else redacted(settings.redis_url or "")
+    upstream = settings.openai_base_url or f"built-in mock model on :{settings.mock_port}"
+    headline = f"turnstream dev: API on {base}/v1, {where}, upstream {upstream}"
+    if settings.log_format == "json":
+        _tell(settings, headline, banner=True)
+        return
+    me = _self_command()
+    print(
+        f"\n{headline}\n"
+        f"  try:  curl -s {base}/v1/responses -H 'Content-Type: application/json' "
+        "-d '{\"model\": \"turnstream-mock\", \"input\": \"My name is Ravi.\"}'\n"
+        f"  or:   {me} chat --url {base}/v1\n"
+        f"  and:  {me} tail RESPONSE_ID --url {base}/v1\n",
+        flush=True,
+    )
+
+
+def _self_command() -> str:
+    """How to run `turnstream` from this shell: by name only if that name on PATH is this very script."""
+    script = Path(sys.argv[0])
+    if script.name != "turnstream":
+        return f"{Path(sys.executable).name} -m shared.cli"
+    found = shutil.which("turnstream")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "turnstream"
+    try:
+        return str(script.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(script.resolve())

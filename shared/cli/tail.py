@@ -1,7 +1,8 @@
 """`turnstream tail`: print a response's events as they come, from any point, until its terminal event.
 
-Straight from Redis by default (what an operator on the fleet's network uses), or through the API's SSE
-with --url (what any client sees). Redis stores each event's attempt; SSE does not carry it, so there
+Straight from Redis when TURNSTREAM_REDIS_URL is set (what an operator on the fleet's network uses), or
+through the API's SSE (what any client sees): with --url, or by default next to `turnstream dev`.
+Redis stores each event's attempt; SSE does not carry it, so there
 a re-run is recognised by a further `response.in_progress`, the first event of every attempt.
 """
 
@@ -38,6 +39,9 @@ async def run_tail(
     """`redis` replaces the connection made from settings (the embedded dev server, tests); it is not closed."""
     printer = _Printer(sys.stdout if out is None else out)
     after = max(after, -1)
+    if url is None and redis is None and settings.redis_url is None:
+        # Next to `turnstream dev` there is no Redis to reach, but its API serves the same events.
+        url = f"http://{settings.host}:{settings.port}/v1"
     if url is not None:
         await _tail_api(url, response_id, after, printer)
     else:
@@ -54,12 +58,6 @@ async def _tail_redis(
 ) -> None:
     own = redis is None
     if redis is None:
-        if settings.redis_url is None:
-            raise _fail(
-                "TURNSTREAM_REDIS_URL is not set; point it at the fleet's Redis, or read through the API "
-                "with --url http://HOST:PORT/v1",
-                2,
-            )
         try:
             redis = await connect(settings)
         except (RedisError, OSError) as exc:
@@ -71,7 +69,11 @@ async def _tail_redis(
         async for event in tail(redis, response_id, after):
             printer.show(event.seq, event.type, event.attempt, event.json())
     except RedisError as exc:
-        raise _fail(f"Redis error after event {printer.last_seq}: {exc}") from exc
+        last = printer.last_seq
+        if last is None:
+            fix = "check TURNSTREAM_REDIS_URL, or read through an API with --url"
+            raise _fail(f"cannot read Redis ({exc}); {fix}") from exc
+        raise _fail(f"Redis error after event {last}: {exc}; resume with --after {last}") from exc
     finally:
         if own:
             await redis.aclose()
@@ -90,6 +92,13 @@ async def _tail_api(url: str, response_id: str, after: int, printer: _Printer) -
                     printer.show(event.sequence_number, event.type, attempts.see(event.type), data)
                     if event.type in TERMINAL_TYPES:
                         return
+        except openai.APIConnectionError as exc:
+            if printer.last_seq is not None:
+                raise _fail(f"lost the API at {url}; resume with --after {printer.last_seq}") from exc
+            raise _fail(
+                f"cannot reach the API at {url} (is `turnstream dev` running?); pass --url, "
+                "or set TURNSTREAM_REDIS_URL to read the fleet's Redis directly"
+            ) from exc
         except openai.APIError as exc:
             resume = f"; resume with --after {printer.last_seq}" if printer.last_seq is not None else ""
             raise _fail(f"{describe_api_error(exc)}{resume}") from exc

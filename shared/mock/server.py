@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -111,11 +110,6 @@ def create_app(token_delay_ms: float = 15.0) -> FastAPI:
         )
 
     return app
-
-
-async def serve(host: str, port: int, token_delay_ms: float) -> None:
-    config = uvicorn.Config(create_app(token_delay_ms), host=host, port=port, log_level="warning")
-    await uvicorn.Server(config).serve()
 
 
 def _parse_request(raw: bytes) -> _ChatRequest:
