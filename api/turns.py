@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 
+from redis.asyncio.client import Pipeline
+
+from api.auth import Caller
 from api.deps import Services
 from api.errors import APIError, invalid, not_found
 from api.schemas import CreateResponseBody, function_tools, normalise_input
 from shared import events, ids, keys
 from shared.models import Status, TurnRequest
 from shared.queue import enqueue_turn, queue_depth
+from shared.rate_limits import turn_accounting
+from shared.records import conversation_project, response_project
 from shared.response_object import build_response
 
+# Runs first in the transaction that stores a turn (api/idempotency.py), and may add to it.
+StoreGuard = Callable[[Pipeline], Awaitable[None]]
 
-async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
+
+async def build_request(svc: Services, body: CreateResponseBody, caller: Caller) -> TurnRequest:
     settings = svc.settings
     conversation_id = body.conversation_id
     if conversation_id and body.previous_response_id:
@@ -26,11 +35,12 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
         raise invalid("Background mode requires 'store' to be true.", "background")
     model = body.model or settings.default_model
     await _check_model(svc, model)
-    # Existence is all the edge needs; the worker reads the history itself when the turn runs.
-    if conversation_id and not await svc.redis.exists(keys.conversation(conversation_id)):
+    # Ownership is all the edge needs; the worker reads the history itself when the turn runs.
+    # Another project's object gets exactly the answer a missing one gets.
+    if conversation_id and await conversation_project(svc.redis, conversation_id) != caller.project:
         raise not_found("Conversation", conversation_id, "conversation")
     previous = body.previous_response_id
-    if previous and not await svc.redis.exists(keys.response(previous)):
+    if previous and await response_project(svc.redis, previous) != caller.project:
         raise not_found("Previous response", previous, "previous_response_id")
     items = normalise_input(body.input)
     if len(items) > settings.max_input_items:
@@ -53,6 +63,8 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
         metadata=body.metadata or {},
         user=body.user,
         conversation_lock=body.conversation_lock,
+        project=caller.project,
+        key_id=caller.key_id,
     )
 
 
@@ -66,7 +78,7 @@ async def _check_model(svc: Services, model: str) -> None:
         raise invalid(f"The model '{model}' does not exist. Available models: {names}.", "model", "model_not_found")
 
 
-async def accept(svc: Services, req: TurnRequest) -> dict[str, object]:
+async def accept(svc: Services, req: TurnRequest, guard: StoreGuard | None = None) -> dict[str, object]:
     """Stores the queued turn and its `response.created` event, then enqueues it. Returns the Response."""
     settings = svc.settings
     if await queue_depth(svc.redis, settings.queue_name) >= settings.max_queue_depth:
@@ -81,7 +93,7 @@ async def accept(svc: Services, req: TurnRequest) -> dict[str, object]:
             code="conversation_locked",
         )
     try:
-        return await _store_and_enqueue(svc, req)
+        return await _store_and_enqueue(svc, req, guard)
     except BaseException:
         # Not accepted after all: release the conversation so the turns behind it are not stuck.
         if req.conversation_id:
@@ -98,12 +110,14 @@ async def _forget(svc: Services, req: TurnRequest) -> None:
         pass  # Redis is away; a waiting turn drops a head whose record is missing on its own
 
 
-async def _store_and_enqueue(svc: Services, req: TurnRequest) -> dict[str, object]:
+async def _store_and_enqueue(svc: Services, req: TurnRequest, guard: StoreGuard | None) -> dict[str, object]:
     settings = svc.settings
     queued = build_response(req, Status.QUEUED)
     ttl = settings.response_ttl_s if req.store else settings.unstored_response_ttl_s
     record = keys.response(req.response_id)
     async with svc.redis.pipeline(transaction=True) as pipe:
+        if guard is not None:
+            await guard(pipe)
         pipe.hset(
             record,
             mapping={
@@ -112,6 +126,7 @@ async def _store_and_enqueue(svc: Services, req: TurnRequest) -> dict[str, objec
                 "seq": -1,
                 "request": req.model_dump_json(),
                 "response": json.dumps(queued),
+                **turn_accounting(req),
             },
         )
         pipe.expire(record, ttl)

@@ -10,14 +10,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from redis.exceptions import WatchError
 
+from api import idempotency
+from api.auth import Caller, CallerDep, admit_turn, release_turn
 from api.deps import Services, ServicesDep
 from api.errors import APIError, from_validation, invalid, not_found
+from api.idempotency import Claim, IdempotencyKey
 from api.listing import Page, paginate
 from api.schemas import CreateResponseBody
 from api.sse import sse_response
 from api.turns import accept, build_request
-from shared import events, keys
+from shared import events, ids, keys
 from shared.events import StreamEvent
 from shared.models import Status, TurnOutcome
 from shared.records import ResponseRecord, load_response
@@ -29,29 +33,41 @@ _CANCEL_WAIT_S = 2.0  # cancel answers with the final Response when the worker s
 
 
 @router.post("")
-async def create_response(request: Request, svc: ServicesDep) -> Response:
+async def create_response(
+    request: Request, svc: ServicesDep, caller: CallerDep, idempotency_key: IdempotencyKey = None
+) -> Response:
     """Create a model response (runs on a worker; returns at once, streams, or waits)."""
     body = await _read_body(request, svc.settings.max_input_bytes)
-    req = await build_request(svc, body)
-    queued = await accept(svc, req)
+    once = None
+    if idempotency_key is not None:
+        once = await idempotency.claim(
+            svc.redis, svc.settings.idempotency_ttl_s, caller.project, "responses", idempotency_key, body,
+            ids.response_id(),
+        )
+        if once.replay:
+            # Answered as the first request was: a stream replays from `response.created`.
+            record = await _record(svc, once.object_id, caller.project)
+            if body.stream:
+                return sse_response(_resumed(svc, record, once.object_id, -1), svc.settings.sse_keepalive_s)
+            return await _answer(svc, body, record.response, caller.project)
+    queued = await _submit(svc, body, caller, once)
     if body.stream:
-        return sse_response(svc.fanout.events(req.response_id), svc.settings.sse_keepalive_s)
-    if body.background:
-        return JSONResponse(queued)
-    return JSONResponse(await _wait_final(svc, req.response_id, svc.settings.sync_wait_timeout_s))
+        return sse_response(svc.fanout.events(str(queued["id"])), svc.settings.sse_keepalive_s)
+    return await _answer(svc, body, queued, caller.project)
 
 
 @router.get("/{response_id}")
 async def get_response(
     response_id: str,
     svc: ServicesDep,
+    caller: CallerDep,
     stream: bool = False,
     starting_after: Annotated[int | None, Query(ge=-1)] = None,
     include_obfuscation: bool | None = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
     """Retrieve a response, or with stream=true replay its events after `starting_after` and follow them."""
-    record = await _record(svc, response_id)
+    record = await _record(svc, response_id, caller.project)
     if not stream:
         return JSONResponse(record.response)
     after = starting_after if starting_after is not None else _last_event_id(last_event_id)
@@ -59,9 +75,9 @@ async def get_response(
 
 
 @router.post("/{response_id}/cancel")
-async def cancel_response(response_id: str, svc: ServicesDep) -> dict[str, Any]:
+async def cancel_response(response_id: str, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Cancel a response; idempotent, honoured before pickup, and returns the Response."""
-    record = await _record(svc, response_id)
+    record = await _record(svc, response_id, caller.project)
     if record.status == Status.QUEUED:
         cancelled = build_response(record.request, Status.CANCELLED, TurnOutcome(status=Status.CANCELLED))
         if await svc.state.finish(
@@ -77,14 +93,14 @@ async def cancel_response(response_id: str, svc: ServicesDep) -> dict[str, Any]:
     if not record.status.terminal:
         await svc.redis.hset(keys.response(response_id), "cancel", "1")
         await svc.redis.publish(keys.CANCEL_CHANNEL, response_id)
-        return await _wait_final(svc, response_id, _CANCEL_WAIT_S)
+        return await _wait_final(svc, response_id, _CANCEL_WAIT_S, caller.project)
     return record.response
 
 
 @router.delete("/{response_id}")
-async def delete_response(response_id: str, svc: ServicesDep) -> dict[str, Any]:
+async def delete_response(response_id: str, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Delete a stored response; a running turn is cancelled and its writes are refused from then on."""
-    record = await _record(svc, response_id)
+    record = await _record(svc, response_id, caller.project)
     if not record.status.terminal:
         await svc.redis.publish(keys.CANCEL_CHANNEL, response_id)
     await svc.redis.delete(keys.response(response_id), keys.events(response_id))
@@ -97,14 +113,42 @@ async def delete_response(response_id: str, svc: ServicesDep) -> dict[str, Any]:
 async def list_input_items(
     response_id: str,
     svc: ServicesDep,
+    caller: CallerDep,
     page: Page,
 ) -> dict[str, Any]:
     """List the input items of a response."""
-    record = await _record(svc, response_id)
+    record = await _record(svc, response_id, caller.project)
     return paginate(record.request.input, page)
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+async def _submit(svc: Services, body: CreateResponseBody, caller: Caller, once: Claim | None) -> dict[str, Any]:
+    """Validates, takes a concurrent-turn slot and accepts the turn; undoes the slot and the claim if it fails."""
+    try:
+        req = await build_request(svc, body, caller)
+        if once is not None:
+            req.response_id = once.object_id
+        await admit_turn(svc, caller, req.response_id)
+        try:
+            return await accept(svc, req, once.guard if once is not None else None)
+        except BaseException:
+            await release_turn(svc, caller, req.response_id)
+            raise
+    except WatchError:
+        raise idempotency.in_use() from None  # another request took the Idempotency-Key over meanwhile
+    except BaseException:
+        if once is not None:
+            await once.abandon()
+        raise
+
+
+async def _answer(svc: Services, body: CreateResponseBody, response: dict[str, Any], project: str) -> Response:
+    """A non-streaming create's answer: at once in background mode, else once the turn has ended."""
+    if body.background:
+        return JSONResponse(response)
+    return JSONResponse(await _wait_final(svc, response["id"], svc.settings.sync_wait_timeout_s, project))
 
 
 async def _read_body(request: Request, max_bytes: int) -> CreateResponseBody:
@@ -141,9 +185,10 @@ def _last_event_id(header: str | None) -> int:
         raise invalid("Last-Event-ID must be an event sequence number.", "Last-Event-ID") from None
 
 
-async def _record(svc: Services, response_id: str) -> ResponseRecord:
+async def _record(svc: Services, response_id: str, project: str) -> ResponseRecord:
     record = await load_response(svc.redis, response_id)
-    if record is None:
+    # Another project's response is answered exactly as a missing one.
+    if record is None or record.request.project != project:
         raise not_found("Response", response_id)
     return record
 
@@ -162,7 +207,7 @@ async def _resumed(
         yield event
 
 
-async def _wait_final(svc: Services, response_id: str, timeout_s: float) -> dict[str, Any]:
+async def _wait_final(svc: Services, response_id: str, timeout_s: float, project: str) -> dict[str, Any]:
     try:
         async with asyncio.timeout(timeout_s):
             async for event in svc.fanout.events(response_id):
@@ -170,5 +215,5 @@ async def _wait_final(svc: Services, response_id: str, timeout_s: float) -> dict
                     break
     except TimeoutError:
         pass
-    record = await _record(svc, response_id)
+    record = await _record(svc, response_id, project)
     return record.response

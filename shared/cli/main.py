@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from shared.cli import keys as key_commands
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     tail.add_argument("response_id")
     tail.add_argument("--after", type=int, default=-1, help="start after this sequence number")
     tail.add_argument("--url", default=None, help="read through the API's SSE instead of Redis")
+    key_commands.add_parser(sub)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -52,11 +54,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.command == "chat":
             from shared.cli.chat import run_chat
 
-            run_chat(args.url or f"http://{settings.host}:{settings.port}/v1", args.model or settings.default_model)
+            run_chat(
+                args.url or f"http://{settings.host}:{settings.port}/v1",
+                args.model or settings.default_model,
+                api_key=_client_key(settings),
+            )
         elif args.command == "tail":
             from shared.cli.tail import run_tail
 
             asyncio.run(run_tail(settings, args.response_id, args.after, args.url))
+        elif args.command == "keys":
+            sys.exit(key_commands.run(settings, args))
     except KeyboardInterrupt:
         pass
 
@@ -100,6 +108,8 @@ async def _dev(settings: Settings) -> None:
     from shared.redis_conn import EmbeddedRedis, connect, patch_arq_for_fakeredis
     from worker.service import build_worker
 
+    # Open unless TURNSTREAM_AUTH says otherwise, so the README's examples run with no key.
+    settings = settings.model_copy(update={"auth": bool(settings.auth)})
     embedded = EmbeddedRedis() if settings.redis_url is None else None
     if embedded is not None:
         patch_arq_for_fakeredis()
@@ -107,8 +117,10 @@ async def _dev(settings: Settings) -> None:
     base = f"http://{settings.host}:{settings.port}"
     where = "embedded in-process Redis (nothing persists)" if embedded else settings.redis_url
     upstream = settings.openai_base_url or f"built-in mock model on :{settings.mock_port}"
+    access = "API keys required" if settings.auth else "open: no API key checked (TURNSTREAM_AUTH=on to check)"
     print(
         f"\nturnstream dev: API on {base}/v1, {where}, upstream {upstream}\n"
+        f"  access: {access}\n"
         f"  try:  curl -s {base}/v1/responses -H 'Content-Type: application/json' "
         "-d '{\"model\": \"turnstream-mock\", \"input\": \"My name is Ravi.\"}'\n"
         f"  or:   turnstream chat --url {base}/v1\n",
@@ -121,3 +133,7 @@ async def _dev(settings: Settings) -> None:
         await asyncio.gather(*tasks)
     finally:
         await worker.close()
+
+
+def _client_key(settings: Settings) -> str | None:
+    return settings.api_key.get_secret_value() if settings.api_key is not None else None
