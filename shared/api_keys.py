@@ -84,6 +84,8 @@ def seed_from_settings(settings: Settings) -> list[SeedKey] | None:
         texts.append(settings.api_keys.get_secret_value())
     if settings.api_keys_file is not None:
         texts.append(settings.api_keys_file.read_text())
+    # Compose and Kubernetes pass an unset optional value as an empty string: that means no seed.
+    texts = [t for t in texts if t.strip()]
     if not texts:
         return None
     return [seed for text in texts for seed in _SEEDS.validate_json(text)]

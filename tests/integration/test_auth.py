@@ -4,7 +4,11 @@ holds a secret. Run against two API processes that share one Redis (tests/integr
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import openai
@@ -12,10 +16,11 @@ import pytest
 import redis
 
 from shared import ids
-from tests.conftest import wait_until
+from tests.conftest import ROOT, wait_until
 from tests.integration.keyed_stack import KeyedStack, M, http
 
 SECRET = re.compile(r"^sk-ts-[A-Za-z0-9_-]{43}$")
+README_SHELL = re.findall(r"<!-- shell: keys-and-projects -->\n```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 ROUTES = [
     ("POST", "/v1/responses", {"model": M, "input": "hi"}),
     ("GET", f"/v1/responses/{ids.response_id()}", None),
@@ -189,3 +194,26 @@ def _dump(r: redis.Redis, key: bytes) -> bytes:
     if kind == "stream":
         return b" ".join(b" ".join(k + b"=" + v for k, v in fields.items()) for _, fields in r.xrange(key))
     return b""
+
+
+def test_the_readme_keys_example_runs(keyed: KeyedStack) -> None:
+    [script] = README_SHELL
+    script = script.replace("redis://127.0.0.1:6379/0", keyed.redis_url)
+    script = script.replace("http://127.0.0.1:8000", keyed.api_urls[0])
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        env={**keyed.env, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    answer, end = json.JSONDecoder().raw_decode(out, out.index("{"))
+    assert answer["status"] == "completed" and answer["output"][0]["content"][0]["text"] == "Nice to meet you, Ravi."
+    rows = [line.split() for line in out[end:].splitlines()]
+    assert any(row[1:5] == ["team-a", "web", "600", "20"] for row in rows if len(row) > 4)
+    assert any(row[1:5] == ["team-b", "-", "120", "4"] for row in rows if len(row) > 4)
+    assert re.search(r"^revoked key_\w+ \(project team-b\)$", out, re.M)
+    assert not SECRET.search(out.replace("\n", " "))
