@@ -58,7 +58,7 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
                 await reader.aclose()
                 await redis.aclose()
 
-    # Every /v1 route needs a key (authenticate lets the probes through); routes that need the caller's
+    # Every route needs a key but the probes (api/auth.py OPEN_ROUTES); routes that need the caller's
     # project take it as a parameter, which FastAPI resolves from this same call.
     app = FastAPI(title="turnstream", version="0.1.0", lifespan=lifespan, dependencies=[Depends(authenticate)])
     app.add_middleware(RequestBudgetHeaders)

@@ -1,8 +1,9 @@
 """Who is calling: the API key behind `Authorization: Bearer`, its project, and its limits.
 
-The app runs `authenticate` on every route under /v1; /healthz, /readyz (and /metrics) stay open for
-probes. A missing, wrong or revoked key gets the same 401 before any object is looked at, so it tells
-nothing about which ids exist. Nothing is cached: a revoked key fails on every node at its next request.
+The app runs `authenticate` on every route; only the routes in OPEN_ROUTES (the probes) go without a
+key, so a new route is closed until it is listed there. A missing, wrong or revoked key gets the same
+401 before any object is looked at, so it tells nothing about which ids exist. Nothing is cached: a
+revoked key fails on every node at its next request.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from shared.rate_limits import RequestBudget
 
 _BUDGET = "request_budget"  # where authenticate leaves the key's budget for RequestBudgetHeaders
 
+# Matched by route template, not by URL, so a proxy's path prefix (root_path) cannot open or close them.
+OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -36,7 +40,7 @@ OPEN = Caller(DEFAULT_PROJECT)
 
 async def authenticate(request: Request, svc: ServicesDep) -> Caller:
     """Checks the key and counts the request against its requests-per-minute budget."""
-    if svc.limiter is None or not request.url.path.startswith("/v1/"):
+    if svc.limiter is None or getattr(request.scope.get("route"), "path", None) in OPEN_ROUTES:
         return OPEN
     secret = _bearer(request.headers.get("authorization"))
     if secret is None:

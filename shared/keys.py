@@ -1,6 +1,7 @@
 """Every Redis key the service uses, built in one place.
 
 A gateway written in another language needs only this file and docs/stream-contract in the README.
+Reading or writing these keys directly skips API keys and projects: it is infrastructure-level access.
 """
 
 from __future__ import annotations

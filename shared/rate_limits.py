@@ -147,7 +147,7 @@ class Limiter:
         """Takes one of the key's concurrent-turn slots for the response; False if all are taken."""
         admitted, _ = await self._admit(
             keys=[keys.api_key_inflight(key_id)],
-            args=[response_id, max_concurrent, keys.response(""), _UNSTORED_GRACE_MS],
+            args=[response_id, max_concurrent, keys.response(""), _UNSTORED_GRACE_MS],  # "" gives the prefix
         )
         return bool(int(admitted))
 
