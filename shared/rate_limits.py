@@ -63,21 +63,25 @@ return {2, id, f[1], limit, f[3], limit - used - 1, window, 0}
 
 # KEYS: the key's in-flight set. ARGV: response id, max concurrent, response key prefix, grace ms.
 # Returns {1, in flight} when admitted, {0, in flight} when the key is at its limit.
+# Only a full set is repaired: a stale member costs nothing until it keeps a turn out, and the common
+# path then stays O(log n) however many turns are in flight.
 ADMIT_TURN = _NOW_MS + f"""
 local TERMINAL = {_TERMINAL_LUA}
-local now = now_ms()
-local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local live = 0
-for i = 1, #members, 2 do
-  local status = redis.call('HGET', ARGV[3] .. members[i], 'status')
-  if (status and TERMINAL[status]) or (not status and tonumber(members[i + 1]) < now - tonumber(ARGV[4])) then
-    redis.call('ZREM', KEYS[1], members[i])
-  else
-    live = live + 1
+local limit = tonumber(ARGV[2])
+local live = redis.call('ZCARD', KEYS[1])
+if live >= limit then
+  local now = now_ms()
+  local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+  for i = 1, #members, 2 do
+    local status = redis.call('HGET', ARGV[3] .. members[i], 'status')
+    if (status and TERMINAL[status]) or (not status and tonumber(members[i + 1]) < now - tonumber(ARGV[4])) then
+      redis.call('ZREM', KEYS[1], members[i])
+      live = live - 1
+    end
   end
+  if live >= limit then return {{0, live}} end
 end
-if live >= tonumber(ARGV[2]) then return {{0, live}} end
-redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZADD', KEYS[1], now_ms(), ARGV[1])
 return {{1, live + 1}}
 """
 

@@ -1,8 +1,9 @@
 """What keys and limits add to a request: the same requests against an open API and one that checks keys.
 
-Starts a private redis-server, the mock model, a worker and two API processes on that Redis, one with
-TURNSTREAM_AUTH=off and one with it on, then sends the same sequence of requests to both, alternating
-request by request so both see the same machine noise, and prints p50/p99 per request kind:
+Starts a private redis-server and two API processes on it, one with TURNSTREAM_AUTH=off and one with it
+on, then sends the same sequence of requests to both, alternating request by request so both see the
+same machine noise, and prints p50/p99 per request kind. No worker runs: the turns stay queued, so the
+figures are the API's own path, not a worker competing for the same cores.
 
 - read:   GET /v1/responses/{id}             (key lookup + requests-per-minute window)
 - create: POST /v1/responses, background     (the same + a concurrent-turn slot + accounting fields)
@@ -68,14 +69,11 @@ def main() -> None:
         raise SystemExit("redis-server is not on PATH")
 
     workdir = Path(tempfile.mkdtemp(prefix="turnstream-auth-bench-"))
-    redis_port, mock_port, open_port, keyed_port = free_port(), free_port(), free_port(), free_port()
+    redis_port, open_port, keyed_port = free_port(), free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("TURNSTREAM_", "OPENAI_"))}
     base_env.update({
         "TURNSTREAM_REDIS_URL": redis_url,
-        "OPENAI_BASE_URL": f"http://127.0.0.1:{mock_port}/v1",
-        "TURNSTREAM_MOCK_PORT": str(mock_port),
-        "TURNSTREAM_MOCK_TOKEN_DELAY_MS": "0",
         "TURNSTREAM_MAX_QUEUE_DEPTH": "1000000",
     })
     procs: list[subprocess.Popen[bytes]] = []
@@ -88,8 +86,6 @@ def main() -> None:
     try:
         spawn("redis", [redis_exe, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                         "--appendonly", "no", "--dir", str(workdir)], {})
-        spawn("mock", [*cli, "mock"], {})
-        spawn("worker", [*cli, "worker"], {})
         spawn("api-open", [*cli, "api"], {"TURNSTREAM_PORT": str(open_port), "TURNSTREAM_AUTH": "off"})
         spawn("api-keyed", [*cli, "api"], {"TURNSTREAM_PORT": str(keyed_port), "TURNSTREAM_AUTH": "on"})
         for port in (open_port, keyed_port):
@@ -100,7 +96,6 @@ def main() -> None:
             "keyed": httpx.Client(base_url=f"http://127.0.0.1:{keyed_port}/v1", timeout=30,
                                   headers={"Authorization": f"Bearer {secret}"}),
         }
-        wait_until(lambda: clients["keyed"].get("/models").json()["data"][0]["id"] == "turnstream-mock", "worker")
         run(clients, args.requests)
     finally:
         for proc in reversed(procs):
@@ -125,15 +120,13 @@ async def _create_key(redis_url: str) -> str:
 
 
 def run(clients: dict[str, httpx.Client], n: int) -> None:
-    ids = {name: c.post("/responses", json={"model": "turnstream-mock", "input": "hi"}).json()["id"]
-           for name, c in clients.items()}
+    body = {"model": "turnstream-mock", "input": "hi", "background": True}
+    ids = {name: c.post("/responses", json=body).json()["id"] for name, c in clients.items()}
     kinds: dict[str, Callable[[str, httpx.Client], httpx.Response]] = {
         "read": lambda name, c: c.get(f"/responses/{ids[name]}"),
-        "create": lambda name, c: c.post(
-            "/responses", json={"model": "turnstream-mock", "input": "hi", "background": True}
-        ),
+        "create": lambda name, c: c.post("/responses", json=body),
     }
-    print(f"{n} requests of each kind per API, sequential, alternating open/keyed; 2 cores shared with the stack")
+    print(f"{n} requests of each kind per API, sequential, alternating open/keyed; no worker")
     print(f"{'request':<8} {'open p50':>9} {'keyed p50':>10} {'added p50':>10} "
           f"{'open p99':>9} {'keyed p99':>10} {'added p99':>10}   (ms)")
     for kind, send in kinds.items():
