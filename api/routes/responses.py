@@ -45,11 +45,7 @@ async def create_response(
             ids.response_id(),
         )
         if once.replay:
-            # Answered as the first request was: a stream replays from `response.created`.
-            record = await _record(svc, once.object_id, caller.project)
-            if body.stream:
-                return sse_response(_resumed(svc, record, once.object_id, -1), svc.settings.sse_keepalive_s)
-            return await _answer(svc, body, record.response, caller.project)
+            return await _replay(svc, body, once.object_id, caller.project)
     queued = await _submit(svc, body, caller, once)
     if body.stream:
         return sse_response(svc.fanout.events(str(queued["id"])), svc.settings.sse_keepalive_s)
@@ -142,6 +138,14 @@ async def _submit(svc: Services, body: CreateResponseBody, caller: Caller, once:
         if once is not None:
             await once.abandon()
         raise
+
+
+async def _replay(svc: Services, body: CreateResponseBody, response_id: str, project: str) -> Response:
+    """A retried create answered as the first one was; a stream starts again from `response.created`."""
+    record = await _record(svc, response_id, project)
+    if body.stream:
+        return sse_response(_resumed(svc, record, response_id, -1), svc.settings.sse_keepalive_s)
+    return await _answer(svc, body, record.response, project)
 
 
 async def _answer(svc: Services, body: CreateResponseBody, response: dict[str, Any], project: str) -> Response:
