@@ -14,6 +14,7 @@ list is revoked. Keys made with `turnstream keys create` are never touched by se
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -159,7 +160,8 @@ class KeyStore:
 
     async def revoke(self, secret_or_id: str) -> ApiKey | None:
         """Revokes the key with this secret or id; returns it, or None if there is none."""
-        record = await self.redis.hgetall(keys.api_key(secret_or_id))
+        # Only a string shaped like an id is tried as one, so a secret never travels inside a key name.
+        record = await self.redis.hgetall(keys.api_key(secret_or_id)) if _KEY_ID.match(secret_or_id) else {}
         if not record:
             key_id = await self.redis.hget(keys.API_KEY_DIGESTS, digest(secret_or_id))
             record = await self.redis.hgetall(keys.api_key(key_id.decode())) if key_id else {}
@@ -212,6 +214,9 @@ class KeyStore:
             for day, c in sorted(counts.items(), reverse=True)
             if day > today - days
         ]
+
+
+_KEY_ID = re.compile(r"^key_[0-9a-f]{20}$")
 
 
 def _new_key_id() -> str:
