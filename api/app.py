@@ -6,22 +6,36 @@ it (`uvicorn api.app:app`, `gunicorn -k uvicorn.workers.UvicornWorker api.app:ap
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api import errors
+from api.auth import RequestBudgetHeaders, authenticate
 from api.deps import Services
 from api.fanout import Fanout
 from api.routes import conversations, responses, system
+from shared.api_keys import KeyStore, SeedKey, seed_from_settings
 from shared.logs import LogContextMiddleware, configure_logging
+from shared.rate_limits import Limiter
 from shared.redis_conn import EmbeddedRedis, connect
 from shared.settings import Settings, get_settings
 from shared.turn_state import Retention, TurnState
 
+log = logging.getLogger(__name__)
+
 
 def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> FastAPI:
+    """The API; it checks keys unless TURNSTREAM_AUTH is off (`turnstream dev` turns it off when unset)."""
+    auth = settings.auth is not False
+    seeds = seed_from_settings(settings)  # a malformed seed list stops the node here, not at first use
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = await connect(settings, embedded)
@@ -29,24 +43,49 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
         fanout = Fanout(redis, reader)
         await fanout.start()
         app.state.services = Services(
-            settings=settings, redis=redis, state=TurnState(redis, Retention.from_settings(settings)), fanout=fanout
+            settings=settings,
+            redis=redis,
+            state=TurnState(redis, Retention.from_settings(settings)),
+            fanout=fanout,
+            limiter=Limiter(redis) if auth else None,
         )
+        seeding = asyncio.create_task(_seed(KeyStore(redis, settings), seeds)) if seeds is not None else None
         try:
             yield
         finally:
             try:
+                if seeding is not None:
+                    seeding.cancel()
+                    with contextlib.suppress(BaseException):
+                        await seeding
                 await fanout.stop()
             finally:
                 await reader.aclose()
                 await redis.aclose()
 
-    app = FastAPI(title="turnstream", version="0.1.0", lifespan=lifespan)
+    # Every route needs a key but the probes (api/auth.py OPEN_ROUTES); routes that need the caller's
+    # project take it as a parameter, which FastAPI resolves from this same call.
+    app = FastAPI(title="turnstream", version="0.1.0", lifespan=lifespan, dependencies=[Depends(authenticate)])
+    app.add_middleware(RequestBudgetHeaders)
     app.add_middleware(LogContextMiddleware)
     errors.install(app)
     app.include_router(responses.router)
     app.include_router(conversations.router)
     app.include_router(system.router)
     return app
+
+
+async def _seed(store: KeyStore, seeds: Sequence[SeedKey]) -> None:
+    """Applies the seeded keys; retried while Redis is away, since a node may start before it."""
+    while True:
+        try:
+            await store.seed(seeds)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("seeding API keys failed (%s); retrying", exc)
+            await asyncio.sleep(1)
+        else:
+            log.info("seeded %d API keys", len(seeds))
+            return
 
 
 def __getattr__(name: str) -> FastAPI:

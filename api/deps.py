@@ -9,6 +9,7 @@ from arq.connections import ArqRedis
 from fastapi import Depends, Request
 
 from api.fanout import Fanout
+from shared.rate_limits import Limiter
 from shared.settings import Settings
 from shared.turn_state import TurnState
 
@@ -19,6 +20,7 @@ class Services:
     redis: ArqRedis
     state: TurnState
     fanout: Fanout
+    limiter: Limiter | None = None  # None: the API checks no keys (TURNSTREAM_AUTH=off)
 
 
 def _services(request: Request) -> Services:

@@ -2,10 +2,13 @@
 
 APIError
  ├─ invalid input ........ 400 invalid_request_error (names the param)
- ├─ not found ............ 404 invalid_request_error (also every malformed id)
+ ├─ invalid_api_key ...... 401 (missing, wrong or revoked key: api/auth.py)
+ ├─ not found ............ 404 invalid_request_error (also every malformed id, and another project's object)
  ├─ request_timeout ...... 408 (the body did not arrive in time; the connection is closed)
  ├─ conversation_locked .. 409 (reject policy and a turn already running)
+ ├─ idempotency .......... 409 key still in use / 422 key reused with another body (api/idempotency.py)
  ├─ too large ............ 413
+ ├─ rate limited ......... 429 + Retry-After and x-ratelimit-* (requests per minute, concurrent turns)
  └─ unavailable .......... 503 + Retry-After (Redis unreachable, queue full)
 """
 
@@ -37,6 +40,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -45,6 +49,7 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.retry_after = retry_after
+        self.headers = headers or {}
 
 
 def invalid(message: str, param: str | None = None, code: str = "invalid_value") -> APIError:
@@ -88,7 +93,7 @@ def from_validation(exc: ValidationError | RequestValidationError) -> APIError:
 
 
 def _render(err: APIError) -> JSONResponse:
-    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else {}
+    headers = {**err.headers, "Retry-After": str(err.retry_after)} if err.retry_after is not None else dict(err.headers)
     if err.status == 408:
         # The unread rest of the body would otherwise be parsed as the next request on this connection.
         headers["Connection"] = "close"

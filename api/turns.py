@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic_core import PydanticSerializationError
+from redis.asyncio.client import Pipeline
 
+from api.auth import Caller
 from api.deps import Services
 from api.errors import APIError, invalid, not_found
 from api.schemas import CreateResponseBody, function_tools, normalise_input
@@ -16,10 +19,15 @@ from shared import events, ids, keys
 from shared.logs import add_log_context
 from shared.models import Status, TurnRequest
 from shared.queue import enqueue_turn, queue_depth
+from shared.rate_limits import turn_accounting
+from shared.records import conversation_project, response_project
 from shared.response_object import build_response
 
+# Runs first in the transaction that stores a turn (api/idempotency.py), and may add to it.
+StoreGuard = Callable[[Pipeline], Awaitable[None]]
 
-async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
+
+async def build_request(svc: Services, body: CreateResponseBody, caller: Caller) -> TurnRequest:
     settings = svc.settings
     conversation_id = body.conversation_id
     if conversation_id and body.previous_response_id:
@@ -32,14 +40,16 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
         raise invalid("Background mode requires 'store' to be true.", "background")
     model = body.model or settings.default_model
     await _check_model(svc, model)
-    # Existence is all the edge needs; the worker reads the history itself when the turn runs. A malformed
-    # id is as absent as an unknown one, and never reaches Redis as part of a key.
+    # Ownership is all the edge needs; the worker reads the history itself when the turn runs. Another
+    # project's object gets exactly the answer a missing one gets, and a malformed id is as absent as an
+    # unknown one: it never reaches Redis as part of a key.
     if conversation_id is not None and not (
-        ids.is_id(conversation_id, ids.CONVERSATION) and await svc.redis.exists(keys.conversation(conversation_id))
+        ids.is_id(conversation_id, ids.CONVERSATION)
+        and await conversation_project(svc.redis, conversation_id) == caller.project
     ):
         raise not_found("Conversation", conversation_id, "conversation")
     previous = body.previous_response_id
-    if previous is not None and not await _is_stored_response(svc, previous):
+    if previous is not None and not await _is_stored_response(svc, previous, caller.project):
         raise not_found("Previous response", previous, "previous_response_id")
     items = normalise_input(body.input)
     if len(items) > settings.max_input_items:
@@ -62,11 +72,13 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
         metadata=body.metadata or {},
         user=body.user,
         conversation_lock=body.conversation_lock,
+        project=caller.project,
+        key_id=caller.key_id,
     )
 
 
-async def _is_stored_response(svc: Services, response_id: str) -> bool:
-    if not ids.is_id(response_id, ids.RESPONSE):
+async def _is_stored_response(svc: Services, response_id: str, project: str) -> bool:
+    if not ids.is_id(response_id, ids.RESPONSE) or await response_project(svc.redis, response_id) != project:
         return False
     request = await svc.redis.hget(keys.response(response_id), "request")
     # A store=false response is never a base for another turn, as with OpenAI.
@@ -89,7 +101,7 @@ async def _check_model(svc: Services, model: str) -> None:
         )
 
 
-async def accept(svc: Services, req: TurnRequest) -> str:
+async def accept(svc: Services, req: TurnRequest, guard: StoreGuard | None = None) -> str:
     """Stores the queued turn and its `response.created` event, then enqueues it. Returns the Response JSON.
 
     Everything it writes or returns is rendered before anything is stored: once a turn is accepted no
@@ -110,7 +122,7 @@ async def accept(svc: Services, req: TurnRequest) -> str:
             code="conversation_locked",
         )
     try:
-        await _store_and_enqueue(svc, turn)
+        await _store_and_enqueue(svc, turn, guard)
     except BaseException:
         # Not accepted after all: release the conversation so the turns behind it are not stuck.
         if req.conversation_id:
@@ -149,11 +161,13 @@ async def _forget(svc: Services, req: TurnRequest) -> None:
         pass  # Redis is away; a waiting turn drops a head whose record is missing on its own
 
 
-async def _store_and_enqueue(svc: Services, turn: _RenderedTurn) -> None:
+async def _store_and_enqueue(svc: Services, turn: _RenderedTurn, guard: StoreGuard | None) -> None:
     settings = svc.settings
     response_id = turn.req.response_id
     record = keys.response(response_id)
     async with svc.redis.pipeline(transaction=True) as pipe:
+        if guard is not None:
+            await guard(pipe)
         pipe.hset(
             record,
             mapping={
@@ -162,6 +176,7 @@ async def _store_and_enqueue(svc: Services, turn: _RenderedTurn) -> None:
                 "seq": -1,
                 "request": turn.request_json,
                 "response": turn.response_json,
+                **turn_accounting(turn.req),
             },
         )
         # Full retention even for store=false: a turn queued behind a long backlog must not expire before it

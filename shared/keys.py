@@ -1,6 +1,7 @@
 """Every Redis key the service uses, built in one place.
 
 A gateway written in another language needs only this file and docs/stream-contract in the README.
+Reading or writing these keys directly skips API keys and projects: it is infrastructure-level access.
 """
 
 from __future__ import annotations
@@ -99,3 +100,40 @@ def arq_retry(job_id: str) -> str:
 
 # HASH: agent name -> AgentCard JSON, published by workers at start so any API node can list and validate models.
 AGENTS = f"{PREFIX}agents"
+
+
+# --- API keys, projects and limits (shared/api_keys.py, shared/rate_limits.py) -------------------
+
+# HASH: sha256(secret) hex -> key id. The only place a secret is looked up by; the secret itself is never stored.
+API_KEY_DIGESTS = f"{PREFIX}apikeys"
+
+API_KEY_PREFIX = f"{PREFIX}apikey:"
+
+
+def api_key(key_id: str) -> str:
+    """HASH: id, digest, project, name, rpm, max_concurrent, created, last_used, requests, seeded."""
+    return f"{API_KEY_PREFIX}{key_id}"
+
+
+RPM_SUFFIX = ":rpm"
+INFLIGHT_SUFFIX = ":inflight"
+
+
+def api_key_rpm(key_id: str) -> str:
+    """ZSET: one member per request of the last 60 s, scored by Redis' clock in ms (a sliding-window log)."""
+    return f"{API_KEY_PREFIX}{key_id}{RPM_SUFFIX}"
+
+
+def api_key_inflight(key_id: str) -> str:
+    """ZSET: response ids of the key's queued and running turns, scored by admission time in ms."""
+    return f"{API_KEY_PREFIX}{key_id}{INFLIGHT_SUFFIX}"
+
+
+def project_usage(project: str) -> str:
+    """HASH: "<day>:input_tokens", "<day>:output_tokens", "<day>:turns", day = UTC days since 1970-01-01."""
+    return f"{PREFIX}usage:{project}"
+
+
+def idempotency(project: str, scope: str, key_digest: str) -> str:
+    """STRING: JSON {fingerprint, id, state, at} of a create sent with an Idempotency-Key; kept 24 h."""
+    return f"{PREFIX}idempotency:{project}:{scope}:{key_digest}"

@@ -32,6 +32,10 @@ TERMINAL_STATUSES = frozenset(s.value for s in Status if s.terminal)
 
 LockPolicy = Literal["wait", "reject"]
 
+# What every object belongs to when the API checks no keys (TURNSTREAM_AUTH=off), and objects stored before
+# projects existed.
+DEFAULT_PROJECT = "default"
+
 
 class TurnRequest(BaseModel):
     """A validated turn, stored by the API in the response hash and read back by the worker."""
@@ -56,6 +60,8 @@ class TurnRequest(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     user: str | None = None
     conversation_lock: LockPolicy = "wait"
+    project: str = DEFAULT_PROJECT  # the project of the key that created it; no other project sees it
+    key_id: str | None = None  # that key, whose concurrent-turn slot the turn holds until it ends
 
 
 class Usage(BaseModel):

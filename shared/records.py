@@ -9,7 +9,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.models import Item, Status, TurnRequest
+from shared.models import DEFAULT_PROJECT, Item, Status, TurnRequest
 
 
 @dataclass(frozen=True)
@@ -38,21 +38,41 @@ async def load_response(redis: Redis, response_id: str) -> ResponseRecord | None
 
 
 async def load_conversation(redis: Redis, conversation_id: str) -> dict[str, Any] | None:
+    """The stored conversation: the object the API returns, plus its `project` (which the API strips)."""
     raw = await redis.get(keys.conversation(conversation_id))
     return json.loads(raw) if raw else None
+
+
+async def response_project(redis: Redis, response_id: str) -> str | None:
+    """The project a response belongs to, or None if there is no such response."""
+    status, project = await redis.hmget(keys.response(response_id), ["status", "project"])
+    if status is None:
+        return None
+    return project.decode() if project else DEFAULT_PROJECT
+
+
+async def conversation_project(redis: Redis, conversation_id: str) -> str | None:
+    """The project a conversation belongs to, or None if there is no such conversation."""
+    conversation = await load_conversation(redis, conversation_id)
+    return None if conversation is None else conversation.get("project", DEFAULT_PROJECT)
 
 
 async def conversation_items(redis: Redis, conversation_id: str, start: int = 0, end: int = -1) -> list[Item]:
     return [json.loads(raw) for raw in await redis.lrange(keys.conversation_items(conversation_id), start, end)]
 
 
-async def response_chain_items(redis: Redis, response_id: str, max_depth: int) -> list[Item]:
-    """The context a `previous_response_id` carries: every earlier turn's input and output, oldest first."""
+async def response_chain_items(
+    redis: Redis, response_id: str, max_depth: int, project: str = DEFAULT_PROJECT
+) -> list[Item]:
+    """The context a `previous_response_id` carries: every earlier turn's input and output, oldest first.
+
+    The chain ends at a response of another project: a turn never reads history its project does not own.
+    """
     turns: list[list[Item]] = []
     current: str | None = response_id
     while current and len(turns) < max_depth:
         record = await load_response(redis, current)
-        if record is None:
+        if record is None or record.request.project != project:
             break
         turns.append(record.request.input + list(record.response.get("output") or []))
         current = record.request.previous_response_id

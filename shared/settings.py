@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -86,6 +87,19 @@ class Settings(BaseSettings):
     port: int = 8000
     sse_keepalive_s: float = 15.0
     sync_wait_timeout_s: float = 660.0  # how long a non-stream, non-background request waits
+
+    # --- Keys and projects (README "Keys and projects") -----------------------------------------
+    # on: every /v1 route needs `Authorization: Bearer <key>`; off: open, one project, for a deployment
+    # behind a gateway that authenticates. Unset: on for `turnstream api`, off for `turnstream dev`.
+    auth: bool | None = None
+    # Keys the API creates or updates at start (JSON list; see shared/api_keys.py), inline or from a file.
+    api_keys: SecretStr | None = None
+    api_keys_file: Path | None = None
+    default_key_rpm: int = Field(default=600, ge=1)  # `turnstream keys create` without --rpm
+    default_key_max_concurrent: int = Field(default=20, ge=1)  # ... without --max-concurrent
+    idempotency_ttl_s: int = 86_400  # how long an Idempotency-Key is remembered
+    # The key `turnstream chat` and `turnstream tail --url` send to an API that checks keys.
+    api_key: SecretStr | None = None
 
     # --- Mock model ---------------------------------------------------------------------------
     mock_port: int = 8001

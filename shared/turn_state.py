@@ -17,6 +17,7 @@ from redis.exceptions import NoScriptError
 
 from shared import events, keys
 from shared.models import TERMINAL_STATUSES, Status
+from shared.rate_limits import SETTLE_ACCOUNTS_FN
 from shared.settings import Settings
 
 _TERMINAL_LUA = "{" + ",".join(f"['{s}']=true" for s in sorted(TERMINAL_STATUSES)) + "}"
@@ -71,7 +72,7 @@ return {{st[1], attempt, st[3] or ''}}
 #       final status, response json, terminal type, terminal json, response id, wake key prefix,
 #       then the conversation items to append.
 # Returns 1 when committed, 0 when the turn was not in the expected state (already committed).
-FINISH_TURN = _APPEND_FN + """
+FINISH_TURN = _APPEND_FN + SETTLE_ACCOUNTS_FN + """
 local resp, stream, items, turns, conv, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local st = redis.call('HMGET', resp, 'status', 'attempt')
 if st[1] ~= ARGV[1] then return 0 end
@@ -83,6 +84,7 @@ if redis.call('EXISTS', conv) == 1 then
   redis.call('EXPIRE', conv, ARGV[6])
 end
 redis.call('HSET', resp, 'status', ARGV[7], 'response', ARGV[8])
+settle_accounts(resp, ARGV[11], ARGV[8])
 append(resp, stream, st[2] or '0', ARGV[3], ARGV[9], ARGV[10])
 redis.call('EXPIRE', resp, ARGV[5])
 redis.call('EXPIRE', stream, ARGV[4])

@@ -23,6 +23,10 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# In-process apps built by tests (create_app(Settings(...))) run open, as `turnstream dev` does; tests of
+# keys and projects turn them on explicitly (tests/integration/test_auth.py and its neighbours).
+os.environ.setdefault("TURNSTREAM_AUTH", "off")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -152,6 +156,8 @@ def stack(redis_server: RedisServer, tmp_root: Path) -> Iterator[Stack]:
             "OPENAI_BASE_URL": f"http://127.0.0.1:{mock_port}/v1",
             "OPENAI_API_KEY": "test-key",
             "PYTHONUNBUFFERED": "1",
+            # The shared stack runs open, like a deployment behind an authenticating gateway.
+            "TURNSTREAM_AUTH": "off",
         }
     )
     logdir = tmp_root / "logs"

@@ -11,6 +11,7 @@ image runs them, so nothing can come from the repository by accident.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shlex
@@ -39,6 +40,8 @@ BIN = Path(sys.executable).parent
 # A database of its own on the session's Redis: the image's worker publishes its own agents there.
 IMAGE_TEST_DB = 7
 
+
+_IMAGE_KEY = "sk-ts-image-test-" + "0" * 43
 
 def tool(name: str) -> str:
     path = BIN / name
@@ -193,6 +196,8 @@ def test_image_runs_api_worker_and_mock_with_a_mounted_agents_file(
         TURNSTREAM_QUEUE_NAME="turnstream:image-test",
         OPENAI_BASE_URL=f"http://127.0.0.1:{mock_port}/v1",
         TURNSTREAM_AGENTS=str(mounted),
+        # Keys are required, as in production; this one is seeded the way a mounted Secret would seed it.
+        TURNSTREAM_API_KEYS=json.dumps([{"project": "image-test", "secret": _IMAGE_KEY}]),
     )
     procs = {
         role: subprocess.Popen([image.bin / "turnstream", role], cwd=home, env=env, stdout=subprocess.DEVNULL,
@@ -205,10 +210,11 @@ def test_image_runs_api_worker_and_mock_with_a_mounted_agents_file(
         def serving_support() -> bool:
             for proc in procs.values():
                 assert proc.poll() is None, {r: (tmp_path / f"{r}.log").read_text() for r in procs}
-            return "support" in {m["id"] for m in httpx.get(f"{base}/models").json()["data"]}
+            models = httpx.get(f"{base}/models", headers={"Authorization": f"Bearer {_IMAGE_KEY}"}).json()["data"]
+            return "support" in {m["id"] for m in models}
 
         wait_until(serving_support, 30, "the image's api, worker and mock")
-        answer = OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=30).responses.create(
+        answer = OpenAI(base_url=base, api_key=_IMAGE_KEY, max_retries=0, timeout=30).responses.create(
             model="support", input="What is the weather in Paris?"
         )
         assert answer.status == "completed", answer.error

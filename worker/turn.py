@@ -204,7 +204,8 @@ class TurnRunner:
         if req.conversation_id:
             return window(await conversation_items(self.redis, req.conversation_id, -limit, -1), limit)
         if req.previous_response_id:
-            return window(await response_chain_items(self.redis, req.previous_response_id, limit), limit)
+            chain = await response_chain_items(self.redis, req.previous_response_id, limit, req.project)
+            return window(chain, limit)
         return []
 
     async def _wait_for_turn(self, conversation_id: str, response_id: str) -> bool:

@@ -7,24 +7,42 @@ import time
 from typing import Any
 
 from fastapi import APIRouter
+from redis.exceptions import WatchError
 
+from api import idempotency
+from api.auth import CallerDep
 from api.deps import ServicesDep
 from api.errors import not_found
+from api.idempotency import IdempotencyKey
 from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateConversationBody, UpdateConversationBody, normalise_input
 from shared import ids, keys
+from shared.models import DEFAULT_PROJECT
 from shared.records import conversation_items, load_conversation
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"], route_class=JSONBodyRoute)
 
 
 @router.post("")
-async def create_conversation(svc: ServicesDep, body: CreateConversationBody | None = None) -> dict[str, Any]:
+async def create_conversation(
+    svc: ServicesDep,
+    caller: CallerDep,
+    body: CreateConversationBody | None = None,
+    idempotency_key: IdempotencyKey = None,
+) -> dict[str, Any]:
     """Create a conversation, optionally seeded with up to 20 items."""
     body = body or CreateConversationBody()
     items = normalise_input(body.items, "items") if body.items else []
     conversation_id = ids.conversation_id()
+    once = None
+    if idempotency_key is not None:
+        once = await idempotency.claim(
+            svc.redis, svc.settings.idempotency_ttl_s, caller.project, "conversations", idempotency_key, body,
+            conversation_id,
+        )
+        if once.replay:
+            return await _conversation(svc, once.object_id, caller.project)
     conversation = {
         "id": conversation_id,
         "object": "conversation",
@@ -32,36 +50,45 @@ async def create_conversation(svc: ServicesDep, body: CreateConversationBody | N
         "metadata": body.metadata or {},
     }
     ttl = svc.settings.conversation_ttl_s
-    async with svc.redis.pipeline(transaction=True) as pipe:
-        pipe.set(keys.conversation(conversation_id), json.dumps(conversation), ex=ttl)
-        if items:
-            pipe.rpush(keys.conversation_items(conversation_id), *(json.dumps(i) for i in items))
-            pipe.expire(keys.conversation_items(conversation_id), ttl)
-        await pipe.execute()
+    try:
+        async with svc.redis.pipeline(transaction=True) as pipe:
+            if once is not None:
+                await once.guard(pipe)
+            pipe.set(keys.conversation(conversation_id), _stored(conversation, caller.project), ex=ttl)
+            if items:
+                pipe.rpush(keys.conversation_items(conversation_id), *(json.dumps(i) for i in items))
+                pipe.expire(keys.conversation_items(conversation_id), ttl)
+            await pipe.execute()
+    except WatchError:
+        raise idempotency.in_use() from None  # another request took the Idempotency-Key over meanwhile
+    except BaseException:
+        if once is not None:
+            await once.abandon()
+        raise
     return conversation
 
 
 @router.get("/{conversation_id}")
-async def get_conversation(conversation_id: str, svc: ServicesDep) -> dict[str, Any]:
+async def get_conversation(conversation_id: str, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Retrieve a conversation."""
-    return await _conversation(svc, conversation_id)
+    return await _conversation(svc, conversation_id, caller.project)
 
 
 @router.post("/{conversation_id}")
 async def update_conversation(
-    conversation_id: str, body: UpdateConversationBody, svc: ServicesDep
+    conversation_id: str, body: UpdateConversationBody, svc: ServicesDep, caller: CallerDep
 ) -> dict[str, Any]:
     """Replace a conversation's metadata."""
-    conversation = await _conversation(svc, conversation_id)
+    conversation = await _conversation(svc, conversation_id, caller.project)
     conversation["metadata"] = body.metadata
-    await svc.redis.set(keys.conversation(conversation_id), json.dumps(conversation), keepttl=True)
+    await svc.redis.set(keys.conversation(conversation_id), _stored(conversation, caller.project), keepttl=True)
     return conversation
 
 
 @router.delete("/{conversation_id}")
-async def delete_conversation(conversation_id: str, svc: ServicesDep) -> dict[str, Any]:
+async def delete_conversation(conversation_id: str, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Delete a conversation and its items; responses that used it stay retrievable."""
-    await _conversation(svc, conversation_id)
+    await _conversation(svc, conversation_id, caller.project)
     await svc.redis.delete(keys.conversation(conversation_id), keys.conversation_items(conversation_id))
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
@@ -70,17 +97,18 @@ async def delete_conversation(conversation_id: str, svc: ServicesDep) -> dict[st
 async def list_items(
     conversation_id: str,
     svc: ServicesDep,
+    caller: CallerDep,
     page: Page,
 ) -> dict[str, Any]:
     """List a conversation's items, newest first by default."""
-    await _conversation(svc, conversation_id)
+    await _conversation(svc, conversation_id, caller.project)
     return paginate(await conversation_items(svc.redis, conversation_id), page)
 
 
 @router.get("/{conversation_id}/items/{item_id}")
-async def get_item(conversation_id: str, item_id: str, svc: ServicesDep) -> dict[str, Any]:
+async def get_item(conversation_id: str, item_id: str, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Retrieve one item of a conversation."""
-    await _conversation(svc, conversation_id)
+    await _conversation(svc, conversation_id, caller.project)
     if ids.is_item_id(item_id):
         for item in await conversation_items(svc.redis, conversation_id):
             if item.get("id") == item_id:
@@ -88,10 +116,15 @@ async def get_item(conversation_id: str, item_id: str, svc: ServicesDep) -> dict
     raise not_found("Item", item_id)
 
 
-async def _conversation(svc: ServicesDep, conversation_id: str) -> dict[str, Any]:
+async def _conversation(svc: ServicesDep, conversation_id: str, project: str) -> dict[str, Any]:
+    """The conversation as clients see it; another project's is answered exactly as a missing one."""
     # A malformed id is as absent as an unknown one, and never reaches Redis as (part of) a key.
     valid = ids.is_id(conversation_id, ids.CONVERSATION)
     conversation = await load_conversation(svc.redis, conversation_id) if valid else None
-    if conversation is None:
+    if conversation is None or conversation.pop("project", DEFAULT_PROJECT) != project:
         raise not_found("Conversation", conversation_id)
     return conversation
+
+
+def _stored(conversation: dict[str, Any], project: str) -> str:
+    return json.dumps({**conversation, "project": project})

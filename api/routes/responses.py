@@ -10,9 +10,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, Response
+from redis.exceptions import WatchError
 
+from api import idempotency
+from api.auth import Caller, CallerDep, admit_turn, release_turn
 from api.deps import Services, ServicesDep
 from api.errors import invalid, not_found
+from api.idempotency import Claim, IdempotencyKey
 from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateResponseBody
@@ -31,28 +35,38 @@ _SEQUENCE_NUMBER = re.compile(r"-?[0-9]+")
 
 
 @router.post("")
-async def create_response(body: CreateResponseBody, svc: ServicesDep) -> Response:
+async def create_response(
+    body: CreateResponseBody, svc: ServicesDep, caller: CallerDep, idempotency_key: IdempotencyKey = None
+) -> Response:
     """Create a model response (runs on a worker; returns at once, streams, or waits)."""
-    req = await build_request(svc, body)
-    queued = await accept(svc, req)
+    once = None
+    if idempotency_key is not None:
+        once = await idempotency.claim(
+            svc.redis, svc.settings.idempotency_ttl_s, caller.project, "responses", idempotency_key, body,
+            ids.response_id(),
+        )
+        if once.replay:
+            return await _replay(svc, body, once.object_id, caller.project)
+    response_id, queued = await _submit(svc, body, caller, once)
     if body.stream:
-        return sse_response(svc.fanout.events(req.response_id), svc.settings.sse_keepalive_s)
+        return sse_response(svc.fanout.events(response_id), svc.settings.sse_keepalive_s)
     if body.background:
         return Response(queued, media_type="application/json")
-    return JSONResponse(await _wait_final(svc, req.response_id, svc.settings.sync_wait_timeout_s))
+    return JSONResponse(await _wait_final(svc, response_id, svc.settings.sync_wait_timeout_s))
 
 
 @router.get("/{response_id}")
 async def get_response(
     response_id: str,
     svc: ServicesDep,
+    caller: CallerDep,
     stream: bool = False,
     starting_after: Annotated[int | None, Query(ge=-1, le=MAX_SEQUENCE_NUMBER)] = None,
     include_obfuscation: bool | None = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
     """Retrieve a response, or with stream=true replay its events after `starting_after` and follow them."""
-    record = await _record(svc, response_id)
+    record = await _record(svc, response_id, caller.project)
     if not stream:
         return JSONResponse(record.response)
     if starting_after is not None:
@@ -67,9 +81,9 @@ async def get_response(
 
 
 @router.post("/{response_id}/cancel")
-async def cancel_response(response_id: str, svc: ServicesDep) -> dict[str, Any]:
+async def cancel_response(response_id: str, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Cancel a response; idempotent, honoured before pickup, and returns the Response."""
-    record = await _record(svc, response_id)
+    record = await _record(svc, response_id, caller.project)
     if record.status == Status.QUEUED:
         cancelled = build_response(record.request, Status.CANCELLED, TurnOutcome(status=Status.CANCELLED))
         if await svc.state.finish(
@@ -90,9 +104,9 @@ async def cancel_response(response_id: str, svc: ServicesDep) -> dict[str, Any]:
 
 
 @router.delete("/{response_id}")
-async def delete_response(response_id: str, svc: ServicesDep) -> dict[str, Any]:
+async def delete_response(response_id: str, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Delete a stored response; a running turn is cancelled and its writes are refused from then on."""
-    record = await _record(svc, response_id)
+    record = await _record(svc, response_id, caller.project)
     if not record.status.terminal:
         await svc.redis.publish(keys.CANCEL_CHANNEL, response_id)
     await svc.redis.delete(keys.response(response_id), keys.events(response_id))
@@ -105,14 +119,52 @@ async def delete_response(response_id: str, svc: ServicesDep) -> dict[str, Any]:
 async def list_input_items(
     response_id: str,
     svc: ServicesDep,
+    caller: CallerDep,
     page: Page,
 ) -> dict[str, Any]:
     """List the input items of a response."""
-    record = await _record(svc, response_id)
+    record = await _record(svc, response_id, caller.project)
     return paginate(record.request.input, page)
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+async def _submit(
+    svc: Services, body: CreateResponseBody, caller: Caller, once: Claim | None
+) -> tuple[str, str]:
+    """Validates, takes a concurrent-turn slot and accepts the turn; undoes the slot and the claim if it fails.
+
+    Returns the response id and the queued Response as JSON text.
+    """
+    try:
+        req = await build_request(svc, body, caller)
+        if once is not None:
+            req.response_id = once.object_id
+        await admit_turn(svc, caller, req.response_id)
+        try:
+            return req.response_id, await accept(svc, req, once.guard if once is not None else None)
+        except BaseException:
+            await release_turn(svc, caller, req.response_id)
+            raise
+    except WatchError:
+        raise idempotency.in_use() from None  # another request took the Idempotency-Key over meanwhile
+    except BaseException:
+        if once is not None:
+            await once.abandon()
+        raise
+
+
+async def _replay(svc: Services, body: CreateResponseBody, response_id: str, project: str) -> Response:
+    """A retried create answered as the first one was; a stream starts again from `response.created`."""
+    # The creating request reads its own turn even when store=false hides it from everyone else.
+    record = await _record(svc, response_id, project, unstored=True)
+    if body.stream:
+        last_seq = int(await svc.redis.hget(keys.response(response_id), "seq") or -1)
+        return sse_response(_resumed(svc, record, response_id, -1, last_seq), svc.settings.sse_keepalive_s)
+    if body.background:
+        return JSONResponse(record.response)
+    return JSONResponse(await _wait_final(svc, response_id, svc.settings.sync_wait_timeout_s))
 
 
 def _last_event_id(header: str | None) -> int:
@@ -126,10 +178,11 @@ def _last_event_id(header: str | None) -> int:
     return int(header)
 
 
-async def _record(svc: Services, response_id: str) -> ResponseRecord:
-    """A response as clients may see it: a malformed id, or a store=false response, is not found."""
+async def _record(svc: Services, response_id: str, project: str, *, unstored: bool = False) -> ResponseRecord:
+    """A response as clients may see it: a malformed id, another project's response, or (unless `unstored`)
+    a store=false response is answered exactly as a missing one."""
     record = await load_response(svc.redis, response_id) if ids.is_id(response_id, ids.RESPONSE) else None
-    if record is None or not record.request.store:
+    if record is None or record.request.project != project or not (unstored or record.request.store):
         raise not_found("Response", response_id)
     return record
 
@@ -155,7 +208,8 @@ async def _wait_final(svc: Services, response_id: str, timeout_s: float) -> dict
                     break
     except TimeoutError:
         pass
-    # The creating request reads its own turn even when store=false hides it from everyone else.
+    # The creating request (or its idempotent replay) reads its own turn even when store=false hides it
+    # from everyone else; its project was checked when it was created.
     record = await load_response(svc.redis, response_id)
     if record is None:
         raise not_found("Response", response_id)

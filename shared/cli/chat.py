@@ -26,8 +26,9 @@ from openai.types.responses import (
     ResponseTextDeltaEvent,
 )
 
-# The API checks no key, but the SDK refuses to start without one. Never the upstream key: that
-# secret is for the model provider, not for whatever server --url points at.
+# Sent when no key is configured (TURNSTREAM_API_KEY), to an API that checks none: the SDK refuses to
+# start without one. Never the upstream key: that secret is for the model provider, not for whatever
+# server --url points at.
 API_KEY = "turnstream"
 QUIT = "/quit"
 PROMPT = "you> "
@@ -155,7 +156,14 @@ def _tool_error(output: object) -> str | None:
     return error if isinstance(error, str) else json.dumps(error)
 
 
-def run_chat(base_url: str, model: str, *, input_stream: TextIO | None = None, out: TextIO | None = None) -> None:
+def run_chat(
+    base_url: str,
+    model: str,
+    *,
+    api_key: str | None = None,
+    input_stream: TextIO | None = None,
+    out: TextIO | None = None,
+) -> None:
     # Resolved per call rather than as default values, so a redirected sys.stdout is honoured.
     input_stream = sys.stdin if input_stream is None else input_stream
     out = sys.stdout if out is None else out
@@ -166,7 +174,7 @@ def run_chat(base_url: str, model: str, *, input_stream: TextIO | None = None, o
         with contextlib.suppress(ImportError):
             importlib.import_module("readline")
 
-    with OpenAI(base_url=api_base_url(base_url), api_key=API_KEY) as client:
+    with OpenAI(base_url=api_base_url(base_url), api_key=api_key or API_KEY) as client:
         try:
             conversation = client.conversations.create()
         except openai.APIError as exc:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 
+from shared.cli import keys as key_commands
 from shared.cli.startup import StartupError, announce, listen, redacted, redis_problem, require_redis_url
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
@@ -98,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="read through this API's SSE (default: Redis if TURNSTREAM_REDIS_URL is set, else this machine's API)",
     )
+    key_commands.add_parser(sub)
     return parser
 
 
@@ -139,11 +141,13 @@ def _run(command: str, args: argparse.Namespace, settings: Settings) -> None:
     elif command == "chat":
         from shared.cli.chat import run_chat
 
-        run_chat(args.url or _local_api(settings), args.model or settings.default_model)
+        run_chat(args.url or _local_api(settings), args.model or settings.default_model, api_key=_client_key(settings))
     elif command == "tail":
         from shared.cli.tail import run_tail
 
         asyncio.run(run_tail(settings, args.response_id, args.after, args.url))
+    elif command == "keys":
+        sys.exit(key_commands.run(settings, args))
 
 
 def _local_api(settings: Settings) -> str:
@@ -229,6 +233,8 @@ async def _dev(settings: Settings) -> None:
     from shared.mock.server import create_app as create_mock_app
     from shared.redis_conn import EmbeddedRedis, connect, patch_arq_for_fakeredis
 
+    # Open unless TURNSTREAM_AUTH says otherwise, so the README's examples run with no key.
+    settings = settings.model_copy(update={"auth": bool(settings.auth)})
     embedded = EmbeddedRedis() if settings.redis_url is None else None
     if embedded is not None:
         patch_arq_for_fakeredis()
@@ -254,13 +260,15 @@ def _print_dev_banner(settings: Settings, embedded: bool) -> None:
     base = f"http://{settings.host}:{settings.port}"
     where = "embedded in-process Redis (nothing persists)" if embedded else redacted(settings.redis_url or "")
     upstream = settings.openai_base_url or f"built-in mock model on :{settings.mock_port}"
-    headline = f"turnstream dev: API on {base}/v1, {where}, upstream {upstream}"
+    access = "API keys required" if settings.auth else "open: no API key checked (TURNSTREAM_AUTH=on to check)"
+    headline = f"turnstream dev: API on {base}/v1, {where}, upstream {upstream}; access: {access}"
     if settings.log_format == "json":
         _tell(settings, headline, banner=True)
         return
     me = _self_command()
     print(
-        f"\n{headline}\n"
+        f"\nturnstream dev: API on {base}/v1, {where}, upstream {upstream}\n"
+        f"  access: {access}\n"
         f"  try:  curl -s {base}/v1/responses -H 'Content-Type: application/json' "
         "-d '{\"model\": \"turnstream-mock\", \"input\": \"My name is Ravi.\"}'\n"
         f"  or:   {me} chat --url {base}/v1\n"
@@ -281,3 +289,7 @@ def _self_command() -> str:
         return str(script.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(script.resolve())
+
+
+def _client_key(settings: Settings) -> str | None:
+    return settings.api_key.get_secret_value() if settings.api_key is not None else None

@@ -43,7 +43,8 @@ async def run_tail(
         # Next to `turnstream dev` there is no Redis to reach, but its API serves the same events.
         url = f"http://{settings.host}:{settings.port}/v1"
     if url is not None:
-        await _tail_api(url, response_id, after, printer)
+        key = settings.api_key.get_secret_value() if settings.api_key is not None else API_KEY
+        await _tail_api(url, key, response_id, after, printer)
     else:
         await _tail_redis(settings, redis, response_id, after, printer)
 
@@ -79,9 +80,9 @@ async def _tail_redis(
             await redis.aclose()
 
 
-async def _tail_api(url: str, response_id: str, after: int, printer: _Printer) -> None:
+async def _tail_api(url: str, api_key: str, response_id: str, after: int, printer: _Printer) -> None:
     attempts = _AttemptCounter(known=after < 0)
-    async with AsyncOpenAI(base_url=api_base_url(url), api_key=API_KEY) as client:
+    async with AsyncOpenAI(base_url=api_base_url(url), api_key=api_key) as client:
         try:
             stream = await client.responses.retrieve(
                 response_id, stream=True, starting_after=after if after >= 0 else omit

@@ -161,6 +161,8 @@ class Stack:
                 "TURNSTREAM_HOST": "127.0.0.1",
                 "TURNSTREAM_PORT": str(self.api_port),
                 "TURNSTREAM_REDIS_URL": self.redis_url,
+                # Pickup and first-token latency, not keys: tests/benchmarks/auth_overhead.py measures those.
+                "TURNSTREAM_AUTH": "off",
             },
         )
 

@@ -11,6 +11,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from tests.conftest import Stack
+from tests.integration.keyed_stack import keyed  # noqa: F401  (the deployment that checks keys)
 
 EVENT = TypeAdapter(ResponseStreamEvent)
 

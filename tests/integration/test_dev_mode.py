@@ -37,3 +37,4 @@ def test_dev_mode_runs_on_the_embedded_redis_with_no_key(tmp_path: object) -> No
         out, _ = proc.communicate(timeout=30)
     assert f"API on {base}/v1" in out
     assert "embedded in-process Redis" in out
+    assert "access: open: no API key checked" in out

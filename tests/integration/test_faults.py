@@ -61,6 +61,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "OPENAI_BASE_URL": f"http://127.0.0.1:{mock_port}/v1",
             "TURNSTREAM_REDIS_RETRY_MAX_S": "1",
             "TURNSTREAM_SWEEP_INTERVAL_S": "1",
+            "TURNSTREAM_AUTH": "off",
             "TURNSTREAM_TEST_TOOL_LOG": str(root / "tool-calls.log"),
             "PYTHONUNBUFFERED": "1",
         }

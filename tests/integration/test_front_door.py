@@ -276,7 +276,10 @@ def test_uvicorn_imports_the_api_app(tmp_path: Path, redis_server: RedisServer) 
     )
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, 30, "uvicorn api.app:app")
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 200
+        # Built from the environment's settings: keys are required, as for `turnstream api`.
+        unauthenticated = httpx.get(f"http://127.0.0.1:{port}/v1/models")
+        assert unauthenticated.status_code == 401
+        assert unauthenticated.json()["error"]["code"] == "invalid_api_key"
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
