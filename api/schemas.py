@@ -39,15 +39,20 @@ class CreateResponseBody(BaseModel):
     # turnstream's own option (send it with the SDK's extra_body): what a turn does when its
     # conversation already has one running. "wait" queues it behind; "reject" answers 409.
     conversation_lock: LockPolicy = "wait"
-    # Accepted for compatibility with clients that always send them; they do not change a turn.
-    stream_options: dict[str, Any] | None = None
+    # Generation options, checked in api/request_options.py, echoed on the Response, mapped upstream.
     include: list[str] | None = None
     text: dict[str, Any] | None = None
-    truncation: str | None = None
+    truncation: Literal["auto", "disabled"] | None = None
     reasoning: dict[str, Any] | None = None
-    service_tier: str | None = None
-    prompt_cache_key: str | None = None
-    safety_identifier: str | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_tool_calls: int | None = Field(default=None, ge=1)
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    prompt_cache_key: str | None = Field(default=None, max_length=64)
+    safety_identifier: str | None = Field(default=None, max_length=64)
+    # Accepted: turnstream never pads events with an obfuscation field, whatever it says.
+    stream_options: dict[str, Any] | None = None
 
     @field_validator("metadata")
     @classmethod

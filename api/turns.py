@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from api import request_options as options
 from api.deps import Services
 from api.errors import APIError, invalid, not_found
 from api.schemas import CreateResponseBody, function_tools, normalise_input
 from shared import events, ids, keys
-from shared.models import Status, TurnRequest
+from shared.models import AgentCard, Status, TurnRequest
 from shared.queue import enqueue_turn, queue_depth
 from shared.response_object import build_response
 
@@ -35,6 +37,11 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
     items = normalise_input(body.input)
     if len(items) > settings.max_input_items:
         raise invalid(f"'input' has {len(items)} items; the limit is {settings.max_input_items}.", "input")
+    tools = function_tools(body.tools)
+    choice: str | dict[str, Any] = body.tool_choice or "auto"
+    if isinstance(choice, dict) or choice == "required":
+        # Only these forms name tools that must exist; the agent's own tools count too.
+        choice = options.tool_choice(choice, {t["name"] for t in tools}, await _agent_tools(svc, model))
     return TurnRequest(
         response_id=ids.response_id(),
         model=model,
@@ -42,8 +49,8 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
         input=items,
         conversation_id=conversation_id,
         previous_response_id=body.previous_response_id,
-        tools=function_tools(body.tools),
-        tool_choice=body.tool_choice or "auto",
+        tools=tools,
+        tool_choice=choice,
         parallel_tool_calls=True if body.parallel_tool_calls is None else body.parallel_tool_calls,
         max_output_tokens=body.max_output_tokens,
         temperature=body.temperature,
@@ -53,7 +60,26 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
         metadata=body.metadata or {},
         user=body.user,
         conversation_lock=body.conversation_lock,
+        text=options.text_config(body.text),
+        truncation=body.truncation or "disabled",
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        top_logprobs=options.top_logprobs(body.top_logprobs),
+        reasoning=options.reasoning(body.reasoning),
+        max_tool_calls=body.max_tool_calls,
+        service_tier=body.service_tier,
+        safety_identifier=body.safety_identifier,
+        prompt_cache_key=body.prompt_cache_key,
+        include=options.include(body.include),
     )
+
+
+async def _agent_tools(svc: Services, model: str) -> set[str] | None:
+    """The agent's own tool names; None while no worker has published the agent."""
+    raw = await svc.redis.hget(keys.AGENTS, model)
+    if raw is not None:
+        return set(AgentCard.model_validate_json(raw).tools)
+    return set() if svc.settings.allow_model_passthrough else None
 
 
 async def _check_model(svc: Services, model: str) -> None:
@@ -116,6 +142,10 @@ async def _store_and_enqueue(svc: Services, req: TurnRequest) -> dict[str, objec
         )
         pipe.expire(record, ttl)
         await pipe.execute()
-    await svc.state.append(req.response_id, 0, [events.lifecycle(events.CREATED, queued)])
+    first = [events.lifecycle(events.CREATED, queued)]
+    if req.background:
+        # OpenAI's background streams announce the wait for a worker; so does the Open Responses spec.
+        first.append(events.lifecycle(events.QUEUED, queued))
+    await svc.state.append(req.response_id, 0, first)
     await enqueue_turn(svc.redis, settings.queue_name, req.response_id)
     return queued

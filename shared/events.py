@@ -19,6 +19,7 @@ from typing import Any
 Event = dict[str, Any]
 
 CREATED = "response.created"
+QUEUED = "response.queued"  # background turns only, right after response.created
 IN_PROGRESS = "response.in_progress"
 COMPLETED = "response.completed"
 FAILED = "response.failed"

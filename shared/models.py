@@ -56,6 +56,19 @@ class TurnRequest(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     user: str | None = None
     conversation_lock: LockPolicy = "wait"
+    # Settings the Response echoes back (the Open Responses spec requires every one) and, where the upstream
+    # Chat Completions API takes them, the worker passes on. None means the request left it out.
+    text: Item = Field(default_factory=lambda: {"format": {"type": "text"}})
+    truncation: Literal["auto", "disabled"] = "disabled"
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    top_logprobs: int | None = None
+    reasoning: Item | None = None  # {"effort", "summary"}
+    max_tool_calls: int | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    include: list[str] = Field(default_factory=list)
 
 
 class Usage(BaseModel):
