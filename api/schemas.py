@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from api.errors import invalid
+from api.media_parts import MEDIA_PART_TYPES, media_part
 from shared import ids
 from shared.models import Item, LockPolicy
 
@@ -80,7 +82,7 @@ class UpdateConversationBody(BaseModel):
 
 
 _ROLES = ("user", "assistant", "system", "developer")
-_INPUT_PARTS = ("input_text", "input_image")
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def normalise_input(value: str | list[dict[str, Any]], param: str = "input") -> list[Item]:
@@ -135,6 +137,11 @@ def _message(role: str, content: Any, param: str = "input", item_id: str | None 
         parts: list[dict[str, Any]] = [_text_part(text_type, content)]
     elif isinstance(content, list) and content:
         parts = [_part(p, text_type, f"{param}.content[{i}]") for i, p in enumerate(content)]
+        for i, part in enumerate(parts):
+            if part["type"] in MEDIA_PART_TYPES and role != "user":
+                # Chat Completions takes images and files in user messages only; dropping them would be silent.
+                where = f"{param}.content[{i}].type"
+                raise invalid(f"'{where}': {role} messages take text only.", where, "unsupported_value")
     else:
         raise invalid(f"Invalid value for '{param}.content': expected a string or content parts.", f"{param}.content")
     return {"id": item_id or ids.message_id(), "type": "message", "role": role, "status": "completed", "content": parts}
@@ -152,10 +159,8 @@ def _part(raw: Any, text_type: str, param: str) -> dict[str, Any]:
         if not isinstance(raw.get("text"), str):
             raise invalid(f"Missing required parameter: '{param}.text'.", f"{param}.text")
         return _text_part(text_type, raw["text"])
-    if kind == "input_image" and text_type == "input_text":
-        if not isinstance(raw.get("image_url"), str):
-            raise invalid(f"'{param}' needs an 'image_url' string.", f"{param}.image_url")
-        return {"type": "input_image", "image_url": raw["image_url"], "detail": raw.get("detail", "auto")}
+    if kind in MEDIA_PART_TYPES and text_type == "input_text":
+        return media_part(raw, param)
     raise invalid(f"Unsupported content part type '{kind}' in '{param}'.", f"{param}.type", "unsupported_value")
 
 
@@ -173,6 +178,14 @@ def function_tools(tools: list[dict[str, Any]] | None) -> list[Item]:
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise invalid(f"Missing required parameter: '{param}.name'.", f"{param}.name")
+        if not _TOOL_NAME.fullmatch(name):
+            # The upstream would reject the whole turn for it; say so before the turn is queued.
+            raise invalid(
+                f"Invalid value for '{param}.name': 1-64 letters, digits, '_' or '-'.", f"{param}.name"
+            )
+        description = tool.get("description")
+        if description is not None and not isinstance(description, str):
+            raise invalid(f"Invalid value for '{param}.description': expected a string.", f"{param}.description")
         parameters = tool.get("parameters")
         if parameters is not None and not isinstance(parameters, dict):
             raise invalid(
@@ -182,7 +195,7 @@ def function_tools(tools: list[dict[str, Any]] | None) -> list[Item]:
             {
                 "type": "function",
                 "name": name,
-                "description": tool.get("description"),
+                "description": description,
                 "parameters": parameters,
                 "strict": bool(tool.get("strict", False)),
             }

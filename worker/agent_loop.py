@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk
@@ -21,6 +21,7 @@ from worker.emitter import Emitter
 from worker.prompt import Message, chat_tool, to_messages
 from worker.tools import Tool
 from worker.turn_output import TurnOutput
+from worker.upstream_request import chat_request
 
 
 @dataclass
@@ -108,22 +109,7 @@ class AgentTurn:
 
     async def _stream_round(self) -> _Round:
         rnd = _Round()
-        kwargs: dict[str, Any] = {
-            "model": self.agent.model,
-            "messages": self.messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if self.chat_tools:
-            kwargs["tools"] = self.chat_tools
-            kwargs["parallel_tool_calls"] = self.req.parallel_tool_calls
-        max_tokens = self.req.max_output_tokens or self.agent.max_output_tokens
-        if max_tokens:
-            kwargs["max_tokens"] = max_tokens
-        if self.req.temperature is not None:
-            kwargs["temperature"] = self.req.temperature
-        if self.req.top_p is not None:
-            kwargs["top_p"] = self.req.top_p
+        kwargs = chat_request(self.req, self.agent, self.messages, self.chat_tools, self.output.items)
         message_index: int | None = None
         message_id = ""
         calls: dict[int, _Call] = {}

@@ -33,14 +33,18 @@ def _text_of(content: Any) -> str:
 
 
 def _user_content(content: Any) -> str | list[dict[str, Any]]:
-    """Plain text when the message is text only; chat content parts when it carries images."""
-    if isinstance(content, str) or not any(p.get("type") == "input_image" for p in content or []):
+    """Plain text when the message is text only; chat content parts when it carries images or files."""
+    if isinstance(content, str) or not any(p.get("type") in ("input_image", "input_file") for p in content or []):
         return _text_of(content)
     parts: list[dict[str, Any]] = []
     for part in content:
-        if part.get("type") == "input_image" and part.get("image_url"):
-            parts.append({"type": "image_url", "image_url": {"url": part["image_url"]}})
-        elif part.get("type") == "input_text":
+        kind = part.get("type")
+        if kind == "input_image" and part.get("image_url"):
+            image = {"url": part["image_url"], "detail": part.get("detail") or "auto"}
+            parts.append({"type": "image_url", "image_url": image})
+        elif kind == "input_file" and part.get("file_data"):
+            parts.append({"type": "file", "file": {"filename": part.get("filename"), "file_data": part["file_data"]}})
+        elif kind == "input_text":
             parts.append({"type": "text", "text": part.get("text", "")})
     return parts
 
@@ -84,11 +88,11 @@ def to_messages(instructions: str, items: list[Item]) -> list[Message]:
 
 def chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
     """A Responses-format function tool in Chat Completions format."""
-    return {
-        "type": "function",
-        "function": {
-            "name": tool["name"],
-            "description": tool.get("description") or "",
-            "parameters": tool.get("parameters") or {"type": "object", "properties": {}},
-        },
+    function: dict[str, Any] = {
+        "name": tool["name"],
+        "description": tool.get("description") or "",
+        "parameters": tool.get("parameters") or {"type": "object", "properties": {}},
     }
+    if tool.get("strict"):
+        function["strict"] = True  # only when asked: not every upstream knows the key
+    return {"type": "function", "function": function}

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.ids import call_id
+from shared.mock import attachments
 
 MAX_COUNT = 5000
 
 _DELAY_RE = re.compile(r"\[delay=(\d+(?:\.\d+)?)ms\]", re.IGNORECASE)
 _FAIL_RE = re.compile(r"\[fail\]", re.IGNORECASE)
 _FAIL_MIDSTREAM_RE = re.compile(r"\[fail-midstream\]", re.IGNORECASE)
+_ECHO_REQUEST_RE = re.compile(r"\[echo-request\]", re.IGNORECASE)
 _CALL_RE = re.compile(r"\bcall\s+([A-Za-z_][\w.-]*)\(")
 _FOREVER_RE = re.compile(r"\bforever\b", re.IGNORECASE)
 _WEATHER_RE = re.compile(r"\bweather\b", re.IGNORECASE)
@@ -54,6 +56,7 @@ class Directives:
     delay_ms: float | None = None
     fail: bool = False
     fail_midstream: bool = False
+    echo_request: bool = False  # reply with the request body as JSON, so a test sees what reached the model
 
 
 def content_text(content: Any) -> str:
@@ -99,6 +102,7 @@ def parse_directives(messages: Sequence[Mapping[str, Any]]) -> Directives:
         delay_ms=float(delay.group(1)) if delay else None,
         fail=bool(_FAIL_RE.search(text)),
         fail_midstream=bool(_FAIL_MIDSTREAM_RE.search(text)),
+        echo_request=bool(_ECHO_REQUEST_RE.search(text)),
     )
 
 
@@ -141,6 +145,9 @@ def _answer_user(
     explicit = _explicit_calls(text, offered, new_call_id)
     if explicit is not None:
         return explicit
+    seen = attachments.describe(messages)
+    if seen is not None:
+        return Reply(text=seen)
     if _WEATHER_RE.search(text):
         return _weather(text, offered, new_call_id)
     if _TIME_ASK_RE.search(text):
@@ -300,6 +307,6 @@ def _last_user_raw_text(messages: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _strip_directives(text: str) -> str:
-    for pattern in (_DELAY_RE, _FAIL_MIDSTREAM_RE, _FAIL_RE):
+    for pattern in (_DELAY_RE, _FAIL_MIDSTREAM_RE, _FAIL_RE, _ECHO_REQUEST_RE):
         text = pattern.sub("", text)
     return re.sub(r"[ \t]{2,}", " ", text).strip()

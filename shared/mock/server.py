@@ -19,10 +19,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shared.ids import call_id
+from shared.mock import request_options
 from shared.mock.brain import (
     Reply,
     count_tokens,
     decide,
+    offered_tool_names,
     parse_directives,
     prompt_tokens,
     tokenize,
@@ -67,6 +70,7 @@ class _ChatRequest:
     stream: bool
     include_usage: bool
     max_tokens: int | None
+    body: dict[str, Any]  # every option as sent, for tool_choice, response_format and [echo-request]
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ def create_app(token_delay_ms: float = 15.0) -> FastAPI:
         directives = parse_directives(chat.messages)
         if directives.fail or (directives.fail_midstream and not chat.stream):
             return _error_response(500, "mock upstream failure", "server_error", None)
-        plan = _plan(chat)
+        plan = _plan(chat, directives.echo_request)
         delay_ms = directives.delay_ms if directives.delay_ms is not None else token_delay_ms
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
         created = int(time.time())
@@ -157,7 +161,11 @@ def _parse_request(raw: bytes) -> _ChatRequest:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise _BadRequest(f"'{key}' must be a positive integer.", key)
         max_tokens = value if max_tokens is None else min(max_tokens, value)
-    return _ChatRequest(model, messages, tools, bool(stream), include_usage, max_tokens)
+    try:
+        request_options.check(body)
+    except request_options.BadOption as exc:
+        raise _BadRequest(str(exc), exc.param) from exc
+    return _ChatRequest(model, messages, tools, bool(stream), include_usage, max_tokens, body)
 
 
 def _check_message(message: Any, where: str) -> None:
@@ -175,8 +183,14 @@ def _check_message(message: Any, where: str) -> None:
         raise _BadRequest(f"'{where}.tool_calls' must be an array.", f"{where}.tool_calls")
 
 
-def _plan(chat: _ChatRequest) -> _Plan:
-    reply = decide(chat.messages, chat.tools)
+def _plan(chat: _ChatRequest, echo_request: bool) -> _Plan:
+    if echo_request:
+        reply = Reply(text=json.dumps(chat.body, sort_keys=True))
+    else:
+        reply = decide(chat.messages, request_options.offered(chat.body, chat.tools))
+        reply = request_options.apply_tool_choice(reply, chat.body, offered_tool_names(chat.tools), call_id)
+        if reply.text is not None and not reply.tool_calls:
+            reply = Reply(text=request_options.shaped_text(reply.text, chat.body))
     finish_reason = "tool_calls" if reply.tool_calls else "stop"
     tokens = tokenize(reply.text or "") if not reply.tool_calls else []
     if chat.max_tokens is not None and len(tokens) > chat.max_tokens:
