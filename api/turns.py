@@ -27,7 +27,7 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
     if body.background and body.store is False:
         raise invalid("Background mode requires 'store' to be true.", "background")
     model = body.model or settings.default_model
-    await _check_model(svc, model)
+    card = await _agent_card(svc, model)
     # Existence is all the edge needs; the worker reads the history itself when the turn runs.
     if conversation_id and not await svc.redis.exists(keys.conversation(conversation_id)):
         raise not_found("Conversation", conversation_id, "conversation")
@@ -41,7 +41,8 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
     choice: str | dict[str, Any] = body.tool_choice or "auto"
     if isinstance(choice, dict) or choice == "required":
         # Only these forms name tools that must exist; the agent's own tools count too.
-        choice = options.tool_choice(choice, {t["name"] for t in tools}, await _agent_tools(svc, model))
+        server_tools = set(card.tools) if card else (set() if settings.allow_model_passthrough else None)
+        choice = options.tool_choice(choice, {t["name"] for t in tools}, server_tools)
     return TurnRequest(
         response_id=ids.response_id(),
         model=model,
@@ -61,7 +62,7 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
         user=body.user,
         conversation_lock=body.conversation_lock,
         text=options.text_config(body.text),
-        truncation=body.truncation or "disabled",
+        truncation=body.truncation or (card.truncation if card else "disabled"),
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         top_logprobs=options.top_logprobs(body.top_logprobs),
@@ -74,22 +75,19 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
     )
 
 
-async def _agent_tools(svc: Services, model: str) -> set[str] | None:
-    """The agent's own tool names; None while no worker has published the agent."""
+async def _agent_card(svc: Services, model: str) -> AgentCard | None:
+    """The agent profile `model` names, as its worker published it; None for a passthrough model."""
     raw = await svc.redis.hget(keys.AGENTS, model)
     if raw is not None:
-        return set(AgentCard.model_validate_json(raw).tools)
-    return set() if svc.settings.allow_model_passthrough else None
-
-
-async def _check_model(svc: Services, model: str) -> None:
+        return AgentCard.model_validate_json(raw)
     if svc.settings.allow_model_passthrough:
-        return
+        return None
     published = await svc.redis.hkeys(keys.AGENTS)
     # Before any worker has published its agents there is nothing to check against; the worker will.
-    if published and model.encode() not in published:
+    if published:
         names = ", ".join(sorted(n.decode() for n in published))
         raise invalid(f"The model '{model}' does not exist. Available models: {names}.", "model", "model_not_found")
+    return None
 
 
 async def accept(svc: Services, req: TurnRequest) -> dict[str, object]:

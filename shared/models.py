@@ -91,6 +91,12 @@ class Usage(BaseModel):
         }
 
 
+# The Response error code of a turn whose prompt was longer than the model takes. OpenAI's Response error
+# codes have no context_length_exceeded (its SDK refuses the value there); a plain create still answers 400
+# context_length_exceeded, as OpenAI does and the Open Responses spec says for truncation "disabled".
+PROMPT_TOO_LONG = "invalid_prompt"
+
+
 class TurnOutcome(BaseModel):
     """What a finished turn produced; turned into the stored Response and the terminal event."""
 
@@ -110,3 +116,5 @@ class AgentCard(BaseModel):
     tools: list[str] = Field(default_factory=list)
     max_tool_rounds: int = 8
     tool_timeout_s: float = 30.0
+    context_budget_tokens: int = 128_000
+    truncation: Literal["auto", "disabled"] = "disabled"  # the agent's default for requests that do not say

@@ -45,4 +45,13 @@ AGENTS = [
         tool_timeout_s=5.0,
     ),
     Agent(name="plain", model="turnstream-mock", instructions="Answer briefly."),
+    # A tiny context budget, so a few turns of history already have to be windowed.
+    Agent(
+        name="windowed",
+        model="turnstream-mock",
+        instructions="Answer briefly.",
+        tools=(get_weather,),
+        context_budget_tokens=400,
+        truncation="auto",
+    ),
 ]

@@ -18,16 +18,16 @@ from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
 from shared import events, keys
-from shared.models import Item, Status, TurnOutcome, TurnRequest
-from shared.records import conversation_items, load_response, response_chain_items
+from shared.models import PROMPT_TOO_LONG, Item, Status, TurnOutcome, TurnRequest
+from shared.records import load_response
 from shared.response_object import build_response
 from shared.settings import Settings
 from shared.turn_state import Retention, StaleTurn, TurnState
+from worker import context_window
 from worker.agent_loop import AgentTurn, Limits
 from worker.agents import Agent, AgentRegistry
 from worker.cancel_listener import CancelHandle, CancelListener
 from worker.emitter import Emitter
-from worker.prompt import window
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,9 @@ class TurnRunner:
             )
             return _failed(which)
         except openai.APIStatusError as exc:
+            if context_window.is_context_overflow(exc):
+                message = f"context_length_exceeded: {exc.message} (send truncation: \"auto\" to window the history)"
+                return TurnOutcome(status=Status.FAILED, error={"code": PROMPT_TOO_LONG, "message": message})
             return _failed(f"upstream model error {exc.status_code}: {exc.message}")
         except openai.APIError as exc:
             return _failed(f"upstream model error: {exc.message}")
@@ -156,12 +159,8 @@ class TurnRunner:
         return agent
 
     async def _history(self, req: TurnRequest) -> list[Item]:
-        limit = self.settings.history_max_items
-        if req.conversation_id:
-            return window(await conversation_items(self.redis, req.conversation_id, -limit, -1), limit)
-        if req.previous_response_id:
-            return window(await response_chain_items(self.redis, req.previous_response_id, limit), limit)
-        return []
+        agent = self._agent(req.model)
+        return await context_window.history(self.redis, req, agent, self.settings) if agent else []
 
     async def _wait_for_turn(self, conversation_id: str, response_id: str) -> bool:
         """Blocks until this turn heads its conversation's queue; False if it finished meanwhile (cancel)."""

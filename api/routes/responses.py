@@ -19,7 +19,7 @@ from api.sse import sse_response
 from api.turns import accept, build_request
 from shared import events, keys
 from shared.events import StreamEvent
-from shared.models import Status, TurnOutcome
+from shared.models import PROMPT_TOO_LONG, Status, TurnOutcome
 from shared.records import ResponseRecord, load_response
 from shared.response_object import build_response
 
@@ -38,7 +38,12 @@ async def create_response(request: Request, svc: ServicesDep) -> Response:
         return sse_response(svc.fanout.events(req.response_id), svc.settings.sse_keepalive_s)
     if body.background:
         return JSONResponse(queued)
-    return JSONResponse(await _wait_final(svc, req.response_id, svc.settings.sync_wait_timeout_s))
+    final = await _wait_final(svc, req.response_id, svc.settings.sync_wait_timeout_s)
+    error = final.get("error") or {}
+    if final["status"] == Status.FAILED and error.get("code") == PROMPT_TOO_LONG:
+        # What OpenAI answers a plain create whose input does not fit: the turn is still stored, failed.
+        raise APIError(400, error["message"], param="input", code="context_length_exceeded")
+    return JSONResponse(final)
 
 
 @router.get("/{response_id}")

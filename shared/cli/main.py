@@ -48,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.command == "mock":
             from shared.mock.server import serve
 
-            asyncio.run(serve(settings.host, settings.mock_port, settings.mock_token_delay_ms))
+            mock = serve(settings.host, settings.mock_port, settings.mock_token_delay_ms, settings.mock_context_tokens)
+            asyncio.run(mock)
         elif args.command == "chat":
             from shared.cli.chat import run_chat
 
@@ -116,7 +117,9 @@ async def _dev(settings: Settings) -> None:
     )
     tasks = [_serve_api(settings, embedded), worker.async_run()]
     if settings.openai_base_url is None:
-        tasks.append(serve_mock(settings.host, settings.mock_port, settings.mock_token_delay_ms))
+        tasks.append(
+            serve_mock(settings.host, settings.mock_port, settings.mock_token_delay_ms, settings.mock_context_tokens)
+        )
     try:
         await asyncio.gather(*tasks)
     finally:

@@ -81,7 +81,7 @@ class _Plan:
     usage: dict[str, int]
 
 
-def create_app(token_delay_ms: float = 15.0) -> FastAPI:
+def create_app(token_delay_ms: float = 15.0, context_tokens: int = 128_000) -> FastAPI:
     app = FastAPI(title="turnstream mock model", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_DropOnMidstreamFailure)
     # Streams currently producing; lets tests prove a client disconnect really stops generation.
@@ -98,6 +98,13 @@ def create_app(token_delay_ms: float = 15.0) -> FastAPI:
             chat = _parse_request(await request.body())
         except _BadRequest as exc:
             return _error_response(400, exc.message, "invalid_request_error", exc.param)
+        used = prompt_tokens(chat.messages)
+        if used > context_tokens:
+            message = (
+                f"This model's maximum context length is {context_tokens} tokens. "
+                f"However, your messages resulted in {used} tokens."
+            )
+            return _error_response(400, message, "invalid_request_error", "messages", "context_length_exceeded")
         directives = parse_directives(chat.messages)
         if directives.fail or (directives.fail_midstream and not chat.stream):
             return _error_response(500, "mock upstream failure", "server_error", None)
@@ -116,8 +123,8 @@ def create_app(token_delay_ms: float = 15.0) -> FastAPI:
     return app
 
 
-async def serve(host: str, port: int, token_delay_ms: float) -> None:
-    config = uvicorn.Config(create_app(token_delay_ms), host=host, port=port, log_level="warning")
+async def serve(host: str, port: int, token_delay_ms: float, context_tokens: int = 128_000) -> None:
+    config = uvicorn.Config(create_app(token_delay_ms, context_tokens), host=host, port=port, log_level="warning")
     await uvicorn.Server(config).serve()
 
 
@@ -306,6 +313,8 @@ def _compact(data: Mapping[str, Any]) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
-def _error_response(status: int, message: str, error_type: str, param: str | None) -> JSONResponse:
-    error = {"message": message, "type": error_type, "param": param, "code": None}
+def _error_response(
+    status: int, message: str, error_type: str, param: str | None, code: str | None = None
+) -> JSONResponse:
+    error = {"message": message, "type": error_type, "param": param, "code": code}
     return JSONResponse({"error": error}, status_code=status)
