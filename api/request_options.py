@@ -157,6 +157,26 @@ def reasoning(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"effort": parsed.effort, "summary": parsed.summary or parsed.generate_summary}
 
 
+class _Compaction(_Strict):
+    type: Literal["compaction"]
+    compact_threshold: int | None = Field(default=None, ge=1)
+
+
+def compaction(entries: list[dict[str, Any]] | None) -> tuple[bool, int | None]:
+    """`context_management`: whether the request asks for compaction, and past how many tokens."""
+    asked, threshold = False, None
+    for i, entry in enumerate(entries or []):
+        if entry.get("type") != "compaction":
+            raise invalid(
+                f"Unsupported context_management type '{entry.get('type')}': only 'compaction'.",
+                f"context_management[{i}].type",
+                "unsupported_value",
+            )
+        parsed = _parse(_Compaction, entry, f"context_management[{i}]")
+        asked, threshold = True, parsed.compact_threshold
+    return asked, threshold
+
+
 def include(values: list[str] | None) -> list[str]:
     for i, value in enumerate(values or []):
         if value not in INCLUDE_VALUES:

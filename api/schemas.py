@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from api.errors import invalid
 from api.media_parts import MEDIA_PART_TYPES, media_part
-from shared import ids
+from shared import compaction_item, ids
 from shared.models import Item, LockPolicy
 
 Metadata = dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=512)]]
@@ -53,6 +53,7 @@ class CreateResponseBody(BaseModel):
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
     prompt_cache_key: str | None = Field(default=None, max_length=64)
     safety_identifier: str | None = Field(default=None, max_length=64)
+    context_management: list[dict[str, Any]] | None = None
     # Accepted: turnstream never pads events with an obfuscation field, whatever it says.
     stream_options: dict[str, Any] | None = None
 
@@ -127,6 +128,19 @@ def _item(raw: dict[str, Any], param: str) -> Item:
             "name": raw["name"],
             "arguments": raw["arguments"],
             "status": "completed",
+        }
+    if kind == "compaction":
+        # Only this server's own summaries can be read back; another server's are opaque to it.
+        if compaction_item.summary_of(raw) is None:
+            raise invalid(
+                f"'{param}.encrypted_content' is not a compaction item this server made.",
+                f"{param}.encrypted_content",
+            )
+        return {
+            "id": raw.get("id") or ids.compaction_id(),
+            "type": "compaction",
+            "encrypted_content": raw["encrypted_content"],
+            "created_by": compaction_item.CREATED_BY,
         }
     raise invalid(f"Unsupported input item type '{kind}' in '{param}'.", f"{param}.type", "unsupported_value")
 

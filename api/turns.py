@@ -38,6 +38,7 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
     if len(items) > settings.max_input_items:
         raise invalid(f"'input' has {len(items)} items; the limit is {settings.max_input_items}.", "input")
     tools = function_tools(body.tools)
+    compact, compact_threshold = options.compaction(body.context_management)
     choice: str | dict[str, Any] = body.tool_choice or "auto"
     if isinstance(choice, dict) or choice == "required":
         # Only these forms name tools that must exist; the agent's own tools count too.
@@ -72,6 +73,8 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
         safety_identifier=body.safety_identifier,
         prompt_cache_key=body.prompt_cache_key,
         include=options.include(body.include),
+        compact=compact,
+        compact_threshold=compact_threshold,
     )
 
 

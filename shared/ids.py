@@ -32,3 +32,7 @@ def function_call_output_id() -> str:
 
 def call_id() -> str:
     return new_id("call")
+
+
+def compaction_id() -> str:
+    return new_id("cmp")

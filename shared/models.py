@@ -69,6 +69,9 @@ class TurnRequest(BaseModel):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     include: list[str] = Field(default_factory=list)
+    # context_management [{"type": "compaction", "compact_threshold"}]: compact this turn's history past it.
+    compact: bool = False
+    compact_threshold: int | None = None
 
 
 class Usage(BaseModel):

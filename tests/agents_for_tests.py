@@ -54,4 +54,13 @@ AGENTS = [
         context_budget_tokens=400,
         truncation="auto",
     ),
+    # Compacts history past 600 tokens, well inside its 1500-token budget.
+    Agent(
+        name="compacting",
+        model="turnstream-mock",
+        instructions="Answer briefly.",
+        context_budget_tokens=1500,
+        compact_threshold_tokens=600,
+        truncation="auto",
+    ),
 ]

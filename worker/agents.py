@@ -35,6 +35,8 @@ class Agent:
     context_budget_tokens: int = 128_000
     # What a request that does not say gets: "disabled" (OpenAI's default) sends the whole history.
     truncation: Literal["auto", "disabled"] = "disabled"
+    # History past this many estimated tokens is summarised into a compaction item (None: never).
+    compact_threshold_tokens: int | None = None
     toolset: ToolSet = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -51,6 +53,8 @@ class Agent:
             raise ValueError(f"{where}: max_output_tokens must be >= 1, got {self.max_output_tokens}")
         if self.context_budget_tokens < 1:
             raise ValueError(f"{where}: context_budget_tokens must be >= 1, got {self.context_budget_tokens}")
+        if self.compact_threshold_tokens is not None and self.compact_threshold_tokens < 1:
+            raise ValueError(f"{where}: compact_threshold_tokens must be >= 1, got {self.compact_threshold_tokens}")
         if self.truncation not in ("auto", "disabled"):
             raise ValueError(f"{where}: truncation must be 'auto' or 'disabled', got {self.truncation!r}")
         # A list is an easy slip in a profile module; a tuple keeps the frozen agent truly immutable.

@@ -13,20 +13,21 @@ import json
 import math
 
 import openai
+from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
 from shared import keys
 from shared.models import Item, TurnRequest
 from shared.records import conversation_items, response_chain_items
 from shared.settings import Settings
+from worker import compaction
 from worker.agents import Agent
-from worker.prompt import window
+from worker.prompt import exchanges, window
 
 _CHARS_PER_TOKEN = 4
 _ITEM_OVERHEAD = 4  # role and separators each message costs upstream
 # OpenAI's prices for an image: a flat 85 tokens at low detail, 765 for a typical 1024-px image otherwise.
 _IMAGE_TOKENS = {"low": 85, "high": 765, "auto": 765}
-_TOOL_ITEMS = ("function_call", "function_call_output")
 # "disabled" sends every earlier turn of a previous_response_id chain; retention bounds how many there are.
 _WHOLE_CHAIN = 1_000_000
 
@@ -55,21 +56,6 @@ def estimate_tokens(item: Item) -> int:
 
 def _text_tokens(text: str) -> int:
     return math.ceil(len(text) / _CHARS_PER_TOKEN)
-
-
-def exchanges(items: list[Item]) -> list[list[Item]]:
-    """The items grouped so that no group boundary falls between a function call and its result.
-
-    Calls and results sit next to each other in history (results follow their calls, and a client's
-    result opens the turn after the one that ended with its call), so each run of them is one group.
-    """
-    groups: list[list[Item]] = []
-    for item in items:
-        if groups and item.get("type") in _TOOL_ITEMS and groups[-1][-1].get("type") in _TOOL_ITEMS:
-            groups[-1].append(item)
-        else:
-            groups.append([item])
-    return groups
 
 
 def fit(items: list[Item], tokens: list[int], budget: int, keep: frozenset[str] = frozenset()) -> list[Item]:
@@ -111,24 +97,53 @@ async def conversation_estimates(redis: Redis, conversation_id: str, items: list
     return estimates
 
 
-async def history(redis: Redis, req: TurnRequest, agent: Agent, settings: Settings) -> list[Item]:
+async def history(
+    redis: Redis, req: TurnRequest, agent: Agent, settings: Settings, client: AsyncOpenAI
+) -> list[Item]:
     """The history items the turn sends upstream, before its own input."""
-    if req.truncation == "disabled":
-        if req.conversation_id:
-            return await conversation_items(redis, req.conversation_id)
-        if req.previous_response_id:
-            return await response_chain_items(redis, req.previous_response_id, _WHOLE_CHAIN)
-        return []
-    limit = settings.history_max_items
     if req.conversation_id:
-        items = window(await conversation_items(redis, req.conversation_id, -limit, -1), limit)
+        items = await _conversation_history(redis, req, agent, settings, client)
+        if req.truncation == "disabled":
+            return items
         tokens = await conversation_estimates(redis, req.conversation_id, items, settings.conversation_ttl_s)
     elif req.previous_response_id:
+        if req.truncation == "disabled":
+            return await response_chain_items(redis, req.previous_response_id, _WHOLE_CHAIN)
+        limit = settings.history_max_items
         items = window(await response_chain_items(redis, req.previous_response_id, limit), limit)
         tokens = [estimate_tokens(i) for i in items]
     else:
         return []
     return fit(items, tokens, _history_budget(req, agent), _answered_calls(req.input))
+
+
+async def _conversation_history(
+    redis: Redis, req: TurnRequest, agent: Agent, settings: Settings, client: AsyncOpenAI
+) -> list[Item]:
+    """The conversation as it counts: since its last compaction if it has one, compacted now if past the
+    threshold, and (truncation "auto") read from at most its newest history_max_items items."""
+    assert req.conversation_id is not None
+    conversation, ttl = req.conversation_id, settings.conversation_ttl_s
+    limit = None if req.truncation == "disabled" else settings.history_max_items
+    threshold = compaction.threshold(req, agent)
+    view = await compaction.load_view(redis, conversation, limit, ttl)
+    if view is None:
+        if threshold is None and limit is not None:
+            return window(await conversation_items(redis, conversation, -limit, -1), limit)
+        # Read whole: "disabled" sends it all, and a first compaction must see the first turn's facts.
+        rows = await conversation_items(redis, conversation)
+        view = compaction.View(rows, list(range(len(rows))))
+    if threshold is not None:
+        tokens = await conversation_estimates(redis, conversation, view.items, ttl)
+        if sum(tokens) > threshold:
+            # The newest exchanges worth up to half the threshold stay verbatim; the rest is summarised.
+            keep = len(fit(view.items, tokens, threshold // 2, _answered_calls(req.input)))
+            compacted = await compaction.compact(
+                redis, client, conversation, agent, view, tokens=tokens, keep=keep, chunk_tokens=threshold,
+                timeout_s=settings.first_token_timeout_s, ttl_s=ttl,
+            )
+            view = compacted or view
+    return window(view.items, len(view.items))
 
 
 def _history_budget(req: TurnRequest, agent: Agent) -> int:

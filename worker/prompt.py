@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared import compaction_item
 from shared.models import Item
 
 Message = dict[str, Any]
+# How a compaction item reaches the model: a system message standing where the history it replaced was.
+SUMMARY_PREFIX = "Summary of the earlier conversation:"
+_TOOL_ITEMS = ("function_call", "function_call_output")
 
 
 def window(items: list[Item], max_items: int) -> list[Item]:
@@ -18,6 +22,21 @@ def window(items: list[Item], max_items: int) -> list[Item]:
     recent = items[-max_items:] if max_items > 0 else []
     calls = {item.get("call_id") for item in recent if item.get("type") == "function_call"}
     return [i for i in recent if i.get("type") != "function_call_output" or i.get("call_id") in calls]
+
+
+def exchanges(items: list[Item]) -> list[list[Item]]:
+    """The items grouped so that no group boundary falls between a function call and its result.
+
+    Calls and results sit next to each other in history (results follow their calls, and a client's
+    result opens the turn after the one that ended with its call), so each run of them is one group.
+    """
+    groups: list[list[Item]] = []
+    for item in items:
+        if groups and item.get("type") in _TOOL_ITEMS and groups[-1][-1].get("type") in _TOOL_ITEMS:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
 
 
 def _text_of(content: Any) -> str:
@@ -77,6 +96,10 @@ def to_messages(instructions: str, items: list[Item]) -> list[Message]:
                 last["tool_calls"] = [call]
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "compaction":
+            summary = compaction_item.summary_of(item)
+            if summary is not None:
+                messages.append({"role": "system", "content": f"{SUMMARY_PREFIX}\n{summary}"})
         elif kind == "function_call_output":
             output = item.get("output")
             messages.append(

@@ -160,7 +160,7 @@ class TurnRunner:
 
     async def _history(self, req: TurnRequest) -> list[Item]:
         agent = self._agent(req.model)
-        return await context_window.history(self.redis, req, agent, self.settings) if agent else []
+        return await context_window.history(self.redis, req, agent, self.settings, self.client) if agent else []
 
     async def _wait_for_turn(self, conversation_id: str, response_id: str) -> bool:
         """Blocks until this turn heads its conversation's queue; False if it finished meanwhile (cancel)."""

@@ -65,6 +65,7 @@ async def delete_conversation(conversation_id: str, svc: ServicesDep) -> dict[st
         keys.conversation(conversation_id),
         keys.conversation_items(conversation_id),
         keys.conversation_item_tokens(conversation_id),
+        keys.conversation_compaction(conversation_id),
     )
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 

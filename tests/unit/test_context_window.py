@@ -9,8 +9,10 @@ import httpx2
 import openai
 import pytest
 
-from shared import events, keys
-from worker.context_window import conversation_estimates, estimate_tokens, exchanges, fit, is_context_overflow
+from shared import compaction_item, events, keys
+from worker.compaction import _chunks
+from worker.context_window import conversation_estimates, estimate_tokens, fit, is_context_overflow
+from worker.prompt import exchanges
 
 
 def user(text: str, item_id: str = "") -> dict[str, Any]:
@@ -90,3 +92,20 @@ async def test_estimates_are_stored_once_and_read_back() -> None:
 
     assert first == [estimate_tokens(i) for i in items] and second == [first[0], 7]
     assert 0 < await redis.ttl(keys.conversation_item_tokens("conv_1")) <= 60
+
+
+def test_compaction_chunks_hold_whole_exchanges_within_the_budget() -> None:
+    items = [user("a"), call("x"), result("x"), user("b"), user("c")]
+
+    chunks = _chunks(items, [5, 5, 5, 5, 5], 10)
+
+    assert chunks == [[user("a")], [call("x"), result("x")], [user("b"), user("c")]]
+    assert _chunks(items, [50, 5, 5, 5, 5], 10)[0] == [user("a")]  # an item over the budget goes alone
+
+
+def test_a_compaction_item_carries_its_summary_opaquely() -> None:
+    item = compaction_item.new("The user said: My name is Ravi.")
+
+    assert "Ravi" not in item["encrypted_content"]
+    assert compaction_item.summary_of(item) == "The user said: My name is Ravi."
+    assert compaction_item.summary_of({"encrypted_content": "gAAAAB-not-ours"}) is None
