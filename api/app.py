@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api import errors
 from api.deps import Services
 from api.fanout import Fanout
-from api.routes import conversations, responses, system, websocket
+from api.routes import compact, conversations, responses, system, websocket
 from shared.redis_conn import EmbeddedRedis, connect
 from shared.settings import Settings
 from shared.turn_state import Retention, TurnState
@@ -37,6 +37,7 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
 
     app = FastAPI(title="turnstream", version="0.1.0", lifespan=lifespan)
     errors.install(app)
+    app.include_router(compact.router)
     app.include_router(responses.router)
     app.include_router(conversations.router)
     app.include_router(system.router)

@@ -27,7 +27,7 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
     if body.background and body.store is False:
         raise invalid("Background mode requires 'store' to be true.", "background")
     model = body.model or settings.default_model
-    card = await _agent_card(svc, model)
+    card = await agent_card(svc, model)
     # Existence is all the edge needs; the worker reads the history itself when the turn runs.
     if conversation_id and not await svc.redis.exists(keys.conversation(conversation_id)):
         raise not_found("Conversation", conversation_id, "conversation")
@@ -78,7 +78,7 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
     )
 
 
-async def _agent_card(svc: Services, model: str) -> AgentCard | None:
+async def agent_card(svc: Services, model: str) -> AgentCard | None:
     """The agent profile `model` names, as its worker published it; None for a passthrough model."""
     raw = await svc.redis.hget(keys.AGENTS, model)
     if raw is not None:

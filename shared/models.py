@@ -72,6 +72,7 @@ class TurnRequest(BaseModel):
     # context_management [{"type": "compaction", "compact_threshold"}]: compact this turn's history past it.
     compact: bool = False
     compact_threshold: int | None = None
+    compact_only: bool = False  # POST /v1/responses/compact: summarise the context, run no agent
 
 
 class Usage(BaseModel):

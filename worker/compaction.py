@@ -24,7 +24,7 @@ from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
 from shared import compaction_item, keys
-from shared.models import Item, TurnRequest
+from shared.models import Item, TurnRequest, Usage
 from worker.agents import Agent
 from worker.prompt import SUMMARY_PREFIX, exchanges, to_messages
 
@@ -103,12 +103,9 @@ async def compact(
     cut = len(view.items) - keep
     if cut <= 0:
         return None
-    summary: str | None = None
-    for chunk in _chunks(view.items[:cut], tokens[:cut], chunk_tokens):
-        summary = await _summarise(client, agent, summary, chunk, timeout_s, conversation_id)
-        if summary is None:
-            return None  # the turn goes on uncompacted; the next one tries again
+    summary, _ = await summarise(client, agent, view.items[:cut], tokens[:cut], chunk_tokens, timeout_s)
     if summary is None:
+        log.warning("compacting conversation %s failed; the turn goes on uncompacted", conversation_id)
         return None
     item = compaction_item.new(summary)
     items_key = keys.conversation_items(conversation_id)
@@ -119,6 +116,31 @@ async def compact(
         pipe.set(keys.conversation_compaction(conversation_id), json.dumps(pointer), ex=ttl_s)
         await pipe.execute()
     return View([item, *view.items[cut:]], [index, *view.positions[cut:]])
+
+
+async def summarise(
+    client: AsyncOpenAI,
+    agent: Agent,
+    items: list[Item],
+    tokens: list[int],
+    chunk_tokens: int,
+    timeout_s: float,
+    req: TurnRequest | None = None,
+) -> tuple[str | None, Usage]:
+    """One summary of `items`, made a chunk at a time (None if the model failed or said nothing), and the
+    tokens it took. `req`, for POST /v1/responses/compact, adds its instructions and prompt_cache_key."""
+    summary: str | None = None
+    usage = Usage()
+    for chunk in _chunks(items, tokens, chunk_tokens):
+        summary, used = await _summarise(client, agent, summary, chunk, timeout_s, req)
+        usage = usage.add(used)
+        if summary is None:
+            break
+    return summary, usage
+
+
+def chunk_tokens(req: TurnRequest, agent: Agent) -> int:
+    return threshold(req, agent) or int(agent.context_budget_tokens * _DEFAULT_SHARE)
 
 
 def _chunks(items: list[Item], tokens: list[int], budget: int) -> list[list[Item]]:
@@ -136,17 +158,25 @@ def _chunks(items: list[Item], tokens: list[int], budget: int) -> list[list[Item
 
 
 async def _summarise(
-    client: AsyncOpenAI, agent: Agent, previous: str | None, chunk: list[Item], timeout_s: float, where: str
-) -> str | None:
-    messages = [{"role": "system", "content": SUMMARY_INSTRUCTIONS}]
+    client: AsyncOpenAI, agent: Agent, previous: str | None, chunk: list[Item], timeout_s: float,
+    req: TurnRequest | None,
+) -> tuple[str | None, Usage]:
+    instructions = SUMMARY_INSTRUCTIONS + (f"\n\n{req.instructions}" if req and req.instructions else "")
+    extra = {"prompt_cache_key": req.prompt_cache_key} if req and req.prompt_cache_key else {}
+    messages = [{"role": "system", "content": instructions}]
     if previous is not None:
         messages.append({"role": "system", "content": f"{SUMMARY_PREFIX}\n{previous}"})
     messages += to_messages("", chunk)
     try:
         async with asyncio.timeout(timeout_s):
-            reply = await client.chat.completions.create(model=agent.model, messages=cast(Any, messages))
+            reply = await client.chat.completions.create(
+                model=agent.model, messages=cast(Any, messages), **cast(Any, extra)
+            )
     except Exception as exc:
-        log.warning("compacting conversation %s failed: %s", where, exc)
-        return None
+        log.warning("summarising for compaction failed: %s", exc)
+        return None, Usage()
     summary = (reply.choices[0].message.content or "").strip() if reply.choices else ""
-    return summary or None
+    used = Usage()
+    if reply.usage is not None:
+        used = Usage(input_tokens=reply.usage.prompt_tokens, output_tokens=reply.usage.completion_tokens)
+    return summary or None, used

@@ -16,8 +16,8 @@ import openai
 from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.models import Item, TurnRequest
+from shared import compaction_item, keys
+from shared.models import Item, Status, TurnOutcome, TurnRequest
 from shared.records import conversation_items, response_chain_items
 from shared.settings import Settings
 from worker import compaction
@@ -144,6 +144,22 @@ async def _conversation_history(
             )
             view = compacted or view
     return window(view.items, len(view.items))
+
+
+async def compacted_context(
+    req: TurnRequest, agent: Agent, history_items: list[Item], settings: Settings, client: AsyncOpenAI
+) -> TurnOutcome:
+    """POST /v1/responses/compact: the whole context (chain and input) as one compaction item."""
+    items = history_items + req.input
+    tokens = [estimate_tokens(i) for i in items]
+    chunk = compaction.chunk_tokens(req, agent)
+    summary, usage = await compaction.summarise(
+        client, agent, items, tokens, chunk, settings.first_token_timeout_s, req
+    )
+    if summary is None:
+        error = {"code": "server_error", "message": "the model produced no summary of the context"}
+        return TurnOutcome(status=Status.FAILED, error=error, usage=usage)
+    return TurnOutcome(status=Status.COMPLETED, output=[compaction_item.new(summary)], usage=usage)
 
 
 def _history_budget(req: TurnRequest, agent: Agent) -> int:

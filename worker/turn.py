@@ -90,9 +90,12 @@ class TurnRunner:
                 outcome = _failed(f"unknown model {req.model!r}: no agent profile has that name")
             else:
                 history = await self._history(req)
-                limits = Limits(self.settings.first_token_timeout_s, self.settings.max_output_bytes)
-                turn = AgentTurn(req, agent, history, self.client, emitter, limits)
-                outcome = await self._outcome(turn, handle)
+                if req.compact_only:
+                    outcome = await context_window.compacted_context(req, agent, history, self.settings, self.client)
+                else:
+                    limits = Limits(self.settings.first_token_timeout_s, self.settings.max_output_bytes)
+                    turn = AgentTurn(req, agent, history, self.client, emitter, limits)
+                    outcome = await self._outcome(turn, handle)
             if outcome.status == Status.CANCELLED:
                 emitter.discard()
             else:

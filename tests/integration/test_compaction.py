@@ -13,10 +13,11 @@ from typing import Any
 import httpx
 import redis
 from openai import OpenAI
+from openai.types.responses import CompactedResponse
 
 from shared import events, ids, keys
 from tests.conftest import Stack
-from tests.openresponses_spec import Conformance
+from tests.openresponses_spec import Conformance, assert_spec_valid
 from worker.prompt import SUMMARY_PREFIX
 
 FILLER = "a message long enough that five hundred turns of them fill far more than any budget here"
@@ -102,3 +103,39 @@ def test_a_compaction_item_can_be_sent_back_as_input(client: OpenAI) -> None:
         model="plain", input=[item.to_dict(), {"role": "user", "content": "What is my name?"}]  # type: ignore[list-item]
     )
     assert answer.output_text == "Your name is Omar."
+
+
+def test_the_compact_endpoint_summarises_a_chain_into_an_item_the_next_turn_uses(
+    client: OpenAI, stack: Stack
+) -> None:
+    first = client.responses.create(model="plain", input="My name is Lena.")
+    second = client.responses.create(model="plain", input="count to 3", previous_response_id=first.id)
+    compacted = client.responses.compact(
+        model="plain", previous_response_id=second.id, input="Thanks.", instructions="Keep names."
+    )
+    assert compacted.object == "response.compaction"
+    assert [o.type for o in compacted.output] == ["compaction"]
+    raw = httpx.get(f"{stack.base_url}/responses/{compacted.id}").json()  # stored like any response
+    assert raw["output"] == [o.to_dict() for o in compacted.output]
+    reply = httpx.post(
+        f"{stack.base_url}/responses/compact", json={"model": "plain", "previous_response_id": second.id}
+    ).json()
+    assert_spec_valid("CompactResource", reply)
+    CompactedResponse.model_validate(reply)
+    # The item stands in for the whole chain: a fresh request that sends it knows what the chain knew.
+    answer = client.responses.create(
+        model="plain",
+        input=[*(o.to_dict() for o in compacted.output), {"role": "user", "content": "What is my name?"}],  # type: ignore[misc]
+    )
+    assert answer.output_text == "Your name is Lena."
+
+
+def test_compact_needs_something_to_compact(stack: Stack) -> None:
+    for body, status, param in (
+        ({"model": "plain"}, 400, "input"),
+        ({"model": "gpt-nope", "input": "hi"}, 400, "model"),
+        ({"model": "plain", "previous_response_id": "resp_missing"}, 404, "previous_response_id"),
+        ({"model": "plain", "input": "hi", "stream": True}, 400, "stream"),
+    ):
+        reply = httpx.post(f"{stack.base_url}/responses/compact", json=body)
+        assert reply.status_code == status and reply.json()["error"]["param"] == param, reply.text
