@@ -20,7 +20,7 @@ from api import errors
 from api.auth import RequestBudgetHeaders, authenticate
 from api.deps import Services
 from api.fanout import Fanout
-from api.routes import conversations, responses, system
+from api.routes import compact, conversations, responses, system, websocket
 from shared.api_keys import KeyStore, SeedKey, seed_from_settings
 from shared.logs import LogContextMiddleware, configure_logging
 from shared.rate_limits import Limiter
@@ -69,9 +69,11 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
     app.add_middleware(RequestBudgetHeaders)
     app.add_middleware(LogContextMiddleware)
     errors.install(app)
+    app.include_router(compact.router)
     app.include_router(responses.router)
     app.include_router(conversations.router)
     app.include_router(system.router)
+    app.include_router(websocket.router)
     return app
 
 

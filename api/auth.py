@@ -12,8 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import Services, ServicesDep
@@ -38,8 +39,8 @@ class Caller:
 OPEN = Caller(DEFAULT_PROJECT)
 
 
-async def authenticate(request: Request, svc: ServicesDep) -> Caller:
-    """Checks the key and counts the request against its requests-per-minute budget."""
+async def authenticate(request: HTTPConnection, svc: ServicesDep) -> Caller:
+    """Checks the key and counts the request (or WebSocket handshake) against its requests-per-minute budget."""
     if svc.limiter is None or getattr(request.scope.get("route"), "path", None) in OPEN_ROUTES:
         return OPEN
     secret = _bearer(request.headers.get("authorization"))

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from arq.connections import ArqRedis
-from fastapi import Depends, Request
+from fastapi import Depends
+from starlette.requests import HTTPConnection
 
 from api.fanout import Fanout
 from shared.rate_limits import Limiter
@@ -23,8 +24,10 @@ class Services:
     limiter: Limiter | None = None  # None: the API checks no keys (TURNSTREAM_AUTH=off)
 
 
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
+async def _services(connection: HTTPConnection) -> Services:
+    # Async on purpose: FastAPI runs a sync dependency in its thread pool, a hop on every request. And an
+    # HTTPConnection, not a Request, so WebSocket routes get it too.
+    services: Services = connection.app.state.services
     return services
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from api.errors import invalid
-from shared import ids
+from api.media_parts import MEDIA_PART_TYPES, media_part
+from shared import compaction_item, ids
 from shared.models import Item, LockPolicy
 
 Metadata = dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=512)]]
@@ -39,15 +41,21 @@ class CreateResponseBody(BaseModel):
     # turnstream's own option (send it with the SDK's extra_body): what a turn does when its
     # conversation already has one running. "wait" queues it behind; "reject" answers 409.
     conversation_lock: LockPolicy = "wait"
-    # Accepted for compatibility with clients that always send them; they do not change a turn.
-    stream_options: dict[str, Any] | None = None
+    # Generation options, checked in api/request_options.py, echoed on the Response, mapped upstream.
     include: list[str] | None = None
     text: dict[str, Any] | None = None
-    truncation: str | None = None
+    truncation: Literal["auto", "disabled"] | None = None
     reasoning: dict[str, Any] | None = None
-    service_tier: str | None = None
-    prompt_cache_key: str | None = None
-    safety_identifier: str | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_tool_calls: int | None = Field(default=None, ge=1)
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    prompt_cache_key: str | None = Field(default=None, max_length=64)
+    safety_identifier: str | None = Field(default=None, max_length=64)
+    context_management: list[dict[str, Any]] | None = None
+    # Accepted: turnstream never pads events with an obfuscation field, whatever it says.
+    stream_options: dict[str, Any] | None = None
 
     @field_validator("metadata")
     @classmethod
@@ -75,7 +83,7 @@ class UpdateConversationBody(BaseModel):
 
 
 _ROLES = ("user", "assistant", "system", "developer")
-_INPUT_PARTS = ("input_text", "input_image")
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def normalise_input(value: str | list[dict[str, Any]], param: str = "input") -> list[Item]:
@@ -121,6 +129,19 @@ def _item(raw: dict[str, Any], param: str) -> Item:
             "arguments": raw["arguments"],
             "status": "completed",
         }
+    if kind == "compaction":
+        # Only this server's own summaries can be read back; another server's are opaque to it.
+        if compaction_item.summary_of(raw) is None:
+            raise invalid(
+                f"'{param}.encrypted_content' is not a compaction item this server made.",
+                f"{param}.encrypted_content",
+            )
+        return {
+            "id": raw.get("id") or ids.compaction_id(),
+            "type": "compaction",
+            "encrypted_content": raw["encrypted_content"],
+            "created_by": compaction_item.CREATED_BY,
+        }
     raise invalid(f"Unsupported input item type '{kind}' in '{param}'.", f"{param}.type", "unsupported_value")
 
 
@@ -141,6 +162,11 @@ def _message(role: str, content: Any, param: str = "input", item_id: str | None 
         parts: list[dict[str, Any]] = [_text_part(text_type, content)]
     elif isinstance(content, list) and content:
         parts = [_part(p, text_type, f"{param}.content[{i}]") for i, p in enumerate(content)]
+        for i, part in enumerate(parts):
+            if part["type"] in MEDIA_PART_TYPES and role != "user":
+                # Chat Completions takes images and files in user messages only; dropping them would be silent.
+                where = f"{param}.content[{i}].type"
+                raise invalid(f"'{where}': {role} messages take text only.", where, "unsupported_value")
     else:
         raise invalid(f"Invalid value for '{param}.content': expected a string or content parts.", f"{param}.content")
     return {"id": item_id or ids.message_id(), "type": "message", "role": role, "status": "completed", "content": parts}
@@ -158,10 +184,8 @@ def _part(raw: Any, text_type: str, param: str) -> dict[str, Any]:
         if not isinstance(raw.get("text"), str):
             raise invalid(f"Missing required parameter: '{param}.text'.", f"{param}.text")
         return _text_part(text_type, raw["text"])
-    if kind == "input_image" and text_type == "input_text":
-        if not isinstance(raw.get("image_url"), str):
-            raise invalid(f"'{param}' needs an 'image_url' string.", f"{param}.image_url")
-        return {"type": "input_image", "image_url": raw["image_url"], "detail": raw.get("detail", "auto")}
+    if kind in MEDIA_PART_TYPES and text_type == "input_text":
+        return media_part(raw, param)
     raise invalid(f"Unsupported content part type '{kind}' in '{param}'.", f"{param}.type", "unsupported_value")
 
 
@@ -179,6 +203,14 @@ def function_tools(tools: list[dict[str, Any]] | None) -> list[Item]:
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise invalid(f"Missing required parameter: '{param}.name'.", f"{param}.name")
+        if not _TOOL_NAME.fullmatch(name):
+            # The upstream would reject the whole turn for it; say so before the turn is queued.
+            raise invalid(
+                f"Invalid value for '{param}.name': 1-64 letters, digits, '_' or '-'.", f"{param}.name"
+            )
+        description = tool.get("description")
+        if description is not None and not isinstance(description, str):
+            raise invalid(f"Invalid value for '{param}.description': expected a string.", f"{param}.description")
         parameters = tool.get("parameters")
         if parameters is not None and not isinstance(parameters, dict):
             raise invalid(
@@ -188,7 +220,7 @@ def function_tools(tools: list[dict[str, Any]] | None) -> list[Item]:
             {
                 "type": "function",
                 "name": name,
-                "description": tool.get("description"),
+                "description": description,
                 "parameters": parameters,
                 "strict": bool(tool.get("strict", False)),
             }

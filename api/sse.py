@@ -18,6 +18,7 @@ from shared.events import StreamEvent
 # Proxies (nginx) buffer responses unless told not to, which would hold tokens back.
 SSE_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache", "Connection": "keep-alive"}
 KEEPALIVE = b": keep-alive\n"
+DONE = b"data: [DONE]\n\n"
 
 
 def frame(event: StreamEvent) -> bytes:
@@ -50,7 +51,23 @@ async def with_keepalives(events: AsyncIterator[StreamEvent], keepalive_s: float
             await aclose()
 
 
+async def ending_with_done(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The frames, then the literal `data: [DONE]` the Open Responses spec requires as the last frame.
+
+    Sent only when the events end on their own (the terminal event went out, or a resume asked for what
+    comes after it); a stream cut short by an error or a disconnect ends without it, so clients can tell.
+    """
+    try:
+        async for chunk in frames:
+            yield chunk
+    finally:
+        aclose = getattr(frames, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    yield DONE
+
+
 def sse_response(events: AsyncIterator[StreamEvent], keepalive_s: float) -> StreamingResponse:
     return StreamingResponse(
-        with_keepalives(events, keepalive_s), media_type="text/event-stream", headers=SSE_HEADERS
+        ending_with_done(with_keepalives(events, keepalive_s)), media_type="text/event-stream", headers=SSE_HEADERS
     )

@@ -11,13 +11,14 @@ from typing import Any
 from pydantic_core import PydanticSerializationError
 from redis.asyncio.client import Pipeline
 
+from api import request_options as options
 from api.auth import Caller
 from api.deps import Services
 from api.errors import APIError, invalid, not_found
 from api.schemas import CreateResponseBody, function_tools, normalise_input
 from shared import events, ids, keys
 from shared.logs import add_log_context
-from shared.models import Status, TurnRequest
+from shared.models import AgentCard, Status, TurnRequest
 from shared.queue import enqueue_turn, queue_depth
 from shared.rate_limits import turn_accounting
 from shared.records import conversation_project, response_project
@@ -39,7 +40,7 @@ async def build_request(svc: Services, body: CreateResponseBody, caller: Caller)
     if body.background and body.store is False:
         raise invalid("Background mode requires 'store' to be true.", "background")
     model = body.model or settings.default_model
-    await _check_model(svc, model)
+    card = await agent_card(svc, model)
     # Ownership is all the edge needs; the worker reads the history itself when the turn runs. Another
     # project's object gets exactly the answer a missing one gets, and a malformed id is as absent as an
     # unknown one: it never reaches Redis as part of a key.
@@ -54,6 +55,13 @@ async def build_request(svc: Services, body: CreateResponseBody, caller: Caller)
     items = normalise_input(body.input)
     if len(items) > settings.max_input_items:
         raise invalid(f"'input' has {len(items)} items; the limit is {settings.max_input_items}.", "input")
+    tools = function_tools(body.tools)
+    compact, compact_threshold = options.compaction(body.context_management)
+    choice: str | dict[str, Any] = body.tool_choice or "auto"
+    if isinstance(choice, dict) or choice == "required":
+        # Only these forms name tools that must exist; the agent's own tools count too.
+        server_tools = set(card.tools) if card else (set() if settings.allow_model_passthrough else None)
+        choice = options.tool_choice(choice, {t["name"] for t in tools}, server_tools)
     return TurnRequest(
         response_id=ids.response_id(),
         model=model,
@@ -61,8 +69,8 @@ async def build_request(svc: Services, body: CreateResponseBody, caller: Caller)
         input=items,
         conversation_id=conversation_id,
         previous_response_id=body.previous_response_id,
-        tools=function_tools(body.tools),
-        tool_choice=body.tool_choice or "auto",
+        tools=tools,
+        tool_choice=choice,
         parallel_tool_calls=True if body.parallel_tool_calls is None else body.parallel_tool_calls,
         max_output_tokens=body.max_output_tokens,
         temperature=body.temperature,
@@ -74,6 +82,19 @@ async def build_request(svc: Services, body: CreateResponseBody, caller: Caller)
         conversation_lock=body.conversation_lock,
         project=caller.project,
         key_id=caller.key_id,
+        text=options.text_config(body.text),
+        truncation=body.truncation or (card.truncation if card else "disabled"),
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        top_logprobs=options.top_logprobs(body.top_logprobs),
+        reasoning=options.reasoning(body.reasoning),
+        max_tool_calls=body.max_tool_calls,
+        service_tier=body.service_tier,
+        safety_identifier=body.safety_identifier,
+        prompt_cache_key=body.prompt_cache_key,
+        include=options.include(body.include),
+        compact=compact,
+        compact_threshold=compact_threshold,
     )
 
 
@@ -85,12 +106,16 @@ async def _is_stored_response(svc: Services, response_id: str, project: str) -> 
     return request is not None and TurnRequest.model_validate_json(request).store
 
 
-async def _check_model(svc: Services, model: str) -> None:
+async def agent_card(svc: Services, model: str) -> AgentCard | None:
+    """The agent profile `model` names, as its worker published it; None for a passthrough model."""
+    raw = await svc.redis.hget(keys.AGENTS, model)
+    if raw is not None:
+        return AgentCard.model_validate_json(raw)
     if svc.settings.allow_model_passthrough:
-        return
+        return None
     published = await svc.redis.hkeys(keys.AGENTS)
     # Before any worker has published its agents there is nothing to check against; the worker will.
-    if published and model.encode() not in published:
+    if published:
         names = ", ".join(sorted(n.decode() for n in published))
         raise invalid(
             f"The model '{model}' does not exist. Available models: {names}. To serve it, define an agent of that "
@@ -99,6 +124,7 @@ async def _check_model(svc: Services, model: str) -> None:
             "model",
             "model_not_found",
         )
+    return None
 
 
 async def accept(svc: Services, req: TurnRequest, guard: StoreGuard | None = None) -> str:
@@ -185,5 +211,9 @@ async def _store_and_enqueue(svc: Services, turn: _RenderedTurn, guard: StoreGua
         # Indexed until its commit, so the sweeper can find it if its job is ever lost.
         pipe.zadd(keys.ACTIVE_TURNS, {response_id: int(time.time() * 1000)})
         await pipe.execute()
-    await svc.state.append(response_id, 0, [events.lifecycle(events.CREATED, turn.response)])
+    first = [events.lifecycle(events.CREATED, turn.response)]
+    if turn.req.background:
+        # OpenAI's background streams announce the wait for a worker; so does the Open Responses spec.
+        first.append(events.lifecycle(events.QUEUED, turn.response))
+    await svc.state.append(response_id, 0, first)
     await enqueue_turn(svc.redis, settings.queue_name, response_id)

@@ -20,6 +20,7 @@ import orjson
 Event = dict[str, Any]
 
 CREATED = "response.created"
+QUEUED = "response.queued"  # background turns only, right after response.created
 IN_PROGRESS = "response.in_progress"
 COMPLETED = "response.completed"
 FAILED = "response.failed"

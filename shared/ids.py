@@ -16,13 +16,14 @@ MESSAGE = "msg"
 FUNCTION_CALL = "fc"
 FUNCTION_CALL_OUTPUT = "fco"
 CALL = "call"
-ITEM_PREFIXES = (MESSAGE, FUNCTION_CALL, FUNCTION_CALL_OUTPUT)
+COMPACTION = "cmp"
+ITEM_PREFIXES = (MESSAGE, FUNCTION_CALL, FUNCTION_CALL_OUTPUT, COMPACTION)
 
 _RANDOM_BYTES = 24  # 192 bits: unguessable, and the shape clients expect (prefix_ + 48 hex)
 _BODY = f"[0-9a-f]{{{_RANDOM_BYTES * 2}}}"
 _FORMATS = {
     prefix: re.compile(f"{prefix}_{_BODY}")
-    for prefix in (RESPONSE, CONVERSATION, MESSAGE, FUNCTION_CALL, FUNCTION_CALL_OUTPUT, CALL)
+    for prefix in (RESPONSE, CONVERSATION, MESSAGE, FUNCTION_CALL, FUNCTION_CALL_OUTPUT, CALL, COMPACTION)
 }
 _ITEM_FORMAT = re.compile(f"(?:{'|'.join(ITEM_PREFIXES)})_{_BODY}")
 
@@ -63,3 +64,7 @@ def function_call_output_id() -> str:
 
 def call_id() -> str:
     return new_id(CALL)
+
+
+def compaction_id() -> str:
+    return new_id(COMPACTION)

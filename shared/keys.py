@@ -43,6 +43,17 @@ def conversation_items(conversation_id: str) -> str:
     return f"{PREFIX}conversation:{conversation_id}:items"
 
 
+def conversation_item_tokens(conversation_id: str) -> str:
+    """HASH: item id -> its estimated prompt tokens, computed once when a turn first reads the item."""
+    return f"{PREFIX}conversation:{conversation_id}:item-tokens"
+
+
+def conversation_compaction(conversation_id: str) -> str:
+    """STRING: {"index", "kept_from"}: the list index of the newest compaction item, and of the oldest item it
+    kept verbatim; history sent upstream is that item, then the items from kept_from on."""
+    return f"{PREFIX}conversation:{conversation_id}:compaction"
+
+
 def conversation_turns(conversation_id: str) -> str:
     """LIST: response ids of the conversation's unfinished turns, in arrival order; the head may run."""
     return f"{PREFIX}conversation:{conversation_id}:turns"

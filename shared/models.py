@@ -62,6 +62,23 @@ class TurnRequest(BaseModel):
     conversation_lock: LockPolicy = "wait"
     project: str = DEFAULT_PROJECT  # the project of the key that created it; no other project sees it
     key_id: str | None = None  # that key, whose concurrent-turn slot the turn holds until it ends
+    # Settings the Response echoes back (the Open Responses spec requires every one) and, where the upstream
+    # Chat Completions API takes them, the worker passes on. None means the request left it out.
+    text: Item = Field(default_factory=lambda: {"format": {"type": "text"}})
+    truncation: Literal["auto", "disabled"] = "disabled"
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    top_logprobs: int | None = None
+    reasoning: Item | None = None  # {"effort", "summary"}
+    max_tool_calls: int | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    include: list[str] = Field(default_factory=list)
+    # context_management [{"type": "compaction", "compact_threshold"}]: compact this turn's history past it.
+    compact: bool = False
+    compact_threshold: int | None = None
+    compact_only: bool = False  # POST /v1/responses/compact: summarise the context, run no agent
 
 
 class Usage(BaseModel):
@@ -84,6 +101,12 @@ class Usage(BaseModel):
         }
 
 
+# The Response error code of a turn whose prompt was longer than the model takes. OpenAI's Response error
+# codes have no context_length_exceeded (its SDK refuses the value there); a plain create still answers 400
+# context_length_exceeded, as OpenAI does and the Open Responses spec says for truncation "disabled".
+PROMPT_TOO_LONG = "invalid_prompt"
+
+
 class TurnOutcome(BaseModel):
     """What a finished turn produced; turned into the stored Response and the terminal event."""
 
@@ -103,3 +126,5 @@ class AgentCard(BaseModel):
     tools: list[str] = Field(default_factory=list)
     max_tool_rounds: int = 8
     tool_timeout_s: float = 30.0
+    context_budget_tokens: int = 128_000
+    truncation: Literal["auto", "disabled"] = "disabled"  # the agent's default for requests that do not say

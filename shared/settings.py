@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     first_token_timeout_s: float = 60.0
     turn_timeout_s: float = 600.0
     max_queue_depth: int = 10_000  # queued turns before the API answers 503 + Retry-After
-    history_max_items: int = 200  # window of conversation items sent upstream
+    history_max_items: int = 200  # most items truncation "auto" reads back before windowing them by tokens
 
     # --- Retention ----------------------------------------------------------------------------
     stream_ttl_s: int = 86_400  # events stay replayable for a day
@@ -104,6 +104,8 @@ class Settings(BaseSettings):
     # --- Mock model ---------------------------------------------------------------------------
     mock_port: int = 8001
     mock_token_delay_ms: float = 15.0
+    # Prompts longer than this (in words) get OpenAI's context_length_exceeded error from the mock.
+    mock_context_tokens: int = 128_000
 
     @property
     def upstream_base_url(self) -> str:

@@ -55,4 +55,22 @@ AGENTS = [
         tool_timeout_s=5.0,
     ),
     Agent(name="plain", model="turnstream-mock", instructions="Answer briefly."),
+    # A tiny context budget, so a few turns of history already have to be windowed.
+    Agent(
+        name="windowed",
+        model="turnstream-mock",
+        instructions="Answer briefly.",
+        tools=(get_weather,),
+        context_budget_tokens=400,
+        truncation="auto",
+    ),
+    # Compacts history past 600 tokens, well inside its 1500-token budget.
+    Agent(
+        name="compacting",
+        model="turnstream-mock",
+        instructions="Answer briefly.",
+        context_budget_tokens=1500,
+        compact_threshold_tokens=600,
+        truncation="auto",
+    ),
 ]

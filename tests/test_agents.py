@@ -36,6 +36,8 @@ def test_agent_card_is_json_serialisable_and_lists_tool_names() -> None:
         "tools": ["echo"],
         "max_tool_rounds": 8,
         "tool_timeout_s": 5,
+        "context_budget_tokens": 128_000,
+        "truncation": "disabled",
     }
     assert json.loads(json.dumps(card)) == card
 

@@ -344,7 +344,9 @@ async def test_tail_through_the_api_replays_from_the_start_and_from_the_middle(s
     full = await _tail_api(stack, response_id, -1)
     _assert_consecutive(full, 0)
     assert full[0].startswith("0 response.created [attempt 0] queued")
-    assert full[1].startswith("1 response.in_progress [attempt 1] in_progress")
+    assert full[1].startswith("1 response.queued [attempt 0] queued")  # a background turn
+    assert full[2].startswith("2 response.in_progress [attempt 1] in_progress")
+    assert not any("re-run" in line for line in full)
     assert any("function_call get_weather" in line for line in full)
     assert any("function_call_output get_weather completed \"Bengaluru: 24°C" in line for line in full)
     assert full[-1].endswith("response.completed [attempt 1] completed")

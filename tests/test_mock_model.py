@@ -358,3 +358,45 @@ def test_continuation_of_a_finished_answer_adds_nothing() -> None:
     messages = [{"role": "user", "content": "count to 3"}, {"role": "assistant", "content": "1 2 3"}]
 
     assert decide(messages, continue_final_message=True).text is None
+
+
+def test_tool_choice_and_parallel_calls_are_honoured(client: OpenAI) -> None:
+    ask = [_user("weather in Paris and Tokyo")]
+
+    def calls(**kwargs: Any) -> list[str]:
+        message = client.chat.completions.create(model="m", messages=ask, tools=[WEATHER, TIME], **kwargs)
+        return [c.function.name for c in message.choices[0].message.tool_calls or []]  # type: ignore[union-attr]
+
+    assert calls() == ["get_weather", "get_weather"]
+    assert calls(parallel_tool_calls=False) == ["get_weather"]
+    assert calls(tool_choice="none") == []
+    assert calls(tool_choice={"type": "function", "function": {"name": "get_time"}}) == ["get_time"]
+    hello = client.chat.completions.create(
+        model="m", messages=[_user("hello")], tools=[TIME], tool_choice="required"
+    )
+    assert [c.function.name for c in hello.choices[0].message.tool_calls or []] == ["get_time"]  # type: ignore[union-attr]
+
+
+def test_response_formats_shape_the_text(client: OpenAI) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}, "tags": {"type": "array",
+              "items": {"enum": ["a", "b"]}}, "note": {"type": ["string", "null"]}}}
+    shaped = client.chat.completions.create(
+        model="m", messages=[_user("count to 3")],
+        response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}},
+    )
+    assert json.loads(shaped.choices[0].message.content or "") == {"n": 3, "tags": ["a"], "note": "1 2 3"}
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="m", messages=[_user("hi")], response_format={"type": "yaml"})  # type: ignore[typeddict-item]
+
+
+def test_images_and_files_are_described_and_the_echo_directive_returns_the_body(client: OpenAI) -> None:
+    parts: list[Any] = [
+        {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAEC", "detail": "low"}},
+        {"type": "file", "file": {"filename": "a.txt", "file_data": "aGk="}},
+    ]
+    seen = client.chat.completions.create(model="m", messages=[{"role": "user", "content": parts}])
+    assert seen.choices[0].message.content == (
+        "I see 1 image (image/jpeg, 3 bytes, detail low) and 1 file (a.txt, 2 bytes)."
+    )
+    echoed = client.chat.completions.create(model="m", messages=[_user("[echo-request]")], user="u")
+    assert json.loads(echoed.choices[0].message.content or "")["user"] == "u"

@@ -26,6 +26,7 @@ from worker.prompt import Message, chat_tool, to_messages
 from worker.resume import Resumed
 from worker.tools import Tool, ToolCall
 from worker.turn_output import TurnOutput
+from worker.upstream_request import chat_request
 
 Continuation = Literal["instruction", "continue_final_message"]
 
@@ -225,29 +226,15 @@ class AgentTurn:
     # --- streaming from the model ---------------------------------------------------------------
 
     def _request(self, cut: _Cut | None) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "model": self.agent.model,
-            "messages": self.messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+        messages = self.messages
         if cut is not None and cut.text:
-            kwargs["messages"] = [*self.messages, {"role": "assistant", "content": cut.text}]
-            if self.continuation == "continue_final_message":
-                # vLLM's (and compatible servers') native way to extend the last assistant message.
-                kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
-            else:
-                kwargs["messages"].append({"role": "system", "content": CONTINUE_INSTRUCTION})
-        if self.chat_tools:
-            kwargs["tools"] = self.chat_tools
-            kwargs["parallel_tool_calls"] = self.req.parallel_tool_calls
-        max_tokens = self.req.max_output_tokens or self.agent.max_output_tokens
-        if max_tokens:
-            kwargs["max_tokens"] = max_tokens
-        if self.req.temperature is not None:
-            kwargs["temperature"] = self.req.temperature
-        if self.req.top_p is not None:
-            kwargs["top_p"] = self.req.top_p
+            messages = [*self.messages, {"role": "assistant", "content": cut.text}]
+            if self.continuation == "instruction":
+                messages.append({"role": "system", "content": CONTINUE_INSTRUCTION})
+        kwargs = chat_request(self.req, self.agent, messages, self.chat_tools, self.output.items)
+        if cut is not None and cut.text and self.continuation == "continue_final_message":
+            # vLLM's (and compatible servers') native way to extend the last assistant message.
+            kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         return kwargs
 
     async def _stream_round(self, cut: _Cut | None = None) -> _Round:

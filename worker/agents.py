@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 from worker.tools import Tool, ToolSet
 
@@ -32,6 +32,12 @@ class Agent:
     tool_timeout_s: float = 30.0
     max_output_tokens: int | None = None
     description: str = ""
+    # The prompt size the upstream model takes, in estimated tokens; `truncation: "auto"` windows history to it.
+    context_budget_tokens: int = 128_000
+    # What a request that does not say gets: "disabled" (OpenAI's default) sends the whole history.
+    truncation: Literal["auto", "disabled"] = "disabled"
+    # History past this many estimated tokens is summarised into a compaction item (None: never).
+    compact_threshold_tokens: int | None = None
     toolset: ToolSet = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -46,6 +52,12 @@ class Agent:
             raise ValueError(f"{where}: tool_timeout_s must be positive, got {self.tool_timeout_s}")
         if self.max_output_tokens is not None and self.max_output_tokens < 1:
             raise ValueError(f"{where}: max_output_tokens must be >= 1, got {self.max_output_tokens}")
+        if self.context_budget_tokens < 1:
+            raise ValueError(f"{where}: context_budget_tokens must be >= 1, got {self.context_budget_tokens}")
+        if self.compact_threshold_tokens is not None and self.compact_threshold_tokens < 1:
+            raise ValueError(f"{where}: compact_threshold_tokens must be >= 1, got {self.compact_threshold_tokens}")
+        if self.truncation not in ("auto", "disabled"):
+            raise ValueError(f"{where}: truncation must be 'auto' or 'disabled', got {self.truncation!r}")
         # A list is an easy slip in a profile module; a tuple keeps the frozen agent truly immutable.
         tools = tuple(self.tools)
         try:
@@ -64,6 +76,8 @@ class Agent:
             "tools": self.toolset.names(),
             "max_tool_rounds": self.max_tool_rounds,
             "tool_timeout_s": self.tool_timeout_s,
+            "context_budget_tokens": self.context_budget_tokens,
+            "truncation": self.truncation,
         }
 
 

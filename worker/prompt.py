@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared import compaction_item
 from shared.models import Item
 
 Message = dict[str, Any]
+# How a compaction item reaches the model: a system message standing where the history it replaced was.
+SUMMARY_PREFIX = "Summary of the earlier conversation:"
+_TOOL_ITEMS = ("function_call", "function_call_output")
 
 
 def window(items: list[Item], max_items: int) -> list[Item]:
@@ -18,6 +22,21 @@ def window(items: list[Item], max_items: int) -> list[Item]:
     recent = items[-max_items:] if max_items > 0 else []
     calls = {item.get("call_id") for item in recent if item.get("type") == "function_call"}
     return [i for i in recent if i.get("type") != "function_call_output" or i.get("call_id") in calls]
+
+
+def exchanges(items: list[Item]) -> list[list[Item]]:
+    """The items grouped so that no group boundary falls between a function call and its result.
+
+    Calls and results sit next to each other in history (results follow their calls, and a client's
+    result opens the turn after the one that ended with its call), so each run of them is one group.
+    """
+    groups: list[list[Item]] = []
+    for item in items:
+        if groups and item.get("type") in _TOOL_ITEMS and groups[-1][-1].get("type") in _TOOL_ITEMS:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
 
 
 def _text_of(content: Any) -> str:
@@ -33,14 +52,18 @@ def _text_of(content: Any) -> str:
 
 
 def _user_content(content: Any) -> str | list[dict[str, Any]]:
-    """Plain text when the message is text only; chat content parts when it carries images."""
-    if isinstance(content, str) or not any(p.get("type") == "input_image" for p in content or []):
+    """Plain text when the message is text only; chat content parts when it carries images or files."""
+    if isinstance(content, str) or not any(p.get("type") in ("input_image", "input_file") for p in content or []):
         return _text_of(content)
     parts: list[dict[str, Any]] = []
     for part in content:
-        if part.get("type") == "input_image" and part.get("image_url"):
-            parts.append({"type": "image_url", "image_url": {"url": part["image_url"]}})
-        elif part.get("type") == "input_text":
+        kind = part.get("type")
+        if kind == "input_image" and part.get("image_url"):
+            image = {"url": part["image_url"], "detail": part.get("detail") or "auto"}
+            parts.append({"type": "image_url", "image_url": image})
+        elif kind == "input_file" and part.get("file_data"):
+            parts.append({"type": "file", "file": {"filename": part.get("filename"), "file_data": part["file_data"]}})
+        elif kind == "input_text":
             parts.append({"type": "text", "text": part.get("text", "")})
     return parts
 
@@ -73,6 +96,10 @@ def to_messages(instructions: str, items: list[Item]) -> list[Message]:
                 last["tool_calls"] = [call]
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "compaction":
+            summary = compaction_item.summary_of(item)
+            if summary is not None:
+                messages.append({"role": "system", "content": f"{SUMMARY_PREFIX}\n{summary}"})
         elif kind == "function_call_output":
             output = item.get("output")
             messages.append(
@@ -84,11 +111,11 @@ def to_messages(instructions: str, items: list[Item]) -> list[Message]:
 
 def chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
     """A Responses-format function tool in Chat Completions format."""
-    return {
-        "type": "function",
-        "function": {
-            "name": tool["name"],
-            "description": tool.get("description") or "",
-            "parameters": tool.get("parameters") or {"type": "object", "properties": {}},
-        },
+    function: dict[str, Any] = {
+        "name": tool["name"],
+        "description": tool.get("description") or "",
+        "parameters": tool.get("parameters") or {"type": "object", "properties": {}},
     }
+    if tool.get("strict"):
+        function["strict"] = True  # only when asked: not every upstream knows the key
+    return {"type": "function", "function": function}

@@ -20,19 +20,19 @@ from redis.asyncio import Redis
 
 from shared import events, keys
 from shared.logs import add_log_context
-from shared.models import Item, Status, TurnOutcome, TurnRequest
-from shared.records import conversation_items, load_response, response_chain_items
+from shared.models import PROMPT_TOO_LONG, Item, Status, TurnOutcome, TurnRequest
+from shared.records import load_response
 from shared.response_object import build_response
 from shared.settings import Settings
 from shared.stream_tail import read_after
 from shared.turn_state import Retention, StaleTurn, TurnState
+from worker import context_window
 from worker.agent_loop import AgentTurn, Limits
 from worker.agents import Agent, AgentRegistry
 from worker.append_batcher import AppendBatcher
 from worker.cancel_listener import CancelHandle, CancelListener
 from worker.emitter import Emitter
 from worker.job_leases import JobLeases
-from worker.prompt import window
 from worker.redis_retry import TRANSIENT, Outage
 from worker.resume import Resumed, fold
 from worker.upstream_diagnostics import describe_upstream_error
@@ -111,19 +111,22 @@ class TurnRunner:
                 outcome = _failed(f"unknown model {req.model!r}: no agent profile has that name")
             else:
                 history = await self.outage.call(lambda: self._history(req), "history load")
-                limits = Limits(self.settings.first_token_timeout_s, self.settings.max_output_bytes)
-                turn = AgentTurn(
-                    req,
-                    agent,
-                    history,
-                    self.client,
-                    emitter,
-                    limits,
-                    attempt=attempt,
-                    resumed=resumed,
-                    continuation=self.settings.upstream_continuation,
-                )
-                outcome = await self._outcome(turn, handle)
+                if req.compact_only:
+                    outcome = await context_window.compacted_context(req, agent, history, self.settings, self.client)
+                else:
+                    limits = Limits(self.settings.first_token_timeout_s, self.settings.max_output_bytes)
+                    turn = AgentTurn(
+                        req,
+                        agent,
+                        history,
+                        self.client,
+                        emitter,
+                        limits,
+                        attempt=attempt,
+                        resumed=resumed,
+                        continuation=self.settings.upstream_continuation,
+                    )
+                    outcome = await self._outcome(turn, handle)
             if outcome.status == Status.CANCELLED:
                 emitter.discard()
             else:
@@ -161,6 +164,11 @@ class TurnRunner:
                 else f"no output from the model within {self.settings.first_token_timeout_s:g}s"
             )
             return _failed(which)
+        except openai.APIStatusError as exc:
+            if context_window.is_context_overflow(exc):
+                message = f"context_length_exceeded: {exc.message} (send truncation: \"auto\" to window the history)"
+                return TurnOutcome(status=Status.FAILED, error={"code": PROMPT_TOO_LONG, "message": message})
+            return _failed(describe_upstream_error(exc))
         except openai.APIError as exc:
             return _failed(describe_upstream_error(exc))
         except (StaleTurn, *TRANSIENT):
@@ -200,13 +208,8 @@ class TurnRunner:
         return agent
 
     async def _history(self, req: TurnRequest) -> list[Item]:
-        limit = self.settings.history_max_items
-        if req.conversation_id:
-            return window(await conversation_items(self.redis, req.conversation_id, -limit, -1), limit)
-        if req.previous_response_id:
-            chain = await response_chain_items(self.redis, req.previous_response_id, limit, req.project)
-            return window(chain, limit)
-        return []
+        agent = self._agent(req.model)
+        return await context_window.history(self.redis, req, agent, self.settings, self.client) if agent else []
 
     async def _wait_for_turn(self, conversation_id: str, response_id: str) -> bool:
         """Blocks until this turn heads its conversation's queue; False if it finished meanwhile (cancel)."""

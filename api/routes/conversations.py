@@ -89,7 +89,12 @@ async def update_conversation(
 async def delete_conversation(conversation_id: str, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Delete a conversation and its items; responses that used it stay retrievable."""
     await _conversation(svc, conversation_id, caller.project)
-    await svc.redis.delete(keys.conversation(conversation_id), keys.conversation_items(conversation_id))
+    await svc.redis.delete(
+        keys.conversation(conversation_id),
+        keys.conversation_items(conversation_id),
+        keys.conversation_item_tokens(conversation_id),
+        keys.conversation_compaction(conversation_id),
+    )
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
 

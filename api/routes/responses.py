@@ -15,7 +15,7 @@ from redis.exceptions import WatchError
 from api import idempotency
 from api.auth import Caller, CallerDep, admit_turn, release_turn
 from api.deps import Services, ServicesDep
-from api.errors import invalid, not_found
+from api.errors import APIError, invalid, not_found
 from api.idempotency import Claim, IdempotencyKey
 from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
@@ -24,7 +24,7 @@ from api.sse import sse_response
 from api.turns import accept, build_request
 from shared import events, ids, keys
 from shared.events import MAX_SEQUENCE_NUMBER, StreamEvent
-from shared.models import Status, TurnOutcome
+from shared.models import PROMPT_TOO_LONG, Status, TurnOutcome
 from shared.records import ResponseRecord, load_response
 from shared.response_object import build_response
 
@@ -52,7 +52,12 @@ async def create_response(
         return sse_response(svc.fanout.events(response_id), svc.settings.sse_keepalive_s)
     if body.background:
         return Response(queued, media_type="application/json")
-    return JSONResponse(await _wait_final(svc, response_id, svc.settings.sync_wait_timeout_s))
+    final = await _wait_final(svc, response_id, svc.settings.sync_wait_timeout_s)
+    error = final.get("error") or {}
+    if final["status"] == Status.FAILED and error.get("code") == PROMPT_TOO_LONG:
+        # What OpenAI answers a plain create whose input does not fit: the turn is still stored, failed.
+        raise APIError(400, error["message"], param="input", code="context_length_exceeded")
+    return JSONResponse(final)
 
 
 @router.get("/{response_id}")

@@ -191,7 +191,7 @@ async def _mock(settings: Settings) -> None:
     sock = listen(settings.host, settings.mock_port, "the mock model", "set TURNSTREAM_MOCK_PORT or pass --port")
     base = f"http://{settings.host}:{settings.mock_port}/v1"
     _tell(settings, f"turnstream mock: model {MODEL_ID!r} on {base} (point OPENAI_BASE_URL there)", banner=True)
-    await _serve(create_app(settings.mock_token_delay_ms), sock)
+    await _serve(create_app(settings.mock_token_delay_ms, settings.mock_context_tokens), sock)
 
 
 def _worker(settings: Settings) -> int:
@@ -249,7 +249,7 @@ async def _dev(settings: Settings) -> None:
     _print_dev_banner(settings, embedded is not None)
     tasks = [_serve(create_app(settings, embedded), api_sock), worker.async_run()]
     if mock_sock is not None:
-        tasks.append(_serve(create_mock_app(settings.mock_token_delay_ms), mock_sock))
+        tasks.append(_serve(create_mock_app(settings.mock_token_delay_ms, settings.mock_context_tokens), mock_sock))
     try:
         await asyncio.gather(*tasks)
     finally:

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.cli.chat import API_KEY, api_base_url, describe_api_error
-from shared.events import CREATED, IN_PROGRESS, TERMINAL_TYPES
+from shared.events import CREATED, IN_PROGRESS, QUEUED, TERMINAL_TYPES
 from shared.redis_conn import connect
 from shared.settings import Settings
 from shared.stream_tail import tail
@@ -142,9 +142,9 @@ class _Printer:
         self.last_seq = seq
 
     def _mark_rerun(self, event_type: str, attempt: int | None) -> None:
-        # Attempt 0 is the API's `response.created`; the first worker run is attempt 1. Only a later run
-        # replaces output, and only if some of an earlier run's output was printed.
-        if event_type == CREATED and attempt in (0, None):
+        # Attempt 0 is the API's `response.created` (and `response.queued`); the first worker run is attempt 1.
+        # Only a later run replaces output, and only if some of an earlier run's output was printed.
+        if event_type in (CREATED, QUEUED) and attempt in (0, None):
             return
         if attempt is not None:
             rerun = self.highest_attempt is not None and self.highest_attempt >= 1 and attempt > self.highest_attempt

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.ids import call_id
+from shared.mock import attachments
 
 MAX_COUNT = 5000
 
 _DELAY_RE = re.compile(r"\[delay=(\d+(?:\.\d+)?)ms\]", re.IGNORECASE)
 _FAIL_RE = re.compile(r"\[fail\]", re.IGNORECASE)
 _FAIL_MIDSTREAM_RE = re.compile(r"\[fail-midstream\]", re.IGNORECASE)
+_ECHO_REQUEST_RE = re.compile(r"\[echo-request\]", re.IGNORECASE)
+_SUMMARIZE_RE = re.compile(r"^summari[sz]e the conversation", re.IGNORECASE)
 _CALL_RE = re.compile(r"\bcall\s+([A-Za-z_][\w.-]*)\(")
 _FOREVER_RE = re.compile(r"\bforever\b", re.IGNORECASE)
 _WEATHER_RE = re.compile(r"\bweather\b", re.IGNORECASE)
@@ -54,6 +57,7 @@ class Directives:
     delay_ms: float | None = None
     fail: bool = False
     fail_midstream: bool = False
+    echo_request: bool = False  # reply with the request body as JSON, so a test sees what reached the model
 
 
 def content_text(content: Any) -> str:
@@ -99,6 +103,7 @@ def parse_directives(messages: Sequence[Mapping[str, Any]]) -> Directives:
         delay_ms=float(delay.group(1)) if delay else None,
         fail=bool(_FAIL_RE.search(text)),
         fail_midstream=bool(_FAIL_MIDSTREAM_RE.search(text)),
+        echo_request=bool(_ECHO_REQUEST_RE.search(text)),
     )
 
 
@@ -154,6 +159,10 @@ def _decide(
     tools: Sequence[Any] | None,
     new_call_id: Callable[[], str],
 ) -> Reply:
+    if messages and messages[0].get("role") == "system" and _SUMMARIZE_RE.search(
+        content_text(messages[0].get("content"))
+    ):
+        return Reply(text=_summary(messages))
     offered = offered_tool_names(tools)
     user_text = _strip_directives(_last_user_raw_text(messages))
     results = _trailing_tool_results(messages)
@@ -175,6 +184,9 @@ def _answer_user(
     explicit = _explicit_calls(text, offered, new_call_id)
     if explicit is not None:
         return explicit
+    seen = attachments.describe(messages)
+    if seen is not None:
+        return Reply(text=seen)
     if _WEATHER_RE.search(text):
         return _weather(text, offered, new_call_id)
     if _TIME_ASK_RE.search(text):
@@ -256,12 +268,27 @@ def _time(text: str, offered: list[str], new_call_id: Callable[[], str]) -> Repl
 
 
 def _remembered_name(messages: Sequence[Mapping[str, Any]]) -> str | None:
-    users = [m for m in messages if m.get("role") == "user"]
-    for message in reversed(users[:-1]):
+    # Told in an earlier user message, or carried by a summary of them (a system message).
+    earlier = [m for m in messages if m.get("role") in ("user", "system")]
+    if earlier and earlier[-1].get("role") == "user":
+        earlier = earlier[:-1]
+    for message in reversed(earlier):
         told = _TELL_NAME_RE.search(content_text(message.get("content")))
         if told:
             return told.group(1)
     return None
+
+
+def _summary(messages: Sequence[Mapping[str, Any]]) -> str:
+    """What a summarising model keeps: every "my name is" the user said, directly or in an earlier summary."""
+    said: list[str] = []
+    for message in messages[1:]:
+        if message.get("role") in ("user", "system"):
+            for told in _TELL_NAME_RE.finditer(content_text(message.get("content"))):
+                statement = f"My name is {told.group(1)}."
+                if statement not in said:
+                    said.append(statement)
+    return "The user said: " + " ".join(said) if said else "Nothing worth keeping was said."
 
 
 @dataclass(frozen=True)
@@ -334,6 +361,6 @@ def _last_user_raw_text(messages: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _strip_directives(text: str) -> str:
-    for pattern in (_DELAY_RE, _FAIL_MIDSTREAM_RE, _FAIL_RE):
+    for pattern in (_DELAY_RE, _FAIL_MIDSTREAM_RE, _FAIL_RE, _ECHO_REQUEST_RE):
         text = pattern.sub("", text)
     return re.sub(r"[ \t]{2,}", " ", text).strip()

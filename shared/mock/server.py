@@ -18,10 +18,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shared.ids import call_id
+from shared.mock import request_options
 from shared.mock.brain import (
     Reply,
     count_tokens,
     decide,
+    offered_tool_names,
     parse_directives,
     prompt_tokens,
     tokenize,
@@ -66,7 +69,7 @@ class _ChatRequest:
     stream: bool
     include_usage: bool
     max_tokens: int | None
-    continue_final_message: bool = False
+    body: dict[str, Any]  # every option as sent, for tool_choice, response_format and [echo-request]
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class _Plan:
     usage: dict[str, int]
 
 
-def create_app(token_delay_ms: float = 15.0) -> FastAPI:
+def create_app(token_delay_ms: float = 15.0, context_tokens: int = 128_000) -> FastAPI:
     app = FastAPI(title="turnstream mock model", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_DropOnMidstreamFailure)
     # Streams currently producing; lets tests prove a client disconnect really stops generation.
@@ -94,10 +97,17 @@ def create_app(token_delay_ms: float = 15.0) -> FastAPI:
             chat = _parse_request(await request.body())
         except _BadRequest as exc:
             return _error_response(400, exc.message, "invalid_request_error", exc.param)
+        used = prompt_tokens(chat.messages)
+        if used > context_tokens:
+            message = (
+                f"This model's maximum context length is {context_tokens} tokens. "
+                f"However, your messages resulted in {used} tokens."
+            )
+            return _error_response(400, message, "invalid_request_error", "messages", "context_length_exceeded")
         directives = parse_directives(chat.messages)
         if directives.fail or (directives.fail_midstream and not chat.stream):
             return _error_response(500, "mock upstream failure", "server_error", None)
-        plan = _plan(chat)
+        plan = _plan(chat, directives.echo_request)
         delay_ms = directives.delay_ms if directives.delay_ms is not None else token_delay_ms
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
         created = int(time.time())
@@ -152,8 +162,11 @@ def _parse_request(raw: bytes) -> _ChatRequest:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise _BadRequest(f"'{key}' must be a positive integer.", key)
         max_tokens = value if max_tokens is None else min(max_tokens, value)
-    continue_final = body.get("continue_final_message") is True
-    return _ChatRequest(model, messages, tools, bool(stream), include_usage, max_tokens, continue_final)
+    try:
+        request_options.check(body)
+    except request_options.BadOption as exc:
+        raise _BadRequest(str(exc), exc.param) from exc
+    return _ChatRequest(model, messages, tools, bool(stream), include_usage, max_tokens, body)
 
 
 def _check_message(message: Any, where: str) -> None:
@@ -171,8 +184,17 @@ def _check_message(message: Any, where: str) -> None:
         raise _BadRequest(f"'{where}.tool_calls' must be an array.", f"{where}.tool_calls")
 
 
-def _plan(chat: _ChatRequest) -> _Plan:
-    reply = decide(chat.messages, chat.tools, continue_final_message=chat.continue_final_message)
+def _plan(chat: _ChatRequest, echo_request: bool) -> _Plan:
+    if echo_request:
+        reply = Reply(text=json.dumps(chat.body, sort_keys=True))
+    else:
+        # vLLM's continue_final_message: the last (assistant) message is a cut-off answer to go on from.
+        continuation = chat.body.get("continue_final_message") is True
+        offered = request_options.offered(chat.body, chat.tools)
+        reply = decide(chat.messages, offered, continue_final_message=continuation)
+        reply = request_options.apply_tool_choice(reply, chat.body, offered_tool_names(chat.tools), call_id)
+        if reply.text is not None and not reply.tool_calls:
+            reply = Reply(text=request_options.shaped_text(reply.text, chat.body))
     finish_reason = "tool_calls" if reply.tool_calls else "stop"
     tokens = tokenize(reply.text or "") if not reply.tool_calls else []
     if chat.max_tokens is not None and len(tokens) > chat.max_tokens:
@@ -288,6 +310,8 @@ def _compact(data: Mapping[str, Any]) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
-def _error_response(status: int, message: str, error_type: str, param: str | None) -> JSONResponse:
-    error = {"message": message, "type": error_type, "param": param, "code": None}
+def _error_response(
+    status: int, message: str, error_type: str, param: str | None, code: str | None = None
+) -> JSONResponse:
+    error = {"message": message, "type": error_type, "param": param, "code": code}
     return JSONResponse({"error": error}, status_code=status)

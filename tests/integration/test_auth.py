@@ -217,3 +217,25 @@ def test_the_readme_keys_example_runs(keyed: KeyedStack) -> None:
     assert any(row[1:5] == ["team-b", "-", "120", "4"] for row in rows if len(row) > 4)
     assert re.search(r"^revoked key_\w+ \(project team-b\)$", out, re.M)
     assert not SECRET.search(out.replace("\n", " "))
+
+
+def test_the_websocket_needs_a_key_and_its_turns_belong_to_the_key_project(keyed: KeyedStack) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url = keyed.base_url().replace("http://", "ws://") + "/responses"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, open_timeout=10)
+    assert refused.value.response.status_code == 401
+    assert json.loads(refused.value.response.body)["error"]["code"] == "invalid_api_key"
+
+    _, owner = keyed.key("ws-owner")
+    _, other = keyed.key("ws-other")
+    with connect(url, open_timeout=10, additional_headers={"Authorization": f"Bearer {owner}"}) as socket:
+        socket.send(json.dumps({"type": "response.create", "model": M, "input": "count to 3"}))
+        created = json.loads(socket.recv(timeout=10))
+    assert created["type"] == "response.created"
+    response_id = created["response"]["id"]
+    assert keyed.client(owner).responses.retrieve(response_id).id == response_id
+    with pytest.raises(openai.NotFoundError):
+        keyed.client(other).responses.retrieve(response_id)

@@ -56,7 +56,7 @@ def test_cancel_before_pickup_is_honoured(client: OpenAI, stack: Stack) -> None:
         cancelled = client.responses.cancel(created.id)
         assert cancelled.status == "cancelled"
         events = validated(client.responses.retrieve(created.id, stream=True))
-        assert [e.type for e in events] == ["response.created", "response.incomplete"]
+        assert [e.type for e in events] == ["response.created", "response.queued", "response.incomplete"]
         assert_consecutive([e.sequence_number for e in events])
     finally:
         for name in workers:
@@ -64,7 +64,7 @@ def test_cancel_before_pickup_is_honoured(client: OpenAI, stack: Stack) -> None:
     # A worker picking the job up later finds it finished and leaves it alone.
     time.sleep(1.5)
     assert client.responses.retrieve(created.id).status == "cancelled"
-    assert len(validated(client.responses.retrieve(created.id, stream=True))) == 2
+    assert len(validated(client.responses.retrieve(created.id, stream=True))) == 3
 
 
 def test_cancelled_turn_keeps_input_and_partial_text_in_the_conversation(client: OpenAI) -> None:

@@ -127,10 +127,11 @@ def test_text_parts_are_joined_into_plain_content() -> None:
     ]
 
 
-def test_images_become_image_url_parts_next_to_text_parts() -> None:
+def test_images_and_files_become_chat_parts_next_to_text_parts() -> None:
     item = {"type": "message", "role": "user", "content": [
         {"type": "input_text", "text": "what is this?"},
-        {"type": "input_image", "image_url": "https://example.test/cat.png", "detail": "auto"},
+        {"type": "input_image", "image_url": "https://example.test/cat.png", "detail": "low"},
+        {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"},
     ]}
 
     (message,) = to_messages("", [item])
@@ -139,10 +140,18 @@ def test_images_become_image_url_parts_next_to_text_parts() -> None:
         "role": "user",
         "content": [
             {"type": "text", "text": "what is this?"},
-            {"type": "image_url", "image_url": {"url": "https://example.test/cat.png"}},
+            {"type": "image_url", "image_url": {"url": "https://example.test/cat.png", "detail": "low"}},
+            {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"}},
         ],
     }
     MESSAGES.validate_python([message])
+
+
+def test_strict_function_tools_stay_strict_upstream() -> None:
+    strict = chat_tool({"type": "function", "name": "f", "parameters": None, "strict": True})
+    loose = chat_tool({"type": "function", "name": "g", "parameters": None, "strict": False})
+
+    assert strict["function"]["strict"] is True and "strict" not in loose["function"]
 
 
 def test_parallel_function_calls_form_one_assistant_message_with_tool_calls() -> None:

@@ -207,16 +207,54 @@ def test_text_part_without_text_names_the_text_param() -> None:
 
 
 def test_image_part_without_url_names_the_image_url_param() -> None:
-    error = rejected([{"role": "user", "content": [{"type": "input_image", "file_id": "file_1"}]}])
+    error = rejected([{"role": "user", "content": [{"type": "input_image", "detail": "low"}]}])
 
     assert error.param == "input[0].content[0].image_url"
+
+
+@pytest.mark.parametrize(
+    ("part", "param"),
+    [
+        ({"type": "input_image", "file_id": "file_1"}, "file_id"),
+        ({"type": "input_image", "image_url": "ftp://example.test/a.png"}, "image_url"),
+        ({"type": "input_image", "image_url": "https://example.test/a.png", "detail": "max"}, "detail"),
+        ({"type": "input_file", "file_id": "file_1"}, "file_id"),
+        ({"type": "input_file", "file_url": "https://example.test/a.pdf"}, "file_url"),
+        ({"type": "input_file", "filename": "a.pdf"}, "file_data"),
+        ({"type": "input_file", "file_data": "JVBERi0="}, "filename"),
+    ],
+)
+def test_media_parts_that_cannot_reach_the_model_are_rejected_naming_the_field(
+    part: dict[str, Any], param: str
+) -> None:
+    error = rejected([{"role": "user", "content": [part]}])
+
+    assert error.param == f"input[0].content[0].{param}"
+
+
+def test_file_parts_are_kept_with_their_data_and_name() -> None:
+    (item,) = normalise_input(
+        [{"role": "user", "content": [{"type": "input_file", "filename": "a.pdf", "file_data": "JVBERi0="}]}]
+    )
+
+    assert item["content"] == [{"type": "input_file", "filename": "a.pdf", "file_data": "JVBERi0="}]
+    CONVERSATION_ITEM.validate_python(item)
+
+
+@pytest.mark.parametrize("role", ["system", "developer"])
+def test_images_in_system_level_messages_are_rejected(role: str) -> None:
+    part = {"type": "input_image", "image_url": "https://example.test/a.png"}
+    error = rejected([{"role": role, "content": [{"type": "input_text", "text": "look"}, part]}])
+
+    assert error.param == "input[0].content[1].type"
+    assert error.code == "unsupported_value"
 
 
 @pytest.mark.parametrize(
     ("role", "part"),
     [
         ("user", {"type": "input_audio", "input_audio": {}}),
-        ("user", {"type": "input_file", "file_id": "file_1"}),
+        ("user", {"type": "input_video", "video_url": "https://example.test/a.mp4"}),
         ("assistant", {"type": "input_image", "image_url": "https://example.test/a.png"}),
         ("assistant", {"type": "refusal", "refusal": "no"}),
     ],

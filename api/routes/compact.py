@@ -1,0 +1,80 @@
+"""POST /v1/responses/compact: a context (input and/or a previous_response_id chain) summarised into one
+`compaction` item, which the client sends back as input in place of that context.
+
+The summary is written by the agent's model, so like any turn it runs on a worker: the request is stored
+and queued as a turn that runs no agent loop, and this route waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import Services, ServicesDep
+from api.errors import APIError, invalid, not_found
+from api.schemas import normalise_input
+from api.turns import accept, agent_card
+from shared import ids, keys
+from shared.models import Status, TurnRequest, Usage
+from shared.records import load_response
+
+router = APIRouter(prefix="/v1/responses", tags=["responses"])
+
+
+class CompactBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[dict[str, Any]] | None = None
+    previous_response_id: str | None = None
+    instructions: str | None = None
+    prompt_cache_key: str | None = Field(default=None, max_length=64)
+
+
+@router.post("/compact")
+async def compact_response(body: CompactBody, svc: ServicesDep) -> dict[str, Any]:
+    """Compact a context into a compaction item (runs on a worker; waits for it)."""
+    if body.input is None and body.previous_response_id is None:
+        raise invalid("Send 'input', 'previous_response_id', or both: there is nothing to compact.", "input")
+    await agent_card(svc, body.model)
+    if body.previous_response_id and not await svc.redis.exists(keys.response(body.previous_response_id)):
+        raise not_found("Previous response", body.previous_response_id, "previous_response_id")
+    req = TurnRequest(
+        response_id=ids.response_id(),
+        model=body.model,
+        instructions=body.instructions,
+        input=normalise_input(body.input) if body.input is not None else [],
+        previous_response_id=body.previous_response_id,
+        prompt_cache_key=body.prompt_cache_key,
+        truncation="disabled",  # the whole context is summarised, however long
+        compact_only=True,
+    )
+    await accept(svc, req)
+    final = await _final(svc, req.response_id)
+    if final.get("status") != Status.COMPLETED:
+        message = (final.get("error") or {}).get("message") or f"compaction ended {final.get('status')}"
+        raise APIError(500, message, type="server_error", code="server_error")
+    return {
+        "id": req.response_id,
+        "object": "response.compaction",
+        "created_at": req.created_at,
+        "output": final["output"],
+        "usage": final.get("usage") or Usage().to_openai(),
+    }
+
+
+async def _final(svc: Services, response_id: str) -> dict[str, Any]:
+    try:
+        async with asyncio.timeout(svc.settings.sync_wait_timeout_s):
+            async for event in svc.fanout.events(response_id):
+                if event.terminal:
+                    break
+    except TimeoutError:
+        pass
+    record = await load_response(svc.redis, response_id)
+    if record is None:
+        raise not_found("Response", response_id)
+    return record.response

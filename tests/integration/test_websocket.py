@@ -1,0 +1,166 @@
+"""WebSocket mode on /v1/responses with a real WebSocket client: many turns on one socket, tool loops,
+concurrency across conversations, errors as the spec's error event, resume after a dropped socket."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from tests.conftest import Stack
+from tests.integration.conftest import assert_consecutive
+from tests.openresponses_spec import Conformance, assert_spec_valid
+
+M = "turnstream-mock"
+TERMINAL = ("response.completed", "response.failed", "response.incomplete")
+LOOKUP_ORDER = {
+    "type": "function",
+    "name": "lookup_order",
+    "description": "Look up an order.",
+    "parameters": {"type": "object", "properties": {"id": {"type": "string"}}},
+}
+Json = dict[str, Any]
+
+
+@pytest.fixture
+def ws(stack: Stack) -> Iterator[ClientConnection]:
+    url = stack.api_url.replace("http://", "ws://") + "/v1/responses"
+    with connect(url, open_timeout=10) as socket:
+        yield socket
+
+
+def _send(ws: ClientConnection, **body: Any) -> None:
+    ws.send(json.dumps({"type": "response.create", "model": M, **body}))
+
+
+def _receive(ws: ClientConnection, check: Conformance | None = None) -> Json:
+    message: Json = json.loads(ws.recv(timeout=20))
+    if check is not None and message["type"] != "error":
+        check.event(message)  # as sent, response_id included: an extra field both the spec and the SDK allow
+    return message
+
+
+def _turn(ws: ClientConnection, check: Conformance) -> list[Json]:
+    """Every event of the one turn in flight, through its terminal event."""
+    events = [_receive(ws, check)]
+    while events[-1]["type"] not in TERMINAL:
+        events.append(_receive(ws, check))
+    assert_consecutive([e["sequence_number"] for e in events])
+    assert {e["response_id"] for e in events} == {events[0]["response"]["id"]}
+    return events
+
+
+def test_a_client_tool_loop_runs_over_one_socket(ws: ClientConnection) -> None:
+    check = Conformance()
+    _send(ws, input='call lookup_order({"id": "1"})', tools=[LOOKUP_ORDER])
+    previous: Json | None = None
+    for round_no in range(1, 4):
+        events = _turn(ws, check)
+        final = events[-1]["response"]
+        assert events[0]["type"] == "response.created" and final["status"] == "completed"
+        call = final["output"][-1]
+        if previous is not None:
+            assert final["previous_response_id"] == previous["id"]
+        if round_no == 3:
+            assert call["type"] == "message"
+            assert call["content"][0]["text"] == "Tool lookup_order returned: order 2 shipped."
+            break
+        assert call["type"] == "function_call" and call["name"] == "lookup_order"
+        # The client runs its tool, then asks again on the same socket, chaining by previous_response_id.
+        nxt = f'call lookup_order({{"id": "{round_no + 1}"}})' if round_no < 2 else None
+        output = [{"type": "function_call_output", "call_id": call["call_id"], "output": f"order {round_no} shipped"}]
+        _send(ws, previous_response_id=final["id"], tools=[LOOKUP_ORDER],
+              input=output + ([{"role": "user", "content": nxt}] if nxt else []))
+        previous = final
+    assert check.counts["event[response.function_call_arguments.done]"] == 2
+
+
+def test_sequential_turns_on_one_socket_share_a_conversation(ws: ClientConnection, stack: Stack) -> None:
+    check = Conformance()
+    conversation = httpx.post(f"{stack.base_url}/conversations", json={}).json()["id"]
+    _send(ws, input="My name is Asha.", conversation=conversation)
+    _turn(ws, check)
+    _send(ws, input="What is my name?", conversation=conversation)
+    answer = _turn(ws, check)[-1]["response"]
+    assert answer["output"][0]["content"][0]["text"] == "Your name is Asha."
+
+
+def test_concurrent_turns_on_different_conversations_interleave_on_one_socket(
+    ws: ClientConnection, stack: Stack
+) -> None:
+    check = Conformance()
+    asks = {"count to 40 [delay=5ms]": 40, "count to 25 [delay=5ms]": 25}
+    for ask in asks:
+        conversation = httpx.post(f"{stack.base_url}/conversations", json={}).json()["id"]
+        _send(ws, input=ask, conversation=conversation)
+    by_response: dict[str, list[Json]] = defaultdict(list)
+    order: list[str] = []
+    while sum(1 for events in by_response.values() if events[-1]["type"] in TERMINAL) < 2:
+        event = _receive(ws, check)
+        by_response[event["response_id"]].append(event)
+        order.append(event["response_id"])
+    assert len(by_response) == 2
+    texts = []
+    for events in by_response.values():
+        assert_consecutive([e["sequence_number"] for e in events])
+        texts.append("".join(e["delta"] for e in events if e["type"] == "response.output_text.delta"))
+    assert sorted(texts) == sorted(" ".join(str(i) for i in range(1, n + 1)) for n in asks.values())
+    # The creates were answered in order: the first response.created belongs to the first create.
+    first_created = next(e for e in by_response[order[0]] if e["type"] == "response.created")
+    assert first_created["response"]["id"] == order[0]
+
+
+ERRORS: list[tuple[str, str, int, str | None]] = [
+    ("not json", "{oops", 400, None),
+    ("not an object", "[1]", 400, None),
+    ("unknown type", json.dumps({"type": "response.cancel"}), 400, "type"),
+    ("stream is http only", json.dumps({"type": "response.create", "model": M, "input": "hi", "stream": True}),
+     400, "stream"),
+    ("background is http only",
+     json.dumps({"type": "response.create", "model": M, "input": "hi", "background": True}), 400, "background"),
+    ("bad model", json.dumps({"type": "response.create", "model": "gpt-nope", "input": "hi"}), 400, "model"),
+    ("missing input", json.dumps({"type": "response.create", "model": M}), 400, "input"),
+    ("unknown previous response",
+     json.dumps({"type": "response.create", "model": M, "input": "hi", "previous_response_id": "resp_nope"}),
+     404, "previous_response_id"),
+]
+
+
+@pytest.mark.parametrize(("name", "raw", "status", "param"), ERRORS, ids=[e[0] for e in ERRORS])
+def test_a_refused_create_is_the_spec_error_event_and_the_socket_goes_on(
+    ws: ClientConnection, name: str, raw: str, status: int, param: str | None
+) -> None:
+    ws.send(raw)
+    error = _receive(ws)
+    assert_spec_valid("WebSocketErrorEvent", error)
+    assert error["status"] == status and error["error"]["param"] == param and error["error"]["message"]
+    _send(ws, input="count to 2")
+    assert _turn(ws, Conformance())[-1]["response"]["status"] == "completed"
+
+
+def test_an_oversized_message_is_refused(ws: ClientConnection) -> None:
+    # The test stack sets TURNSTREAM_MAX_INPUT_BYTES=65536.
+    _send(ws, input="x" * 70_000)
+    error = _receive(ws)
+    assert (error["type"], error["status"], error["error"]["code"]) == ("error", 413, "too_large")
+
+
+def test_a_dropped_socket_leaves_the_turn_running_and_it_resumes_over_sse(stack: Stack) -> None:
+    url = stack.api_url.replace("http://", "ws://") + "/v1/responses"
+    with connect(url) as ws:
+        _send(ws, input="count to 60 [delay=5ms]")
+        seen = [_receive(ws) for _ in range(8)]
+    response_id, last = seen[0]["response"]["id"], seen[-1]["sequence_number"]
+    with httpx.stream(
+        "GET", f"{stack.base_url}/responses/{response_id}", params={"stream": "true", "starting_after": last}
+    ) as reply:
+        rest = Conformance().sse(reply.read().decode())
+    assert_consecutive([e["sequence_number"] for e in seen + rest])
+    assert rest[-1]["type"] == "response.completed"
+    text = "".join(e["delta"] for e in seen + rest if e["type"] == "response.output_text.delta")
+    assert text == " ".join(str(i) for i in range(1, 61))
