@@ -1,69 +1,229 @@
-"""One Redis reader per API process, fanning response events out to that process's SSE clients.
+"""One Redis reader per API process, fanning response events out to that process's subscribers.
 
 A blocking XREAD per client would pin a pooled connection each and, measured, gave p99 128 ms at 500
-clients; one XREAD over every watched stream feeding in-process queues gave 4.4 ms. A subscriber first
-registers, then replays what is already stored, then takes live events from its queue, dropping any it
-already saw: registering first is what guarantees no gap between replay and live.
+clients; one XREAD over every watched stream feeding in-process subscribers gave 4.4 ms.
+
+What an event costs here is what 2,000 tails multiply: the reader decodes each entry and encodes its SSE
+frame once, then hands the same frame to every subscriber of that response (a list append and, for a
+subscriber that is waiting, one future set). No task, timeout or timer is made per event or per
+subscriber; one ticker per process sends keep-alives, drops stalled clients and notices deleted responses.
+
+A subscriber registers, then replays what is already stored, then takes live frames, dropping any it
+already saw: registering first is what guarantees no gap between replay and live. Redis is the source of
+truth whenever the live path cannot be trusted: a subscriber that fell too far behind, or that sees a gap
+in the sequence numbers, re-reads from Redis after the last event it delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from shared import keys
+from api.sse import Frame, encode
+from shared import events, keys
 from shared.events import StreamEvent, decode_entry
 from shared.models import TERMINAL_STATUSES
-from shared.stream_tail import read_after
 
 log = logging.getLogger(__name__)
 
-_QUEUE_MAX = 10_000  # a subscriber this far behind re-reads from Redis instead of growing memory
+_PENDING_MAX = 1_000  # frames a subscriber holds before it re-reads from Redis instead (they are shared)
+# Events per Redis read of a replay or refill: what a client that is not reading can make this process hold.
+_PAGE = 200
 _BLOCK_MS = 10_000
 
 
-@dataclass(eq=False)
-class _Subscriber:
-    queue: asyncio.Queue[StreamEvent] = field(default_factory=lambda: asyncio.Queue(_QUEUE_MAX))
-    lost: bool = False  # its queue overflowed: the next read goes back to Redis
+class Subscription:
+    """One consumer's place in one response's events: an async iterator of frame batches.
 
-    def offer(self, event: StreamEvent) -> None:
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.lost = True
+    A batch holds the frames that arrived since the consumer last asked, deduplicated and in order; it
+    ends with the terminal frame, after which iteration stops. An empty batch means "nothing new, but a
+    keep-alive is due". The fan-out reader calls `push`; the ticker calls `poke` and `on_stall`.
+    """
+
+    __slots__ = (
+        "_fanout",
+        "_from_redis",
+        "_pending",
+        "_poked",
+        "_registered",
+        "_waiter",
+        "closed",
+        "last_sent",
+        "last_seq",
+        "on_stall",
+        "response_id",
+        "sending_since",
+    )
+
+    def __init__(self, fanout: Fanout, response_id: str, after_seq: int) -> None:
+        self._fanout = fanout
+        self.response_id = response_id
+        self.last_seq = after_seq
+        self._pending: list[Frame] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._from_redis = False  # live frames were dropped, or a read left more: the next batch is read
+        self._poked = False
+        self._registered = False
+        self.closed = False
+        self.last_sent = fanout.now()  # loop time of the last batch handed out (or keep-alive)
+        self.sending_since: float | None = None  # set by a consumer while its write is blocked
+        self.on_stall: Callable[[], None] | None = None
+
+    # --- called by the reader and the ticker -----------------------------------------------------
+
+    def push(self, frames: list[Frame]) -> None:
+        if self._from_redis or len(self._pending) + len(frames) > _PENDING_MAX:
+            self._from_redis = True
+            self._pending = []
+        else:
+            self._pending += frames
+        self._wake()
+
+    def poke(self) -> None:
+        self._poked = True
+        self._wake()
+
+    def close(self) -> None:
+        """Ends the iteration at the consumer's next step (its client left, or the response is gone)."""
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- the consumer's side -----------------------------------------------------------------------
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> list[Frame]:
+        while not self.closed:
+            if not self._registered:
+                frames = await self._start()
+            elif self._from_redis or self._gap():
+                self._pending = []
+                frames, self._from_redis = await self._fanout.read(self.response_id, self.last_seq)
+            elif self._pending:
+                frames, self._pending = self._pending, []
+            elif self._poked:
+                self._poked = False
+                self.last_sent = self._fanout.now()
+                return []
+            else:
+                self._waiter = self._fanout.loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+                continue
+            batch = self._fresh(frames)
+            if batch:
+                self.last_sent = self._fanout.now()
+                return batch
+        await self.aclose()
+        raise StopAsyncIteration
+
+    async def _start(self) -> list[Frame]:
+        self._registered = True
+        await self._fanout.watch(self)
+        frames, self._from_redis = await self._fanout.read(self.response_id, self.last_seq)
+        if not frames:
+            ended, terminal = await self._fanout.ended_after(self.response_id, self.last_seq)
+            if terminal is not None:
+                return [terminal]
+            if ended:
+                self.closed = True  # resumed after the terminal event, or the response is gone
+        return frames
+
+    def _gap(self) -> bool:
+        for frame in self._pending:
+            if frame.event.seq > self.last_seq:
+                return frame.event.seq > self.last_seq + 1
+        return False
+
+    def _fresh(self, frames: list[Frame]) -> list[Frame]:
+        batch = [frame for frame in frames if frame.event.seq > self.last_seq]
+        for i, frame in enumerate(batch):
+            if frame.event.terminal:
+                del batch[i + 1 :]
+                self.closed = True
+                break
+        if batch:
+            self.last_seq = batch[-1].event.seq
+        return batch
+
+    async def aclose(self) -> None:
+        self.closed = True
+        if self._registered:
+            self._registered = False
+            self._fanout.unwatch(self)
 
 
 @dataclass(eq=False)
 class _Watch:
     position: str  # the last stream entry id the reader has seen
-    subscribers: set[_Subscriber] = field(default_factory=set)
+    subscribers: set[Subscription] = field(default_factory=set)
+    last_event: float = 0.0  # loop time of the last event read (or of the watch's start)
 
 
 class Fanout:
-    def __init__(self, redis: Redis, reader: Redis, *, poll_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        reader: Redis,
+        *,
+        poll_s: float = 1.0,
+        keepalive_s: float = 15.0,
+        stall_timeout_s: float = 30.0,
+        max_streams: int = 5_000,
+        check_quiet_s: float = 30.0,
+    ) -> None:
         """`reader` is a client of its own: the blocking read keeps its connection busy."""
         self._redis = redis
         self._reader = reader
         self._wake_key = keys.fanout_wake(uuid.uuid4().hex)
         self._wake_position = "0-0"
         self._watches: dict[str, _Watch] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._check: asyncio.Task[None] | None = None
         self._poll_s = poll_s
+        self.keepalive_s = keepalive_s
+        self.stall_timeout_s = stall_timeout_s
+        self.max_streams = max_streams
+        # A response this quiet is checked for deletion, so that its subscribers do not wait forever.
+        self._check_quiet_s = check_quiet_s
+        self.open_streams = 0  # SSE responses this process is serving (api.sse keeps the count)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def now(self) -> float:
+        return self.loop.time()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._tasks = [asyncio.create_task(self._read_forever()), asyncio.create_task(self._tick_forever())]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self._check is not None:
+            self._tasks.append(self._check)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):  # Redis may be away at shutdown; the key expires anyway
             await self._redis.delete(self._wake_key)
 
@@ -71,67 +231,71 @@ class Fanout:
     def watched(self) -> int:
         return len(self._watches)
 
+    def subscribe(self, response_id: str, after_seq: int = -1) -> Subscription:
+        """Frames of the response after `after_seq`, stored then live; registers on the first iteration."""
+        return Subscription(self, response_id, after_seq)
+
     async def events(self, response_id: str, after_seq: int = -1) -> AsyncIterator[StreamEvent]:
         """Events of the response after `after_seq`, stored then live, ending after the terminal one."""
-        sub = _Subscriber()
-        await self._watch(keys.events(response_id), sub)
+        subscription = self.subscribe(response_id, after_seq)
         try:
-            last = after_seq
-            pending = await read_after(self._redis, response_id, last)
-            if not pending and await self._ended_by(response_id, last):
-                return  # resumed after the terminal event: nothing more will come
-            while True:
-                for event in pending:
-                    if event.seq <= last:
-                        continue
-                    yield event
-                    last = event.seq
-                    if event.terminal:
-                        return
-                pending = await self._next(sub, response_id, last)
+            async for batch in subscription:
+                for frame in batch:
+                    yield frame.event
         finally:
-            self._unwatch(keys.events(response_id), sub)
+            await subscription.aclose()
 
-    async def _ended_by(self, response_id: str, seq: int) -> bool:
-        status, last_seq = await self._redis.hmget(keys.response(response_id), ["status", "seq"])
+    # --- Redis ---------------------------------------------------------------------------------------
+
+    async def read(self, response_id: str, after_seq: int) -> tuple[list[Frame], bool]:
+        """Up to a page of stored frames after `after_seq`, and whether there may be more."""
+        start = f"{after_seq + 1}-0"
+        entries = await self._redis.xrange(keys.events(response_id), min=start, max="+", count=_PAGE)
+        frames = []
+        for _, entry in entries:
+            event = decode_entry(entry)
+            frames.append(Frame(event, encode(event)))
+        return frames, len(entries) == _PAGE
+
+    async def ended_after(self, response_id: str, seq: int) -> tuple[bool, Frame | None]:
+        """Whether nothing will ever follow `seq`; and the terminal frame, when the stream expired before
+        the response did and `seq` is before its end (it is rebuilt from the stored Response)."""
+        status, last_seq, response = await self._redis.hmget(keys.response(response_id), ["status", "seq", "response"])
         if status is None:
-            return True  # deleted or expired: no event will ever come
-        return status.decode() in TERMINAL_STATUSES and int(last_seq or -1) <= seq
+            return True, None  # deleted or expired: no event will ever come
+        if status.decode() not in TERMINAL_STATUSES:
+            return False, None
+        last = int(last_seq or -1)
+        if last <= seq or response is None or await self._redis.exists(keys.events(response_id)):
+            return True, None
+        body = {**json.loads(response), "status": status.decode()}
+        terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[status.decode()], body)
+        event = StreamEvent(last, terminal["type"], 0, json.dumps({**terminal, "sequence_number": last}))
+        return True, Frame(event, encode(event))
 
-    async def _next(self, sub: _Subscriber, response_id: str, last: int) -> list[StreamEvent]:
-        if sub.lost:
-            sub.lost = False
-            return await read_after(self._redis, response_id, last)
-        try:
-            event = await asyncio.wait_for(sub.queue.get(), timeout=self._poll_s * 30)
-        except TimeoutError:
-            # Quiet for a long while: look at Redis directly in case a wake-up went missing.
-            return await read_after(self._redis, response_id, last)
-        if event.seq > last + 1:
-            return await read_after(self._redis, response_id, last)  # a gap: refill from the source
-        return [event]
-
-    async def _watch(self, key: str, sub: _Subscriber) -> None:
+    async def watch(self, sub: Subscription) -> None:
+        key = keys.events(sub.response_id)
         watch = self._watches.get(key)
-        if watch is None:
-            newest = await self._redis.xrevrange(key, count=1)
-            position = newest[0][0].decode() if newest else "0-0"
-            watch = self._watches.setdefault(key, _Watch(position))
+        if watch is not None:
             watch.subscribers.add(sub)
-            # Interrupt the blocking read so it includes the new stream from now on.
-            await self._redis.xadd(self._wake_key, {"w": "1"}, maxlen=16)
-            await self._redis.expire(self._wake_key, 3600)
-        else:
-            watch.subscribers.add(sub)
+            return
+        newest = await self._redis.xrevrange(key, count=1)
+        position = newest[0][0].decode() if newest else "0-0"
+        watch = self._watches.setdefault(key, _Watch(position, last_event=self.now()))
+        watch.subscribers.add(sub)
+        # Interrupt the blocking read so it includes the new stream from now on.
+        await self._redis.xadd(self._wake_key, {"w": "1"}, maxlen=16)
+        await self._redis.expire(self._wake_key, 3600)
 
-    def _unwatch(self, key: str, sub: _Subscriber) -> None:
+    def unwatch(self, sub: Subscription) -> None:
+        key = keys.events(sub.response_id)
         watch = self._watches.get(key)
         if watch is not None:
             watch.subscribers.discard(sub)
             if not watch.subscribers:
                 del self._watches[key]
 
-    async def _run(self) -> None:
+    async def _read_forever(self) -> None:
         while True:
             try:
                 await self._read_once()
@@ -145,6 +309,7 @@ class Fanout:
         streams = {self._wake_key: self._wake_position}
         streams.update({key: watch.position for key, watch in self._watches.items()})
         reply = await self._reader.xread(streams, block=_BLOCK_MS, count=1000)  # type: ignore[arg-type]
+        now = self.now()
         for raw_key, entries in reply or []:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             last_id = entries[-1][0].decode() if isinstance(entries[-1][0], bytes) else entries[-1][0]
@@ -155,7 +320,48 @@ class Fanout:
             if watch is None:
                 continue
             watch.position = last_id
-            for _, fields in entries:
-                event = decode_entry(fields)
+            watch.last_event = now
+            frames = []
+            for _, entry in entries:
+                event = decode_entry(entry)
+                frames.append(Frame(event, encode(event)))
+            for sub in watch.subscribers:
+                sub.push(frames)
+
+    # --- the per-process ticker ----------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        tick_s = min(1.0, self.keepalive_s / 2, self.stall_timeout_s / 2, self._check_quiet_s / 2)
+        checked = self.now()
+        while True:
+            await asyncio.sleep(tick_s)
+            now = self.now()
+            for watch in list(self._watches.values()):
                 for sub in list(watch.subscribers):
-                    sub.offer(event)
+                    if sub.sending_since is not None and now - sub.sending_since > self.stall_timeout_s:
+                        if sub.on_stall is not None:
+                            sub.on_stall()
+                    elif now - sub.last_sent >= self.keepalive_s:
+                        sub.poke()
+            if now - checked >= self._check_quiet_s and (self._check is None or self._check.done()):
+                checked = now
+                quiet = [key for key, w in self._watches.items() if now - w.last_event >= self._check_quiet_s]
+                if quiet:
+                    self._check = asyncio.create_task(self._close_deleted(quiet))
+
+    async def _close_deleted(self, stream_keys: list[str]) -> None:
+        # A deleted (or expired) response gets no terminal event: end its subscribers rather than let them
+        # wait forever. One check per quiet response, not per subscriber.
+        pipe = self._redis.pipeline(transaction=False)
+        for key in stream_keys:
+            pipe.exists(keys.response(key.removeprefix(keys.events(""))))
+        try:
+            found = await pipe.execute()
+        except Exception:  # Redis away: the next round tries again
+            log.warning("checking quiet responses failed", exc_info=True)
+            return
+        for key, exists in zip(stream_keys, found, strict=True):
+            watch = self._watches.get(key)
+            if not exists and watch is not None:
+                for sub in list(watch.subscribers):
+                    sub.close()

@@ -1,56 +1,139 @@
-"""Server-sent events of a response: replayed from any point, then live, with keep-alives.
+"""Server-sent events of a response: each event's frame is encoded once and written to every client.
 
 Keep-alives are lone comment lines (": keep-alive") with no blank line after them: a comment followed by a
 blank line makes some SSE parsers, the openai SDK's among them, dispatch an empty event (the last event id
-is still set) and fail to decode it.
+is still set) and fail to decode it. They come from the fan-out's one per-process ticker, not from a timer
+per stream.
+
+A client that stops reading fills its socket's buffers; once a write has been blocked for
+`TURNSTREAM_SSE_STALL_TIMEOUT_S` the connection is aborted (it can resume with Last-Event-ID). ASGI has no
+way to abort a connection, and closing one waits for its unsent data (forever, if the client never reads),
+so the outermost ASGI layer (`ExposeTransport`) hands streams the connection's transport where the server
+has one to give (uvicorn's per-request `send` is a method of an object that holds it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.errors import APIError
 from shared.events import StreamEvent
+
+if TYPE_CHECKING:
+    from api.fanout import Fanout, Subscription
+
+log = logging.getLogger(__name__)
 
 # Proxies (nginx) buffer responses unless told not to, which would hold tokens back.
 SSE_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache", "Connection": "keep-alive"}
 KEEPALIVE = b": keep-alive\n"
+TRANSPORT = "turnstream.transport"  # scope key under which ExposeTransport puts the connection's transport
+_RETRY_AFTER_S = 5
+_WRITE_MAX = 65_536  # asyncio's default high-water mark: a server pauses the writer past it
 
 
-def frame(event: StreamEvent) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Frame:
+    event: StreamEvent
+    data: bytes  # the encoded SSE frame, shared by every client of the response
+
+
+def encode(event: StreamEvent) -> bytes:
     return f"id: {event.seq}\nevent: {event.type}\ndata: {event.data}\n\n".encode()
 
 
-async def with_keepalives(events: AsyncIterator[StreamEvent], keepalive_s: float) -> AsyncIterator[bytes]:
-    pending: asyncio.Future[StreamEvent] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(events))
-            done, _ = await asyncio.wait({pending}, timeout=keepalive_s)
-            if not done:
-                yield KEEPALIVE
-                continue
-            try:
-                event = pending.result()
-            except StopAsyncIteration:
-                return
-            pending = None
-            yield frame(event)
-    finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+def ensure_capacity(fanout: Fanout) -> None:
+    """Raises 503 when this process already serves its cap of SSE streams; call it before committing a turn."""
+    if fanout.open_streams >= fanout.max_streams:
+        raise APIError(
+            503,
+            f"This server is at its limit of {fanout.max_streams} open event streams; retry shortly.",
+            type="server_error",
+            code="too_many_streams",
+            retry_after=_RETRY_AFTER_S,
+        )
 
 
-def sse_response(events: AsyncIterator[StreamEvent], keepalive_s: float) -> StreamingResponse:
-    return StreamingResponse(
-        with_keepalives(events, keepalive_s), media_type="text/event-stream", headers=SSE_HEADERS
-    )
+class SSEResponse(Response):
+    """The response's events after `after_seq` as an SSE stream, ending after the terminal event."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, fanout: Fanout, response_id: str, after_seq: int = -1) -> None:
+        self.status_code = 200
+        self.background = None
+        self.init_headers(SSE_HEADERS)
+        self._fanout = fanout
+        self._subscription = fanout.subscribe(response_id, after_seq)
+        fanout.open_streams += 1  # released when the stream ends; counted from here so the cap is exact
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sub = self._subscription
+        transport = scope.get(TRANSPORT)
+        if transport is not None:
+            sub.on_stall = lambda: _abort(transport, sub)
+        listener = asyncio.create_task(_close_on_disconnect(receive, sub))
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for batch in sub:
+                for body in _bodies(batch):
+                    sub.sending_since = sub.last_sent
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    sub.sending_since = None
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            listener.cancel()
+            await sub.aclose()
+            self._fanout.open_streams -= 1
+
+
+def _bodies(batch: list[Frame]) -> list[bytes]:
+    """The batch as few writes, each at most ~_WRITE_MAX: a server holds one write whole, reader or not."""
+    if len(batch) == 1:
+        return [batch[0].data]
+    if not batch:
+        return [KEEPALIVE]
+    bodies: list[bytes] = []
+    part: list[bytes] = []
+    size = 0
+    for frame in batch:
+        part.append(frame.data)
+        size += len(frame.data)
+        if size >= _WRITE_MAX:
+            bodies.append(b"".join(part))
+            part, size = [], 0
+    if part:
+        bodies.append(b"".join(part))
+    return bodies
+
+
+async def _close_on_disconnect(receive: Receive, sub: Subscription) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    sub.close()
+
+
+def _abort(transport: Any, sub: Subscription) -> None:
+    if not transport.is_closing():
+        log.info("dropping a stalled SSE client of %s after event %d", sub.response_id, sub.last_seq)
+    transport.abort()
+    sub.close()
+
+
+class ExposeTransport:
+    """Outermost ASGI layer: puts the connection's transport in the scope, when the server has one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if transport is not None and scope["type"] == "http":
+            scope[TRANSPORT] = transport
+        await self.app(scope, receive, send)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -15,10 +14,9 @@ from api.deps import Services, ServicesDep
 from api.errors import APIError, from_validation, invalid, not_found
 from api.listing import Page, paginate
 from api.schemas import CreateResponseBody
-from api.sse import sse_response
+from api.sse import SSEResponse, ensure_capacity
 from api.turns import accept, build_request
-from shared import events, keys
-from shared.events import StreamEvent
+from shared import keys
 from shared.models import Status, TurnOutcome
 from shared.records import ResponseRecord, load_response
 from shared.response_object import build_response
@@ -32,10 +30,12 @@ _CANCEL_WAIT_S = 2.0  # cancel answers with the final Response when the worker s
 async def create_response(request: Request, svc: ServicesDep) -> Response:
     """Create a model response (runs on a worker; returns at once, streams, or waits)."""
     body = await _read_body(request, svc.settings.max_input_bytes)
+    if body.stream:
+        ensure_capacity(svc.fanout)
     req = await build_request(svc, body)
     queued = await accept(svc, req)
     if body.stream:
-        return sse_response(svc.fanout.events(req.response_id), svc.settings.sse_keepalive_s)
+        return SSEResponse(svc.fanout, req.response_id)
     if body.background:
         return JSONResponse(queued)
     return JSONResponse(await _wait_final(svc, req.response_id, svc.settings.sync_wait_timeout_s))
@@ -55,7 +55,8 @@ async def get_response(
     if not stream:
         return JSONResponse(record.response)
     after = starting_after if starting_after is not None else _last_event_id(last_event_id)
-    return sse_response(_resumed(svc, record, response_id, after), svc.settings.sse_keepalive_s)
+    ensure_capacity(svc.fanout)
+    return SSEResponse(svc.fanout, response_id, after)
 
 
 @router.post("/{response_id}/cancel")
@@ -146,20 +147,6 @@ async def _record(svc: Services, response_id: str) -> ResponseRecord:
     if record is None:
         raise not_found("Response", response_id)
     return record
-
-
-async def _resumed(
-    svc: Services, record: ResponseRecord, response_id: str, after: int
-) -> AsyncIterator[StreamEvent]:
-    if record.status.terminal and not await svc.redis.exists(keys.events(response_id)):
-        # The stream outlived its TTL but the response did not: end it with the stored final state.
-        last_seq = int(await svc.redis.hget(keys.response(response_id), "seq") or 0)
-        if last_seq > after:
-            terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[record.status.value], record.response)
-            yield StreamEvent(last_seq, terminal["type"], 0, json.dumps({**terminal, "sequence_number": last_seq}))
-        return
-    async for event in svc.fanout.events(response_id, after):
-        yield event
 
 
 async def _wait_final(svc: Services, response_id: str, timeout_s: float) -> dict[str, Any]:

@@ -10,13 +10,34 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from shared.redis_conn import EmbeddedRedis
+
+T = TypeVar("T")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (uvicorn[standard] brings it), else stock asyncio.
+
+    uvicorn picks uvloop only when it runs its own loop: started through `Server.serve()`, as here, it
+    runs on whatever loop it is given (stock asyncio under `asyncio.run`). arq's `Worker.run` runs on the
+    current event loop. So every entry point makes its loop here.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -40,15 +61,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = get_settings()
     try:
         if args.command == "dev":
-            asyncio.run(_dev(settings))
+            run(_dev(settings))
         elif args.command == "api":
-            asyncio.run(_api(settings))
+            run(_api(settings))
         elif args.command == "worker":
             sys.exit(_worker_check(settings) if args.check else _worker(settings))
         elif args.command == "mock":
             from shared.mock.server import serve
 
-            asyncio.run(serve(settings.host, settings.mock_port, settings.mock_token_delay_ms))
+            run(serve(settings.host, settings.mock_port, settings.mock_token_delay_ms))
         elif args.command == "chat":
             from shared.cli.chat import run_chat
 
@@ -56,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.command == "tail":
             from shared.cli.tail import run_tail
 
-            asyncio.run(run_tail(settings, args.response_id, args.after, args.url))
+            run(run_tail(settings, args.response_id, args.after, args.url))
     except KeyboardInterrupt:
         pass
 
@@ -78,6 +99,7 @@ async def _api(settings: Settings) -> None:
 def _worker(settings: Settings) -> int:
     from worker.service import build_worker
 
+    asyncio.set_event_loop(new_event_loop())  # arq's Worker takes the current loop when it is built
     build_worker(settings).run()
     return 0
 

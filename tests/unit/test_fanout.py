@@ -83,8 +83,11 @@ async def until_watched(fanout: Fanout, streams: int = 1) -> None:
     raise AssertionError("the subscriber never registered its watch")
 
 
-def reader_tasks() -> int:
-    return sum(1 for task in asyncio.all_tasks() if task.get_coro().__qualname__ == "Fanout._run" and not task.done())
+def fanout_tasks() -> int:
+    """The fan-out's own background tasks (its reader and its ticker) still running."""
+    return sum(
+        1 for task in asyncio.all_tasks() if task.get_coro().__qualname__.startswith("Fanout.") and not task.done()
+    )
 
 
 def assert_complete(received: list[StreamEvent], first: int, last: int) -> None:
@@ -223,7 +226,7 @@ async def test_a_rerun_is_delivered_with_its_attempt_number(harness: Harness) ->
     assert [event.seq for event in received] == [0, 1, 2, 3, 4]
 
 
-async def test_stop_ends_the_reader_and_removes_its_wake_stream() -> None:
+async def test_stop_ends_the_reader_and_the_ticker_and_removes_its_wake_stream() -> None:
     embedded = EmbeddedRedis()
     redis = embedded.client(SETTINGS)
     fanout = Fanout(redis, embedded.client(SETTINGS), poll_s=0.05)
@@ -237,12 +240,12 @@ async def test_stop_ends_the_reader_and_removes_its_wake_stream() -> None:
         await harness.produce(response_id, 2)
         await subscriber
     assert await redis.keys(keys.fanout_wake("*")) != []
-    assert reader_tasks() == 1
+    assert fanout_tasks() == 2
 
     async with asyncio.timeout(GUARD_S):
         await fanout.stop()
 
-    assert reader_tasks() == 0
+    assert fanout_tasks() == 0
     assert await redis.keys(keys.fanout_wake("*")) == []
 
 
