@@ -12,7 +12,7 @@ from api import errors
 from api.deps import Services
 from api.fanout import Fanout
 from api.routes import conversations, responses, system
-from api.sse import ExposeTransport
+from api.sse import ExposeConnection
 from shared.redis_conn import EmbeddedRedis, connect
 from shared.settings import Settings
 from shared.turn_state import Retention, TurnState
@@ -21,7 +21,7 @@ from shared.turn_state import Retention, TurnState
 class _App(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         # Outside every middleware, where the server's own `send` is still visible (see api/sse.py).
-        return ExposeTransport(super().build_middleware_stack())
+        return ExposeConnection(super().build_middleware_stack())
 
 
 def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> FastAPI:

@@ -4,9 +4,11 @@ A blocking XREAD per client would pin a pooled connection each and, measured, ga
 clients; one XREAD over every watched stream feeding in-process subscribers gave 4.4 ms.
 
 What an event costs here is what 2,000 tails multiply: the reader decodes each entry and encodes its SSE
-frame once, then hands the same frame to every subscriber of that response (a list append and, for a
-subscriber that is waiting, one future set). No task, timeout or timer is made per event or per
-subscriber; one ticker per process sends keep-alives, drops stalled clients and notices deleted responses.
+frame once, then hands the same bytes to every subscriber of that response. A subscriber that is caught up
+and idle, and whose consumer gave it a transport (an SSE client on uvicorn), gets them written to its
+socket right there: no task wakes up at all. Any other gets them appended to its pending list, and its
+consumer is woken by one future. No task, timeout or timer is made per event or per subscriber; one
+ticker per process sends keep-alives, drops stalled clients and notices deleted responses.
 
 A subscriber registers, then replays what is already stored, then takes live frames, dropping any it
 already saw: registering first is what guarantees no gap between replay and live. Redis is the source of
@@ -23,10 +25,11 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 
-from api.sse import Frame, encode
+from api.sse import Frame, encode, http_chunk
 from shared import events, keys
 from shared.events import StreamEvent, decode_entry
 from shared.models import TERMINAL_STATUSES
@@ -34,6 +37,7 @@ from shared.models import TERMINAL_STATUSES
 log = logging.getLogger(__name__)
 
 _PENDING_MAX = 1_000  # frames a subscriber holds before it re-reads from Redis instead (they are shared)
+_DIRECT_BUFFER_MAX = 65_536  # past asyncio's default high-water mark, writes go through the consumer again
 # Events per Redis read of a replay or refill: what a client that is not reading can make this process hold.
 _PAGE = 200
 _BLOCK_MS = 10_000
@@ -55,6 +59,7 @@ class Subscription:
         "_registered",
         "_waiter",
         "closed",
+        "direct",
         "last_sent",
         "last_seq",
         "on_stall",
@@ -75,10 +80,29 @@ class Subscription:
         self.last_sent = fanout.now()  # loop time of the last batch handed out (or keep-alive)
         self.sending_since: float | None = None  # set by a consumer while its write is blocked
         self.on_stall: Callable[[], None] | None = None
+        # A transport (asyncio.WriteTransport) whose HTTP body is chunk-framed, that the reader may write
+        # to itself while this subscription is caught up and its consumer idle.
+        self.direct: Any = None
 
     # --- called by the reader and the ticker -----------------------------------------------------
 
-    def push(self, frames: list[Frame]) -> None:
+    def push(self, frames: list[Frame], chunk: bytes, now: float) -> None:
+        """Takes live frames, consecutive and in order; `chunk` is them as one HTTP chunk."""
+        transport = self.direct
+        if (
+            transport is not None
+            and self._waiter is not None  # the consumer is idle: nothing of ours is on its way through it
+            and not self._pending
+            and not self._from_redis
+            and frames[0].event.seq == self.last_seq + 1
+            and not frames[-1].event.terminal  # the consumer ends the response
+            and transport.get_write_buffer_size() < _DIRECT_BUFFER_MAX
+            and not transport.is_closing()
+        ):
+            transport.write(chunk)
+            self.last_seq = frames[-1].event.seq
+            self.last_sent = now
+            return
         if self._from_redis or len(self._pending) + len(frames) > _PENDING_MAX:
             self._from_redis = True
             self._pending = []
@@ -325,8 +349,9 @@ class Fanout:
             for _, entry in entries:
                 event = decode_entry(entry)
                 frames.append(Frame(event, encode(event)))
+            chunk = http_chunk(frames)
             for sub in watch.subscribers:
-                sub.push(frames)
+                sub.push(frames, chunk, now)
 
     # --- the per-process ticker ----------------------------------------------------------------------
 

@@ -5,11 +5,18 @@ blank line makes some SSE parsers, the openai SDK's among them, dispatch an empt
 is still set) and fail to decode it. They come from the fan-out's one per-process ticker, not from a timer
 per stream.
 
-A client that stops reading fills its socket's buffers; once a write has been blocked for
-`TURNSTREAM_SSE_STALL_TIMEOUT_S` the connection is aborted (it can resume with Last-Event-ID). ASGI has no
-way to abort a connection, and closing one waits for its unsent data (forever, if the client never reads),
-so the outermost ASGI layer (`ExposeTransport`) hands streams the connection's transport where the server
-has one to give (uvicorn's per-request `send` is a method of an object that holds it).
+Two things need the connection itself, which ASGI does not give: the outermost ASGI layer
+(`ExposeConnection`) puts it in the scope where the server has one to give (uvicorn's per-request `send`
+is a method of its request cycle, which holds the transport and knows the body's framing).
+- A client that stops reading fills its socket's buffers; once a write has been blocked for
+  `TURNSTREAM_SSE_STALL_TIMEOUT_S` the connection is aborted (it can resume with Last-Event-ID). Closing
+  instead would wait for the unsent data, forever if the client never reads.
+- A live, caught-up stream is written by the fan-out reader straight to the transport, as HTTP chunks: per
+  event and client that is one `write` instead of a task wake-up and a trip through the ASGI `send` chain
+  (measured with tests/benchmarks/fanout.py: 2.2x less API CPU per delivery, p99 lag 7 ms instead of
+  30-40 ms, at 2,000 tails and 10k deliveries/s). Everything else (replay, keep-alives, the terminal
+  event, a client whose buffer is filling) goes through `send`, which keeps uvicorn's flow control.
+Without a connection (another server), streams run entirely on `send` and cannot drop a stalled client.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ log = logging.getLogger(__name__)
 # Proxies (nginx) buffer responses unless told not to, which would hold tokens back.
 SSE_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache", "Connection": "keep-alive"}
 KEEPALIVE = b": keep-alive\n"
-TRANSPORT = "turnstream.transport"  # scope key under which ExposeTransport puts the connection's transport
+CONNECTION = "turnstream.connection"  # scope key under which ExposeConnection puts the server's request cycle
 _RETRY_AFTER_S = 5
 _WRITE_MAX = 65_536  # asyncio's default high-water mark: a server pauses the writer past it
 
@@ -46,6 +53,12 @@ class Frame:
 
 def encode(event: StreamEvent) -> bytes:
     return f"id: {event.seq}\nevent: {event.type}\ndata: {event.data}\n\n".encode()
+
+
+def http_chunk(frames: list[Frame]) -> bytes:
+    """The frames as one HTTP/1.1 chunk (RFC 9112 7.1), for writing to a chunk-framed body directly."""
+    data = frames[0].data if len(frames) == 1 else b"".join([frame.data for frame in frames])
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 def ensure_capacity(fanout: Fanout) -> None:
@@ -75,12 +88,15 @@ class SSEResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sub = self._subscription
-        transport = scope.get(TRANSPORT)
-        if transport is not None:
-            sub.on_stall = lambda: _abort(transport, sub)
+        connection = scope.get(CONNECTION)
+        if connection is not None:
+            sub.on_stall = lambda: _abort(connection.transport, sub)
         listener = asyncio.create_task(_close_on_disconnect(receive, sub))
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            # Known once the headers are out: uvicorn chunk-frames a body of unknown length.
+            if connection is not None and getattr(connection, "chunked_encoding", None) is True:
+                sub.direct = connection.transport
             async for batch in sub:
                 for body in _bodies(batch):
                     sub.sending_since = sub.last_sent
@@ -126,14 +142,14 @@ def _abort(transport: Any, sub: Subscription) -> None:
     sub.close()
 
 
-class ExposeTransport:
-    """Outermost ASGI layer: puts the connection's transport in the scope, when the server has one."""
+class ExposeConnection:
+    """Outermost ASGI layer: puts the server's request cycle (with its transport) in the scope, if any."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        transport = getattr(getattr(send, "__self__", None), "transport", None)
-        if transport is not None and scope["type"] == "http":
-            scope[TRANSPORT] = transport
+        cycle = getattr(send, "__self__", None)
+        if scope["type"] == "http" and hasattr(cycle, "transport"):
+            scope[CONNECTION] = cycle
         await self.app(scope, receive, send)
