@@ -196,6 +196,7 @@ class Subscription:
 
 @dataclass(eq=False)
 class _Watch:
+    response_id: str
     position: str  # the last stream entry id the reader has seen
     subscribers: set[Subscription] = field(default_factory=set)
     last_event: float = 0.0  # loop time of the last event read (or of the watch's start)
@@ -305,7 +306,7 @@ class Fanout:
             return
         newest = await self._redis.xrevrange(key, count=1)
         position = newest[0][0].decode() if newest else "0-0"
-        watch = self._watches.setdefault(key, _Watch(position, last_event=self.now()))
+        watch = self._watches.setdefault(key, _Watch(sub.response_id, position, last_event=self.now()))
         watch.subscribers.add(sub)
         # Interrupt the blocking read so it includes the new stream from now on.
         await self._redis.xadd(self._wake_key, {"w": "1"}, maxlen=16)
@@ -370,23 +371,22 @@ class Fanout:
                         sub.poke()
             if now - checked >= self._check_quiet_s and (self._check is None or self._check.done()):
                 checked = now
-                quiet = [key for key, w in self._watches.items() if now - w.last_event >= self._check_quiet_s]
+                quiet = [w for w in self._watches.values() if now - w.last_event >= self._check_quiet_s]
                 if quiet:
                     self._check = asyncio.create_task(self._close_deleted(quiet))
 
-    async def _close_deleted(self, stream_keys: list[str]) -> None:
+    async def _close_deleted(self, quiet: list[_Watch]) -> None:
         # A deleted (or expired) response gets no terminal event: end its subscribers rather than let them
         # wait forever. One check per quiet response, not per subscriber.
         pipe = self._redis.pipeline(transaction=False)
-        for key in stream_keys:
-            pipe.exists(keys.response(key.removeprefix(keys.events(""))))
+        for watch in quiet:
+            pipe.exists(keys.response(watch.response_id))
         try:
             found = await pipe.execute()
         except Exception:  # Redis away: the next round tries again
             log.warning("checking quiet responses failed", exc_info=True)
             return
-        for key, exists in zip(stream_keys, found, strict=True):
-            watch = self._watches.get(key)
-            if not exists and watch is not None:
+        for watch, exists in zip(quiet, found, strict=True):
+            if not exists:
                 for sub in list(watch.subscribers):
                     sub.close()

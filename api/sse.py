@@ -99,7 +99,7 @@ class SSEResponse(Response):
                 sub.direct = connection.transport
             async for batch in sub:
                 for body in _bodies(batch):
-                    sub.sending_since = sub.last_sent
+                    sub.sending_since = self._fanout.now()
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                     sub.sending_since = None
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -507,13 +507,12 @@ async def test_subscribers_of_a_response_deleted_mid_turn_end() -> None:
     try:
         response_id = await harness.new_turn()
         await harness.write(response_id, 2)
-        subscriber = asyncio.create_task(harness.collect(response_id))
-        await until_watched(fanout)
+        subscription = fanout.subscribe(response_id)
+        assert [frame.event.seq for frame in await registered(subscription)] == [0, 1, 2]
+
         await redis.delete(keys.response(response_id), keys.events(response_id))
 
-        received = await subscriber
-
-        assert [event.seq for event in received] == [0, 1, 2]
+        assert await drain(subscription) == []
         assert fanout.watched == 0
     finally:
         await fanout.stop()
