@@ -9,7 +9,10 @@ each rate level in turn. Every delta carries the monotonic time it was written; 
 every event exactly once, in order, and records the lag from write to receipt.
 
     .venv/bin/python tests/benchmarks/fanout.py [--responses 10] [--tails 200] [--rates 2000 10000]
-        [--seconds 15] [--py-spy]
+        [--seconds 15] [--py-spy] [--api-source DIR]
+
+`--api-source` runs the API from another checkout (e.g. `git worktree add /tmp/base <commit>`), so one
+session can measure before and after.
 
 Prints per level: delivery lag p50/p99, API CPU per delivery (utime+stime from /proc/<pid>/stat over the
 measured window), the API's Redis connections, each beside its target. Not a pytest test: its numbers
@@ -90,6 +93,7 @@ def rss_mb(pid: int) -> float:
 
 @dataclass
 class Stack:
+    api_source: Path | None = None
     redis_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="turnstream-fanout-")))
@@ -112,16 +116,16 @@ class Stack:
              "--appendonly", "no", "--dir", str(self.workdir)],
             {},
         )
-        exe = Path(sys.executable).parent / "turnstream"
-        self.spawn(
-            "api",
-            [str(exe), "api"],
-            {
-                "TURNSTREAM_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
-                "TURNSTREAM_HOST": "127.0.0.1",
-                "TURNSTREAM_PORT": str(self.api_port),
-            },
-        )
+        env = {
+            "TURNSTREAM_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "TURNSTREAM_HOST": "127.0.0.1",
+            "TURNSTREAM_PORT": str(self.api_port),
+        }
+        if self.api_source is None:
+            self.spawn("api", [str(Path(sys.executable).parent / "turnstream"), "api"], env)
+        else:
+            argv = [sys.executable, "-c", "from shared.cli import main; main(['api'])"]
+            self.spawn("api", argv, {**env, "PYTHONPATH": str(self.api_source)})
 
     @property
     def api_pid(self) -> int:
@@ -433,6 +437,7 @@ def report(levels: list[Level], facts: dict[str, object], args: argparse.Namespa
     print()
     print("turnstream fan-out benchmark")
     print(f"  command:  {shlex.join([sys.executable, *argv])}")
+    print(f"  API code: {args.api_source or ROOT}")
     print(f"  machine:  {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}")
     print(f"  load:     {args.responses} responses x {args.tails} SSE tails = {facts['tails']} tails on one API "
           f"process; ~{len(PADDING) + 20}-character deltas")
@@ -476,6 +481,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=15.0, help="measured window per level")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each window")
     parser.add_argument("--py-spy", action="store_true", help="profile the API with py-spy during the last level")
+    parser.add_argument("--api-source", type=Path, default=None, help="run the API from this checkout")
     args = parser.parse_args(argv)
     if args.py_spy and not Path(py_spy_exe()).exists():
         parser.error("--py-spy needs py-spy beside this Python or on PATH (pip install py-spy)")
@@ -498,7 +504,7 @@ def main() -> int:
         print("redis-server is not on PATH", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
-    stack = Stack()
+    stack = Stack(api_source=args.api_source.resolve() if args.api_source else None)
     try:
         try:
             import uvloop  # the tails' side of the load should cost as little as possible

@@ -9,8 +9,9 @@ import pytest
 from arq.connections import ArqRedis
 
 from api.errors import APIError
-from api.fanout import Fanout, Subscription
+from api.fanout import Fanout
 from api.sse import Frame, SSEResponse, ensure_capacity
+from api.subscription import Subscription
 from shared import events, ids, keys
 from shared.events import StreamEvent
 from shared.models import Status
