@@ -201,7 +201,7 @@ class Fanout:
     # --- the per-process ticker ----------------------------------------------------------------------
 
     async def _tick_forever(self) -> None:
-        tick_s = min(1.0, self.keepalive_s / 2, self.stall_timeout_s / 2, self._check_quiet_s / 2)
+        tick_s = max(0.01, min(1.0, self.keepalive_s / 2, self.stall_timeout_s / 2, self._check_quiet_s / 2))
         checked = self.now()
         while True:
             await asyncio.sleep(tick_s)
