@@ -15,12 +15,14 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.types import ASGIApp
 
 from api import errors
 from api.auth import RequestBudgetHeaders, authenticate
 from api.deps import Services
 from api.fanout import Fanout
 from api.routes import compact, conversations, responses, system, websocket
+from api.sse import ExposeConnection
 from shared.api_keys import KeyStore, SeedKey, seed_from_settings
 from shared.logs import LogContextMiddleware, configure_logging
 from shared.rate_limits import Limiter
@@ -29,6 +31,12 @@ from shared.settings import Settings, get_settings
 from shared.turn_state import Retention, TurnState
 
 log = logging.getLogger(__name__)
+
+
+class _App(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Outside every middleware, where the server's own `send` is still visible (see api/sse.py).
+        return ExposeConnection(super().build_middleware_stack())
 
 
 def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> FastAPI:
@@ -40,7 +48,13 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = await connect(settings, embedded)
         reader = await connect(settings, embedded)
-        fanout = Fanout(redis, reader)
+        fanout = Fanout(
+            redis,
+            reader,
+            keepalive_s=settings.sse_keepalive_s,
+            stall_timeout_s=settings.sse_stall_timeout_s,
+            max_streams=settings.max_sse_streams,
+        )
         await fanout.start()
         app.state.services = Services(
             settings=settings,
@@ -65,7 +79,7 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
 
     # Every route needs a key but the probes (api/auth.py OPEN_ROUTES); routes that need the caller's
     # project take it as a parameter, which FastAPI resolves from this same call.
-    app = FastAPI(title="turnstream", version="0.1.0", lifespan=lifespan, dependencies=[Depends(authenticate)])
+    app = _App(title="turnstream", version="0.1.0", lifespan=lifespan, dependencies=[Depends(authenticate)])
     app.add_middleware(RequestBudgetHeaders)
     app.add_middleware(LogContextMiddleware)
     errors.install(app)

@@ -1,15 +1,23 @@
-"""One Redis reader per API process, fanning response events out to that process's SSE clients.
+"""One Redis reader per API process, fanning response events out to that process's subscribers.
 
 A blocking XREAD per client would pin a pooled connection each and, measured, gave p99 128 ms at 500
-clients; one XREAD over every watched stream feeding in-process queues gave 4.4 ms. A subscriber first
-registers, then replays what is already stored, then takes live events from its queue, dropping any it
-already saw: registering first is what guarantees no gap between replay and live.
+clients; one XREAD over every watched stream feeding in-process subscribers gave 4.4 ms.
+
+What an event costs here is what 2,000 tails multiply: the reader decodes each entry and encodes its SSE
+frame once, then hands the same bytes to every subscriber of that response. A subscriber that is caught up
+and idle, and whose consumer gave it a transport (an SSE client on uvicorn), gets them written to its
+socket right there: no task wakes up at all. Any other gets them appended to its pending list, and its
+consumer is woken by one future. No task, timeout or timer is made per event or per subscriber; one
+ticker per process sends keep-alives, drops stalled clients and notices deleted responses.
+
+How one subscriber goes from replay to live without a gap or a duplicate is in api/subscription.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -18,53 +26,74 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import keys
+from api.sse import Frame, encode, http_chunk
+from api.subscription import Subscription
+from shared import events, keys
 from shared.events import StreamEvent, decode_entry
 from shared.models import TERMINAL_STATUSES
-from shared.stream_tail import read_after
 
 log = logging.getLogger(__name__)
 
-_QUEUE_MAX = 10_000  # a subscriber this far behind re-reads from Redis instead of growing memory
+# Events per Redis read of a replay or refill: what a client that is not reading can make this process hold.
+_PAGE = 200
 _BLOCK_MS = 10_000
 
 
 @dataclass(eq=False)
-class _Subscriber:
-    queue: asyncio.Queue[StreamEvent] = field(default_factory=lambda: asyncio.Queue(_QUEUE_MAX))
-    lost: bool = False  # its queue overflowed: the next read goes back to Redis
-
-    def offer(self, event: StreamEvent) -> None:
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.lost = True
-
-
-@dataclass(eq=False)
 class _Watch:
+    response_id: str
     position: str  # the last stream entry id the reader has seen
-    subscribers: set[_Subscriber] = field(default_factory=set)
+    subscribers: set[Subscription] = field(default_factory=set)
+    last_event: float = 0.0  # loop time of the last event read (or of the watch's start)
 
 
 class Fanout:
-    def __init__(self, redis: Redis, reader: Redis, *, poll_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        reader: Redis,
+        *,
+        poll_s: float = 1.0,
+        keepalive_s: float = 15.0,
+        stall_timeout_s: float = 30.0,
+        max_streams: int = 5_000,
+        check_quiet_s: float = 30.0,
+    ) -> None:
         """`reader` is a client of its own: the blocking read keeps its connection busy."""
         self._redis = redis
         self._reader = reader
         self._wake_key = keys.fanout_wake(uuid.uuid4().hex)
         self._wake_position = "0-0"
         self._watches: dict[str, _Watch] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._check: asyncio.Task[None] | None = None
         self._poll_s = poll_s
+        self.keepalive_s = keepalive_s
+        self.stall_timeout_s = stall_timeout_s
+        self.max_streams = max_streams
+        # A response this quiet is checked for deletion, so that its subscribers do not wait forever.
+        self._check_quiet_s = check_quiet_s
+        self.open_streams = 0  # SSE responses this process is serving (api.sse keeps the count)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def now(self) -> float:
+        return self.loop.time()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._tasks = [asyncio.create_task(self._read_forever()), asyncio.create_task(self._tick_forever())]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self._check is not None:
+            self._tasks.append(self._check)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):  # Redis may be away at shutdown; the key expires anyway
             await self._redis.delete(self._wake_key)
 
@@ -72,67 +101,71 @@ class Fanout:
     def watched(self) -> int:
         return len(self._watches)
 
+    def subscribe(self, response_id: str, after_seq: int = -1) -> Subscription:
+        """Frames of the response after `after_seq`, stored then live; registers on the first iteration."""
+        return Subscription(self, response_id, after_seq)
+
     async def events(self, response_id: str, after_seq: int = -1) -> AsyncIterator[StreamEvent]:
         """Events of the response after `after_seq`, stored then live, ending after the terminal one."""
-        sub = _Subscriber()
-        await self._watch(keys.events(response_id), sub)
+        subscription = self.subscribe(response_id, after_seq)
         try:
-            last = after_seq
-            pending = await read_after(self._redis, response_id, last)
-            if not pending and await self._ended_by(response_id, last):
-                return  # resumed after the terminal event: nothing more will come
-            while True:
-                for event in pending:
-                    if event.seq <= last:
-                        continue
-                    yield event
-                    last = event.seq
-                    if event.terminal:
-                        return
-                pending = await self._next(sub, response_id, last)
+            async for batch in subscription:
+                for frame in batch:
+                    yield frame.event
         finally:
-            self._unwatch(keys.events(response_id), sub)
+            await subscription.aclose()
 
-    async def _ended_by(self, response_id: str, seq: int) -> bool:
-        status, last_seq = await self._redis.hmget(keys.response(response_id), ["status", "seq"])
+    # --- Redis ---------------------------------------------------------------------------------------
+
+    async def read(self, response_id: str, after_seq: int) -> tuple[list[Frame], bool]:
+        """Up to a page of stored frames after `after_seq`, and whether there may be more."""
+        start = f"{after_seq + 1}-0"
+        entries = await self._redis.xrange(keys.events(response_id), min=start, max="+", count=_PAGE)
+        frames = []
+        for _, entry in entries:
+            event = decode_entry(entry)
+            frames.append(Frame(event, encode(event)))
+        return frames, len(entries) == _PAGE
+
+    async def ended_after(self, response_id: str, seq: int) -> tuple[bool, Frame | None]:
+        """Whether nothing will ever follow `seq`; and the terminal frame, when the stream expired before
+        the response did and `seq` is before its end (it is rebuilt from the stored Response)."""
+        status, last_seq, response = await self._redis.hmget(keys.response(response_id), ["status", "seq", "response"])
         if status is None:
-            return True  # deleted or expired: no event will ever come
-        return status.decode() in TERMINAL_STATUSES and int(last_seq or -1) <= seq
+            return True, None  # deleted or expired: no event will ever come
+        if status.decode() not in TERMINAL_STATUSES:
+            return False, None
+        last = int(last_seq or -1)
+        if last <= seq or response is None or await self._redis.exists(keys.events(response_id)):
+            return True, None
+        body = {**json.loads(response), "status": status.decode()}
+        terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[status.decode()], body)
+        event = StreamEvent(last, terminal["type"], 0, json.dumps({**terminal, "sequence_number": last}))
+        return True, Frame(event, encode(event))
 
-    async def _next(self, sub: _Subscriber, response_id: str, last: int) -> list[StreamEvent]:
-        if sub.lost:
-            sub.lost = False
-            return await read_after(self._redis, response_id, last)
-        try:
-            event = await asyncio.wait_for(sub.queue.get(), timeout=self._poll_s * 30)
-        except TimeoutError:
-            # Quiet for a long while: look at Redis directly in case a wake-up went missing.
-            return await read_after(self._redis, response_id, last)
-        if event.seq > last + 1:
-            return await read_after(self._redis, response_id, last)  # a gap: refill from the source
-        return [event]
-
-    async def _watch(self, key: str, sub: _Subscriber) -> None:
+    async def watch(self, sub: Subscription) -> None:
+        key = keys.events(sub.response_id)
         watch = self._watches.get(key)
-        if watch is None:
-            newest = await self._redis.xrevrange(key, count=1)
-            position = newest[0][0].decode() if newest else "0-0"
-            watch = self._watches.setdefault(key, _Watch(position))
+        if watch is not None:
             watch.subscribers.add(sub)
-            # Interrupt the blocking read so it includes the new stream from now on.
-            await self._redis.xadd(self._wake_key, {"w": "1"}, maxlen=16)
-            await self._redis.expire(self._wake_key, 3600)
-        else:
-            watch.subscribers.add(sub)
+            return
+        newest = await self._redis.xrevrange(key, count=1)
+        position = newest[0][0].decode() if newest else "0-0"
+        watch = self._watches.setdefault(key, _Watch(sub.response_id, position, last_event=self.now()))
+        watch.subscribers.add(sub)
+        # Interrupt the blocking read so it includes the new stream from now on.
+        await self._redis.xadd(self._wake_key, {"w": "1"}, maxlen=16)
+        await self._redis.expire(self._wake_key, 3600)
 
-    def _unwatch(self, key: str, sub: _Subscriber) -> None:
+    def unwatch(self, sub: Subscription) -> None:
+        key = keys.events(sub.response_id)
         watch = self._watches.get(key)
         if watch is not None:
             watch.subscribers.discard(sub)
             if not watch.subscribers:
                 del self._watches[key]
 
-    async def _run(self) -> None:
+    async def _read_forever(self) -> None:
         while True:
             try:
                 await self._read_once()
@@ -150,6 +183,7 @@ class Fanout:
         streams = {self._wake_key: self._wake_position}
         streams.update({key: watch.position for key, watch in self._watches.items()})
         reply = await self._reader.xread(streams, block=_BLOCK_MS, count=1000)  # type: ignore[arg-type]
+        now = self.now()
         for raw_key, entries in reply or []:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             last_id = entries[-1][0].decode() if isinstance(entries[-1][0], bytes) else entries[-1][0]
@@ -160,7 +194,48 @@ class Fanout:
             if watch is None:
                 continue
             watch.position = last_id
-            for _, fields in entries:
-                event = decode_entry(fields)
+            watch.last_event = now
+            frames = []
+            for _, entry in entries:
+                event = decode_entry(entry)
+                frames.append(Frame(event, encode(event)))
+            chunk = http_chunk(frames)
+            for sub in watch.subscribers:
+                sub.push(frames, chunk, now)
+
+    # --- the per-process ticker ----------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        tick_s = max(0.01, min(1.0, self.keepalive_s / 2, self.stall_timeout_s / 2, self._check_quiet_s / 2))
+        checked = self.now()
+        while True:
+            await asyncio.sleep(tick_s)
+            now = self.now()
+            for watch in list(self._watches.values()):
                 for sub in list(watch.subscribers):
-                    sub.offer(event)
+                    if sub.sending_since is not None and now - sub.sending_since > self.stall_timeout_s:
+                        if sub.on_stall is not None:
+                            sub.on_stall()
+                    elif now - sub.last_sent >= self.keepalive_s:
+                        sub.poke()
+            if now - checked >= self._check_quiet_s and (self._check is None or self._check.done()):
+                checked = now
+                quiet = [w for w in self._watches.values() if now - w.last_event >= self._check_quiet_s]
+                if quiet:
+                    self._check = asyncio.create_task(self._close_deleted(quiet))
+
+    async def _close_deleted(self, quiet: list[_Watch]) -> None:
+        # A deleted (or expired) response gets no terminal event: end its subscribers rather than let them
+        # wait forever. One check per quiet response, not per subscriber.
+        pipe = self._redis.pipeline(transaction=False)
+        for watch in quiet:
+            pipe.exists(keys.response(watch.response_id))
+        try:
+            found = await pipe.execute()
+        except Exception:  # Redis away: the next round tries again
+            log.warning("checking quiet responses failed", exc_info=True)
+            return
+        for watch, exists in zip(quiet, found, strict=True):
+            if not exists:
+                for sub in list(watch.subscribers):
+                    sub.close()

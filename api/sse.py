@@ -1,73 +1,158 @@
-"""Server-sent events of a response: replayed from any point, then live, with keep-alives.
+"""Server-sent events of a response: each event's frame is encoded once and written to every client.
 
 Keep-alives are lone comment lines (": keep-alive") with no blank line after them: a comment followed by a
 blank line makes some SSE parsers, the openai SDK's among them, dispatch an empty event (the last event id
-is still set) and fail to decode it.
+is still set) and fail to decode it. They come from the fan-out's one per-process ticker, not from a timer
+per stream.
+
+Two things need the connection itself, which ASGI does not give: the outermost ASGI layer
+(`ExposeConnection`) puts it in the scope where the server has one to give (uvicorn's per-request `send`
+is a method of its request cycle, which holds the transport and knows the body's framing).
+- A client that stops reading fills its socket's buffers; once a write has been blocked for
+  `TURNSTREAM_SSE_STALL_TIMEOUT_S` the connection is aborted (it can resume with Last-Event-ID). Closing
+  instead would wait for the unsent data, forever if the client never reads.
+- A live, caught-up stream is written by the fan-out reader straight to the transport, as HTTP chunks: per
+  event and client that is one `write` instead of a task wake-up and a trip through the ASGI `send` chain
+  (tests/benchmarks/fanout.py, 2,000 tails at 10k deliveries/s: 9.9 us of API CPU per delivery instead
+  of 25.5, p99 lag 6.3 ms instead of 13.6). Everything else (replay, keep-alives, the terminal
+  event, a client whose buffer is filling) goes through `send`, which keeps uvicorn's flow control.
+Without a connection (another server), streams run entirely on `send` and cannot drop a stalled client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.errors import APIError
 from shared.events import StreamEvent
+
+if TYPE_CHECKING:
+    from api.fanout import Fanout, Subscription
+
+log = logging.getLogger(__name__)
 
 # Proxies (nginx) buffer responses unless told not to, which would hold tokens back.
 SSE_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache", "Connection": "keep-alive"}
 KEEPALIVE = b": keep-alive\n"
+# The Open Responses spec's terminal frame, after the terminal event of a stream that ended on its own.
 DONE = b"data: [DONE]\n\n"
+CONNECTION = "turnstream.connection"  # scope key under which ExposeConnection puts the server's request cycle
+_RETRY_AFTER_S = 5
+_WRITE_MAX = 65_536  # asyncio's default high-water mark: a server pauses the writer past it
 
 
-def frame(event: StreamEvent) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Frame:
+    event: StreamEvent
+    data: bytes  # the encoded SSE frame, shared by every client of the response
+
+
+def encode(event: StreamEvent) -> bytes:
     return f"id: {event.seq}\nevent: {event.type}\ndata: {event.data}\n\n".encode()
 
 
-async def with_keepalives(events: AsyncIterator[StreamEvent], keepalive_s: float) -> AsyncIterator[bytes]:
-    pending: asyncio.Future[StreamEvent] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(events))
-            done, _ = await asyncio.wait({pending}, timeout=keepalive_s)
-            if not done:
-                yield KEEPALIVE
-                continue
-            try:
-                event = pending.result()
-            except StopAsyncIteration:
-                return
-            pending = None
-            yield frame(event)
-    finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+def http_chunk(frames: list[Frame]) -> bytes:
+    """The frames as one HTTP/1.1 chunk (RFC 9112 7.1), for writing to a chunk-framed body directly."""
+    data = frames[0].data if len(frames) == 1 else b"".join([frame.data for frame in frames])
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-async def ending_with_done(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The frames, then the literal `data: [DONE]` the Open Responses spec requires as the last frame.
-
-    Sent only when the events end on their own (the terminal event went out, or a resume asked for what
-    comes after it); a stream cut short by an error or a disconnect ends without it, so clients can tell.
-    """
-    try:
-        async for chunk in frames:
-            yield chunk
-    finally:
-        aclose = getattr(frames, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    yield DONE
+def ensure_capacity(fanout: Fanout) -> None:
+    """Raises 503 when this process already serves its cap of SSE streams; call it before committing a turn."""
+    if fanout.open_streams >= fanout.max_streams:
+        raise APIError(
+            503,
+            f"This server is at its limit of {fanout.max_streams} open event streams; retry shortly.",
+            type="server_error",
+            code="too_many_streams",
+            retry_after=_RETRY_AFTER_S,
+        )
 
 
-def sse_response(events: AsyncIterator[StreamEvent], keepalive_s: float) -> StreamingResponse:
-    return StreamingResponse(
-        ending_with_done(with_keepalives(events, keepalive_s)), media_type="text/event-stream", headers=SSE_HEADERS
-    )
+class SSEResponse(Response):
+    """The response's events after `after_seq` as an SSE stream, ending after the terminal event."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, fanout: Fanout, response_id: str, after_seq: int = -1) -> None:
+        self.status_code = 200
+        self.background = None
+        self.init_headers(SSE_HEADERS)
+        self._fanout = fanout
+        self._subscription = fanout.subscribe(response_id, after_seq)
+        fanout.open_streams += 1  # released when the stream ends; counted from here so the cap is exact
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sub = self._subscription
+        connection = scope.get(CONNECTION)
+        if connection is not None:
+            sub.on_stall = lambda: _abort(connection.transport, sub)
+        listener = asyncio.create_task(_close_on_disconnect(receive, sub))
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            # Known once the headers are out: uvicorn chunk-frames a body of unknown length.
+            if connection is not None and getattr(connection, "chunked_encoding", None) is True:
+                sub.direct = connection.transport
+            async for batch in sub:
+                for body in _bodies(batch):
+                    sub.sending_since = self._fanout.now()
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    sub.sending_since = None
+            # A stream cut short (client gone, stalled, response deleted) ends without [DONE], so clients can tell.
+            await send({"type": "http.response.body", "body": DONE if sub.ended else b"", "more_body": False})
+        finally:
+            listener.cancel()
+            await sub.aclose()
+            self._fanout.open_streams -= 1
+
+
+def _bodies(batch: list[Frame]) -> list[bytes]:
+    """The batch as few writes, each at most ~_WRITE_MAX: a server holds one write whole, reader or not."""
+    if len(batch) == 1:
+        return [batch[0].data]
+    if not batch:
+        return [KEEPALIVE]
+    bodies: list[bytes] = []
+    part: list[bytes] = []
+    size = 0
+    for frame in batch:
+        part.append(frame.data)
+        size += len(frame.data)
+        if size >= _WRITE_MAX:
+            bodies.append(b"".join(part))
+            part, size = [], 0
+    if part:
+        bodies.append(b"".join(part))
+    return bodies
+
+
+async def _close_on_disconnect(receive: Receive, sub: Subscription) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    sub.close()
+
+
+def _abort(transport: Any, sub: Subscription) -> None:
+    if not transport.is_closing():
+        log.info("dropping a stalled SSE client of %s after event %d", sub.response_id, sub.last_seq)
+    transport.abort()
+    sub.close()
+
+
+class ExposeConnection:
+    """Outermost ASGI layer: puts the server's request cycle (with its transport) in the scope, if any."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cycle = getattr(send, "__self__", None)
+        if scope["type"] == "http" and hasattr(cycle, "transport"):
+            scope[CONNECTION] = cycle
+        await self.app(scope, receive, send)

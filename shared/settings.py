@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     sse_keepalive_s: float = 15.0
+    max_sse_streams: int = 5_000  # open SSE streams per API process before new ones get 503 + Retry-After
+    # A client whose socket stays full this long (it stopped reading) is dropped; it can resume later.
+    sse_stall_timeout_s: float = 30.0
     sync_wait_timeout_s: float = 660.0  # how long a non-stream, non-background request waits
 
     # --- Keys and projects (README "Keys and projects") -----------------------------------------

@@ -1,7 +1,8 @@
 """Reading a response's event stream from Redis: replay from any point, then follow until the end.
 
 `read_after` is what every reader starts with; `tail` adds a blocking follow and is what `turnstream tail`
-and an out-of-process gateway use. The API's fan-out uses `read_after` plus one shared XREAD per process.
+and an out-of-process gateway use. The API's fan-out (api/fanout.py) reads the same entries a page at a
+time plus one shared XREAD per process.
 """
 
 from __future__ import annotations

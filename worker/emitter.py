@@ -4,6 +4,11 @@ The first event after a quiet spell is written at once, so the first token shows
 arriving within the next `window` are merged (consecutive text deltas become one delta) and written in
 one round trip when the window closes. A model emitting a token per millisecond thus costs ~50 writes/s
 instead of ~1000, and no event waits longer than the window.
+
+An item's opening events (`output_item.added`, `content_part.added`) are never written alone: they wait
+for the item's first delta, and that delta goes out with them at once, in one write, whatever the window
+says. Written alone, they would start a window that the first token then has to sit out. An item that
+gets no delta (a tool result) has its opening written when the window closes.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from worker.append_batcher import AppendBatcher
 from worker.redis_retry import Outage
 
 _MERGEABLE = ("response.output_text.delta", "response.function_call_arguments.delta")
+_OPENING = ("response.output_item.added", "response.content_part.added")
 
 
 class Emitter:
@@ -38,7 +44,8 @@ class Emitter:
         self._buffer: list[events.Event] = []
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
-        self._last_flush = 0.0
+        self._last_flush = float("-inf")  # loop time starts near 0 on a fresh host: no window has run yet
+        self._opened: set[str] = set()  # items whose opening is written or buffered, awaiting a first delta
         self._error: BaseException | None = None
         self.writes = 0
 
@@ -46,6 +53,17 @@ class Emitter:
         if self._error is not None:
             raise self._error
         self._add(event)
+        kind = event["type"]
+        if kind in _OPENING:
+            self._opened.add(event["item"]["id"] if kind == "response.output_item.added" else event["item_id"])
+            if self._timer is None:
+                self._timer = asyncio.create_task(self._flush_later(self._window))
+            return
+        if kind in _MERGEABLE and event["item_id"] in self._opened:
+            self._opened.discard(event["item_id"])
+            self._cancel_timer()
+            await self.flush()
+            return
         if self._timer is not None:
             return
         wait = self._last_flush + self._window - asyncio.get_running_loop().time()
@@ -53,6 +71,12 @@ class Emitter:
             await self.flush()
         else:
             self._timer = asyncio.create_task(self._flush_later(wait))
+
+    def _cancel_timer(self) -> None:
+        # Only a sleeping timer is ever cancelled: a timer that is writing has already cleared `_timer`.
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _add(self, event: events.Event) -> None:
         last = self._buffer[-1] if self._buffer else None
@@ -90,15 +114,11 @@ class Emitter:
 
     async def close(self) -> None:
         """Writes whatever is pending; the turn calls this before committing its terminal state."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         if self._error is not None:
             raise self._error
         await self.flush()
 
     def discard(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         self._buffer.clear()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -20,10 +18,10 @@ from api.idempotency import Claim, IdempotencyKey
 from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateResponseBody
-from api.sse import sse_response
+from api.sse import SSEResponse, ensure_capacity
 from api.turns import accept, build_request
-from shared import events, ids, keys
-from shared.events import MAX_SEQUENCE_NUMBER, StreamEvent
+from shared import ids, keys
+from shared.events import MAX_SEQUENCE_NUMBER
 from shared.models import PROMPT_TOO_LONG, Status, TurnOutcome
 from shared.records import ResponseRecord, load_response
 from shared.response_object import build_response
@@ -39,6 +37,8 @@ async def create_response(
     body: CreateResponseBody, svc: ServicesDep, caller: CallerDep, idempotency_key: IdempotencyKey = None
 ) -> Response:
     """Create a model response (runs on a worker; returns at once, streams, or waits)."""
+    if body.stream:
+        ensure_capacity(svc.fanout)  # refused before anything is stored: the turn would run unwatched
     once = None
     if idempotency_key is not None:
         once = await idempotency.claim(
@@ -49,7 +49,7 @@ async def create_response(
             return await _replay(svc, body, once.object_id, caller.project)
     response_id, queued = await _submit(svc, body, caller, once)
     if body.stream:
-        return sse_response(svc.fanout.events(response_id), svc.settings.sse_keepalive_s)
+        return SSEResponse(svc.fanout, response_id)
     if body.background:
         return Response(queued, media_type="application/json")
     final = await _wait_final(svc, response_id, svc.settings.sync_wait_timeout_s)
@@ -82,7 +82,8 @@ async def get_response(
     last_seq = int(await svc.redis.hget(keys.response(response_id), "seq") or -1)
     if after > last_seq:
         raise invalid(f"'{param}' is {after}, past this response's last event ({last_seq}).", param)
-    return sse_response(_resumed(svc, record, response_id, after, last_seq), svc.settings.sse_keepalive_s)
+    ensure_capacity(svc.fanout)
+    return SSEResponse(svc.fanout, response_id, after)
 
 
 @router.post("/{response_id}/cancel")
@@ -165,8 +166,7 @@ async def _replay(svc: Services, body: CreateResponseBody, response_id: str, pro
     # The creating request reads its own turn even when store=false hides it from everyone else.
     record = await _record(svc, response_id, project, unstored=True)
     if body.stream:
-        last_seq = int(await svc.redis.hget(keys.response(response_id), "seq") or -1)
-        return sse_response(_resumed(svc, record, response_id, -1, last_seq), svc.settings.sse_keepalive_s)
+        return SSEResponse(svc.fanout, record.response["id"])
     if body.background:
         return JSONResponse(record.response)
     return JSONResponse(await _wait_final(svc, response_id, svc.settings.sync_wait_timeout_s))
@@ -190,19 +190,6 @@ async def _record(svc: Services, response_id: str, project: str, *, unstored: bo
     if record is None or record.request.project != project or not (unstored or record.request.store):
         raise not_found("Response", response_id)
     return record
-
-
-async def _resumed(
-    svc: Services, record: ResponseRecord, response_id: str, after: int, last_seq: int
-) -> AsyncIterator[StreamEvent]:
-    if record.status.terminal and not await svc.redis.exists(keys.events(response_id)):
-        # The stream outlived its TTL but the response did not: end it with the stored final state.
-        if last_seq > after:
-            terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[record.status.value], record.response)
-            yield StreamEvent(last_seq, terminal["type"], 0, json.dumps({**terminal, "sequence_number": last_seq}))
-        return
-    async for event in svc.fanout.events(response_id, after):
-        yield event
 
 
 async def _wait_final(svc: Services, response_id: str, timeout_s: float) -> dict[str, Any]:

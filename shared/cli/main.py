@@ -12,9 +12,9 @@ import logging
 import shutil
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from pydantic import ValidationError
 
@@ -43,6 +43,27 @@ every setting: the Settings table in README.md"""
 
 _PORT_FIX = "set TURNSTREAM_PORT or pass --port"
 _MOCK_PORT_FIX = "set TURNSTREAM_MOCK_PORT"
+
+T = TypeVar("T")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (uvicorn[standard] brings it), else stock asyncio.
+
+    uvicorn picks uvloop only when it runs its own loop: started through `Server.serve()`, as here, it
+    runs on whatever loop it is given (stock asyncio under `asyncio.run`). arq's `Worker.run` runs on the
+    current event loop. So every entry point makes its loop here.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -131,13 +152,13 @@ def _tell(settings: Settings, message: str, level: int = logging.INFO, *, banner
 
 def _run(command: str, args: argparse.Namespace, settings: Settings) -> None:
     if command == "dev":
-        asyncio.run(_dev(settings))
+        run(_dev(settings))
     elif command == "api":
-        asyncio.run(_api(settings))
+        run(_api(settings))
     elif command == "worker":
         sys.exit(_worker_check(settings) if args.check else _worker(settings))
     elif command == "mock":
-        asyncio.run(_mock(settings))
+        run(_mock(settings))
     elif command == "chat":
         from shared.cli.chat import run_chat
 
@@ -145,7 +166,7 @@ def _run(command: str, args: argparse.Namespace, settings: Settings) -> None:
     elif command == "tail":
         from shared.cli.tail import run_tail
 
-        asyncio.run(run_tail(settings, args.response_id, args.after, args.url))
+        run(run_tail(settings, args.response_id, args.after, args.url))
     elif command == "keys":
         sys.exit(key_commands.run(settings, args))
 
@@ -196,7 +217,8 @@ async def _mock(settings: Settings) -> None:
 
 def _worker(settings: Settings) -> int:
     url = require_redis_url(settings)
-    worker = _build_worker(settings)
+    asyncio.set_event_loop(new_event_loop())  # arq's Worker takes the current loop when it is built
+    worker = _build_worker(settings)  # a bad agents module is reported before anything else
     problem = asyncio.run(redis_problem(url))
     if problem:
         # Not fatal: a worker started before Redis (or during an outage) waits for it and then serves.

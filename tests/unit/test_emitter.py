@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import cast
 
 import pytest
 from arq.connections import ArqRedis
@@ -158,7 +159,8 @@ async def test_structural_events_keep_their_order_around_merged_deltas(turn: Tur
         events.output_item_added(0, item),
         events.content_part_added("msg_1", 0),
         delta("Hello"),
-        delta(" world"),
+        delta(" wor"),
+        delta("ld"),
         events.text_done("msg_1", 0, "Hello world"),
         events.content_part_done("msg_1", 0, "Hello world"),
         events.output_item_done(0, done),
@@ -172,11 +174,12 @@ async def test_structural_events_keep_their_order_around_merged_deltas(turn: Tur
         "response.output_item.added",
         "response.content_part.added",
         "response.output_text.delta",
+        "response.output_text.delta",
         "response.output_text.done",
         "response.content_part.done",
         "response.output_item.done",
     ]
-    assert stored[2].json()["delta"] == "Hello world"
+    assert [stored[2].json()["delta"], stored[3].json()["delta"]] == ["Hello", " world"]
     assert stored[-1].json()["item"] == done
 
 
@@ -274,3 +277,96 @@ async def test_stored_entry_carries_the_emitter_attempt(turn: Turn) -> None:
     (entry,) = await turn.stored()
     assert entry.attempt == 1
     assert json.loads(entry.data)["sequence_number"] == 0
+
+
+# --- first delta at once: a fake state that records each write and when it happened ----------------
+
+NEVER = 3600.0  # a merge window that cannot close during a test: a write seen before close() did not wait
+
+
+class RecordingState:
+    """Stands in for TurnState: records every write's event types and the loop time it was made."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[float, list[str]]] = []
+
+    async def append(self, response_id: str, attempt: int, batch: list[events.Event], batch_id: str = "") -> bool:
+        self.writes.append((asyncio.get_running_loop().time(), [event["type"] for event in batch]))
+        return False
+
+    @property
+    def batches(self) -> list[list[str]]:
+        return [types for _, types in self.writes]
+
+
+def recording_emitter(window_s: float) -> tuple[RecordingState, Emitter]:
+    state = RecordingState()
+    return state, Emitter(cast(TurnState, state), "resp_x", 1, window_s, lambda: None, Outage(0.1))
+
+
+ADDED, PART, TEXT = "response.output_item.added", "response.content_part.added", "response.output_text.delta"
+
+
+async def open_message(emitter: Emitter, item_id: str = "msg_1", index: int = 0) -> None:
+    await emitter.emit(events.output_item_added(index, events.message_item(item_id, "", "in_progress")))
+    await emitter.emit(events.content_part_added(item_id, index))
+
+
+async def test_first_delta_goes_out_with_its_item_opening_in_one_write_without_waiting() -> None:
+    state, emitter = recording_emitter(NEVER)
+    await emitter.emit(events.lifecycle(events.IN_PROGRESS, {}))
+    started = asyncio.get_running_loop().time()
+
+    await open_message(emitter)
+    assert state.batches == [[events.IN_PROGRESS]]  # the opening is held for the first delta
+    await emitter.emit(delta("Hel"))
+
+    assert state.batches == [[events.IN_PROGRESS], [ADDED, PART, TEXT]]
+    written_at = state.writes[1][0]
+    assert written_at - started < NEVER
+
+
+async def test_deltas_after_the_first_are_merged_within_the_window() -> None:
+    state, emitter = recording_emitter(NEVER)
+    await open_message(emitter)
+    await emitter.emit(delta("Hel"))
+
+    for piece in ("lo", " wor", "ld"):
+        await emitter.emit(delta(piece))
+    assert len(state.writes) == 1
+    await emitter.close()
+
+    assert state.batches == [[ADDED, PART, TEXT], [TEXT]]
+
+
+async def test_first_argument_delta_of_a_function_call_goes_out_with_its_opening() -> None:
+    state, emitter = recording_emitter(NEVER)
+    call = events.function_call_item("fc_1", "call_1", "get_weather", "", "in_progress")
+
+    await emitter.emit(events.output_item_added(0, call))
+    await emitter.emit(events.arguments_delta("fc_1", 0, '{"city"'))
+
+    assert state.batches == [[ADDED, "response.function_call_arguments.delta"]]
+
+
+async def test_a_new_message_opened_inside_a_window_is_written_at_its_first_delta_with_what_was_pending() -> None:
+    state, emitter = recording_emitter(NEVER)
+    await emitter.emit(delta("a", "msg_a"))
+    await emitter.emit(delta("b", "msg_a"))
+    assert len(state.writes) == 1
+
+    await open_message(emitter, "msg_b", 1)
+    await emitter.emit(delta("c", "msg_b"))
+
+    assert state.batches == [[TEXT], [TEXT, ADDED, PART, TEXT]]
+
+
+async def test_an_opening_without_a_delta_is_written_when_the_window_closes() -> None:
+    state, emitter = recording_emitter(WINDOW)
+    result = events.function_call_output_item("fco_1", "call_1", "", "in_progress")
+
+    await emitter.emit(events.output_item_added(2, result))
+    assert state.writes == []
+    await asyncio.sleep(WINDOW * 2)
+
+    assert state.batches == [[ADDED]]

@@ -3,11 +3,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
 
+from api.errors import APIError
 from api.fanout import Fanout
+from api.sse import Frame, SSEResponse, ensure_capacity
+from api.subscription import Subscription
 from shared import events, ids, keys
 from shared.events import StreamEvent
 from shared.models import Status
@@ -83,8 +87,11 @@ async def until_watched(fanout: Fanout, streams: int = 1) -> None:
     raise AssertionError("the subscriber never registered its watch")
 
 
-def reader_tasks() -> int:
-    return sum(1 for task in asyncio.all_tasks() if task.get_coro().__qualname__ == "Fanout._run" and not task.done())
+def fanout_tasks() -> int:
+    """The fan-out's own background tasks (its reader and its ticker) still running."""
+    return sum(
+        1 for task in asyncio.all_tasks() if task.get_coro().__qualname__.startswith("Fanout.") and not task.done()
+    )
 
 
 def assert_complete(received: list[StreamEvent], first: int, last: int) -> None:
@@ -223,7 +230,7 @@ async def test_a_rerun_is_delivered_with_its_attempt_number(harness: Harness) ->
     assert [event.seq for event in received] == [0, 1, 2, 3, 4]
 
 
-async def test_stop_ends_the_reader_and_removes_its_wake_stream() -> None:
+async def test_stop_ends_the_reader_and_the_ticker_and_removes_its_wake_stream() -> None:
     embedded = EmbeddedRedis()
     redis = embedded.client(SETTINGS)
     fanout = Fanout(redis, embedded.client(SETTINGS), poll_s=0.05)
@@ -237,12 +244,12 @@ async def test_stop_ends_the_reader_and_removes_its_wake_stream() -> None:
         await harness.produce(response_id, 2)
         await subscriber
     assert await redis.keys(keys.fanout_wake("*")) != []
-    assert reader_tasks() == 1
+    assert fanout_tasks() == 2
 
     async with asyncio.timeout(GUARD_S):
         await fanout.stop()
 
-    assert reader_tasks() == 0
+    assert fanout_tasks() == 0
     assert await redis.keys(keys.fanout_wake("*")) == []
 
 
@@ -288,3 +295,254 @@ async def test_subscriber_caught_up_on_a_running_turn_waits_for_live_events(harn
         received = await subscriber
 
     assert_complete(received, 4, 6)
+
+
+# --- frames shared, no per-event work, Redis as the fallback ---------------------------------------
+
+
+async def registered(subscription: Subscription) -> list[Frame]:
+    """Starts the subscription (register, then replay) and returns its first batch."""
+    async with asyncio.timeout(GUARD_S):
+        return await anext(subscription)
+
+
+async def drain(subscription: Subscription) -> list[Frame]:
+    async with asyncio.timeout(GUARD_S):
+        return [frame async for batch in subscription for frame in batch]
+
+
+async def test_one_encoded_frame_per_live_event_is_shared_by_every_subscriber(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    subscriptions = [harness.fanout.subscribe(response_id) for _ in range(3)]
+    for subscription in subscriptions:
+        assert [frame.event.seq for frame in await registered(subscription)] == [0]
+
+    await harness.produce(response_id, 10)
+    received = [await drain(subscription) for subscription in subscriptions]
+
+    assert [frame.event.seq for frame in received[0]] == list(range(1, 12))
+    for other in received[1:]:
+        assert all(mine is theirs for mine, theirs in zip(received[0], other, strict=True))
+    assert received[0][0].data.startswith(b"id: 1\nevent: response.output_text.delta\ndata: {")
+
+
+async def test_live_delivery_creates_no_task_per_event_or_subscriber(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    subscriptions = [harness.fanout.subscribe(response_id) for _ in range(20)]
+    for subscription in subscriptions:
+        await registered(subscription)
+    consumers = [asyncio.create_task(drain(subscription)) for subscription in subscriptions]
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    created: list[str] = []
+
+    def counting_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        created.append(coro.__qualname__)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting_factory)
+    try:
+        await harness.produce(response_id, 50)
+        async with asyncio.timeout(GUARD_S):
+            results = await asyncio.gather(*consumers)
+    finally:
+        loop.set_task_factory(None)
+
+    assert all(len(frames) == 51 for frames in results)
+    assert created != []  # the factory saw the in-process Redis server's own tasks
+    assert [name for name in created if not name.startswith("AsyncFakeSocket.")] == []
+
+
+def live_timers(loop: asyncio.AbstractEventLoop) -> int:
+    # CPython's event loop keeps its timers in `_scheduled`; a timeout per waiting subscriber shows there.
+    return sum(1 for handle in loop._scheduled if not handle.cancelled())  # type: ignore[attr-defined]
+
+
+async def test_waiting_subscribers_hold_no_timer_each(harness: Harness) -> None:
+    loop = asyncio.get_running_loop()
+    response_id = await harness.new_turn()
+    before = live_timers(loop)
+    subscriptions = [harness.fanout.subscribe(response_id) for _ in range(100)]
+    for subscription in subscriptions:
+        await registered(subscription)
+    waiting = [asyncio.create_task(anext(subscription)) for subscription in subscriptions]
+    await asyncio.sleep(0.01)
+
+    assert live_timers(loop) - before < 5
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    for subscription in subscriptions:
+        await subscription.aclose()
+
+
+async def test_a_subscriber_that_falls_far_behind_reads_the_rest_from_redis_once_each(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    subscription = harness.fanout.subscribe(response_id)
+    await registered(subscription)
+
+    await harness.produce(response_id, 1500, pause_s=0)  # more than a subscriber holds, while it reads nothing
+    received = await drain(subscription)
+
+    assert [frame.event.seq for frame in received] == list(range(1, 1502))
+    assert received[-1].event.terminal
+
+
+async def test_a_gap_in_live_frames_is_filled_from_redis(harness: Harness) -> None:
+    idle = Fanout(harness.redis, harness.redis)  # never started: frames arrive only when the test pushes them
+    response_id = await harness.new_turn()
+    subscription = idle.subscribe(response_id)
+    await registered(subscription)
+    await harness.write(response_id, 3)
+    stored, _ = await idle.read(response_id, 0)
+
+    subscription.push(stored[2:], b"", 0.0)  # seq 3 arrives, 1 and 2 went missing
+    async with asyncio.timeout(GUARD_S):
+        batch = await anext(subscription)
+
+    assert [frame.event.seq for frame in batch] == [1, 2, 3]
+    await subscription.aclose()
+
+
+async def test_a_caught_up_idle_subscriber_with_a_transport_gets_frames_written_to_it(harness: Harness) -> None:
+    class Transport:
+        def __init__(self) -> None:
+            self.written: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+        def is_closing(self) -> bool:
+            return False
+
+    response_id = await harness.new_turn()
+    subscription = harness.fanout.subscribe(response_id)
+    transport = Transport()
+    subscription.direct = transport
+    await registered(subscription)
+    consumer = asyncio.create_task(drain(subscription))
+    await asyncio.sleep(0)
+
+    await harness.produce(response_id, 5)
+    async with asyncio.timeout(GUARD_S):
+        through_consumer = await consumer
+
+    body = b"".join(transport.written)
+    assert [int(line[4:]) for line in body.split(b"\n") if line.startswith(b"id: ")] == [1, 2, 3, 4, 5]
+    assert all(chunk.endswith(b"\n\n\r\n") and chunk.index(b"\r\n") < 6 for chunk in transport.written)
+    assert [frame.event.seq for frame in through_consumer] == [6]  # the terminal event ends the response
+    assert through_consumer[0].event.terminal
+
+
+async def test_a_subscriber_whose_transport_is_backed_up_gets_frames_through_its_consumer(harness: Harness) -> None:
+    class FullTransport:
+        def write(self, data: bytes) -> None:
+            raise AssertionError("written to a transport whose buffer is full")
+
+        def get_write_buffer_size(self) -> int:
+            return 1 << 20
+
+        def is_closing(self) -> bool:
+            return False
+
+    response_id = await harness.new_turn()
+    subscription = harness.fanout.subscribe(response_id)
+    subscription.direct = FullTransport()
+    await registered(subscription)
+    consumer = asyncio.create_task(drain(subscription))
+
+    await harness.produce(response_id, 5)
+    async with asyncio.timeout(GUARD_S):
+        received = await consumer
+
+    assert [frame.event.seq for frame in received] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_an_idle_subscriber_gets_an_empty_batch_when_a_keepalive_is_due() -> None:
+    embedded = EmbeddedRedis()
+    redis = embedded.client(SETTINGS)
+    fanout = Fanout(redis, embedded.client(SETTINGS), keepalive_s=0.05)
+    await fanout.start()
+    harness = Harness(redis, TurnState(redis, Retention.from_settings(SETTINGS)), fanout)
+    try:
+        response_id = await harness.new_turn()
+        subscription = fanout.subscribe(response_id)
+        await registered(subscription)
+        async with asyncio.timeout(GUARD_S):
+            assert await anext(subscription) == []
+        await harness.produce(response_id, 1)
+        assert [frame.event.seq for frame in await drain(subscription)] == [1, 2]
+    finally:
+        await fanout.stop()
+
+
+async def test_a_consumer_blocked_past_the_stall_timeout_is_reported_once_per_tick() -> None:
+    embedded = EmbeddedRedis()
+    redis = embedded.client(SETTINGS)
+    fanout = Fanout(redis, embedded.client(SETTINGS), stall_timeout_s=0.05)
+    await fanout.start()
+    harness = Harness(redis, TurnState(redis, Retention.from_settings(SETTINGS)), fanout)
+    try:
+        response_id = await harness.new_turn()
+        subscription = fanout.subscribe(response_id)
+        await registered(subscription)
+        stalled = asyncio.Event()
+        subscription.on_stall = stalled.set
+        subscription.sending_since = fanout.now()
+        async with asyncio.timeout(GUARD_S):
+            await stalled.wait()
+        await subscription.aclose()
+    finally:
+        await fanout.stop()
+
+
+async def test_subscribers_of_a_response_deleted_mid_turn_end() -> None:
+    embedded = EmbeddedRedis()
+    redis = embedded.client(SETTINGS)
+    fanout = Fanout(redis, embedded.client(SETTINGS), check_quiet_s=0.05)
+    await fanout.start()
+    harness = Harness(redis, TurnState(redis, Retention.from_settings(SETTINGS)), fanout)
+    try:
+        response_id = await harness.new_turn()
+        await harness.write(response_id, 2)
+        subscription = fanout.subscribe(response_id)
+        assert [frame.event.seq for frame in await registered(subscription)] == [0, 1, 2]
+
+        await redis.delete(keys.response(response_id), keys.events(response_id))
+
+        assert await drain(subscription) == []
+        assert fanout.watched == 0
+    finally:
+        await fanout.stop()
+
+
+async def test_a_finished_response_whose_stream_expired_replays_its_terminal_event(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    await harness.produce(response_id, 3, pause_s=0)
+    terminal_seq = await harness.length(response_id) - 1
+    await harness.redis.delete(keys.events(response_id))
+
+    received = await harness.collect(response_id, after_seq=2)
+    after_the_end = await harness.collect(response_id, after_seq=terminal_seq)
+
+    assert [event.seq for event in received] == [terminal_seq]
+    assert received[0].type == events.COMPLETED
+    assert received[0].json()["response"]["status"] == "completed"
+    assert received[0].json()["sequence_number"] == terminal_seq
+    assert after_the_end == []
+
+
+async def test_a_new_stream_past_the_cap_is_refused_with_503_and_retry_after(harness: Harness) -> None:
+    harness.fanout.max_streams = 2
+    response_id = await harness.new_turn()
+    streams = [SSEResponse(harness.fanout, response_id), SSEResponse(harness.fanout, response_id)]
+
+    with pytest.raises(APIError) as refused:
+        ensure_capacity(harness.fanout)
+
+    assert (refused.value.status, refused.value.code, refused.value.type) == (503, "too_many_streams", "server_error")
+    assert refused.value.retry_after is not None and refused.value.retry_after > 0
+    assert harness.fanout.open_streams == len(streams)
