@@ -10,7 +10,9 @@ from fastapi import FastAPI
 from api import errors
 from api.deps import Services
 from api.fanout import Fanout
-from api.routes import conversations, responses, system
+from api.request_spans import RequestSpans
+from api.routes import conversations, metrics, responses, system
+from shared import tracing
 from shared.redis_conn import EmbeddedRedis, connect
 from shared.settings import Settings
 from shared.turn_state import Retention, TurnState
@@ -19,6 +21,7 @@ from shared.turn_state import Retention, TurnState
 def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.configure(settings, "turnstream-api")
         redis = await connect(settings, embedded)
         reader = await connect(settings, embedded)
         fanout = Fanout(redis, reader)
@@ -40,4 +43,6 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
     app.include_router(responses.router)
     app.include_router(conversations.router)
     app.include_router(system.router)
+    app.include_router(metrics.router)
+    app.add_middleware(RequestSpans)
     return app

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import keys, metrics
 from shared.events import StreamEvent, decode_entry
 from shared.models import TERMINAL_STATUSES
 from shared.stream_tail import read_after
@@ -30,12 +31,13 @@ _BLOCK_MS = 10_000
 
 @dataclass(eq=False)
 class _Subscriber:
-    queue: asyncio.Queue[StreamEvent] = field(default_factory=lambda: asyncio.Queue(_QUEUE_MAX))
+    # (event, when the reader got it from Redis: time.monotonic()), for the delivery lag metric
+    queue: asyncio.Queue[tuple[StreamEvent, float]] = field(default_factory=lambda: asyncio.Queue(_QUEUE_MAX))
     lost: bool = False  # its queue overflowed: the next read goes back to Redis
 
-    def offer(self, event: StreamEvent) -> None:
+    def offer(self, event: StreamEvent, read_at: float) -> None:
         try:
-            self.queue.put_nowait(event)
+            self.queue.put_nowait((event, read_at))
         except asyncio.QueueFull:
             self.lost = True
 
@@ -103,12 +105,13 @@ class Fanout:
             sub.lost = False
             return await read_after(self._redis, response_id, last)
         try:
-            event = await asyncio.wait_for(sub.queue.get(), timeout=self._poll_s * 30)
+            event, read_at = await asyncio.wait_for(sub.queue.get(), timeout=self._poll_s * 30)
         except TimeoutError:
             # Quiet for a long while: look at Redis directly in case a wake-up went missing.
             return await read_after(self._redis, response_id, last)
         if event.seq > last + 1:
             return await read_after(self._redis, response_id, last)  # a gap: refill from the source
+        metrics.fanout_delivered(read_at)
         return [event]
 
     async def _watch(self, key: str, sub: _Subscriber) -> None:
@@ -145,6 +148,7 @@ class Fanout:
         streams = {self._wake_key: self._wake_position}
         streams.update({key: watch.position for key, watch in self._watches.items()})
         reply = await self._reader.xread(streams, block=_BLOCK_MS, count=1000)  # type: ignore[arg-type]
+        read_at = time.monotonic()
         for raw_key, entries in reply or []:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             last_id = entries[-1][0].decode() if isinstance(entries[-1][0], bytes) else entries[-1][0]
@@ -158,4 +162,4 @@ class Fanout:
             for _, fields in entries:
                 event = decode_entry(fields)
                 for sub in list(watch.subscribers):
-                    sub.offer(event)
+                    sub.offer(event, read_at)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from starlette.responses import StreamingResponse
 
+from shared import metrics
 from shared.events import StreamEvent
 
 # Proxies (nginx) buffer responses unless told not to, which would hold tokens back.
@@ -26,6 +27,7 @@ def frame(event: StreamEvent) -> bytes:
 
 async def with_keepalives(events: AsyncIterator[StreamEvent], keepalive_s: float) -> AsyncIterator[bytes]:
     pending: asyncio.Future[StreamEvent] | None = None
+    metrics.sse_stream_opened()
     try:
         while True:
             if pending is None:
@@ -41,6 +43,7 @@ async def with_keepalives(events: AsyncIterator[StreamEvent], keepalive_s: float
             pending = None
             yield frame(event)
     finally:
+        metrics.sse_stream_closed()
         if pending is not None and not pending.done():
             pending.cancel()
             with contextlib.suppress(BaseException):

@@ -12,8 +12,9 @@ from pydantic_core import PydanticSerializationError
 from api.deps import Services
 from api.errors import APIError, invalid, not_found
 from api.schemas import CreateResponseBody, function_tools, normalise_input
-from shared import events, ids, keys
+from shared import events, ids, keys, metrics, tracing
 from shared.models import Status, TurnRequest
+from shared.projects import project_of
 from shared.queue import enqueue_turn, queue_depth
 from shared.response_object import build_response
 
@@ -61,6 +62,7 @@ async def build_request(svc: Services, body: CreateResponseBody) -> TurnRequest:
         metadata=body.metadata or {},
         user=body.user,
         conversation_lock=body.conversation_lock,
+        traceparent=tracing.current_traceparent(),
     )
 
 
@@ -108,6 +110,7 @@ async def accept(svc: Services, req: TurnRequest) -> str:
         if req.conversation_id:
             await _forget(svc, req)
         raise
+    metrics.TURNS_ACCEPTED.labels(req.model, project_of(req)).inc()
     return turn.response_json
 
 

@@ -12,7 +12,7 @@ from arq.connections import ArqRedis
 from arq.worker import Retry, func
 from openai import AsyncOpenAI
 
-from shared import keys
+from shared import keys, metrics, tracing
 from shared.queue import RUN_TURN
 from shared.redis_conn import redis_settings
 from shared.settings import Settings
@@ -23,6 +23,7 @@ from worker.fast_pickup import FastPickupWorker
 from worker.redis_retry import TRANSIENT, Outage
 from worker.sweeper import Sweeper
 from worker.turn import TurnRunner
+from worker.webhook_delivery import WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ def build_worker(
 
     async def startup(ctx: dict[str, Any]) -> None:
         pool: ArqRedis = ctx["redis"]
+        tracing.configure(settings, "turnstream-worker")
+        if settings.worker_metrics_port:
+            ctx["metrics"] = metrics.serve(settings.host, settings.worker_metrics_port)
         await outage.call(lambda: publish_agents(pool, agents), "agent publish")
         cancels = CancelListener(pool, outage)
         await cancels.start()
@@ -71,11 +75,16 @@ def build_worker(
         ctx["client"] = client
         ctx["runner"] = TurnRunner(pool, settings, agents, client, cancels, outage)
         ctx["sweeper"] = asyncio.create_task(Sweeper(pool, settings, state, outage).run_forever())
+        ctx["webhooks"] = asyncio.create_task(WebhookDelivery(pool, settings, outage).run_forever())
         log.info("worker ready: agents %s, upstream %s", ", ".join(a.name for a in agents), settings.upstream_base_url)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        if "metrics" in ctx:
+            ctx["metrics"].shutdown()
         if "cancels" in ctx:
             ctx["sweeper"].cancel()
+            ctx["webhooks"].cancel()
+            await asyncio.gather(ctx["webhooks"], return_exceptions=True)
             await ctx["cancels"].stop()
             await ctx["client"].close()
 

@@ -22,6 +22,7 @@ from arq.connections import ArqRedis
 
 from shared import keys
 from shared.models import TERMINAL_STATUSES, Status, TurnOutcome
+from shared.projects import project_of
 from shared.queue import enqueue_turn
 from shared.records import load_response
 from shared.response_object import build_response
@@ -135,6 +136,7 @@ class Sweeper:
                 response=build_response(record.request, Status.FAILED, outcome),
                 conversation_id=record.request.conversation_id,
                 items=[],
+                project=project_of(record.request),
             )
             return False
         # arq refuses a job id whose result it still keeps, and stops running one past its own try count;

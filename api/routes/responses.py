@@ -21,6 +21,7 @@ from api.turns import accept, build_request
 from shared import events, ids, keys
 from shared.events import MAX_SEQUENCE_NUMBER, StreamEvent
 from shared.models import Status, TurnOutcome
+from shared.projects import project_of
 from shared.records import ResponseRecord, load_response
 from shared.response_object import build_response
 
@@ -80,6 +81,7 @@ async def cancel_response(response_id: str, svc: ServicesDep) -> dict[str, Any]:
             response=cancelled,
             conversation_id=record.request.conversation_id,
             items=[],
+            project=project_of(record.request),
         ):
             return cancelled
     if not record.status.terminal:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from shared.cli import webhooks
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     tail.add_argument("response_id")
     tail.add_argument("--after", type=int, default=-1, help="start after this sequence number")
     tail.add_argument("--url", default=None, help="read through the API's SSE instead of Redis")
+    webhooks.register(sub)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -53,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             from shared.cli.chat import run_chat
 
             run_chat(args.url or f"http://{settings.host}:{settings.port}/v1", args.model or settings.default_model)
+        elif args.command == "webhooks":
+            sys.exit(args.handler(settings, args))
         elif args.command == "tail":
             from shared.cli.tail import run_tail
 
