@@ -1,9 +1,10 @@
 """Distributed tracing with OpenTelemetry: off unless the standard OTEL_* variables turn it on.
 
-When off, nothing of OpenTelemetry is imported and every span is one shared do-nothing object, so the
-cost is an attribute check. When on, a turn's trace is: the API's HTTP request span (continuing the
-caller's `traceparent` if it sent one) -> one `invoke_agent` span per attempt -> a `chat` span per
-upstream call and an `execute_tool` span per server tool. The API stores its request's trace context
+When off, the OpenTelemetry SDK is not imported and every span is one shared do-nothing object, so the
+cost is an attribute check. When on, this sets the process's tracer provider, and a turn's trace is: the
+API's HTTP request span (FastAPI's own, continuing the caller's `traceparent` if it sent one) -> one
+`invoke_agent` span per attempt -> a `chat` span per upstream call and an `execute_tool` span per server
+tool. The API stores its request's trace context
 with the turn (`TurnRequest.traceparent`), so each attempt, on any worker, re-runs included, joins it.
 """
 
@@ -15,7 +16,7 @@ from typing import Any, Literal
 
 from shared.settings import Settings
 
-SpanKind = Literal["server", "client", "internal"]
+SpanKind = Literal["client", "internal"]
 
 _tracer: Any = None  # an opentelemetry Tracer while tracing is on
 
@@ -146,20 +147,6 @@ def current(span: AnySpan) -> Iterator[None]:
 
     with trace.use_span(span.otel, end_on_exit=False, record_exception=False, set_status_on_exception=False):
         yield
-
-
-@contextlib.contextmanager
-def server_span(name: str, headers: dict[str, str], attributes: dict[str, Any]) -> Iterator[AnySpan]:
-    """The span of one HTTP request, current inside the block, continuing the caller's trace if it sent one."""
-    if _tracer is None:
-        yield NO_SPAN
-        return
-    from opentelemetry.trace import SpanKind as OtelKind
-
-    with _tracer.start_as_current_span(
-        name, context=_extract(headers), kind=OtelKind.SERVER, attributes=attributes, record_exception=False
-    ) as otel:
-        yield Span(otel)
 
 
 def current_traceparent() -> str | None:
