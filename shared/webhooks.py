@@ -89,7 +89,7 @@ async def add_endpoint(redis: Redis, project: str, url: str, events: list[str], 
 
 async def list_endpoints(redis: Redis, project: str) -> list[Endpoint]:
     raw = await redis.hgetall(keys.webhook_endpoints(project))
-    return sorted((Endpoint.from_json(v) for v in raw.values()), key=lambda e: (e.created_at, e.id))
+    return sorted((Endpoint.from_json(v) for v in raw.values()), key=lambda e: (e.created_at, e.url))
 
 
 async def get_endpoint(redis: Redis, project: str, endpoint_id: str) -> Endpoint | None:
