@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    if settings.redis_url is None:
+    if not settings.redis_url:
         print("turnstream webhooks: set TURNSTREAM_REDIS_URL to the Redis the workers use", file=sys.stderr)
         return 2
     return asyncio.run(_run(settings, args, out))
