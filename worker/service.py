@@ -80,7 +80,7 @@ def build_worker(
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         if "metrics" in ctx:
-            ctx["metrics"].shutdown()
+            await asyncio.to_thread(ctx["metrics"].shutdown)  # waits for the server's poll loop to end
         if "cancels" in ctx:
             ctx["sweeper"].cancel()
             ctx["webhooks"].cancel()

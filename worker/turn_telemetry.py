@@ -33,14 +33,14 @@ class TurnTelemetry:
         # A re-run that continues streamed output has had its first token already.
         self._first_output_pending = not resumed
         self._ttft = metrics.TIME_TO_FIRST_TOKEN.labels(req.model, self.project)
-        self._tpot = metrics.TIME_PER_OUTPUT_TOKEN.labels(req.model, self.project)
+        self.tpot = metrics.TIME_PER_OUTPUT_TOKEN.labels(req.model, self.project)
         self._bind_upstream(req.model)
 
     def _bind_upstream(self, model: str) -> None:
         self.upstream_model = model
-        self._tokens_in = metrics.TOKEN_USAGE.labels("input", model, self.project)
-        self._tokens_out = metrics.TOKEN_USAGE.labels("output", model, self.project)
-        self._call_ok = metrics.OPERATION_DURATION.labels(model, "")
+        self.tokens_in = metrics.TOKEN_USAGE.labels("input", model, self.project)
+        self.tokens_out = metrics.TOKEN_USAGE.labels("output", model, self.project)
+        self.call_ok = metrics.OPERATION_DURATION.labels(model, "")
 
     @contextlib.contextmanager
     def attempt_span(self) -> Iterator[TurnTelemetry]:
@@ -162,10 +162,10 @@ class ModelCall:
         """The stream ended normally (the call's own `finish_reason`, or a stop on the output budget)."""
         turn = self.turn
         ended = time.perf_counter()
-        turn._tokens_in.observe(usage.input_tokens)
-        turn._tokens_out.observe(usage.output_tokens)
+        turn.tokens_in.observe(usage.input_tokens)
+        turn.tokens_out.observe(usage.output_tokens)
         if usage.output_tokens > 1 and self.first_at:
-            turn._tpot.observe((ended - self.first_at) / (usage.output_tokens - 1))
+            turn.tpot.observe((ended - self.first_at) / (usage.output_tokens - 1))
         self.span.set_attributes(
             {
                 "gen_ai.response.id": self.response_id,
@@ -181,7 +181,7 @@ class ModelCall:
     ) -> None:
         elapsed = time.perf_counter() - self.started
         if exc is None:
-            self.turn._call_ok.observe(elapsed)
+            self.turn.call_ok.observe(elapsed)
         else:
             error = _upstream_error(exc)
             if error is not None:

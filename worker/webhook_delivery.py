@@ -75,6 +75,9 @@ class WebhookDelivery:
                     await self.step()
                 except TRANSIENT as exc:
                     self.outage.failed(exc, "webhook delivery")
+                except Exception:
+                    # A bug must not end deliveries for the life of the worker; the next poll tries again.
+                    log.exception("webhook delivery poll failed")
         finally:
             for task in self.inflight:
                 task.cancel()
