@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi.telemetry import TelemetryConfig
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp
@@ -21,8 +22,9 @@ from api import errors
 from api.auth import RequestBudgetHeaders, authenticate
 from api.deps import Services
 from api.fanout import Fanout
-from api.routes import compact, conversations, responses, system, websocket
+from api.routes import compact, conversations, metrics, responses, system, websocket
 from api.sse import ExposeConnection
+from shared import tracing
 from shared.api_keys import KeyStore, SeedKey, seed_from_settings
 from shared.logs import LogContextMiddleware, configure_logging
 from shared.rate_limits import Limiter
@@ -31,6 +33,17 @@ from shared.settings import Settings, get_settings
 from shared.turn_state import Retention, TurnState
 
 log = logging.getLogger(__name__)
+
+# FastAPI's own OpenTelemetry support makes the HTTP request spans (continuing a caller's `traceparent`)
+# once shared/tracing.py has set the tracer provider. Its per-step spans would only sit between the request
+# and the turn's `invoke_agent`; probes and scrapes would be most of the traces and say nothing; metrics
+# are Prometheus' (shared/metrics.py).
+TELEMETRY: TelemetryConfig = {
+    "operation_spans": False,
+    "metrics": False,
+    "logs": False,
+    "exclude": lambda scope: scope.get("path") in ("/metrics", "/healthz", "/readyz"),
+}
 
 
 class _App(FastAPI):
@@ -46,6 +59,7 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.configure(settings, "turnstream-api")
         redis = await connect(settings, embedded)
         reader = await connect(settings, embedded)
         fanout = Fanout(
@@ -79,7 +93,13 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
 
     # Every route needs a key but the probes (api/auth.py OPEN_ROUTES); routes that need the caller's
     # project take it as a parameter, which FastAPI resolves from this same call.
-    app = _App(title="turnstream", version="0.1.0", lifespan=lifespan, dependencies=[Depends(authenticate)])
+    app = _App(
+        title="turnstream",
+        version="0.1.0",
+        lifespan=lifespan,
+        telemetry=TELEMETRY,
+        dependencies=[Depends(authenticate)],
+    )
     app.add_middleware(RequestBudgetHeaders)
     app.add_middleware(LogContextMiddleware)
     errors.install(app)
@@ -88,6 +108,7 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
     app.include_router(conversations.router)
     app.include_router(system.router)
     app.include_router(websocket.router)
+    app.include_router(metrics.router)
     return app
 
 

@@ -25,6 +25,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -118,6 +120,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
     async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+        metrics.REDIS_ERRORS.inc()
         log.warning("redis unavailable: %s", exc)
         return _render(store_unavailable())
 

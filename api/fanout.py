@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from redis.exceptions import RedisError
 
 from api.sse import Frame, encode, http_chunk
 from api.subscription import Subscription
-from shared import events, keys
+from shared import events, keys, metrics
 from shared.events import StreamEvent, decode_entry
 from shared.models import TERMINAL_STATUSES
 
@@ -184,6 +185,7 @@ class Fanout:
         streams.update({key: watch.position for key, watch in self._watches.items()})
         reply = await self._reader.xread(streams, block=_BLOCK_MS, count=1000)  # type: ignore[arg-type]
         now = self.now()
+        read_at = time.monotonic()
         for raw_key, entries in reply or []:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             last_id = entries[-1][0].decode() if isinstance(entries[-1][0], bytes) else entries[-1][0]
@@ -202,6 +204,9 @@ class Fanout:
             chunk = http_chunk(frames)
             for sub in watch.subscribers:
                 sub.push(frames, chunk, now)
+            if watch.subscribers:
+                # Read to handed over (written, or queued for a client that is not caught up), once per batch.
+                metrics.fanout_delivered(read_at)
 
     # --- the per-process ticker ----------------------------------------------------------------------
 

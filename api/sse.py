@@ -30,6 +30,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import APIError
+from shared import metrics
 from shared.events import StreamEvent
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ class SSEResponse(Response):
         self._fanout = fanout
         self._subscription = fanout.subscribe(response_id, after_seq)
         fanout.open_streams += 1  # released when the stream ends; counted from here so the cap is exact
+        metrics.sse_stream_opened()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sub = self._subscription
@@ -110,6 +112,7 @@ class SSEResponse(Response):
             listener.cancel()
             await sub.aclose()
             self._fanout.open_streams -= 1
+            metrics.sse_stream_closed()
 
 
 def _bodies(batch: list[Frame]) -> list[bytes]:
@@ -141,6 +144,7 @@ async def _close_on_disconnect(receive: Receive, sub: Subscription) -> None:
 def _abort(transport: Any, sub: Subscription) -> None:
     if not transport.is_closing():
         log.info("dropping a stalled SSE client of %s after event %d", sub.response_id, sub.last_seq)
+        metrics.slow_reader_disconnected()
     transport.abort()
     sub.close()
 

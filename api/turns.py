@@ -16,7 +16,7 @@ from api.auth import Caller
 from api.deps import Services
 from api.errors import APIError, invalid, not_found
 from api.schemas import CreateResponseBody, function_tools, normalise_input
-from shared import events, ids, keys
+from shared import events, ids, keys, metrics, tracing
 from shared.logs import add_log_context
 from shared.models import AgentCard, Status, TurnRequest
 from shared.queue import enqueue_turn, queue_depth
@@ -95,6 +95,7 @@ async def build_request(svc: Services, body: CreateResponseBody, caller: Caller)
         include=options.include(body.include),
         compact=compact,
         compact_threshold=compact_threshold,
+        traceparent=tracing.current_traceparent(),
     )
 
 
@@ -154,6 +155,7 @@ async def accept(svc: Services, req: TurnRequest, guard: StoreGuard | None = Non
         if req.conversation_id:
             await _forget(svc, req)
         raise
+    metrics.TURNS_ACCEPTED.labels(req.model, req.project).inc()
     return turn.response_json
 
 

@@ -148,3 +148,26 @@ def project_usage(project: str) -> str:
 def idempotency(project: str, scope: str, key_digest: str) -> str:
     """STRING: JSON {fingerprint, id, state, at} of a create sent with an Idempotency-Key; kept 24 h."""
     return f"{PREFIX}idempotency:{project}:{scope}:{key_digest}"
+
+
+def webhook_endpoints(project: str) -> str:
+    """HASH: endpoint id -> endpoint JSON (url, events, secret) of one project's webhooks."""
+    return f"{PREFIX}webhooks:{project}"
+
+
+# LIST: one entry (JSON) per finished turn whose project has webhooks, pushed by the commit script itself,
+# newest first. Workers expand each entry into one delivery per subscribed endpoint.
+WEBHOOK_OUTBOX = f"{PREFIX}webhook-outbox"
+
+# ZSET: delivery id -> when it is next due (ms). A worker claiming a delivery moves it into the future by a
+# lease, so a worker that dies mid-delivery leaves it to be retried once the lease lapses.
+WEBHOOK_DUE = f"{PREFIX}webhook-due"
+
+
+def webhook_delivery(delivery_id: str) -> str:
+    """HASH: one pending delivery: endpoint, project, webhook id, body, attempts, first attempt time."""
+    return f"{PREFIX}webhook-delivery:{delivery_id}"
+
+
+# LIST: deliveries that ran out of retries (JSON), newest first, capped at TURNSTREAM_WEBHOOK_DEAD_LETTER_MAX.
+WEBHOOK_DEAD = f"{PREFIX}webhook-dead"

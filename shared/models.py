@@ -44,6 +44,11 @@ class TurnRequest(BaseModel):
 
     response_id: str
     created_at: int = Field(default_factory=lambda: int(time.time()))
+    # Accept time to the millisecond: the start of the server-side time to first token.
+    accepted_at_ms: int = Field(default_factory=lambda: time.time_ns() // 1_000_000)
+    # W3C trace context of the API request that accepted the turn (tracing on), so every attempt's spans
+    # join that request's trace.
+    traceparent: str | None = None
     model: str
     instructions: str | None = None
     input: list[Item]

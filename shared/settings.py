@@ -104,6 +104,45 @@ class Settings(BaseSettings):
     # The key `turnstream chat` and `turnstream tail --url` send to an API that checks keys.
     api_key: SecretStr | None = None
 
+    # --- Metrics ------------------------------------------------------------------------------
+    # Each worker process serves /metrics on this port (bound to TURNSTREAM_HOST); 0 = off. One port per
+    # process: run several worker processes on one host with a port each. The API serves /metrics itself.
+    worker_metrics_port: int = 0
+
+    # --- Tracing: OpenTelemetry's own variables (the TURNSTREAM_ names work too) ------------------
+    # Tracing is on when an exporter ("otlp", "console") or an OTLP endpoint is set, and the SDK is not
+    # disabled. The SDK reads its other variables (OTEL_EXPORTER_OTLP_HEADERS, OTEL_TRACES_SAMPLER, ...).
+    otel_traces_exporter: str | None = Field(
+        default=None, validation_alias=AliasChoices("TURNSTREAM_OTEL_TRACES_EXPORTER", "OTEL_TRACES_EXPORTER")
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(  # a base URL: /v1/traces is appended
+        default=None,
+        validation_alias=AliasChoices("TURNSTREAM_OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(  # the full URL, used as it is
+        default=None,
+        validation_alias=AliasChoices(
+            "TURNSTREAM_OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        ),
+    )
+    otel_service_name: str | None = Field(
+        default=None, validation_alias=AliasChoices("TURNSTREAM_OTEL_SERVICE_NAME", "OTEL_SERVICE_NAME")
+    )
+    otel_sdk_disabled: bool = Field(
+        default=False, validation_alias=AliasChoices("TURNSTREAM_OTEL_SDK_DISABLED", "OTEL_SDK_DISABLED")
+    )
+
+    # --- Webhooks -----------------------------------------------------------------------------
+    # How often each worker looks for webhook deliveries that are due.
+    webhook_poll_s: float = 1.0
+    webhook_timeout_s: float = 10.0  # one delivery attempt, connect to last byte
+    # Waits between attempts: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (~27.6 h of retries, 8 attempts),
+    # then the delivery goes to the dead-letter list.
+    webhook_retry_delays_s: list[float] = [5, 300, 1800, 7200, 18000, 36000, 36000]
+    webhook_max_concurrent: int = 16  # deliveries in flight per worker
+    webhook_max_endpoints: int = 20  # endpoints per project
+    webhook_dead_letter_max: int = 10_000  # newest dead deliveries kept
+
     # --- Mock model ---------------------------------------------------------------------------
     mock_port: int = 8001
     mock_token_delay_ms: float = 15.0
@@ -113,6 +152,27 @@ class Settings(BaseSettings):
     @property
     def upstream_base_url(self) -> str:
         return self.openai_base_url or f"http://127.0.0.1:{self.mock_port}/v1"
+
+    @property
+    def otel_traces_url(self) -> str | None:
+        """Where spans go over OTLP/HTTP, or None for the SDK's default (localhost:4318)."""
+        if self.otel_exporter_otlp_traces_endpoint:
+            return self.otel_exporter_otlp_traces_endpoint
+        if self.otel_exporter_otlp_endpoint:
+            return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None
+
+    @property
+    def tracing_exporter(self) -> str | None:
+        """"otlp" or "console" when tracing is on, else None."""
+        if self.otel_sdk_disabled:
+            return None
+        exporter = (self.otel_traces_exporter or "").strip().lower()
+        if exporter in ("otlp", "console"):
+            return exporter
+        if not exporter and self.otel_traces_url:
+            return "otlp"
+        return None
 
 
 @lru_cache(maxsize=1)

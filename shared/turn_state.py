@@ -15,8 +15,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from shared import events, keys
-from shared.models import TERMINAL_STATUSES, Status
+from shared import events, keys, metrics, webhooks
+from shared.models import DEFAULT_PROJECT, TERMINAL_STATUSES, Status
 from shared.rate_limits import SETTLE_ACCOUNTS_FN
 from shared.settings import Settings
 
@@ -67,10 +67,11 @@ redis.call('HSET', KEYS[1], 'status', 'in_progress')
 return {{st[1], attempt, st[3] or ''}}
 """
 
-# KEYS: response hash, events stream, conversation items, conversation turns, conversation record, active turns.
+# KEYS: response hash, events stream, conversation items, conversation turns, conversation record, active turns,
+#       the project's webhook endpoints, webhook outbox.
 # ARGV: expected status, attempt ('' = any), maxlen, stream ttl, response ttl, conversation ttl,
 #       final status, response json, terminal type, terminal json, response id, wake key prefix,
-#       then the conversation items to append.
+#       webhook outbox entry, then the conversation items to append.
 # Returns 1 when committed, 0 when the turn was not in the expected state (already committed).
 FINISH_TURN = _APPEND_FN + SETTLE_ACCOUNTS_FN + """
 local resp, stream, items, turns, conv, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -79,7 +80,7 @@ if st[1] ~= ARGV[1] then return 0 end
 if ARGV[2] ~= '' and st[2] ~= ARGV[2] then return 0 end
 -- A conversation deleted mid-turn gains nothing (and is not resurrected).
 if redis.call('EXISTS', conv) == 1 then
-  for i = 13, #ARGV do redis.call('RPUSH', items, ARGV[i]) end
+  for i = 14, #ARGV do redis.call('RPUSH', items, ARGV[i]) end
   redis.call('EXPIRE', items, ARGV[6])
   redis.call('EXPIRE', conv, ARGV[6])
 end
@@ -89,6 +90,8 @@ append(resp, stream, st[2] or '0', ARGV[3], ARGV[9], ARGV[10])
 redis.call('EXPIRE', resp, ARGV[5])
 redis.call('EXPIRE', stream, ARGV[4])
 redis.call('ZREM', active, ARGV[11])
+-- Written with the commit, so a turn that committed is announced even if its worker dies right after.
+if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('LPUSH', KEYS[8], ARGV[13]) end
 -- A turn that never had to wait leaves its wake token unread; it is of no use once the turn is over.
 redis.call('DEL', ARGV[12] .. ARGV[11])
 if redis.call('LREM', turns, 0, ARGV[11]) > 0 then
@@ -223,6 +226,7 @@ class TurnState:
         items: list[dict[str, Any]],
         response_ttl_s: int | None = None,
         stream_ttl_s: int | None = None,
+        project: str = DEFAULT_PROJECT,
     ) -> bool:
         terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[final.value], response)
         conv = conversation_id or ""
@@ -235,6 +239,8 @@ class TurnState:
                 keys.conversation_turns(conv),
                 keys.conversation(conv),
                 keys.ACTIVE_TURNS,
+                keys.webhook_endpoints(project),
+                keys.WEBHOOK_OUTBOX,
             ],
             args=[
                 expect.value,
@@ -249,9 +255,12 @@ class TurnState:
                 events.encode(terminal),
                 response_id,
                 keys.TURN_WAKE_PREFIX,
+                webhooks.outbox_entry(project, response_id, final.value, response),
                 *(events.encode(item) for item in items),
             ],
         )
+        if committed:
+            metrics.turn_finished(final.value, str(response.get("model", "")), project)
         return bool(committed)
 
     async def claim(self, conversation_id: str, response_id: str, policy: str) -> bool:

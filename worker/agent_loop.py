@@ -26,6 +26,7 @@ from worker.prompt import Message, chat_tool, to_messages
 from worker.resume import Resumed
 from worker.tools import Tool, ToolCall
 from worker.turn_output import TurnOutput
+from worker.turn_telemetry import TurnTelemetry
 from worker.upstream_request import chat_request
 
 Continuation = Literal["instruction", "continue_final_message"]
@@ -88,6 +89,7 @@ class AgentTurn:
         attempt: int = 1,
         resumed: Resumed | None = None,
         continuation: Continuation = "instruction",
+        telemetry: TurnTelemetry | None = None,
     ) -> None:
         self.req = req
         self.agent = agent
@@ -98,6 +100,8 @@ class AgentTurn:
         self.attempt = attempt
         self.continuation = continuation
         self.resumed = resumed or Resumed()
+        self.telemetry = telemetry or TurnTelemetry(req, attempt, resumed=bool(self.resumed))
+        self.telemetry.agent(agent.model)
         self.output = TurnOutput.restore(self.resumed)
         self.client_tools = frozenset(t["name"] for t in req.tools if t.get("type") == "function")
         # A client's own function tool shadows a server tool of the same name: the client asked for it.
@@ -242,10 +246,13 @@ class AgentTurn:
         message_id, message_index = cut.message if cut and cut.message else ("", None)
         resumed_calls = cut.calls if cut else []
         calls: dict[int, _Call] = {}
-        async with asyncio.timeout(self.limits.first_token_timeout_s) as deadline:
+        first_token = asyncio.timeout(self.limits.first_token_timeout_s)
+        async with self.telemetry.model_call() as upstream, first_token as deadline:
             # Breaking out of this loop closes the HTTP stream, so a cancelled turn stops costing tokens at once.
             async for chunk in chat_chunks(self.client, self._request(cut)):
                 deadline.reschedule(None)
+                if upstream.waiting:
+                    upstream.first_chunk(chunk)
                 usage = chunk.get("usage")
                 if usage:
                     rnd.usage = Usage(
@@ -281,6 +288,7 @@ class AgentTurn:
                         await self._add_arguments(call, arguments)
                 if choice.get("finish_reason"):
                     rnd.finish_reason = choice["finish_reason"]
+            upstream.done(rnd.usage, rnd.finish_reason)
         if message_index is not None and not rnd.over_budget:
             await self._close_message(message_id, message_index, rnd.text)
         # Calls a dead attempt opened stay in the turn even if the model did not produce them again:
@@ -299,6 +307,7 @@ class AgentTurn:
     async def _open_call(self, tc: Chunk, resumed_calls: list[_Call], position: int) -> _Call:
         if position < len(resumed_calls):
             return resumed_calls[position]  # the dead attempt's call, continued under its ids
+        self.telemetry.output_started()
         name = (tc.get("function") or {}).get("name") or ""
         call = _Call(-1, ids.function_call_id(), tc.get("id") or ids.call_id(), name)
         call.index = self.output.add(events.function_call_item(call.item_id, call.call_id, name, "", "in_progress"))
@@ -316,6 +325,7 @@ class AgentTurn:
         await self.emit(events.arguments_delta(call.item_id, call.index, fragment))
 
     async def _open_message(self, item_id: str) -> int:
+        self.telemetry.output_started()
         item = events.message_item(item_id, "", "in_progress")
         index = self.output.add(item)
         await self.emit(events.output_item_added(index, item))
@@ -340,7 +350,9 @@ class AgentTurn:
             output = json.dumps({"error": f"no tool named {call.name!r}"})
         else:
             context = ToolCall(call.call_id, self.req.response_id, self.attempt)
-            result = await tool.run(call.arguments, timeout_s=self.agent.tool_timeout_s, call=context)
+            result = await self.telemetry.run_tool(
+                tool, call.arguments, timeout_s=self.agent.tool_timeout_s, call=context
+            )
             output = result.output
         await self._tool_result(call, output, opened)
         # Written at once: a result on record is never produced again, even if this worker dies next.

@@ -26,7 +26,7 @@ import arq.worker
 from arq.connections import create_pool
 from arq.worker import Worker
 
-from shared import keys
+from shared import keys, metrics
 from worker.job_leases import JobLeases, now_ms
 from worker.redis_retry import TRANSIENT, Outage
 
@@ -92,7 +92,10 @@ class FastPickupWorker(Worker):
     async def _claim_and_start(self) -> None:
         assert self.leases is not None
         if self.allow_pick_jobs:
-            for job_id, score, token in await self.leases.claim(self.max_jobs - self.job_counter, self.token_prefix):
+            claimed = await self.leases.claim(self.max_jobs - self.job_counter, self.token_prefix)
+            for job_id, score, token in claimed:
+                # The score is when the job became due (enqueued, re-queued or deferred to), in ms.
+                metrics.QUEUE_WAIT.observe(max(0, now_ms() - score) / 1000)
                 self.claims[job_id] = (token, score)
                 self.job_counter += 1
                 task = self.loop.create_task(self.run_job(job_id, score))

@@ -19,6 +19,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared import metrics
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -44,12 +46,14 @@ class Outage:
 
     def failed(self, exc: BaseException, what: str) -> None:
         self.errors += 1
+        metrics.REDIS_ERRORS.inc()
         if self.since is None:
             self.since = time.monotonic()
             log.warning("redis unavailable (%s: %s) during %s; retrying", type(exc).__name__, exc, what)
 
     def recovered(self) -> None:
         if self.since is not None:
+            metrics.REDIS_RECONNECTS.inc()
             log.warning("redis reachable again after %.1fs", time.monotonic() - self.since)
             self.since = None
 

@@ -12,7 +12,7 @@ from arq.connections import ArqRedis
 from arq.worker import Retry, func
 from openai import AsyncOpenAI
 
-from shared import keys
+from shared import keys, metrics, tracing
 from shared.logs import log_context
 from shared.queue import RUN_TURN
 from shared.redis_conn import redis_settings
@@ -25,6 +25,7 @@ from worker.redis_retry import TRANSIENT, Outage
 from worker.sweeper import Sweeper
 from worker.turn import TurnRunner
 from worker.upstream_diagnostics import check_upstream_models
+from worker.webhook_delivery import WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ def build_worker(
 
     async def startup(ctx: dict[str, Any]) -> None:
         pool: ArqRedis = ctx["redis"]
+        tracing.configure(settings, "turnstream-worker")
+        if settings.worker_metrics_port:
+            ctx["metrics"] = metrics.serve(settings.host, settings.worker_metrics_port)
         await outage.call(lambda: publish_agents(pool, agents), "agent publish")
         cancels = CancelListener(pool, outage)
         await cancels.start()
@@ -76,6 +80,7 @@ def build_worker(
         ctx["client"] = client
         ctx["runner"] = TurnRunner(pool, settings, agents, client, cancels, outage)
         ctx["sweeper"] = asyncio.create_task(Sweeper(pool, settings, state, outage).run_forever())
+        ctx["webhooks"] = asyncio.create_task(WebhookDelivery(pool, settings, outage).run_forever())
         if settings.openai_base_url is not None:  # the built-in mock answers any model name
             ctx["upstream_check"] = asyncio.create_task(check_upstream_models(client, agents))
         log.info("worker ready: agents %s, upstream %s", ", ".join(a.name for a in agents), settings.upstream_base_url)
@@ -83,8 +88,12 @@ def build_worker(
     async def shutdown(ctx: dict[str, Any]) -> None:
         if "upstream_check" in ctx:
             ctx["upstream_check"].cancel()
+        if "metrics" in ctx:
+            await asyncio.to_thread(ctx["metrics"].shutdown)  # waits for the server's poll loop to end
         if "cancels" in ctx:
             ctx["sweeper"].cancel()
+            ctx["webhooks"].cancel()
+            await asyncio.gather(ctx["webhooks"], return_exceptions=True)
             await ctx["cancels"].stop()
             await ctx["client"].close()
 

@@ -135,6 +135,7 @@ class Sweeper:
                 response=build_response(record.request, Status.FAILED, outcome),
                 conversation_id=record.request.conversation_id,
                 items=[],
+                project=record.request.project,
             )
             return False
         # arq refuses a job id whose result it still keeps, and stops running one past its own try count;

@@ -35,6 +35,7 @@ from worker.emitter import Emitter
 from worker.job_leases import JobLeases
 from worker.redis_retry import TRANSIENT, Outage
 from worker.resume import Resumed, fold
+from worker.turn_telemetry import TurnTelemetry
 from worker.upstream_diagnostics import describe_upstream_error
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,17 @@ class TurnRunner:
             self.cancels.unregister(response_id)
 
     async def _execute(self, req: TurnRequest, attempt: int, handle: CancelHandle) -> str:
+        resumed = await self._resumed(req.response_id, attempt)
+        with TurnTelemetry(req, attempt, resumed=bool(resumed)).attempt_span() as telemetry:
+            return await self._execute_attempt(req, attempt, handle, resumed, telemetry)
+
+    async def _execute_attempt(
+        self, req: TurnRequest, attempt: int, handle: CancelHandle, resumed: Resumed, telemetry: TurnTelemetry
+    ) -> str:
         emitter = Emitter(
             self.writes, req.response_id, attempt, self.settings.coalesce_ms / 1000, handle.request, self.outage
         )
         try:
-            resumed = await self._resumed(req.response_id, attempt)
             # A re-run announces itself with a fresh in_progress carrying the output it continues from.
             progress = TurnOutcome(status=Status.IN_PROGRESS, output=resumed.done_items())
             await emitter.emit(events.lifecycle(events.IN_PROGRESS, build_response(req, Status.IN_PROGRESS, progress)))
@@ -125,8 +132,10 @@ class TurnRunner:
                         attempt=attempt,
                         resumed=resumed,
                         continuation=self.settings.upstream_continuation,
+                        telemetry=telemetry,
                     )
                     outcome = await self._outcome(turn, handle)
+            telemetry.ended(outcome)
             if outcome.status == Status.CANCELLED:
                 emitter.discard()
             else:
@@ -197,6 +206,7 @@ class TurnRunner:
                 items=items,
                 response_ttl_s=unstored_ttl,
                 stream_ttl_s=unstored_ttl,
+                project=req.project,
             ),
             "turn commit",
         )

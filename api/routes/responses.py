@@ -100,6 +100,7 @@ async def cancel_response(response_id: str, svc: ServicesDep, caller: CallerDep)
             response=cancelled,
             conversation_id=record.request.conversation_id,
             items=[],
+            project=record.request.project,
         ):
             return cancelled
     if not record.status.terminal:

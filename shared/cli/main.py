@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from pydantic import ValidationError
 
 from shared.cli import keys as key_commands
+from shared.cli import webhooks
 from shared.cli.startup import StartupError, announce, listen, redacted, redis_problem, require_redis_url
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
@@ -121,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         help="read through this API's SSE (default: Redis if TURNSTREAM_REDIS_URL is set, else this machine's API)",
     )
     key_commands.add_parser(sub)
+    webhooks.register(sub)
     return parser
 
 
@@ -169,6 +171,8 @@ def _run(command: str, args: argparse.Namespace, settings: Settings) -> None:
         run(run_tail(settings, args.response_id, args.after, args.url))
     elif command == "keys":
         sys.exit(key_commands.run(settings, args))
+    elif command == "webhooks":
+        sys.exit(args.handler(settings, args))
 
 
 def _local_api(settings: Settings) -> str:

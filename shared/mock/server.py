@@ -81,7 +81,11 @@ class _Plan:
 
 
 def create_app(token_delay_ms: float = 15.0, context_tokens: int = 128_000) -> FastAPI:
-    app = FastAPI(title="turnstream mock model", docs_url=None, redoc_url=None, openapi_url=None)
+    # Not traced: in `turnstream dev` it shares the process's tracer provider, and a stand-in model's
+    # spans would only clutter the turns' traces.
+    app = FastAPI(
+        title="turnstream mock model", docs_url=None, redoc_url=None, openapi_url=None, telemetry={"tracing": False}
+    )
     app.add_middleware(_DropOnMidstreamFailure)
     # Streams currently producing; lets tests prove a client disconnect really stops generation.
     app.state.active_streams = 0

@@ -1,0 +1,188 @@
+"""Delivers webhooks from the Redis outbox: at least once, retried with backoff, never in a turn's way.
+
+Every worker runs one loop. A turn's commit pushes an outbox entry (shared/turn_state.py); a loop
+expands it into one delivery per subscribed endpoint, atomically with popping it, so an entry is
+expanded exactly once (a worker killed before that leaves it in the outbox for the next one). Deliveries
+wait in a sorted set by due time; claiming one moves it a lease into the future, so a worker killed
+mid-delivery leaves it to be retried when the lease lapses. A failed attempt is retried after the next of
+TURNSTREAM_WEBHOOK_RETRY_DELAYS_S (over a day by default); after the last one the delivery goes to the
+dead-letter list. Each attempt is signed afresh (Standard Webhooks: the timestamp is the attempt's) over
+the same body under the same `webhook-id`, so a receiver that saw it before can drop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from typing import Any
+
+import httpx
+from redis.asyncio import Redis
+
+from shared import keys, metrics, webhooks
+from shared.settings import Settings
+from worker.redis_retry import TRANSIENT, Outage
+
+log = logging.getLogger(__name__)
+
+_EXPAND_BATCH = 100
+
+# Pops the oldest outbox entry, if it is still `expected`, and creates its deliveries. KEYS: outbox, due.
+# ARGV: expected entry, now ms, then per delivery: its hash key, endpoint id, project, webhook id, body, its id.
+# Returns 1 when expanded, 0 when another worker got to it first.
+_EXPAND = """
+if redis.call('LINDEX', KEYS[1], -1) ~= ARGV[1] then return 0 end
+redis.call('RPOP', KEYS[1])
+for i = 3, #ARGV, 6 do
+  redis.call('HSET', ARGV[i], 'endpoint', ARGV[i + 1], 'project', ARGV[i + 2], 'webhook_id', ARGV[i + 3],
+             'body', ARGV[i + 4], 'attempts', 0, 'first_at', ARGV[2])
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[i + 5])
+end
+return 1
+"""
+
+# Claims up to ARGV[2] due deliveries for ARGV[3] ms. KEYS: due. ARGV: now ms, count, lease ms.
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), id) end
+return due
+"""
+
+
+class WebhookDelivery:
+    def __init__(
+        self, redis: Redis, settings: Settings, outage: Outage, http: httpx.AsyncClient | None = None
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.outage = outage
+        self.delays_s = settings.webhook_retry_delays_s
+        # The request may take its whole timeout; the lease covers that with room for the bookkeeping.
+        self.lease_ms = int((2 * settings.webhook_timeout_s + 1) * 1000)
+        self.inflight: set[asyncio.Task[None]] = set()
+        self._expand = redis.register_script(_EXPAND)
+        self._claim = redis.register_script(_CLAIM)
+        self._http = http or httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False)
+
+    async def run_forever(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.settings.webhook_poll_s)
+                try:
+                    await self.step()
+                except TRANSIENT as exc:
+                    self.outage.failed(exc, "webhook delivery")
+                except Exception:
+                    # A bug must not end deliveries for the life of the worker; the next poll tries again.
+                    log.exception("webhook delivery poll failed")
+        finally:
+            for task in self.inflight:
+                task.cancel()
+            await asyncio.gather(*self.inflight, return_exceptions=True)
+            await self._http.aclose()
+
+    async def step(self) -> int:
+        """Expands new outbox entries and starts the deliveries that are due; returns how many it started."""
+        await self.expand()
+        free = self.settings.webhook_max_concurrent - len(self.inflight)
+        if free <= 0:
+            return 0
+        claimed = await self._claim(keys=[keys.WEBHOOK_DUE], args=[_now_ms(), free, self.lease_ms])
+        for raw in claimed:
+            task = asyncio.create_task(self._deliver(raw.decode() if isinstance(raw, bytes) else raw))
+            self.inflight.add(task)
+            task.add_done_callback(self.inflight.discard)
+        return len(claimed)
+
+    async def expand(self) -> None:
+        entries = await self.redis.lrange(keys.WEBHOOK_OUTBOX, -_EXPAND_BATCH, -1)
+        endpoints: dict[str, list[webhooks.Endpoint]] = {}
+        for raw in reversed(entries):  # oldest (the list's tail) first
+            entry = json.loads(raw)
+            project = entry["project"]
+            if project not in endpoints:
+                endpoints[project] = await webhooks.list_endpoints(self.redis, project)
+            args: list[Any] = [raw, _now_ms()]
+            for event in entry["events"]:
+                body = json.dumps(event)
+                for endpoint in endpoints[project]:
+                    if event["type"] in endpoint.events:
+                        delivery_id = f"{event['id']}:{endpoint.id}"
+                        args += [keys.webhook_delivery(delivery_id), endpoint.id, project, event["id"], body,
+                                 delivery_id]
+            if not await self._expand(keys=[keys.WEBHOOK_OUTBOX, keys.WEBHOOK_DUE], args=args):
+                return  # another worker is expanding the same entries: leave the rest to it
+
+    async def _deliver(self, delivery_id: str) -> None:
+        try:
+            await self._attempt(delivery_id)
+        except TRANSIENT as exc:
+            # The delivery stays claimed until its lease lapses, then any worker tries it again.
+            self.outage.failed(exc, "webhook delivery")
+        except Exception:
+            log.exception("webhook delivery %s: unexpected error; retried when its lease lapses", delivery_id)
+
+    async def _attempt(self, delivery_id: str) -> None:
+        key = keys.webhook_delivery(delivery_id)
+        record = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(key)).items()}
+        if not record:
+            await self.redis.zrem(keys.WEBHOOK_DUE, delivery_id)  # delivered by a worker whose lease lapsed
+            return
+        endpoint = await webhooks.get_endpoint(self.redis, record["project"], record["endpoint"])
+        if endpoint is None:
+            metrics.WEBHOOK_ATTEMPTS.labels("dropped").inc()
+            await self._forget(delivery_id)
+            return
+        error = await self._post(endpoint, record["webhook_id"], record["body"])
+        attempts = int(record["attempts"]) + 1
+        if error is None:
+            metrics.WEBHOOK_ATTEMPTS.labels("delivered").inc()
+            await self._forget(delivery_id)
+        elif attempts > len(self.delays_s):
+            metrics.WEBHOOK_ATTEMPTS.labels("dead").inc()
+            log.warning("webhook %s to %s: giving up after %d attempts: %s", delivery_id, endpoint.url, attempts, error)
+            await self._bury(delivery_id, record, attempts, error)
+        else:
+            metrics.WEBHOOK_ATTEMPTS.labels("failed").inc()
+            # Up to 10% of jitter, so endpoints that failed together are not all retried in the same instant.
+            delay = self.delays_s[attempts - 1] * random.uniform(1.0, 1.1)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping={"attempts": attempts, "last_error": error})
+                pipe.zadd(keys.WEBHOOK_DUE, {delivery_id: _now_ms() + int(delay * 1000)})
+                await pipe.execute()
+
+    async def _post(self, endpoint: webhooks.Endpoint, webhook_id: str, body: str) -> str | None:
+        """One signed attempt; the error that makes it a failure, or None when the receiver took it (2xx)."""
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "turnstream-webhooks",
+            **webhooks.sign(endpoint.secret, webhook_id, int(time.time()), body),
+        }
+        try:
+            response = await self._http.post(endpoint.url, content=body.encode(), headers=headers)
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}"[:500]
+        return None if response.is_success else f"HTTP {response.status_code}"
+
+    async def _forget(self, delivery_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.webhook_delivery(delivery_id))
+            pipe.zrem(keys.WEBHOOK_DUE, delivery_id)
+            await pipe.execute()
+
+    async def _bury(self, delivery_id: str, record: dict[str, str], attempts: int, error: str) -> None:
+        dead = {**record, "delivery_id": delivery_id, "attempts": attempts, "last_error": error,
+                "failed_at": int(time.time())}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(keys.WEBHOOK_DEAD, json.dumps(dead))
+            pipe.ltrim(keys.WEBHOOK_DEAD, 0, self.settings.webhook_dead_letter_max - 1)
+            pipe.delete(keys.webhook_delivery(delivery_id))
+            pipe.zrem(keys.WEBHOOK_DUE, delivery_id)
+            await pipe.execute()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
