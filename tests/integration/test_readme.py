@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
+from openai import OpenAI
 
 from shared.settings import Settings
 from tests.conftest import ROOT, Stack
@@ -18,7 +20,9 @@ EXPECTED_OUTPUT = {
     "multi-turn": "Your name is Ravi.",
     "background": "completed 1 2 3 4 5 6 7 8 9",
     "tools": "[calling get_weather({\"city\": \"Bengaluru\"})]",
+    "websocket": "response.output_text.delta",
 }
+USE_IT = re.search(r"<!-- shell: use-it -->\n```sh\n(.*?)```", README, re.S)
 
 
 def test_readme_has_the_examples() -> None:
@@ -28,6 +32,7 @@ def test_readme_has_the_examples() -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED_OUTPUT))
 def test_readme_example_runs(name: str, stack: Stack) -> None:
     code = EXAMPLES[name].replace("http://127.0.0.1:8000/v1", stack.base_url)
+    code = code.replace("ws://127.0.0.1:8000/v1", stack.base_url.replace("http://", "ws://"))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, f"README example {name}", "exec"), {"__name__": "__readme__"})
@@ -46,3 +51,14 @@ def test_readme_commands_exist() -> None:
     assert "make dev" in README and "\ndev:" in makefile
     assert "make test" in README and "\ntest:" in makefile
     assert "make test" in (Path(ROOT) / ".ci" / "run").read_text()
+
+
+def test_readme_curl_block_runs_verbatim(stack: Stack) -> None:
+    assert USE_IT is not None
+    done = OpenAI(base_url=stack.base_url, api_key="unused").responses.create(model="turnstream-mock", input="hi")
+    script = USE_IT.group(1).replace("http://127.0.0.1:8000", stack.api_url).replace("RESPONSE_ID", done.id)
+    result = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert '"status":"completed"' in result.stdout.replace(" ", "")  # the plain create
+    assert "event: response.function_call_arguments.done" in result.stdout  # the streamed weather turn
+    assert result.stdout.rstrip().endswith("data: [DONE]")  # the resumed stream ends as the spec says
