@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,7 @@ from shared.logs import add_log_context
 from shared.models import AgentCard, Status, TurnRequest
 from shared.queue import enqueue_turn, queue_depth
 from shared.rate_limits import turn_accounting
-from shared.records import conversation_project, response_project
+from shared.records import conversation_project, load_response, response_project
 from shared.response_object import build_response
 
 # Runs first in the transaction that stores a turn (api/idempotency.py), and may add to it.
@@ -50,7 +51,7 @@ async def build_request(svc: Services, body: CreateResponseBody, caller: Caller)
     ):
         raise not_found("Conversation", conversation_id, "conversation")
     previous = body.previous_response_id
-    if previous is not None and not await _is_stored_response(svc, previous, caller.project):
+    if previous is not None and not await is_stored_response(svc, previous, caller.project):
         raise not_found("Previous response", previous, "previous_response_id")
     items = normalise_input(body.input)
     if len(items) > settings.max_input_items:
@@ -99,7 +100,8 @@ async def build_request(svc: Services, body: CreateResponseBody, caller: Caller)
     )
 
 
-async def _is_stored_response(svc: Services, response_id: str, project: str) -> bool:
+async def is_stored_response(svc: Services, response_id: str, project: str) -> bool:
+    """Whether `response_id` names a stored response of `project` that a new turn may build on."""
     if not ids.is_id(response_id, ids.RESPONSE) or await response_project(svc.redis, response_id) != project:
         return False
     request = await svc.redis.hget(keys.response(response_id), "request")
@@ -219,3 +221,22 @@ async def _store_and_enqueue(svc: Services, turn: _RenderedTurn, guard: StoreGua
         first.append(events.lifecycle(events.QUEUED, turn.response))
     await svc.state.append(response_id, 0, first)
     await enqueue_turn(svc.redis, settings.queue_name, response_id)
+
+
+async def wait_final(svc: Services, response_id: str, timeout_s: float) -> dict[str, Any]:
+    """The turn's Response once it has ended, or as it stands after `timeout_s`.
+
+    For the request that created the turn (or its idempotent replay), whose project was checked then: it
+    reads its own turn even when store=false hides it from everyone else.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for event in svc.fanout.events(response_id):
+                if event.terminal:
+                    break
+    except TimeoutError:
+        pass
+    record = await load_response(svc.redis, response_id)
+    if record is None:
+        raise not_found("Response", response_id)
+    return record.response

@@ -7,21 +7,21 @@ and queued as a turn that runs no agent loop, and this route waits for it.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import Services, ServicesDep
+from api.auth import CallerDep, admit_turn, release_turn
+from api.deps import ServicesDep
 from api.errors import APIError, invalid, not_found
+from api.json_body import JSONBodyRoute
 from api.schemas import normalise_input
-from api.turns import accept, agent_card
-from shared import ids, keys
+from api.turns import accept, agent_card, is_stored_response, wait_final
+from shared import ids
 from shared.models import Status, TurnRequest, Usage
-from shared.records import load_response
 
-router = APIRouter(prefix="/v1/responses", tags=["responses"])
+router = APIRouter(prefix="/v1/responses", tags=["responses"], route_class=JSONBodyRoute)
 
 
 class CompactBody(BaseModel):
@@ -35,13 +35,15 @@ class CompactBody(BaseModel):
 
 
 @router.post("/compact")
-async def compact_response(body: CompactBody, svc: ServicesDep) -> dict[str, Any]:
+async def compact_response(body: CompactBody, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Compact a context into a compaction item (runs on a worker; waits for it)."""
     if body.input is None and body.previous_response_id is None:
         raise invalid("Send 'input', 'previous_response_id', or both: there is nothing to compact.", "input")
     await agent_card(svc, body.model)
-    if body.previous_response_id and not await svc.redis.exists(keys.response(body.previous_response_id)):
-        raise not_found("Previous response", body.previous_response_id, "previous_response_id")
+    previous = body.previous_response_id
+    # Another project's response (or a malformed id) is answered exactly as a missing one.
+    if previous is not None and not await is_stored_response(svc, previous, caller.project):
+        raise not_found("Previous response", previous, "previous_response_id")
     req = TurnRequest(
         response_id=ids.response_id(),
         model=body.model,
@@ -51,9 +53,16 @@ async def compact_response(body: CompactBody, svc: ServicesDep) -> dict[str, Any
         prompt_cache_key=body.prompt_cache_key,
         truncation="disabled",  # the whole context is summarised, however long
         compact_only=True,
+        project=caller.project,
+        key_id=caller.key_id,
     )
-    await accept(svc, req)
-    final = await _final(svc, req.response_id)
+    await admit_turn(svc, caller, req.response_id)
+    try:
+        await accept(svc, req)
+    except BaseException:
+        await release_turn(svc, caller, req.response_id)
+        raise
+    final = await wait_final(svc, req.response_id, svc.settings.sync_wait_timeout_s)
     if final.get("status") != Status.COMPLETED:
         message = (final.get("error") or {}).get("message") or f"compaction ended {final.get('status')}"
         raise APIError(500, message, type="server_error", code="server_error")
@@ -64,17 +73,3 @@ async def compact_response(body: CompactBody, svc: ServicesDep) -> dict[str, Any
         "output": final["output"],
         "usage": final.get("usage") or Usage().to_openai(),
     }
-
-
-async def _final(svc: Services, response_id: str) -> dict[str, Any]:
-    try:
-        async with asyncio.timeout(svc.settings.sync_wait_timeout_s):
-            async for event in svc.fanout.events(response_id):
-                if event.terminal:
-                    break
-    except TimeoutError:
-        pass
-    record = await load_response(svc.redis, response_id)
-    if record is None:
-        raise not_found("Response", response_id)
-    return record.response

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Annotated, Any
 
@@ -19,7 +18,7 @@ from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateResponseBody
 from api.sse import SSEResponse, ensure_capacity
-from api.turns import accept, build_request
+from api.turns import accept, build_request, wait_final
 from shared import ids, keys
 from shared.events import MAX_SEQUENCE_NUMBER
 from shared.models import PROMPT_TOO_LONG, Status, TurnOutcome
@@ -52,7 +51,7 @@ async def create_response(
         return SSEResponse(svc.fanout, response_id)
     if body.background:
         return Response(queued, media_type="application/json")
-    final = await _wait_final(svc, response_id, svc.settings.sync_wait_timeout_s)
+    final = await wait_final(svc, response_id, svc.settings.sync_wait_timeout_s)
     error = final.get("error") or {}
     if final["status"] == Status.FAILED and error.get("code") == PROMPT_TOO_LONG:
         # What OpenAI answers a plain create whose input does not fit: the turn is still stored, failed.
@@ -106,7 +105,7 @@ async def cancel_response(response_id: str, svc: ServicesDep, caller: CallerDep)
     if not record.status.terminal:
         await svc.redis.hset(keys.response(response_id), "cancel", "1")
         await svc.redis.publish(keys.CANCEL_CHANNEL, response_id)
-        return await _wait_final(svc, response_id, _CANCEL_WAIT_S)
+        return await wait_final(svc, response_id, _CANCEL_WAIT_S)
     return record.response
 
 
@@ -170,7 +169,7 @@ async def _replay(svc: Services, body: CreateResponseBody, response_id: str, pro
         return SSEResponse(svc.fanout, record.response["id"])
     if body.background:
         return JSONResponse(record.response)
-    return JSONResponse(await _wait_final(svc, response_id, svc.settings.sync_wait_timeout_s))
+    return JSONResponse(await wait_final(svc, response_id, svc.settings.sync_wait_timeout_s))
 
 
 def _last_event_id(header: str | None) -> int:
@@ -191,19 +190,3 @@ async def _record(svc: Services, response_id: str, project: str, *, unstored: bo
     if record is None or record.request.project != project or not (unstored or record.request.store):
         raise not_found("Response", response_id)
     return record
-
-
-async def _wait_final(svc: Services, response_id: str, timeout_s: float) -> dict[str, Any]:
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for event in svc.fanout.events(response_id):
-                if event.terminal:
-                    break
-    except TimeoutError:
-        pass
-    # The creating request (or its idempotent replay) reads its own turn even when store=false hides it
-    # from everyone else; its project was checked when it was created.
-    record = await load_response(svc.redis, response_id)
-    if record is None:
-        raise not_found("Response", response_id)
-    return record.response

@@ -69,6 +69,7 @@ def _requests(o: Owned) -> list[tuple[str, str, dict[str, Any] | None, dict[str,
             ("DELETE", f"/v1/responses/{r}", None, {}),
             ("POST", "/v1/responses", {"model": M, "input": "What is my name?", "previous_response_id": r}, {}),
             ("POST", "/v1/responses", {"model": M, "input": "hi", "previous_response_id": r, "stream": True}, {}),
+            ("POST", "/v1/responses/compact", {"model": M, "previous_response_id": r}, {}),
         ]
     c = o.conversation
     per_conversation = [
