@@ -17,9 +17,11 @@ its store is refused instead of creating a second object.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -27,6 +29,7 @@ from fastapi import Header
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
 
 from api.errors import APIError, invalid
 from shared import keys
@@ -117,6 +120,20 @@ async def claim(
         if time.monotonic() > deadline:
             raise in_use()
         await asyncio.sleep(_POLL_S)
+
+
+@contextlib.asynccontextmanager
+async def settled(once: Claim | None) -> AsyncIterator[None]:
+    """Around storing the object a claim is for: if another request took the key over meanwhile (the store's
+    transaction saw the claim change) the answer is 409; any other failure frees the key for a retry."""
+    try:
+        yield
+    except WatchError:
+        raise in_use() from None
+    except BaseException:
+        if once is not None:
+            await once.abandon()
+        raise
 
 
 def in_use() -> APIError:

@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 from fastapi import APIRouter
-from redis.exceptions import WatchError
 
 from api import idempotency
 from api.auth import CallerDep
@@ -50,21 +49,14 @@ async def create_conversation(
         "metadata": body.metadata or {},
     }
     ttl = svc.settings.conversation_ttl_s
-    try:
-        async with svc.redis.pipeline(transaction=True) as pipe:
-            if once is not None:
-                await once.guard(pipe)
-            pipe.set(keys.conversation(conversation_id), _stored(conversation, caller.project), ex=ttl)
-            if items:
-                pipe.rpush(keys.conversation_items(conversation_id), *(json.dumps(i) for i in items))
-                pipe.expire(keys.conversation_items(conversation_id), ttl)
-            await pipe.execute()
-    except WatchError:
-        raise idempotency.in_use() from None  # another request took the Idempotency-Key over meanwhile
-    except BaseException:
+    async with idempotency.settled(once), svc.redis.pipeline(transaction=True) as pipe:
         if once is not None:
-            await once.abandon()
-        raise
+            await once.guard(pipe)
+        pipe.set(keys.conversation(conversation_id), _stored(conversation, caller.project), ex=ttl)
+        if items:
+            pipe.rpush(keys.conversation_items(conversation_id), *(json.dumps(i) for i in items))
+            pipe.expire(keys.conversation_items(conversation_id), ttl)
+        await pipe.execute()
     return conversation
 
 

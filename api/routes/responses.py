@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, Response
-from redis.exceptions import WatchError
 
 from api import idempotency
 from api.auth import Caller, CallerDep, admit_turn, release_turn
@@ -143,7 +142,7 @@ async def _submit(
 
     Returns the response id and the queued Response as JSON text.
     """
-    try:
+    async with idempotency.settled(once):
         req = await build_request(svc, body, caller)
         if once is not None:
             req.response_id = once.object_id
@@ -153,12 +152,6 @@ async def _submit(
         except BaseException:
             await release_turn(svc, caller, req.response_id)
             raise
-    except WatchError:
-        raise idempotency.in_use() from None  # another request took the Idempotency-Key over meanwhile
-    except BaseException:
-        if once is not None:
-            await once.abandon()
-        raise
 
 
 async def _replay(svc: Services, body: CreateResponseBody, response_id: str, project: str) -> Response:
