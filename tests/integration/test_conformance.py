@@ -280,7 +280,7 @@ def test_a_reasoning_turn_conforms(http: httpx.Client, check: Conformance) -> No
     assert deltas == reasoning["content"][0]["text"]
     # The reasoning item is closed before the message opens.
     reasoning_done = types.index("response.reasoning.done")
-    assert reasoning_done < [i for i, e in enumerate(events) if e.get("item", {}).get("type") == "message"][0]
+    assert reasoning_done < next(i for i, e in enumerate(events) if e.get("item", {}).get("type") == "message")
     assert final["usage"]["output_tokens_details"]["reasoning_tokens"] == len(deltas.split())
     assert final["output"][1]["content"][0]["text"] == "1 2 3 4 5"
     _everything_about(http, check, final["id"])
@@ -350,7 +350,7 @@ def test_the_sdk_stream_snapshot_of_reasoning_and_refusal_equals_the_stored_resp
         assert stored.output[0].content[0].type == "refusal"  # type: ignore[union-attr]
         assert "response.refusal.delta" in streamed
     else:
-        assert [o.type for o in stored.output][0] == "reasoning" and "response.reasoning.delta" in streamed
+        assert stored.output[0].type == "reasoning" and "response.reasoning.delta" in streamed
         assert stored.usage is not None and stored.usage.output_tokens_details.reasoning_tokens > 0
 
 
