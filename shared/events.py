@@ -13,7 +13,7 @@ Builders here return the event without `sequence_number`; Redis splices it in wh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -87,27 +87,67 @@ def output_item_done(output_index: int, item: dict[str, Any]) -> Event:
     return {"type": "response.output_item.done", "output_index": output_index, "item": item}
 
 
+# What streams into an item's one content part: a message's text or refusal, or a reasoning item's text.
+# Every streamed item here holds exactly one part, so its content_index is always 0.
+PartKind = Literal["text", "refusal", "reasoning"]
+
+REASONING_DELTA = "response.reasoning.delta"
+REFUSAL_DELTA = "response.refusal.delta"
+# Delta events whose bodies carry `delta` text for one item; consecutive ones of an item may be merged.
+TEXT_DELTA_TYPES = ("response.output_text.delta", REASONING_DELTA, REFUSAL_DELTA)
+
+
 def _text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def content_part_added(item_id: str, output_index: int) -> Event:
+def part(kind: PartKind, text: str) -> dict[str, Any]:
+    if kind == "refusal":
+        return {"type": "refusal", "refusal": text}
+    if kind == "reasoning":
+        return {"type": "reasoning_text", "text": text}
+    return _text_part(text)
+
+
+def content_part_added(item_id: str, output_index: int, kind: PartKind = "text") -> Event:
     return {
         "type": "response.content_part.added",
         "item_id": item_id,
         "output_index": output_index,
         "content_index": 0,
-        "part": _text_part(""),
+        "part": part(kind, ""),
     }
 
 
-def content_part_done(item_id: str, output_index: int, text: str) -> Event:
+def content_part_done(item_id: str, output_index: int, text: str, kind: PartKind = "text") -> Event:
     return {
         "type": "response.content_part.done",
         "item_id": item_id,
         "output_index": output_index,
         "content_index": 0,
-        "part": _text_part(text),
+        "part": part(kind, text),
+    }
+
+
+def part_delta(kind: PartKind, item_id: str, output_index: int, delta: str) -> Event:
+    if kind == "text":
+        return text_delta(item_id, output_index, delta)
+    # The Open Responses spec names reasoning text events response.reasoning.*; OpenAI's SDK calls the
+    # same events response.reasoning_text.* (its stream still parses the spec's; see the README).
+    kind_type = REASONING_DELTA if kind == "reasoning" else REFUSAL_DELTA
+    return {"type": kind_type, "item_id": item_id, "output_index": output_index, "content_index": 0, "delta": delta}
+
+
+def part_done(kind: PartKind, item_id: str, output_index: int, text: str) -> Event:
+    if kind == "text":
+        return text_done(item_id, output_index, text)
+    field = "text" if kind == "reasoning" else "refusal"
+    return {
+        "type": "response.reasoning.done" if kind == "reasoning" else "response.refusal.done",
+        "item_id": item_id,
+        "output_index": output_index,
+        "content_index": 0,
+        field: text,
     }
 
 
@@ -155,9 +195,22 @@ def arguments_done(item_id: str, output_index: int, name: str, arguments: str) -
 # --- items --------------------------------------------------------------------------------------
 
 
-def message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
-    content = [_text_part(text)] if status != "in_progress" else []
+def message_item(item_id: str, text: str, status: str, kind: PartKind = "text") -> dict[str, Any]:
+    content = [part(kind, text)] if status != "in_progress" else []
     return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": content}
+
+
+def reasoning_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    # No summary: Chat Completions upstreams stream raw reasoning text only.
+    content = [part("reasoning", text)] if status != "in_progress" else []
+    return {"id": item_id, "type": "reasoning", "summary": [], "content": content, "status": status}
+
+
+def streamed_item(kind: PartKind, item_id: str, text: str, status: str) -> dict[str, Any]:
+    """The item one part streams into: a reasoning item, or an assistant message."""
+    if kind == "reasoning":
+        return reasoning_item(item_id, text, status)
+    return message_item(item_id, text, status, kind)
 
 
 def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:

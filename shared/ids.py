@@ -17,13 +17,14 @@ FUNCTION_CALL = "fc"
 FUNCTION_CALL_OUTPUT = "fco"
 CALL = "call"
 COMPACTION = "cmp"
-ITEM_PREFIXES = (MESSAGE, FUNCTION_CALL, FUNCTION_CALL_OUTPUT, COMPACTION)
+REASONING = "rs"
+ITEM_PREFIXES = (MESSAGE, FUNCTION_CALL, FUNCTION_CALL_OUTPUT, COMPACTION, REASONING)
 
 _RANDOM_BYTES = 24  # 192 bits: unguessable, and the shape clients expect (prefix_ + 48 hex)
 _BODY = f"[0-9a-f]{{{_RANDOM_BYTES * 2}}}"
 _FORMATS = {
     prefix: re.compile(f"{prefix}_{_BODY}")
-    for prefix in (RESPONSE, CONVERSATION, MESSAGE, FUNCTION_CALL, FUNCTION_CALL_OUTPUT, CALL, COMPACTION)
+    for prefix in (RESPONSE, CONVERSATION, CALL, *ITEM_PREFIXES)
 }
 _ITEM_FORMAT = re.compile(f"(?:{'|'.join(ITEM_PREFIXES)})_{_BODY}")
 
@@ -38,7 +39,7 @@ def is_id(value: object, prefix: str) -> bool:
 
 
 def is_item_id(value: object) -> bool:
-    """True for a message, function call or function call output id."""
+    """True for the id of any item kind this service issues."""
     return isinstance(value, str) and _ITEM_FORMAT.fullmatch(value) is not None
 
 
@@ -68,3 +69,7 @@ def call_id() -> str:
 
 def compaction_id() -> str:
     return new_id(COMPACTION)
+
+
+def reasoning_id() -> str:
+    return new_id(REASONING)

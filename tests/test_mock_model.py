@@ -127,6 +127,31 @@ def test_streamed_text_concatenates_and_ends_with_usage(client: OpenAI) -> None:
     assert chunks[0].model == "any-model"
 
 
+@pytest.mark.parametrize("directive, key", [("[think]", "reasoning_content"), ("[think:reasoning]", "reasoning")])
+def test_think_streams_reasoning_before_the_answer_and_counts_it(client: OpenAI, directive: str, key: str) -> None:
+    chunks = _stream_chunks(client, [_user(f"Hello {directive}")], stream_options={"include_usage": True})
+    deltas = [c.choices[0].delta.model_dump() for c in chunks if c.choices]
+    thought = "".join(d.get(key) or "" for d in deltas)
+    assert thought == "The user wrote: Hello. I will answer plainly."
+    first_answer = next(i for i, d in enumerate(deltas) if d.get("content"))
+    assert all(not d.get(key) for d in deltas[first_answer:])  # reasoning comes first, all of it
+    assert "".join(d.get("content") or "" for d in deltas) == "You said: Hello"
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == 8
+    assert usage.completion_tokens == 8 + 3
+
+
+def test_refuse_streams_a_refusal_instead_of_content(client: OpenAI) -> None:
+    chunks = _stream_chunks(client, [_user("Tell me a secret [refuse]")])
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(d.refusal or "" for d in deltas) == "I'm sorry, but I can't help with that."
+    assert not any(d.content for d in deltas)
+    whole = client.chat.completions.create(model="m", messages=[_user("Tell me a secret [refuse]")])
+    assert whole.choices[0].message.refusal == "I'm sorry, but I can't help with that."
+    assert whole.choices[0].message.content is None
+
+
 def test_name_memory_needs_the_history(client: OpenAI) -> None:
     history: list[ChatCompletionMessageParam] = [
         _user("My name is Ravi."),

@@ -59,6 +59,16 @@ class _Call:
 
 
 @dataclass
+class _Part:
+    """An item streaming its one content part: a reasoning item, or an assistant message's text or refusal."""
+
+    kind: events.PartKind
+    item_id: str
+    index: int  # output index
+    text: str = ""
+
+
+@dataclass
 class _Round:
     calls: list[_Call] = field(default_factory=list)
     text: str = ""
@@ -167,33 +177,48 @@ class AgentTurn:
         items = self.resumed.items
         if not items:
             return 0, None
-        # The last round is [message][function_call...], possibly followed by its tool results.
+        await self._settle_open_parts()
+        # The last round is [reasoning][message...][function_call...], possibly followed by its tool results.
         end = len(items)
         while end and items[end - 1]["type"] == "function_call_output":
             end -= 1
         start = end
         while start and items[start - 1]["type"] == "function_call":
             start -= 1
-        if start and items[start - 1]["type"] == "message":
+        while start and items[start - 1]["type"] in ("message", "reasoning"):
             start -= 1
         # Every item before the last round is finished: a round starts only once the previous one's tools returned.
         earlier = [items[i] for i in range(start) if i in self.resumed.done]
         self.messages = to_messages(self.instructions, self.base + earlier)
         round_no = Resumed(items=items[:start]).rounds()
         calls = [self._resumed_call(i) for i in range(start, end) if items[i]["type"] == "function_call"]
-        text = next((self._resumed_text(i) for i in range(start, end) if items[i]["type"] == "message"), "")
+        answers = [i for i in range(start, end) if self.resumed.kind(i) == "text"]
+        text = next((self._resumed_text(i) for i in answers), "")
         if all(i in self.resumed.done for i in range(start, end)):
-            if not calls:  # the model had finished answering; only the commit was missing
-                return round_no, self._end(Status.COMPLETED)
+            if not calls:
+                if any(items[i]["type"] == "message" for i in range(start, end)):
+                    # The model had finished answering; only the commit was missing.
+                    return round_no, self._end(Status.COMPLETED)
+                return round_no, None  # cut off after (or while) reasoning: the round is run again
             # The model's round was over; its tools had not all returned yet.
             outcome = await self._after_round(_Round(calls=calls, text=text), round_no)
             return round_no + 1, outcome
-        open_message = next(
-            ((items[i]["id"], i) for i in range(start, end) if items[i]["type"] == "message" and i not in
-             self.resumed.done),
-            None,
-        )
+        open_message = next(((items[i]["id"], i) for i in answers if i not in self.resumed.done), None)
         return round_no, _Cut(text=text, message=open_message, calls=calls)
+
+    async def _settle_open_parts(self) -> None:
+        """Closes the reasoning item or refusal a dead attempt left open, with what it had streamed.
+
+        Neither is continued: a model asked to go on from a partial answer gives no reasoning for it, and a
+        refusal is whole as far as it went. A re-run that starts its round afresh reasons again, in a new item.
+        """
+        for index in self.resumed.open():
+            kind = self.resumed.kind(index)
+            if kind in ("reasoning", "refusal"):
+                item_id = self.resumed.items[index]["id"]
+                await self._close_part(_Part(kind, item_id, index, self.resumed.text.get(index, "")))
+                self.resumed.items[index] = self.output.items[index]
+                self.resumed.done.add(index)
 
     def _resumed_call(self, index: int) -> _Call:
         item = self.resumed.items[index]
@@ -243,7 +268,12 @@ class AgentTurn:
 
     async def _stream_round(self, cut: _Cut | None = None) -> _Round:
         rnd = _Round(text=cut.text if cut else "")
-        message_id, message_index = cut.message if cut and cut.message else ("", None)
+        # The open parts, at most one of each kind. The message a dead attempt left open is continued under
+        # its ids; its text part is already open.
+        parts: dict[events.PartKind, _Part] = {}
+        if cut and cut.message:
+            parts["text"] = _Part("text", *cut.message, text=cut.text)
+        answering = cut is not None  # reasoning is only taken before the answer
         resumed_calls = cut.calls if cut else []
         calls: dict[int, _Call] = {}
         first_token = asyncio.timeout(self.limits.first_token_timeout_s)
@@ -255,29 +285,41 @@ class AgentTurn:
                     upstream.first_chunk(chunk)
                 usage = chunk.get("usage")
                 if usage:
-                    rnd.usage = Usage(
-                        input_tokens=usage.get("prompt_tokens") or 0, output_tokens=usage.get("completion_tokens") or 0
-                    )
+                    rnd.usage = _usage(usage)
                 choices = chunk.get("choices")
                 if not choices:
                     continue  # usage-only or empty update
                 choice = choices[0]
                 delta = choice.get("delta") or {}
+                # vLLM, DeepSeek and Ollama stream reasoning as reasoning_content; some servers call it reasoning.
+                thought = delta.get("reasoning_content") or delta.get("reasoning")
+                # Reasoning comes before the answer: reasoning streamed after the answer began has no item to go
+                # in, and a continued round's reasoning was settled by the dead attempt (see _resume).
+                if thought and not answering:
+                    part = parts.get("reasoning") or await self._open_part(parts, "reasoning")
+                    if await self._add_text(part, thought):
+                        rnd.over_budget = True
+                        break
+                said = delta.get("refusal")
+                if said and cut is None:
+                    answering = True
+                    await self._close(parts, "reasoning", "text")
+                    part = parts.get("refusal") or await self._open_part(parts, "refusal")
+                    if await self._add_text(part, said):
+                        rnd.over_budget = True
+                        break
                 content = delta.get("content")
                 if content:
-                    if message_index is None:
-                        message_id = ids.message_id()
-                        message_index = await self._open_message(message_id)
+                    answering = True
+                    await self._close(parts, "reasoning", "refusal")
+                    part = parts.get("text") or await self._open_part(parts, "text")
                     rnd.text += content
-                    self.output.append_text(message_index, content)
-                    await self.emit(events.text_delta(message_id, message_index, content))
-                    if self.output.text_bytes > self.limits.max_output_bytes:
+                    if await self._add_text(part, content):
                         rnd.over_budget = True
                         break
                 for tc in delta.get("tool_calls") or ():
-                    if message_index is not None:
-                        await self._close_message(message_id, message_index, rnd.text)
-                        message_index = None
+                    answering = True
+                    await self._close(parts, "reasoning", "refusal", "text")
                     position = tc.get("index", 0)
                     call = calls.get(position)
                     if call is None:
@@ -289,8 +331,8 @@ class AgentTurn:
                 if choice.get("finish_reason"):
                     rnd.finish_reason = choice["finish_reason"]
             upstream.done(rnd.usage, rnd.finish_reason)
-        if message_index is not None and not rnd.over_budget:
-            await self._close_message(message_id, message_index, rnd.text)
+        if not rnd.over_budget:
+            await self._close(parts, "reasoning", "refusal", "text")
         # Calls a dead attempt opened stay in the turn even if the model did not produce them again:
         # clients were shown them, so they are finished with what they have.
         rnd.calls += [c for c in resumed_calls if c not in rnd.calls]
@@ -324,20 +366,35 @@ class AgentTurn:
         call.arguments += fragment
         await self.emit(events.arguments_delta(call.item_id, call.index, fragment))
 
-    async def _open_message(self, item_id: str) -> int:
+    async def _open_part(self, parts: dict[events.PartKind, _Part], kind: events.PartKind) -> _Part:
+        """Opens an item with one streamed part: a reasoning item, or an assistant message's text or refusal."""
         self.telemetry.output_started()
-        item = events.message_item(item_id, "", "in_progress")
+        item_id = ids.reasoning_id() if kind == "reasoning" else ids.message_id()
+        item = events.streamed_item(kind, item_id, "", "in_progress")
         index = self.output.add(item)
         await self.emit(events.output_item_added(index, item))
-        await self.emit(events.content_part_added(item_id, index))
-        return index
+        await self.emit(events.content_part_added(item_id, index, kind))
+        part = parts[kind] = _Part(kind, item_id, index)
+        return part
 
-    async def _close_message(self, item_id: str, index: int, text: str) -> None:
-        item = events.message_item(item_id, text, "completed")
-        self.output.replace(index, item)
-        await self.emit(events.text_done(item_id, index, text))
-        await self.emit(events.content_part_done(item_id, index, text))
-        await self.emit(events.output_item_done(index, item))
+    async def _add_text(self, part: _Part, delta: str) -> bool:
+        """Streams `delta` into the part; True when the turn's output is over its byte budget."""
+        part.text += delta
+        self.output.append_text(part.index, delta, part.kind)
+        await self.emit(events.part_delta(part.kind, part.item_id, part.index, delta))
+        return self.output.text_bytes > self.limits.max_output_bytes
+
+    async def _close(self, parts: dict[events.PartKind, _Part], *kinds: events.PartKind) -> None:
+        """Ends the items of the open parts of these kinds, in the order they were opened."""
+        for part in sorted((parts.pop(k) for k in kinds if k in parts), key=lambda p: p.index):
+            await self._close_part(part)
+
+    async def _close_part(self, part: _Part) -> None:
+        item = events.streamed_item(part.kind, part.item_id, part.text, "completed")
+        self.output.replace(part.index, item)
+        await self.emit(events.part_done(part.kind, part.item_id, part.index, part.text))
+        await self.emit(events.content_part_done(part.item_id, part.index, part.text, part.kind))
+        await self.emit(events.output_item_done(part.index, item))
 
     # --- tools --------------------------------------------------------------------------------
 
@@ -371,6 +428,15 @@ class AgentTurn:
         self.output.replace(index, item)
         await self.emit(events.output_item_done(index, item))
         self.messages.append({"role": "tool", "tool_call_id": call.call_id, "content": output})
+
+
+def _usage(usage: Chunk) -> Usage:
+    details = usage.get("completion_tokens_details") or {}
+    return Usage(
+        input_tokens=usage.get("prompt_tokens") or 0,
+        output_tokens=usage.get("completion_tokens") or 0,
+        reasoning_tokens=details.get("reasoning_tokens") or 0,
+    )
 
 
 def _assistant_message(rnd: _Round) -> Message:

@@ -15,7 +15,7 @@ import asyncio
 from shared import events
 from shared.turn_state import TurnState
 
-_DELTAS = frozenset({"response.output_text.delta", "response.function_call_arguments.delta"})
+_DELTAS = frozenset({*events.TEXT_DELTA_TYPES, "response.function_call_arguments.delta"})
 
 _Write = tuple[str, int, list[events.Event], str]
 

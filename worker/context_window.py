@@ -35,6 +35,8 @@ _WHOLE_CHAIN = 1_000_000
 def estimate_tokens(item: Item) -> int:
     """A rough count of the prompt tokens an item costs once it is a Chat Completions message."""
     kind = item.get("type", "message")
+    if kind == "reasoning":
+        return 0  # never sent upstream (see prompt.to_messages)
     if kind == "function_call":
         text = f"{item.get('name', '')}{item.get('arguments', '')}"
     elif kind == "function_call_output":

@@ -21,7 +21,7 @@ from shared.turn_state import TurnState
 from worker.append_batcher import AppendBatcher
 from worker.redis_retry import Outage
 
-_MERGEABLE = ("response.output_text.delta", "response.function_call_arguments.delta")
+_MERGEABLE = (*events.TEXT_DELTA_TYPES, "response.function_call_arguments.delta")
 _OPENING = ("response.output_item.added", "response.content_part.added")
 
 

@@ -96,6 +96,8 @@ def to_messages(instructions: str, items: list[Item]) -> list[Message]:
                 last["tool_calls"] = [call]
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "reasoning":
+            continue  # Chat Completions takes no reasoning back; OpenAI-compatible servers reject or ignore it
         elif kind == "compaction":
             summary = compaction_item.summary_of(item)
             if summary is not None:

@@ -4,7 +4,8 @@ The stream is the truth of what clients were shown, so a re-run rebuilds its out
 starting over. Items whose `output_item.done` was written are final: they are kept as they are and go back
 into the prompt, so a server tool whose result was streamed never runs again. The one item the attempt left
 open (a message mid-text, a call mid-arguments, a tool result being computed) is continued under the same
-item id and output index. Whatever the dead attempt had merged but not yet written was never seen by
+item id and output index. An open reasoning item or refusal is not continued: the re-run closes it with
+what was streamed (see AgentTurn._resume). Whatever the dead attempt had merged but not yet written was never seen by
 anyone, so it is simply produced again.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from shared.events import StreamEvent
+from shared.events import REASONING_DELTA, REFUSAL_DELTA, PartKind, StreamEvent
 from shared.models import Item
 
 
@@ -21,7 +22,8 @@ from shared.models import Item
 class Resumed:
     items: list[Item] = field(default_factory=list)  # by output_index, as last streamed
     done: set[int] = field(default_factory=set)  # indexes whose output_item.done was streamed
-    text: dict[int, str] = field(default_factory=dict)  # message index -> text streamed so far
+    text: dict[int, str] = field(default_factory=dict)  # message or reasoning index -> text streamed so far
+    refusals: set[int] = field(default_factory=set)  # message indexes whose text is a refusal
     arguments: dict[int, str] = field(default_factory=dict)  # call index -> arguments streamed so far
 
     def __bool__(self) -> bool:
@@ -29,6 +31,16 @@ class Resumed:
 
     def open(self) -> list[int]:
         return [i for i in range(len(self.items)) if i not in self.done]
+
+    def kind(self, index: int) -> PartKind | None:
+        """What streams into the item at `index`, when it is a message or a reasoning item."""
+        item = self.items[index]
+        if item["type"] == "reasoning":
+            return "reasoning"
+        if item["type"] != "message":
+            return None
+        refused = index in self.refusals or any(p.get("type") == "refusal" for p in item.get("content") or [])
+        return "refusal" if refused else "text"
 
     def done_items(self) -> list[Item]:
         return [self.items[i] for i in sorted(self.done)]
@@ -64,8 +76,10 @@ def fold(stream: list[StreamEvent]) -> Resumed:
                 out.items.append(body["item"])
         elif index is None or index >= len(out.items):
             continue  # belongs to no item this reader knows; nothing a client could have rendered
-        elif event.type == "response.output_text.delta":
+        elif event.type in ("response.output_text.delta", REASONING_DELTA, REFUSAL_DELTA):
             out.text[index] = out.text.get(index, "") + body["delta"]
+            if event.type == REFUSAL_DELTA:
+                out.refusals.add(index)
         elif event.type == "response.function_call_arguments.delta":
             out.arguments[index] = out.arguments.get(index, "") + body["delta"]
         elif event.type == "response.output_item.done":

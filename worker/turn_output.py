@@ -11,7 +11,8 @@ class TurnOutput:
     def __init__(self) -> None:
         self.items: list[Item] = []
         self.text_bytes = 0
-        self._streaming_text: dict[int, str] = {}  # message index -> text so far, while it streams
+        # Item index -> (what streams into it, its text so far), while it streams.
+        self._streaming: dict[int, tuple[events.PartKind, str]] = {}
 
     @classmethod
     def restore(cls, resumed: Resumed) -> TurnOutput:
@@ -19,13 +20,14 @@ class TurnOutput:
         output = cls()
         output.items = [dict(item) for item in resumed.items]
         for index, item in enumerate(output.items):
-            if item["type"] != "message":
+            kind = resumed.kind(index)
+            if kind is None:
                 continue
             text = resumed.text.get(index, "")
             if index in resumed.done:
-                text = "".join(p.get("text", "") for p in item.get("content") or [])
+                text = "".join(p.get("text") or p.get("refusal") or "" for p in item.get("content") or [])
             else:
-                output._streaming_text[index] = text
+                output._streaming[index] = (kind, text)
             output.text_bytes += len(text.encode())
         return output
 
@@ -35,28 +37,29 @@ class TurnOutput:
 
     def replace(self, index: int, item: Item) -> None:
         self.items[index] = item
-        self._streaming_text.pop(index, None)
+        self._streaming.pop(index, None)
 
-    def append_text(self, index: int, delta: str) -> None:
-        self._streaming_text[index] = self._streaming_text.get(index, "") + delta
+    def append_text(self, index: int, delta: str, kind: events.PartKind = "text") -> None:
+        """Text streamed into the item at `index`; it counts against the turn's output byte budget."""
+        self._streaming[index] = (kind, self._streaming.get(index, (kind, ""))[1] + delta)
         self.text_bytes += len(delta.encode())
 
     def settled(self, client_tools: frozenset[str]) -> list[Item]:
         """The output as it stands when a turn stops early (cancel, failure, limit).
 
-        A message still streaming is kept with the text so far, marked incomplete. A server-side tool call
-        without its result is dropped, with its half-written result, so history never holds an orphan call;
-        calls to the client's own tools stay, the client answers them.
+        A message or reasoning item still streaming is kept with the text so far, marked incomplete. A
+        server-side tool call without its result is dropped, with its half-written result, so history never
+        holds an orphan call; calls to the client's own tools stay, the client answers them.
         """
         answered = {
             i["call_id"] for i in self.items if i["type"] == "function_call_output" and i["status"] == "completed"
         }
         kept: list[Item] = []
         for index, item in enumerate(self.items):
-            if item["type"] == "message" and item["status"] == "in_progress":
-                text = self._streaming_text.get(index, "")
+            if item["type"] in ("message", "reasoning") and item["status"] == "in_progress":
+                kind, text = self._streaming.get(index, ("text", ""))
                 if text:
-                    kept.append(events.message_item(item["id"], text, "incomplete"))
+                    kept.append(events.streamed_item(kind, item["id"], text, "incomplete"))
             elif item["type"] == "function_call":
                 if item["call_id"] in answered or (item["name"] in client_tools and item["status"] == "completed"):
                     kept.append(item)

@@ -21,6 +21,11 @@ _DELAY_RE = re.compile(r"\[delay=(\d+(?:\.\d+)?)ms\]", re.IGNORECASE)
 _FAIL_RE = re.compile(r"\[fail\]", re.IGNORECASE)
 _FAIL_MIDSTREAM_RE = re.compile(r"\[fail-midstream\]", re.IGNORECASE)
 _ECHO_REQUEST_RE = re.compile(r"\[echo-request\]", re.IGNORECASE)
+# [think] streams reasoning before the answer as `reasoning_content` (vLLM, DeepSeek, Ollama); [think:reasoning]
+# under the `reasoning` key some servers use instead.
+_THINK_RE = re.compile(r"\[think(?::(reasoning))?\]", re.IGNORECASE)
+_REFUSE_RE = re.compile(r"\[refuse\]", re.IGNORECASE)
+REFUSAL = "I'm sorry, but I can't help with that."
 _SUMMARIZE_RE = re.compile(r"^summari[sz]e the conversation", re.IGNORECASE)
 _CALL_RE = re.compile(r"\bcall\s+([A-Za-z_][\w.-]*)\(")
 _FOREVER_RE = re.compile(r"\bforever\b", re.IGNORECASE)
@@ -50,6 +55,7 @@ class ToolCall:
 class Reply:
     text: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    refusal: str | None = None  # sent as `refusal` instead of content, as OpenAI's models refuse
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ class Directives:
     fail: bool = False
     fail_midstream: bool = False
     echo_request: bool = False  # reply with the request body as JSON, so a test sees what reached the model
+    reasoning_key: str | None = None  # the delta key reasoning streams under, when the model is to think first
+    refuse: bool = False
 
 
 def content_text(content: Any) -> str:
@@ -104,7 +112,17 @@ def parse_directives(messages: Sequence[Mapping[str, Any]]) -> Directives:
         fail=bool(_FAIL_RE.search(text)),
         fail_midstream=bool(_FAIL_MIDSTREAM_RE.search(text)),
         echo_request=bool(_ECHO_REQUEST_RE.search(text)),
+        reasoning_key=(think.group(1) or "reasoning_content") if (think := _THINK_RE.search(text)) else None,
+        refuse=bool(_REFUSE_RE.search(text)),
     )
+
+
+def reasoning(messages: Sequence[Mapping[str, Any]]) -> str:
+    """What the mock "thinks" before answering: deterministic, and naming what it answers to."""
+    if _trailing_tool_results(messages):
+        return "The tools have answered, so I can reply from their results."
+    asked = _strip_directives(_last_user_raw_text(messages)) or "nothing"
+    return f"The user wrote: {asked}. I will answer plainly."
 
 
 def offered_tool_names(tools: Sequence[Any] | None) -> list[str]:
@@ -131,6 +149,8 @@ def decide(
     A continuation is either vLLM's `continue_final_message` (the last message is the partial answer) or
     a partial answer followed by a system message asking to go on.
     """
+    if parse_directives(messages).refuse:
+        return Reply(refusal=REFUSAL)
     partial, before = _continuation(messages, continue_final_message)
     if partial is None:
         return _decide(messages, tools, new_call_id)
@@ -361,6 +381,6 @@ def _last_user_raw_text(messages: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _strip_directives(text: str) -> str:
-    for pattern in (_DELAY_RE, _FAIL_MIDSTREAM_RE, _FAIL_RE, _ECHO_REQUEST_RE):
+    for pattern in (_DELAY_RE, _FAIL_MIDSTREAM_RE, _FAIL_RE, _ECHO_REQUEST_RE, _THINK_RE, _REFUSE_RE):
         text = pattern.sub("", text)
     return re.sub(r"[ \t]{2,}", " ", text).strip()

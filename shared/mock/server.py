@@ -21,12 +21,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from shared.ids import call_id
 from shared.mock import request_options
 from shared.mock.brain import (
+    Directives,
     Reply,
     count_tokens,
     decide,
     offered_tool_names,
     parse_directives,
     prompt_tokens,
+    reasoning,
     tokenize,
 )
 
@@ -75,9 +77,11 @@ class _ChatRequest:
 @dataclass(frozen=True)
 class _Plan:
     reply: Reply
-    text_tokens: list[str]
+    text_tokens: list[str]  # the answer's content, or its refusal when reply.refusal is set
     finish_reason: str
-    usage: dict[str, int]
+    usage: dict[str, Any]
+    reasoning_tokens: list[str]  # streamed first, under reasoning_key
+    reasoning_key: str | None
 
 
 def create_app(token_delay_ms: float = 15.0, context_tokens: int = 128_000) -> FastAPI:
@@ -111,7 +115,7 @@ def create_app(token_delay_ms: float = 15.0, context_tokens: int = 128_000) -> F
         directives = parse_directives(chat.messages)
         if directives.fail or (directives.fail_midstream and not chat.stream):
             return _error_response(500, "mock upstream failure", "server_error", None)
-        plan = _plan(chat, directives.echo_request)
+        plan = _plan(chat, directives)
         delay_ms = directives.delay_ms if directives.delay_ms is not None else token_delay_ms
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
         created = int(time.time())
@@ -188,8 +192,8 @@ def _check_message(message: Any, where: str) -> None:
         raise _BadRequest(f"'{where}.tool_calls' must be an array.", f"{where}.tool_calls")
 
 
-def _plan(chat: _ChatRequest, echo_request: bool) -> _Plan:
-    if echo_request:
+def _plan(chat: _ChatRequest, directives: Directives) -> _Plan:
+    if directives.echo_request:
         reply = Reply(text=json.dumps(chat.body, sort_keys=True))
     else:
         # vLLM's continue_final_message: the last (assistant) message is a cut-off answer to go on from.
@@ -200,7 +204,7 @@ def _plan(chat: _ChatRequest, echo_request: bool) -> _Plan:
         if reply.text is not None and not reply.tool_calls:
             reply = Reply(text=request_options.shaped_text(reply.text, chat.body))
     finish_reason = "tool_calls" if reply.tool_calls else "stop"
-    tokens = tokenize(reply.text or "") if not reply.tool_calls else []
+    tokens = tokenize(reply.refusal or reply.text or "") if not reply.tool_calls else []
     if chat.max_tokens is not None and len(tokens) > chat.max_tokens:
         tokens = tokens[: chat.max_tokens]
         finish_reason = "length"
@@ -208,9 +212,16 @@ def _plan(chat: _ChatRequest, echo_request: bool) -> _Plan:
         completion = sum(count_tokens(f"{c.name} {c.arguments}") for c in reply.tool_calls)
     else:
         completion = count_tokens("".join(tokens))
+    thought = tokenize(reasoning(chat.messages)) if directives.reasoning_key else []
+    completion += len(thought)  # reasoning tokens are output tokens, itemised in completion_tokens_details
     prompt = prompt_tokens(chat.messages)
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-    return _Plan(reply, tokens, finish_reason, usage)
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "completion_tokens_details": {"reasoning_tokens": len(thought)},
+    }
+    return _Plan(reply, tokens, finish_reason, usage, thought, directives.reasoning_key)
 
 
 def _tool_calls_json(reply: Reply) -> list[dict[str, Any]]:
@@ -224,8 +235,12 @@ def _completion(chat: _ChatRequest, plan: _Plan, completion_id: str, created: in
     message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
     if plan.reply.tool_calls:
         message["tool_calls"] = _tool_calls_json(plan.reply)
+    elif plan.reply.refusal is not None:
+        message["refusal"] = "".join(plan.text_tokens)
     else:
         message["content"] = "".join(plan.text_tokens)
+    if plan.reasoning_key:
+        message[plan.reasoning_key] = "".join(plan.reasoning_tokens)
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": plan.finish_reason}
     return {
         "id": completion_id,
@@ -271,7 +286,10 @@ async def _stream(
         return f"data: {_compact(data)}\n\n"
 
     # Each piece is a delta to send after one token delay; the list is cheap even for "count to 5000".
-    pieces: list[dict[str, Any]] = [{"content": token} for token in plan.text_tokens]
+    key = plan.reasoning_key
+    pieces: list[dict[str, Any]] = [{key: token} for token in plan.reasoning_tokens] if key else []
+    answer_key = "refusal" if plan.reply.refusal is not None else "content"
+    pieces += [{answer_key: token} for token in plan.text_tokens]
     for index, call in enumerate(plan.reply.tool_calls):
         function = {"name": call.name, "arguments": ""}
         opening = {"index": index, "id": call.id, "type": "function", "function": function}

@@ -269,6 +269,52 @@ def test_failed_incomplete_and_cancelled_turns_conform(http: httpx.Client, check
         _everything_about(http, check, response["id"])
 
 
+def test_a_reasoning_turn_conforms(http: httpx.Client, check: Conformance) -> None:
+    events = _stream(http, check, input="count to 5 [think]")
+    types = [e["type"] for e in events]
+    final = events[-1]["response"]
+    assert [o["type"] for o in final["output"]] == ["reasoning", "message"]
+    reasoning = final["output"][0]
+    assert reasoning["content"][0]["text"] == "The user wrote: count to 5. I will answer plainly."
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.reasoning.delta")
+    assert deltas == reasoning["content"][0]["text"]
+    # The reasoning item is closed before the message opens.
+    reasoning_done = types.index("response.reasoning.done")
+    assert reasoning_done < next(i for i, e in enumerate(events) if e.get("item", {}).get("type") == "message")
+    assert final["usage"]["output_tokens_details"]["reasoning_tokens"] == len(deltas.split())
+    assert final["output"][1]["content"][0]["text"] == "1 2 3 4 5"
+    _everything_about(http, check, final["id"])
+
+
+def test_a_refusal_turn_conforms(http: httpx.Client, check: Conformance) -> None:
+    events = _stream(http, check, input="Tell me a secret [refuse]")
+    final = events[-1]["response"]
+    assert [o["type"] for o in final["output"]] == ["message"]
+    assert final["output"][0]["content"] == [{"type": "refusal", "refusal": "I'm sorry, but I can't help with that."}]
+    assert "".join(e["delta"] for e in events if e["type"] == "response.refusal.delta") == (
+        "I'm sorry, but I can't help with that."
+    )
+    assert check.counts["event[response.refusal.done]"] == 1
+    _everything_about(http, check, final["id"])
+
+
+def test_a_reasoning_tool_turn_on_a_conversation_conforms(http: httpx.Client, check: Conformance) -> None:
+    conversation = http.post("/conversations", json={}).json()
+    events = _stream(
+        http, check, input="What is the weather in Bengaluru? [think]", conversation=conversation["id"]
+    )
+    final = events[-1]["response"]
+    kinds = ["reasoning", "function_call", "function_call_output", "reasoning", "message"]
+    assert [o["type"] for o in final["output"]] == kinds
+    _everything_about(http, check, final["id"])
+    assert check.counts["conversation_item[reasoning]"] == 2
+    # The next turn's prompt holds no reasoning: the upstream is sent what it can take back.
+    echoed = _create(http, check, input="[echo-request]", conversation=conversation["id"])
+    sent = json.loads(echoed["output"][-1]["content"][0]["text"])
+    assert "The user wrote" not in json.dumps(sent) and "The tools have answered" not in json.dumps(sent)
+    assert [m["role"] for m in sent["messages"]][-5:] == ["user", "assistant", "tool", "assistant", "user"]
+
+
 def _read_until(http: httpx.Client, response_id: str, wanted: str) -> None:
     """Follows the response's stream until the line `wanted`, then drops the connection."""
     with http.stream("GET", f"/responses/{response_id}", params={"stream": "true"}) as reply:
@@ -288,6 +334,33 @@ def test_the_sdk_parses_streams_that_end_with_done(client: OpenAI) -> None:
     terminal = list(client.responses.retrieve(final.id, stream=True))[-1]
     assert terminal.type == "response.completed"
     assert list(client.responses.retrieve(final.id, stream=True, starting_after=terminal.sequence_number)) == []
+
+
+@pytest.mark.parametrize("text", ["What is the weather in Oslo? [think:reasoning]", "Tell me a secret [refuse]"])
+def test_the_sdk_stream_snapshot_of_reasoning_and_refusal_equals_the_stored_response(
+    client: OpenAI, text: str
+) -> None:
+    with client.responses.stream(model=M, input=text) as stream:
+        streamed = [event.type for event in stream]
+        final = stream.get_final_response()
+    stored = client.responses.retrieve(final.id)
+    # The snapshot holds the SDK's parsed types, which add keys of their own: compare what the stored one has.
+    assert _restricted(final.model_dump(), stored.model_dump()) == stored.model_dump()
+    if "[refuse]" in text:
+        assert stored.output[0].content[0].type == "refusal"  # type: ignore[union-attr]
+        assert "response.refusal.delta" in streamed
+    else:
+        assert stored.output[0].type == "reasoning" and "response.reasoning.delta" in streamed
+        assert stored.usage is not None and stored.usage.output_tokens_details.reasoning_tokens > 0
+
+
+def _restricted(value: Any, like: Any) -> Any:
+    """`value` with only the keys `like` has, at every depth."""
+    if isinstance(value, dict) and isinstance(like, dict):
+        return {k: _restricted(value[k], like[k]) for k in like if k in value}
+    if isinstance(value, list) and isinstance(like, list) and len(value) == len(like):
+        return [_restricted(v, w) for v, w in zip(value, like, strict=True)]
+    return value
 
 
 def test_the_validator_rejects_what_the_spec_rejects() -> None:

@@ -276,6 +276,39 @@ def test_rerun_never_runs_a_streamed_tool_again(client: OpenAI, fault_stack: Sta
     assert attempts >= {1, 2}  # it really was re-run
 
 
+def test_rerun_of_a_turn_cut_while_reasoning_closes_that_reasoning_and_answers_once(
+    client: OpenAI, fault_stack: Stack
+) -> None:
+    """A worker killed while the model reasons: the re-run closes the reasoning item with what clients were
+    shown, reasons afresh in a new item, and answers once; every item's deltas add up to its final text."""
+    _ensure_workers(fault_stack)
+    with client.responses.stream(model="turnstream-mock", input="count to 30 [think] [delay=40ms]") as stream:
+        events = []
+        killed = False
+        for event in stream:
+            events.append(event)
+            if not killed and event.type == "response.reasoning.delta":
+                for name in ("worker-1", "worker-2"):
+                    fault_stack.stop(name, kill=True)
+                killed = True
+                _ensure_workers(fault_stack)
+        final = stream.get_final_response()
+    assert killed
+    stored = client.responses.retrieve(final.id)
+    assert stored.status == "completed" and stored.output_text == _numbers(30)
+    assert _shape(final.model_dump()["output"]) == _shape(stored.model_dump()["output"])
+    # Killed at the first reasoning delta of a reasoning that takes ~10 delays: it was cut mid-way.
+    assert [item.type for item in stored.output] == ["reasoning", "reasoning", "message"]
+    cut, whole = ((item.content or [])[0].text for item in stored.output[:2])  # type: ignore[union-attr]
+    assert whole.startswith(cut) and len(cut) < len(whole)
+    added = [e.output_index for e in events if e.type == "response.output_item.added"]
+    assert added == list(range(len(stored.output)))  # no item opened twice
+    for index, item in enumerate(stored.output):
+        kind = "response.output_text.delta" if item.type == "message" else "response.reasoning.delta"
+        streamed = "".join(e.delta for e in events if e.type == kind and e.output_index == index)  # type: ignore[union-attr]
+        assert streamed == (item.content or [])[0].text  # type: ignore[union-attr]
+
+
 def _shape(output: list[dict[str, object]]) -> list[tuple[object, ...]]:
     fields = ("type", "id", "status", "call_id", "name", "arguments", "output")
     return [

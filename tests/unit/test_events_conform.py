@@ -11,7 +11,7 @@ from shared.models import Status, TurnOutcome, TurnRequest, Usage
 from shared.response_object import build_response
 from tests.openresponses_spec import Conformance
 
-MSG, FC, FCO = "msg_1", "fc_1", "fco_1"
+MSG, FC, FCO, RS = "msg_1", "fc_1", "fco_1", "rs_1"
 
 
 def _numbered(event: dict[str, Any]) -> dict[str, Any]:
@@ -33,8 +33,19 @@ def _numbered(event: dict[str, Any]) -> dict[str, Any]:
         events.output_item_done(1, events.function_call_item(FC, "call_1", "get_time", "{}", "completed")),
         events.output_item_added(2, events.function_call_output_item(FCO, "call_1", "", "in_progress")),
         events.output_item_done(2, events.function_call_output_item(FCO, "call_1", "12:00", "completed")),
+        events.output_item_added(3, events.reasoning_item(RS, "", "in_progress")),
+        events.content_part_added(RS, 3, "reasoning"),
+        events.part_delta("reasoning", RS, 3, "Think"),
+        events.part_done("reasoning", RS, 3, "Thinking."),
+        events.content_part_done(RS, 3, "Thinking.", "reasoning"),
+        events.output_item_done(3, events.reasoning_item(RS, "Thinking.", "completed")),
+        events.content_part_added(MSG, 4, "refusal"),
+        events.part_delta("refusal", MSG, 4, "I can't"),
+        events.part_done("refusal", MSG, 4, "I can't help."),
+        events.content_part_done(MSG, 4, "I can't help.", "refusal"),
+        events.output_item_done(4, events.message_item(MSG, "I can't help.", "completed", "refusal")),
     ],
-    ids=lambda e: e["type"],
+    ids=lambda e: f"{e['type']}-{e['output_index']}",
 )
 def test_each_event_builder_conforms(event: dict[str, Any]) -> None:
     Conformance().event(_numbered(event))

@@ -227,3 +227,22 @@ def test_chat_tool_fills_missing_description_and_parameters() -> None:
         "description": "",
         "parameters": {"type": "object", "properties": {}},
     }
+
+
+def test_reasoning_items_are_not_sent_back_and_calls_after_them_stay_with_their_message() -> None:
+    items = [
+        user("Weather?"),
+        events.reasoning_item("rs_1", "I should look it up.", "completed"),
+        assistant("Let me check."),
+        call("c1"),
+        result("c1", "14C"),
+        events.reasoning_item("rs_2", "Now I can answer.", "completed"),
+        events.message_item("msg_r", "I can't help.", "completed", "refusal"),
+    ]
+
+    messages = to_messages("", items)
+
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]
+    assert messages[1]["content"] == "Let me check." and len(messages[1]["tool_calls"]) == 1
+    assert messages[3]["content"] == "I can't help."  # a refusal goes back as what the assistant said
+    MESSAGES.validate_python(messages)

@@ -78,3 +78,38 @@ def test_restored_output_settles_the_open_message_with_its_streamed_text() -> No
 
     assert output.text_bytes == len("half an answer")
     assert output.settled(frozenset()) == [events.message_item("msg_1", "half an answer", "incomplete")]
+
+
+def test_fold_keeps_reasoning_and_refusal_text_and_knows_which_is_which() -> None:
+    reasoning = events.reasoning_item("rs_1", "Thinking it over.", "completed")
+    resumed = fold(
+        _stream(
+            events.output_item_added(0, events.reasoning_item("rs_1", "", "in_progress")),
+            events.content_part_added("rs_1", 0, "reasoning"),
+            events.part_delta("reasoning", "rs_1", 0, "Thinking it over."),
+            events.output_item_done(0, reasoning),
+            events.output_item_added(1, events.message_item("msg_1", "", "in_progress")),
+            events.content_part_added("msg_1", 1, "refusal"),
+            events.part_delta("refusal", "msg_1", 1, "I can't "),
+        )
+    )
+
+    assert resumed.items[0] == reasoning and resumed.done == {0}
+    assert (resumed.kind(0), resumed.kind(1)) == ("reasoning", "refusal")
+    assert resumed.text == {0: "Thinking it over.", 1: "I can't "}
+    assert resumed.rounds() == 0
+
+
+def test_restored_output_settles_an_open_reasoning_item_with_its_streamed_text() -> None:
+    resumed = fold(
+        _stream(
+            events.output_item_added(0, events.reasoning_item("rs_1", "", "in_progress")),
+            events.part_delta("reasoning", "rs_1", 0, "Half a tho"),
+        )
+    )
+
+    output = TurnOutput.restore(resumed)
+    output.append_text(0, "ught", "reasoning")
+
+    assert output.text_bytes == len("Half a thought")
+    assert output.settled(frozenset()) == [events.reasoning_item("rs_1", "Half a thought", "incomplete")]
