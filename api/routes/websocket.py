@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from api.auth import Caller, CallerDep, admit_turn, release_turn
 from api.deps import Services
 from api.errors import APIError, from_validation, invalid
+from api.json_body import decode
 from api.schemas import CreateResponseBody
 from api.turns import accept, build_request
 from shared.events import StreamEvent
@@ -107,10 +108,8 @@ class _Session:
         limit = self.svc.settings.max_input_bytes
         if len(raw.encode()) > limit:
             raise APIError(413, f"Message exceeds the limit of {limit} bytes.", param="input", code="too_large")
-        try:
-            message = json.loads(raw)
-        except ValueError:
-            raise invalid("The message is not valid JSON.") from None
+        # The same strict decoding as every HTTP body: standard JSON only, nesting bounded.
+        message = decode(raw.encode(), self.svc.settings.max_json_depth)
         if not isinstance(message, dict):
             raise invalid("The message must be a JSON object.")
         if message.get("type") != CREATE:

@@ -164,3 +164,15 @@ def test_a_dropped_socket_leaves_the_turn_running_and_it_resumes_over_sse(stack:
     assert rest[-1]["type"] == "response.completed"
     text = "".join(e["delta"] for e in seen + rest if e["type"] == "response.output_text.delta")
     assert text == " ".join(str(i) for i in range(1, 61))
+
+
+def test_a_hostile_message_gets_an_error_event_and_the_socket_stays_open(stack: Stack) -> None:
+    url = stack.base_url.replace("http://", "ws://") + "/responses"
+    with connect(url, open_timeout=10) as socket:
+        for raw in ("[" * 5_000, '{"type": "response.create", "model": "plain", "input": NaN}'):
+            socket.send(raw)
+            error = json.loads(socket.recv(timeout=10))
+            assert error["type"] == "error" and error["status"] == 400
+            assert error["error"]["code"] == "invalid_json"
+        socket.send(json.dumps({"type": "response.create", "model": "plain", "input": "count to 2"}))
+        assert json.loads(socket.recv(timeout=10))["type"] == "response.created"
