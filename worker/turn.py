@@ -252,10 +252,11 @@ class TurnRunner:
         fences it off), so renewing stops once the claim is no longer ours.
         """
         while True:
+            # The claim has just set a full lease: the first renewal is due a third of one later, not at once.
+            await asyncio.sleep(self.settings.lease_s / 3)
             if not await self.outage.call(lambda: self.leases.renew(job_id, token), "lease"):
                 log.info("job %s: lease taken over by a newer claim", job_id)
                 return
-            await asyncio.sleep(self.settings.lease_s / 3)
 
 
 def _failed(message: str) -> TurnOutcome:
