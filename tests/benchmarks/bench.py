@@ -145,9 +145,9 @@ def cpu_section(bench: Bench) -> None:
 
 
 def sdk_client(stack: latency.Stack) -> openai.AsyncOpenAI:
-    http = openai.DefaultAsyncHttpxClient(
-        limits=httpx.Limits(max_connections=500, max_keepalive_connections=500),
-        timeout=httpx.Timeout(latency.TURN_TIMEOUT_S, connect=5.0),
+    http = openai.DefaultAsyncHttpxClient(  # the SDK's own HTTP client library, as latency.py builds it
+        limits=latency.httpx2.Limits(max_connections=500, max_keepalive_connections=500),
+        timeout=latency.httpx2.Timeout(latency.TURN_TIMEOUT_S, connect=5.0),
     )
     return openai.AsyncOpenAI(base_url=f"{stack.api_url}/v1", api_key="bench", max_retries=0, http_client=http)
 
@@ -316,16 +316,19 @@ def split_phases(rows: dict[str, list[dict[str, Any]]]) -> Phases:
     ran = [rows[n] for n in rows if n != "api" and any(r["delta"] for r in rows[n])]
     if len(ran) != 1:
         raise RuntimeError(f"expected the turn on one worker, saw deltas on {len(ran)}")
+    # The worker's idle loop (a claim, then BLPOP on the wake list) runs every poll interval whatever the
+    # turn does; only the claim that took the turn belongs to it.
+    idle_poll = {"BLPOP", claim}
     mine = [r for r in ran[0] if r["t"] > accepted_at]
     first = next(i for i, r in enumerate(mine) if r["delta"])
     last = max(i for i, r in enumerate(mine) if r["delta"])
-    idle_poll = {"BLPOP", claim}
+    start = next(i for i, r in enumerate(mine) if not set(r["cmds"]) <= idle_poll)
+    claims = [r for r in mine[:start] if claim in r["cmds"]]
     return Phases(
         accept=[r["cmds"] for r in accept],
-        pickup=[r["cmds"] for r in mine[:first]],
+        pickup=[r["cmds"] for r in claims[-1:] + mine[start:first]],
         deltas=sum(1 for r in mine if r["delta"]),
         other_during=[r["cmds"] for r in mine[first:last] if not r["delta"]],
-        # After the commit the worker goes back to waiting: its next BLPOP and claim are the idle loop's.
         commit=[r["cmds"] for r in mine[last + 1 :] if not set(r["cmds"]) <= idle_poll],
     )
 
@@ -341,6 +344,7 @@ async def round_trip_section(bench: Bench, stack: latency.Stack) -> None:
                 rid = (await http.post("/v1/responses", json=body)).raise_for_status().json()["id"]
                 await until_all(redis, [rid], lambda s: s == "completed", "the traced turn")
 
+            await one_background_turn()  # warm-up: scripts loaded, pools open
             for _ in range(bench.args.traced_turns):
                 samples.append(split_phases(await traced(stack, bench, one_background_turn)))
     finally:
