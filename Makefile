@@ -27,5 +27,6 @@ test: lint
 deploy-check: install
 	$(BIN)/pytest -q tests/test_deploy.py
 
+# Every performance target in one run, each figure beside its target (~10 min; BENCH_ARGS=--quick ~3 min).
 bench: install
-	$(BIN)/python tests/benchmarks/latency.py
+	$(BIN)/python tests/benchmarks/bench.py $(BENCH_ARGS)

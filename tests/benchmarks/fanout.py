@@ -120,6 +120,8 @@ class Stack:
             "TURNSTREAM_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "TURNSTREAM_HOST": "127.0.0.1",
             "TURNSTREAM_PORT": str(self.api_port),
+            # Delivery, not keys: tests/benchmarks/auth_overhead.py measures those.
+            "TURNSTREAM_AUTH": "off",
         }
         if self.api_source is None:
             self.spawn("api", [str(Path(sys.executable).parent / "turnstream"), "api"], env)

@@ -87,6 +87,12 @@ class Stack:
     token_delay_ms: float
     workers: int
     poll_only: bool
+    # An OpenAI-compatible upstream already running (e.g. worker_cpu.raw_upstream); None starts the mock.
+    upstream_url: str | None = None
+    worker_env: dict[str, str] = field(default_factory=dict)
+    api_env: dict[str, str] = field(default_factory=dict)
+    # argv that runs a service ("api" or "worker") instead of the console script, e.g. under a probe.
+    launcher: Callable[[str], list[str]] | None = None
     redis_port: int = field(default_factory=free_port)
     mock_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
@@ -137,32 +143,39 @@ class Stack:
              "--save", "", "--appendonly", "no", "--daemonize", "no"],
             {},
         )
-        self._spawn(
-            "mock",
-            [exe, "mock"],
-            {
-                "TURNSTREAM_HOST": "127.0.0.1",
-                "TURNSTREAM_MOCK_PORT": str(self.mock_port),
-                "TURNSTREAM_MOCK_TOKEN_DELAY_MS": str(self.token_delay_ms),
-            },
-        )
+        if self.upstream_url is None:
+            self._spawn(
+                "mock",
+                [exe, "mock"],
+                {
+                    "TURNSTREAM_HOST": "127.0.0.1",
+                    "TURNSTREAM_MOCK_PORT": str(self.mock_port),
+                    "TURNSTREAM_MOCK_TOKEN_DELAY_MS": str(self.token_delay_ms),
+                },
+            )
         worker_env = {
             "TURNSTREAM_REDIS_URL": self.redis_url,
-            "OPENAI_BASE_URL": f"{self.mock_url}/v1",
+            "OPENAI_BASE_URL": self.upstream_url or f"{self.mock_url}/v1",
+            "OPENAI_API_KEY": "bench",
             "TURNSTREAM_MAX_JOBS": "100",
+            **self.worker_env,
         }
         for i in range(self.workers):
-            argv = [sys.executable, "-c", _POLL_ONLY_WORKER] if self.poll_only else [exe, "worker"]
+            if self.launcher is not None:
+                argv = self.launcher("worker")
+            else:
+                argv = [sys.executable, "-c", _POLL_ONLY_WORKER] if self.poll_only else [exe, "worker"]
             self._spawn(f"worker{i + 1}", argv, worker_env)
         self._spawn(
             "api",
-            [exe, "api"],
+            self.launcher("api") if self.launcher is not None else [exe, "api"],
             {
                 "TURNSTREAM_HOST": "127.0.0.1",
                 "TURNSTREAM_PORT": str(self.api_port),
                 "TURNSTREAM_REDIS_URL": self.redis_url,
                 # Pickup and first-token latency, not keys: tests/benchmarks/auth_overhead.py measures those.
                 "TURNSTREAM_AUTH": "off",
+                **self.api_env,
             },
         )
 
@@ -176,7 +189,10 @@ class Stack:
         deadline = time.monotonic() + READY_TIMEOUT_S
         async with httpx2.AsyncClient(timeout=2.0) as http:
             await self._until(deadline, "redis PING", self._redis_pings)
-            await self._until(deadline, "mock model /v1/models", lambda: self._lists_model(http, self.mock_url))
+            if self.upstream_url is None:
+                await self._until(
+                    deadline, "mock model /v1/models", lambda: self._lists_model(http, self.mock_url)
+                )
             # /v1/models on the API falls back to the default model before any worker has published its
             # agents, so it cannot tell that the workers are up; each worker logs this once it can take jobs.
             await self._until(deadline, "workers ready", self._workers_logged_ready)
@@ -243,7 +259,7 @@ class Turn:
     error: str | None = None
 
 
-async def one_turn(client: openai.AsyncOpenAI) -> Turn:
+async def one_turn(client: openai.AsyncOpenAI, prompt: str = PROMPT) -> Turn:
     turn = Turn()
     t0 = time.perf_counter()
 
@@ -251,7 +267,7 @@ async def one_turn(client: openai.AsyncOpenAI) -> Turn:
         return (time.perf_counter() - t0) * 1000.0
 
     try:
-        stream = await client.responses.create(model=MODEL, input=PROMPT, stream=True)
+        stream = await client.responses.create(model=MODEL, input=prompt, stream=True)
         async with stream:
             async for event in stream:
                 if event.type == "response.created":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -24,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -32,9 +35,13 @@ import redis
 ROOT = Path(__file__).resolve().parents[2]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+# A request whose messages contain "chunks=N spacing=MS" gets that many chunks at that spacing instead of the
+# command line's, so one upstream serves short and long turns side by side. The first content chunk goes out
+# with the role chunk: the upstream's own first-token time is one local HTTP exchange.
 _UPSTREAM = r'''
-import asyncio, json, sys
-CHUNKS, SPACING = int(sys.argv[2]), float(sys.argv[3]) / 1000
+import asyncio, json, re, sys
+CHUNKS, SPACING = int(sys.argv[2]), float(sys.argv[3])
+ASKED = re.compile(rb"chunks=(\d+) spacing=([\d.]+)")
 
 def frame(obj):
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
@@ -43,10 +50,14 @@ def chunk(delta, finish=None):
     return frame({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": "bench",
                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
 
-BODY = [chunk({"role": "assistant", "content": ""})] + [chunk({"content": f"t{i} "}) for i in range(CHUNKS)]
-TAIL = [chunk({}, "stop"), frame({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
-        "model": "bench", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": CHUNKS,
-        "total_tokens": CHUNKS + 5}}), b"data: [DONE]\n\n"]
+def body(chunks):
+    head = chunk({"role": "assistant", "content": ""}) + chunk({"content": "t0 "})
+    tail = (chunk({}, "stop") + frame({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
+            "model": "bench", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": chunks,
+            "total_tokens": chunks + 5}}) + b"data: [DONE]\n\n")
+    return [head] + [chunk({"content": f"t{i} "}) for i in range(1, chunks)] + [tail]
+
+DEFAULT = body(CHUNKS)
 
 async def handle(reader, writer):
     try:
@@ -56,18 +67,20 @@ async def handle(reader, writer):
             for line in head.split(b"\r\n"):
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
-            await reader.readexactly(length)
+            request = await reader.readexactly(length)
             if head.startswith(b"GET"):
-                body = b'{"object":"list","data":[]}'
+                reply = b'{"object":"list","data":[]}'
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                             + str(len(reply)).encode() + b"\r\n\r\n" + reply)
                 continue
+            asked = ASKED.search(request)
+            pieces, spacing = (body(int(asked[1])), float(asked[2])) if asked else (DEFAULT, SPACING)
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-            for piece in BODY + TAIL:
-                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                if SPACING:
+            for i, piece in enumerate(pieces):
+                if spacing and i:
                     await writer.drain()
-                    await asyncio.sleep(SPACING)
+                    await asyncio.sleep(spacing / 1000)
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             writer.write(b"0\r\n\r\n")
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -76,7 +89,7 @@ async def handle(reader, writer):
         writer.close()
 
 async def main():
-    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]), backlog=1024)
+    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]), backlog=4096)
     async with server:
         await server.serve_forever()
 
@@ -196,6 +209,55 @@ def worker_run(tree: Path, base: str, turns: int, concurrency: int, chunks: int,
         rserver.wait()
 
 
+@contextlib.contextmanager
+def raw_upstream(chunks: int, spacing_ms: float) -> Iterator[str]:
+    """A raw SSE upstream in its own process; yields its OpenAI base URL."""
+    port = free_port()
+    upstream = subprocess.Popen([sys.executable, "-c", _UPSTREAM, str(port), str(chunks), str(spacing_ms)])
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait(lambda: httpx.get(f"{base}/models").status_code == 200, "upstream")
+        yield base
+    finally:
+        upstream.terminate()
+        upstream.wait()
+
+
+@dataclass
+class CpuPerChunk:
+    spacing_ms: float
+    bare_s: float  # CPU seconds per chunk, median of the repeats
+    worker_s: float
+    target_ratio: float
+
+    @property
+    def ratio(self) -> float:
+        return self.worker_s / self.bare_s
+
+
+TARGETS = {0.0: 0.4, 20.0: 0.75}  # chunk spacing (ms) -> worker/bare CPU ratio to stay under
+
+
+def measure(turns: int, chunks: int, concurrency: int, repeats: int, tree: Path = ROOT) -> list[CpuPerChunk]:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for spacing, target in TARGETS.items():
+            with raw_upstream(chunks, spacing) as base:
+                bare, work = [], []
+                for _ in range(repeats):  # interleaved, so drift on this noisy machine hits both alike
+                    bare.append(bare_loop(base, turns, concurrency))
+                    work.append(worker_run(tree, base, turns, concurrency, chunks, Path(tmp)))
+                results.append(CpuPerChunk(spacing, statistics.median(bare), statistics.median(work), target))
+    return results
+
+
+def print_table(results: list[CpuPerChunk]) -> None:
+    print(f"{'spacing':>8} {'bare SDK µs/chunk':>18} {'worker µs/chunk':>16} {'ratio':>7} {'target':>7}")
+    for r in results:
+        print(f"{r.spacing_ms:>6g}ms {r.bare_s * 1e6:>18.1f} {r.worker_s * 1e6:>16.1f} {r.ratio:>6.2f}x"
+              f" {r.target_ratio:>6.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=40)
@@ -204,25 +266,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tree", type=Path, default=ROOT, help="checkout whose worker to run")
     args = parser.parse_args()
-    targets = {0.0: 0.4, 20.0: 0.75}
     print(f"worker from {args.tree}; {args.turns} turns x {args.chunks} chunks, {args.concurrency} at a time")
-    print(f"{'spacing':>8} {'bare SDK µs/chunk':>18} {'worker µs/chunk':>16} {'ratio':>7} {'target':>7}")
-    with tempfile.TemporaryDirectory() as tmp:
-        for spacing, target in targets.items():
-            port = free_port()
-            upstream = subprocess.Popen([sys.executable, "-c", _UPSTREAM, str(port), str(args.chunks), str(spacing)])
-            base = f"http://127.0.0.1:{port}/v1"
-            try:
-                wait(lambda url=f"{base}/models": httpx.get(url).status_code == 200, "upstream")
-                bare, work = [], []
-                for _ in range(args.repeats):  # interleaved, so drift on this noisy machine hits both alike
-                    bare.append(bare_loop(base, args.turns, args.concurrency))
-                    work.append(worker_run(args.tree, base, args.turns, args.concurrency, args.chunks, Path(tmp)))
-                b, w = statistics.median(bare), statistics.median(work)
-                print(f"{spacing:>6g}ms {b * 1e6:>18.1f} {w * 1e6:>16.1f} {w / b:>6.2f}x {target:>6.2f}x")
-            finally:
-                upstream.terminate()
-                upstream.wait()
+    print_table(measure(args.turns, args.chunks, args.concurrency, args.repeats, args.tree))
 
 
 if __name__ == "__main__":
