@@ -60,13 +60,16 @@ class RedisServer:
         return redis.Redis(port=self.port)
 
 
-def start_redis(workdir: Path) -> RedisServer:
+def start_redis(workdir: Path, port: int | None = None, *, aof: bool = False) -> RedisServer:
+    """A redis-server of the tests' own; with `aof`, every write is fsynced, so a restart on the same port and
+    directory keeps everything (the fault tests restart it)."""
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.fail("redis-server is not on PATH: integration tests need a real Redis (apt-get install redis-server)")
-    port = free_port()
+    port = port or free_port()
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if aof else ["--appendonly", "no"]
     proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence, "--dir", str(workdir)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

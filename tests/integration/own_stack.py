@@ -16,8 +16,8 @@ from tests.conftest import TEST_SETTINGS, Stack, free_port, start_redis, wait_un
 
 
 @contextlib.contextmanager
-def own_stack(root: Path, env: dict[str, str], workers: int = 1) -> Iterator[Stack]:
-    server = start_redis(root)
+def own_stack(root: Path, env: dict[str, str], workers: int = 1, *, aof: bool = False) -> Iterator[Stack]:
+    server = start_redis(root, aof=aof)
     api_port, mock_port = free_port(), free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("TURNSTREAM_", "OPENAI_", "OTEL_"))}
     base.update(TEST_SETTINGS)
@@ -53,5 +53,5 @@ def own_stack(root: Path, env: dict[str, str], workers: int = 1) -> Iterator[Sta
     finally:
         for name in list(stack.procs):
             stack.stop(name, kill=True)
-        server.proc.terminate()
-        server.proc.wait(timeout=10)
+        stack.redis.proc.terminate()  # the stack's current server: a test may have restarted it
+        stack.redis.proc.wait(timeout=10)

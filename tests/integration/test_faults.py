@@ -10,81 +10,35 @@ turns on those conversations complete.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 from openai import OpenAI
 
 from shared import keys
 from shared.events import decode_entry
-from tests.conftest import TEST_SETTINGS, RedisServer, Stack, free_port, wait_until
+from tests.conftest import Stack, start_redis, wait_until
+from tests.integration.own_stack import own_stack
 
 CONVERSATIONS = 6
 FIRST = 120  # the running turn counts to this, 10 ms a token: ~1.2 s of streaming
 SECOND = 15  # the turn queued behind it
 
 
-def _start_redis(workdir: Path, port: int) -> RedisServer:
-    exe = shutil.which("redis-server")
-    assert exe is not None, "redis-server must be on PATH"
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-         "--appendfsync", "always", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    server = RedisServer(port, proc, workdir)
-    wait_until(lambda: server.client().ping(), what="redis-server")
-    return server
-
-
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("faults")
-    server = _start_redis(root, free_port())
-    api_port, mock_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TURNSTREAM_", "OPENAI_"))}
-    env.update(TEST_SETTINGS)
-    env.update(
-        {
-            "TURNSTREAM_REDIS_URL": server.url,
-            "TURNSTREAM_PORT": str(api_port),
-            "TURNSTREAM_MOCK_PORT": str(mock_port),
-            "OPENAI_BASE_URL": f"http://127.0.0.1:{mock_port}/v1",
-            "TURNSTREAM_REDIS_RETRY_MAX_S": "1",
-            "TURNSTREAM_SWEEP_INTERVAL_S": "1",
-            "TURNSTREAM_AUTH": "off",
-            "TURNSTREAM_TEST_TOOL_LOG": str(root / "tool-calls.log"),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    (root / "logs").mkdir()
-    stack = Stack(server, f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{mock_port}/v1", env, root / "logs")
-    try:
-        stack.spawn("mock", "mock")
-        stack.spawn("worker-1", "worker")
-        stack.spawn("worker-2", "worker")
-        stack.spawn("api", "api")
-        wait_until(lambda: httpx.get(f"{stack.api_url}/readyz").status_code == 200, 30, "the API")
-        wait_until(lambda: len(server.client().hkeys(keys.AGENTS)) > 0, 30, "workers")
+    env = {
+        "TURNSTREAM_REDIS_RETRY_MAX_S": "1",
+        "TURNSTREAM_SWEEP_INTERVAL_S": "1",
+        "TURNSTREAM_TEST_TOOL_LOG": str(root / "tool-calls.log"),
+    }
+    with own_stack(root, env, workers=2, aof=True) as stack:
         yield stack
-    except BaseException:
-        for log in sorted((root / "logs").iterdir()):
-            print(f"--- {log.name} ---\n{log.read_text()[-4000:]}")
-        raise
-    finally:
-        for name in list(stack.procs):
-            stack.stop(name)
-        stack.redis.proc.kill()
-        stack.redis.proc.wait()
 
 
 @pytest.fixture
@@ -207,7 +161,7 @@ def test_redis_restart_mid_load_loses_nothing(client: OpenAI, fault_stack: Stack
         pass
     server.proc.wait(timeout=10)
     time.sleep(2)  # workers and the API see Redis gone for a while
-    fault_stack.redis = _start_redis(server.workdir, server.port)
+    fault_stack.redis = start_redis(server.workdir, server.port, aof=True)
     settled_in = _wait_settled(fault_stack, [i for _, a, b in load for i in (a, b)])
     print(f"\nRedis restart: all {2 * CONVERSATIONS} turns settled {settled_in:.1f}s after Redis was back")
     assert settled_in < 30
@@ -347,7 +301,7 @@ def test_worker_started_while_redis_is_down_waits_for_it(client: OpenAI, fault_s
     fault_stack.spawn("worker-3", "worker")
     time.sleep(3)
     assert fault_stack.procs["worker-3"].poll() is None  # still waiting, not exited
-    fault_stack.redis = _start_redis(server.workdir, server.port)
+    fault_stack.redis = start_redis(server.workdir, server.port, aof=True)
     for name in ("worker-1", "worker-2"):
         fault_stack.stop(name)  # only the late starter is left to serve
     try:
