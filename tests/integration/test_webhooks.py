@@ -4,6 +4,7 @@ Standard Webhooks library, one fails twice first, and a worker dies between a co
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -241,3 +242,20 @@ def test_a_receiver_that_never_accepts_ends_in_the_dead_letter_list(
     assert json.loads(dead["body"])["data"] == {"id": response.id}
     assert dead["attempts"] == 4 and dead["last_error"] == "HTTP 500"
     assert len(receiver.deliveries) == 4
+
+
+def test_the_readme_webhooks_block_runs_verbatim(hook_stack: Stack, tmp_path: Path) -> None:
+    [block] = re.findall(r"<!-- shell: webhooks -->\n```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    # `turnstream` is this checkout's command; `we_...` stands for the id that `add` printed.
+    command = tmp_path / "turnstream"
+    command.write_text(f'#!/bin/sh\nexec {sys.executable} -c "from shared.cli import main; main()" "$@"\n')
+    command.chmod(0o755)
+    listed_id = '"$(turnstream webhooks list | cut -d" " -f1)"'
+    script = block.replace("turnstream webhooks remove we_...", f"turnstream webhooks remove {listed_id}")
+    env = {**hook_stack.env, "PATH": f"{tmp_path}:{hook_stack.env.get('PATH', '')}"}
+    done = subprocess.run(["bash", "-e", "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    endpoint_id = done.stdout.split()[1]
+    assert endpoint_id.startswith("we_")
+    assert f"{endpoint_id}  https://example.com/hooks/turnstream  response.completed response.failed" in done.stdout
+    assert done.stdout.rstrip().endswith(f"removed {endpoint_id}")
