@@ -32,10 +32,6 @@ TRANSIENT: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeout
 _BASE_S = 0.05
 
 
-def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TRANSIENT)
-
-
 class Outage:
     """This process's view of Redis health: logs once when calls start failing and once when they recover."""
 
