@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -194,6 +195,27 @@ def test_worker_stopped_mid_turn_loses_nothing(client: OpenAI, fault_stack: Stac
     fault_stack.spawn("worker-2", "worker")
 
 
+def _stream_killing_workers(
+    client: OpenAI, stack: Stack, prompt: str, kill_at: Callable[[Any, int], bool]
+) -> tuple[list[Any], Any]:
+    """Streams a turn and kill -9s every worker (whichever runs it) at the first event `kill_at` picks, given
+    the event and how many came before it; new workers re-run the turn. Returns the events and the SDK's
+    final snapshot."""
+    events: list[Any] = []
+    killed = False
+    with client.responses.stream(model="turnstream-mock", input=prompt) as stream:
+        for event in stream:
+            events.append(event)
+            if not killed and kill_at(event, len(events)):
+                for name in ("worker-1", "worker-2"):
+                    stack.stop(name, kill=True)
+                killed = True
+                _ensure_workers(stack)
+        final = stream.get_final_response()
+    assert killed, "the stream ended before the kill point"
+    return events, final
+
+
 def test_rerun_never_runs_a_streamed_tool_again(client: OpenAI, fault_stack: Stack) -> None:
     """A worker killed while the model answers from a tool's result: the re-run continues the answer in
     the same item, the tool ran once, and the SDK's stream snapshot ends equal to the stored Response."""
@@ -201,20 +223,12 @@ def test_rerun_never_runs_a_streamed_tool_again(client: OpenAI, fault_stack: Sta
     log = Path(fault_stack.env["TURNSTREAM_TEST_TOOL_LOG"])
     log.write_text("")
     r = _rds(fault_stack)
-    with client.responses.stream(
-        model="turnstream-mock", input='call record_call({"words": 60}) [delay=25ms]'
-    ) as stream:
-        events = []
-        killed = False
-        for event in stream:
-            events.append(event)
-            if not killed and event.type == "response.output_text.delta" and len(events) > 12:
-                for name in ("worker-1", "worker-2"):  # whichever runs it
-                    fault_stack.stop(name, kill=True)
-                killed = True
-                _ensure_workers(fault_stack)
-        final = stream.get_final_response()
-    assert killed
+    events, final = _stream_killing_workers(
+        client,
+        fault_stack,
+        'call record_call({"words": 60}) [delay=25ms]',
+        lambda event, seen: event.type == "response.output_text.delta" and seen > 12,
+    )
     stored = client.responses.retrieve(final.id)
     assert stored.status == "completed"
     # The snapshot holds the SDK's parsed types (they add keys of their own); compare what a client reads.
@@ -236,18 +250,12 @@ def test_rerun_of_a_turn_cut_while_reasoning_closes_that_reasoning_and_answers_o
     """A worker killed while the model reasons: the re-run closes the reasoning item with what clients were
     shown, reasons afresh in a new item, and answers once; every item's deltas add up to its final text."""
     _ensure_workers(fault_stack)
-    with client.responses.stream(model="turnstream-mock", input="count to 30 [think] [delay=40ms]") as stream:
-        events = []
-        killed = False
-        for event in stream:
-            events.append(event)
-            if not killed and event.type == "response.reasoning.delta":
-                for name in ("worker-1", "worker-2"):
-                    fault_stack.stop(name, kill=True)
-                killed = True
-                _ensure_workers(fault_stack)
-        final = stream.get_final_response()
-    assert killed
+    events, final = _stream_killing_workers(
+        client,
+        fault_stack,
+        "count to 30 [think] [delay=40ms]",
+        lambda event, seen: event.type == "response.reasoning.delta",
+    )
     stored = client.responses.retrieve(final.id)
     assert stored.status == "completed" and stored.output_text == _numbers(30)
     assert _shape(final.model_dump()["output"]) == _shape(stored.model_dump()["output"])
