@@ -6,6 +6,7 @@ mock model over HTTP through the SDK too, so the production path runs end to end
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -20,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+
+from shared import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,37 +149,41 @@ def redis_server(tmp_root: Path) -> Iterator[RedisServer]:
     server.proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def stack(redis_server: RedisServer, tmp_root: Path) -> Iterator[Stack]:
+@contextlib.contextmanager
+def running_stack(
+    server: RedisServer, root: Path, env: dict[str, str], workers: int = 2, *, kill_at_end: bool = False
+) -> Iterator[Stack]:
+    """mock, `workers` workers and the API as processes on `server`, with the test settings plus `env`; their
+    logs are printed if start-up fails, and every process is stopped (or killed) at the end."""
     api_port, mock_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TURNSTREAM_", "OPENAI_"))}
-    env.update(TEST_SETTINGS)
-    env.update(
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("TURNSTREAM_", "OPENAI_", "OTEL_"))}
+    base.update(TEST_SETTINGS)
+    base.update(
         {
-            "TURNSTREAM_REDIS_URL": redis_server.url,
+            "TURNSTREAM_REDIS_URL": server.url,
             "TURNSTREAM_HOST": "127.0.0.1",
             "TURNSTREAM_PORT": str(api_port),
             "TURNSTREAM_MOCK_PORT": str(mock_port),
             "OPENAI_BASE_URL": f"http://127.0.0.1:{mock_port}/v1",
             "OPENAI_API_KEY": "test-key",
             "PYTHONUNBUFFERED": "1",
-            # The shared stack runs open, like a deployment behind an authenticating gateway.
+            # Open, like a deployment behind an authenticating gateway; tests/integration/test_auth.py covers keys.
             "TURNSTREAM_AUTH": "off",
+            **env,
         }
     )
-    logdir = tmp_root / "logs"
-    logdir.mkdir()
-    s = Stack(redis_server, f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{mock_port}/v1", env, logdir)
+    logdir = root / "logs"
+    logdir.mkdir(exist_ok=True)
+    s = Stack(server, f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{mock_port}/v1", base, logdir)
     try:
         s.spawn("mock", "mock")
-        s.spawn("worker-1", "worker")
-        s.spawn("worker-2", "worker")
+        for n in range(1, workers + 1):
+            s.spawn(f"worker-{n}", "worker")
         s.spawn("api", "api")
         wait_until(lambda: httpx.get(f"{s.api_url}/readyz").status_code == 200, 30, "the API")
         wait_until(lambda: httpx.get(f"{s.mock_url}/models").status_code == 200, 30, "the mock model")
-        wait_until(
-            lambda: "plain" in {m["id"] for m in httpx.get(f"{s.base_url}/models").json()["data"]}, 30, "workers"
-        )
+        if workers:
+            wait_until(lambda: server.client().hlen(keys.AGENTS) > 0, 30, "workers")
         yield s
     except BaseException:
         for log in sorted(logdir.iterdir()):
@@ -184,4 +191,10 @@ def stack(redis_server: RedisServer, tmp_root: Path) -> Iterator[Stack]:
         raise
     finally:
         for name in list(s.procs):
-            s.stop(name)
+            s.stop(name, kill=kill_at_end)
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server: RedisServer, tmp_root: Path) -> Iterator[Stack]:
+    with running_stack(redis_server, tmp_root, {}) as s:
+        yield s
