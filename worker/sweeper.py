@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from arq.connections import ArqRedis
 
 from shared import keys
-from shared.models import TERMINAL_STATUSES, Status, TurnOutcome
+from shared.models import TERMINAL_STATUSES, Status
 from shared.queue import enqueue_turn
 from shared.records import load_response
 from shared.response_object import build_response
 from shared.settings import Settings
 from shared.turn_state import TurnState
 from worker.redis_retry import TRANSIENT, Outage
+from worker.turn import gave_up
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,7 @@ class Sweeper:
             return True
         attempt = int(await self.redis.hget(keys.response(response_id), "attempt") or 0)
         if record.status == Status.IN_PROGRESS and attempt >= self.settings.job_max_tries:
-            error = {"code": "server_error", "message": f"turn gave up after {attempt} attempts"}
-            outcome = TurnOutcome(status=Status.FAILED, error=error)
+            outcome = gave_up(attempt)
             await self.state.finish(
                 response_id,
                 expect=Status.IN_PROGRESS,

@@ -91,8 +91,7 @@ class TurnRunner:
                 await self._commit(req, started.attempt, TurnOutcome(status=Status.CANCELLED))
                 return Status.CANCELLED.value
             if started.attempt > self.settings.job_max_tries:
-                error = {"code": "server_error", "message": f"turn gave up after {started.attempt - 1} attempts"}
-                await self._commit(req, started.attempt, TurnOutcome(status=Status.FAILED, error=error))
+                await self._commit(req, started.attempt, gave_up(started.attempt - 1))
                 return Status.FAILED.value
             return await self._execute(req, started.attempt, handle)
         finally:
@@ -115,7 +114,7 @@ class TurnRunner:
             await emitter.emit(events.lifecycle(events.IN_PROGRESS, build_response(req, Status.IN_PROGRESS, progress)))
             agent = self._agent(req.model)
             if agent is None:
-                outcome = _failed(f"unknown model {req.model!r}: no agent profile has that name")
+                outcome = failed(f"unknown model {req.model!r}: no agent profile has that name")
             else:
                 history = await self.outage.call(lambda: self._history(req), "history load")
                 if req.compact_only:
@@ -172,19 +171,19 @@ class TurnRunner:
                 if deadline.expired()
                 else f"no output from the model within {self.settings.first_token_timeout_s:g}s"
             )
-            return _failed(which)
+            return failed(which)
         except openai.APIStatusError as exc:
             if context_window.is_context_overflow(exc):
                 message = f"context_length_exceeded: {exc.message} (send truncation: \"auto\" to window the history)"
                 return TurnOutcome(status=Status.FAILED, error={"code": PROMPT_TOO_LONG, "message": message})
-            return _failed(describe_upstream_error(exc))
+            return failed(describe_upstream_error(exc))
         except openai.APIError as exc:
-            return _failed(describe_upstream_error(exc))
+            return failed(describe_upstream_error(exc))
         except (StaleTurn, *TRANSIENT):
             raise  # not the turn's failure: a newer attempt owns it, or Redis is away (the job is re-run)
         except Exception as exc:
             log.exception("turn %s failed", turn.req.response_id)
-            return _failed(f"internal error: {type(exc).__name__}")
+            return failed(f"internal error: {type(exc).__name__}")
 
     async def _commit(self, req: TurnRequest, attempt: int, outcome: TurnOutcome) -> None:
         response = build_response(req, outcome.status, outcome)
@@ -259,6 +258,11 @@ class TurnRunner:
                 return
 
 
-def _failed(message: str) -> TurnOutcome:
+def failed(message: str) -> TurnOutcome:
     return TurnOutcome(status=Status.FAILED, error={"code": "server_error", "message": message})
+
+
+def gave_up(attempts: int) -> TurnOutcome:
+    """A turn whose attempts all died (worker deaths past TURNSTREAM_JOB_MAX_TRIES)."""
+    return failed(f"turn gave up after {attempts} attempts")
 
