@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp
 
 from api import errors
+from api.agent_directory import AgentDirectory
 from api.auth import RequestBudgetHeaders, authenticate
 from api.deps import Services
 from api.fanout import Fanout
@@ -30,6 +31,7 @@ from shared.logs import LogContextMiddleware, configure_logging
 from shared.rate_limits import Limiter
 from shared.redis_conn import EmbeddedRedis, connect
 from shared.settings import Settings, get_settings
+from shared.turn_accept import TurnAcceptor
 from shared.turn_state import Retention, TurnState
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,10 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
             settings=settings,
             redis=redis,
             state=TurnState(redis, Retention.from_settings(settings)),
+            acceptor=TurnAcceptor(
+                redis, Retention.from_settings(settings), settings.queue_name, settings.max_queue_depth
+            ),
+            agents=AgentDirectory(redis, passthrough=settings.allow_model_passthrough),
             fanout=fanout,
             limiter=Limiter(redis) if auth else None,
         )

@@ -17,7 +17,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import Services, ServicesDep
+from api.deps import ServicesDep
 from api.errors import APIError
 from shared.api_keys import digest
 from shared.models import DEFAULT_PROJECT
@@ -67,27 +67,6 @@ async def authenticate(request: HTTPConnection, svc: ServicesDep) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
-
-
-async def admit_turn(svc: Services, caller: Caller, response_id: str) -> None:
-    """Takes a concurrent-turn slot of the caller's key for a new turn, or answers 429."""
-    if svc.limiter is None or caller.key_id is None:
-        return
-    if not await svc.limiter.admit(caller.key_id, response_id, caller.max_concurrent):
-        raise APIError(
-            429,
-            f"Too many concurrent turns for this API key: limit {caller.max_concurrent}. "
-            "Retry when one of its turns has finished.",
-            type="requests",
-            code="concurrency_limit_exceeded",
-            retry_after=1,
-        )
-
-
-async def release_turn(svc: Services, caller: Caller, response_id: str) -> None:
-    """Gives the slot back when the turn was admitted but then not accepted."""
-    if svc.limiter is not None and caller.key_id is not None:
-        await svc.limiter.release(caller.key_id, response_id)
 
 
 def _bearer(header: str | None) -> str | None:

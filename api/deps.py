@@ -9,9 +9,11 @@ from arq.connections import ArqRedis
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from api.agent_directory import AgentDirectory
 from api.fanout import Fanout
 from shared.rate_limits import Limiter
 from shared.settings import Settings
+from shared.turn_accept import TurnAcceptor
 from shared.turn_state import TurnState
 
 
@@ -20,6 +22,8 @@ class Services:
     settings: Settings
     redis: ArqRedis
     state: TurnState
+    acceptor: TurnAcceptor
+    agents: AgentDirectory
     fanout: Fanout
     limiter: Limiter | None = None  # None: the API checks no keys (TURNSTREAM_AUTH=off)
 

@@ -7,8 +7,9 @@ per route for TURNSTREAM_IDEMPOTENCY_TTL_S, with a fingerprint of the request bo
 - same key, same body, first request still running . 409 after a short wait (the openai SDK retries it)
 - same key, another body ........................... 422
 
-A request first claims the key for the id it is about to create; the transaction that stores the object
-also marks the claim accepted, but only if the claim is still its own (WATCH). So exactly one request
+A request first claims the key for the id it is about to create; the step that stores the object also
+marks the claim accepted, but only if the claim is still its own (a WATCH transaction for a conversation,
+the accept script for a turn). So exactly one request
 creates the object, even when the first answer was lost and the client retried meanwhile. A claim whose
 request died before storing is taken over by a retry after _STALE_MS; should the stalled request wake up,
 its store is refused instead of creating a second object.
@@ -33,6 +34,7 @@ from redis.exceptions import WatchError
 
 from api.errors import APIError, invalid
 from shared import keys
+from shared.turn_accept import ClaimMark
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
@@ -89,6 +91,11 @@ class Claim:
         accepted = {"fingerprint": self.fingerprint, "id": self.object_id, "state": "accepted", "at": _now_ms()}
         pipe.set(self.key, json.dumps(accepted), ex=self.ttl_s)
 
+    def mark(self) -> ClaimMark:
+        """The claim as a turn's accept script marks it accepted, in the same step that stores the turn."""
+        accepted = {"fingerprint": self.fingerprint, "id": self.object_id, "state": "accepted", "at": _now_ms()}
+        return ClaimMark(self.key, json.dumps(accepted), self.ttl_s)
+
     async def abandon(self) -> None:
         """The create failed before storing anything: a retry may create the object at once."""
         await self.redis.eval(_ABANDON, 1, self.key, self.object_id)
@@ -125,7 +132,8 @@ async def claim(
 @contextlib.asynccontextmanager
 async def settled(once: Claim | None) -> AsyncIterator[None]:
     """Around storing the object a claim is for: if another request took the key over meanwhile (the store's
-    transaction saw the claim change) the answer is 409; any other failure frees the key for a retry."""
+    transaction saw the claim change) the answer is 409; any other failure frees the key for a retry (a
+    claim the store marked accepted stays: see `abandon`)."""
     try:
         yield
     except WatchError:

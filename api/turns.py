@@ -1,32 +1,26 @@
-"""Accepting a turn: validate references, claim the conversation, store the record, enqueue the job."""
+"""Accepting a turn: validate the request, render everything it stores, then accept it in one script."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic_core import PydanticSerializationError
-from redis.asyncio.client import Pipeline
 
 from api import request_options as options
 from api.auth import Caller
 from api.deps import Services
 from api.errors import APIError, invalid, not_found
+from api.idempotency import Claim, in_use
 from api.schemas import CreateResponseBody, function_tools, normalise_input
 from shared import events, ids, keys, metrics, tracing
 from shared.logs import add_log_context
-from shared.models import AgentCard, Status, TurnRequest
-from shared.queue import enqueue_turn, queue_depth
+from shared.models import DEFAULT_PROJECT, AgentCard, Status, TurnRequest
 from shared.rate_limits import turn_accounting
-from shared.records import conversation_project, load_response, response_project
+from shared.records import load_response
 from shared.response_object import build_response
-
-# Runs first in the transaction that stores a turn (api/idempotency.py), and may add to it.
-StoreGuard = Callable[[Pipeline], Awaitable[None]]
+from shared.turn_accept import NewTurn, Refusal, Slot
 
 
 async def build_request(svc: Services, body: CreateResponseBody, caller: Caller) -> TurnRequest:
@@ -43,12 +37,9 @@ async def build_request(svc: Services, body: CreateResponseBody, caller: Caller)
     model = body.model or settings.default_model
     card = await agent_card(svc, model)
     # Ownership is all the edge needs; the worker reads the history itself when the turn runs. Another
-    # project's object gets exactly the answer a missing one gets, and a malformed id is as absent as an
-    # unknown one: it never reaches Redis as part of a key.
-    if conversation_id is not None and not (
-        ids.is_id(conversation_id, ids.CONVERSATION)
-        and await conversation_project(svc.redis, conversation_id) == caller.project
-    ):
+    # project's object gets exactly the answer a missing one gets (the accept checks the conversation's),
+    # and a malformed id is as absent as an unknown one: it never reaches Redis as part of a key.
+    if conversation_id is not None and not ids.is_id(conversation_id, ids.CONVERSATION):
         raise not_found("Conversation", conversation_id, "conversation")
     previous = body.previous_response_id
     if previous is not None and not await is_stored_response(svc, previous, caller.project):
@@ -102,24 +93,24 @@ async def build_request(svc: Services, body: CreateResponseBody, caller: Caller)
 
 async def is_stored_response(svc: Services, response_id: str, project: str) -> bool:
     """Whether `response_id` names a stored response of `project` that a new turn may build on."""
-    if not ids.is_id(response_id, ids.RESPONSE) or await response_project(svc.redis, response_id) != project:
+    if not ids.is_id(response_id, ids.RESPONSE):
         return False
-    request = await svc.redis.hget(keys.response(response_id), "request")
+    status, owner, request = await svc.redis.hmget(keys.response(response_id), ["status", "project", "request"])
+    if status is None or request is None or (owner.decode() if owner else DEFAULT_PROJECT) != project:
+        return False
     # A store=false response is never a base for another turn, as with OpenAI.
-    return request is not None and TurnRequest.model_validate_json(request).store
+    return TurnRequest.model_validate_json(request).store
 
 
 async def agent_card(svc: Services, model: str) -> AgentCard | None:
     """The agent profile `model` names, as its worker published it; None for a passthrough model."""
-    raw = await svc.redis.hget(keys.AGENTS, model)
-    if raw is not None:
-        return AgentCard.model_validate_json(raw)
-    if svc.settings.allow_model_passthrough:
-        return None
-    published = await svc.redis.hkeys(keys.AGENTS)
+    card = await svc.agents.card(model)
+    if card is not None or svc.settings.allow_model_passthrough:
+        return card
+    published = await svc.agents.cards()
     # Before any worker has published its agents there is nothing to check against; the worker will.
     if published:
-        names = ", ".join(sorted(n.decode() for n in published))
+        names = ", ".join(sorted(published))
         raise invalid(
             f"The model '{model}' does not exist. Available models: {names}. To serve it, define an agent of that "
             "name in the workers' TURNSTREAM_AGENTS, or set TURNSTREAM_ALLOW_MODEL_PASSTHROUGH=true to send unknown "
@@ -130,97 +121,83 @@ async def agent_card(svc: Services, model: str) -> AgentCard | None:
     return None
 
 
-async def accept(svc: Services, req: TurnRequest, guard: StoreGuard | None = None) -> str:
-    """Stores the queued turn and its `response.created` event, then enqueues it. Returns the Response JSON.
+async def accept(svc: Services, req: TurnRequest, caller: Caller, once: Claim | None = None) -> str:
+    """Accepts the queued turn: its record, `response.created` and its job, all in one script (one round
+    trip). Returns the Response JSON.
 
     Everything it writes or returns is rendered before anything is stored: once a turn is accepted no
     error may follow, or a client retrying that error would run the turn twice.
     """
     add_log_context(response_id=req.response_id, conversation_id=req.conversation_id)
     turn = _render(req)
-    settings = svc.settings
-    if await queue_depth(svc.redis, settings.queue_name) >= settings.max_queue_depth:
-        raise APIError(
-            503, "Too many queued turns; retry shortly.", type="server_error", code="queue_full", retry_after=5
-        )
-    if req.conversation_id and not await svc.state.claim(req.conversation_id, req.response_id, req.conversation_lock):
-        raise APIError(
-            409,
-            f"Conversation '{req.conversation_id}' already has a turn in progress.",
-            param="conversation",
-            code="conversation_locked",
-        )
-    try:
-        await _store_and_enqueue(svc, turn, guard)
-    except BaseException:
-        # Not accepted after all: release the conversation so the turns behind it are not stuck.
-        if req.conversation_id:
-            await _forget(svc, req)
-        raise
+    # Keys off (or no key): no concurrent-turn slot to take.
+    slot = Slot(caller.key_id, caller.max_concurrent) if svc.limiter and caller.key_id else None
+    refusal = await svc.acceptor.accept(turn, slot, once.mark() if once is not None else None)
+    if refusal is not None:
+        raise _refused(refusal, req, caller)
     metrics.TURNS_ACCEPTED.labels(req.model, req.project).inc()
-    return turn.response_json
+    return str(turn.record["response"])
 
 
-@dataclass(frozen=True)
-class _RenderedTurn:
-    req: TurnRequest
-    request_json: str
-    response: dict[str, Any]
-    response_json: str  # the queued Response: stored, and what the client gets back
-
-
-def _render(req: TurnRequest) -> _RenderedTurn:
+def _render(req: TurnRequest) -> NewTurn:
     queued = build_response(req, Status.QUEUED)
+    first = [events.lifecycle(events.CREATED, queued)]
+    if req.background:
+        # OpenAI's background streams announce the wait for a worker; so does the Open Responses spec.
+        first.append(events.lifecycle(events.QUEUED, queued))
     try:
         response_json = json.dumps(queued, ensure_ascii=False, allow_nan=False)
         # Encoding is where a lone surrogate would fail, and the Redis client encodes every value it sends.
         response_json.encode()
-        events.encode(events.lifecycle(events.CREATED, queued)).encode()
+        for event in first:
+            events.encode(event).encode()
         request_json = req.model_dump_json()
     except (ValueError, PydanticSerializationError) as exc:
         raise invalid(f"The request cannot be stored as standard JSON: {exc}.") from None
-    return _RenderedTurn(req, request_json, queued, response_json)
+    # The worker's first event, written by the script that starts the turn: no round trip of its own.
+    progress = events.encode(events.lifecycle(events.IN_PROGRESS, build_response(req, Status.IN_PROGRESS)))
+    return NewTurn(
+        response_id=req.response_id,
+        project=req.project,
+        conversation_id=req.conversation_id,
+        conversation_lock=req.conversation_lock,
+        record={
+            "status": Status.QUEUED.value,
+            "attempt": 0,
+            "seq": -1,
+            "request": request_json,
+            "response": response_json,
+            "progress": progress,
+            **turn_accounting(req),
+        },
+        first_events=first,
+    )
 
 
-async def _forget(svc: Services, req: TurnRequest) -> None:
-    assert req.conversation_id is not None
-    try:
-        await svc.redis.lrem(keys.conversation_turns(req.conversation_id), 0, req.response_id)
-        await svc.redis.delete(keys.response(req.response_id), keys.events(req.response_id))
-    except Exception:
-        pass  # Redis is away; a waiting turn drops a head whose record is missing on its own
-
-
-async def _store_and_enqueue(svc: Services, turn: _RenderedTurn, guard: StoreGuard | None) -> None:
-    settings = svc.settings
-    response_id = turn.req.response_id
-    record = keys.response(response_id)
-    async with svc.redis.pipeline(transaction=True) as pipe:
-        if guard is not None:
-            await guard(pipe)
-        pipe.hset(
-            record,
-            mapping={
-                "status": Status.QUEUED.value,
-                "attempt": 0,
-                "seq": -1,
-                "request": turn.request_json,
-                "response": turn.response_json,
-                **turn_accounting(turn.req),
-            },
+def _refused(refusal: Refusal, req: TurnRequest, caller: Caller) -> APIError:
+    if refusal is Refusal.CONVERSATION_NOT_FOUND:
+        return not_found("Conversation", str(req.conversation_id), "conversation")
+    if refusal is Refusal.CLAIM_LOST:
+        return in_use()
+    if refusal is Refusal.CONCURRENCY:
+        return APIError(
+            429,
+            f"Too many concurrent turns for this API key: limit {caller.max_concurrent}. "
+            "Retry when one of its turns has finished.",
+            type="requests",
+            code="concurrency_limit_exceeded",
+            retry_after=1,
         )
-        # Full retention even for store=false: a turn queued behind a long backlog must not expire before it
-        # runs. The worker shortens it when the turn ends.
-        pipe.expire(record, settings.response_ttl_s)
-        # Indexed until its commit, so the sweeper can find it if its job is ever lost.
-        pipe.zadd(keys.ACTIVE_TURNS, {response_id: int(time.time() * 1000)})
-        await pipe.execute()
-    first = [events.lifecycle(events.CREATED, turn.response)]
-    if turn.req.background:
-        # OpenAI's background streams announce the wait for a worker; so does the Open Responses spec.
-        first.append(events.lifecycle(events.QUEUED, turn.response))
-    await svc.state.append(response_id, 0, first)
-    await enqueue_turn(svc.redis, settings.queue_name, response_id)
+    if refusal is Refusal.QUEUE_FULL:
+        return APIError(
+            503, "Too many queued turns; retry shortly.", type="server_error", code="queue_full", retry_after=5
+        )
+    return APIError(
+        409,
+        f"Conversation '{req.conversation_id}' already has a turn in progress.",
+        param="conversation",
+        code="conversation_locked",
+    )
 
 
 async def wait_final(svc: Services, response_id: str, timeout_s: float) -> dict[str, Any]:

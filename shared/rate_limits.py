@@ -20,9 +20,8 @@ from shared.models import TERMINAL_STATUSES, TurnRequest
 
 WINDOW_MS = 60_000
 
-# An admitted turn's record is written a few milliseconds after its slot; a member with no record is
-# dropped only once it is older than this, so admission never frees a slot a create is still filling.
-_UNSTORED_GRACE_MS = 30_000
+# A slot whose response has no record is dropped only once it is older than this.
+UNSTORED_GRACE_MS = 30_000
 
 _TERMINAL_LUA = "{" + ",".join(f"['{s}']=true" for s in sorted(TERMINAL_STATUSES)) + "}"
 
@@ -61,28 +60,26 @@ redis.call('PEXPIRE', log, window)
 return {2, id, f[1], limit, f[3], limit - used - 1, window, 0}
 """
 
-# KEYS: the key's in-flight set. ARGV: response id, max concurrent, response key prefix, grace ms.
-# Returns {1, in flight} when admitted, {0, in flight} when the key is at its limit.
-# Only a full set is repaired: a stale member costs nothing until it keeps a turn out, and the common
-# path then stays O(log n) however many turns are in flight.
-ADMIT_TURN = _NOW_MS + f"""
-local TERMINAL = {_TERMINAL_LUA}
-local limit = tonumber(ARGV[2])
-local live = redis.call('ZCARD', KEYS[1])
-if live >= limit then
-  local now = now_ms()
-  local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+# The number of the key's turns in flight, once stale members are dropped: those whose response is
+# terminal, or has had no record for `grace_ms` (an accept writes the slot and the record together, but a
+# record can expire). Only a full set is repaired: a stale member costs nothing until it keeps a turn out,
+# and the common path stays O(1) however many turns are in flight. The accept script (shared/turn_accept.py)
+# takes a slot when this is below the key's limit.
+LIVE_TURNS_FN = f"""
+local function live_turns(inflight, limit, now, grace_ms)
+  local TERMINAL = {_TERMINAL_LUA}
+  local live = redis.call('ZCARD', inflight)
+  if live < limit then return live end
+  local members = redis.call('ZRANGE', inflight, 0, -1, 'WITHSCORES')
   for i = 1, #members, 2 do
-    local status = redis.call('HGET', ARGV[3] .. members[i], 'status')
-    if (status and TERMINAL[status]) or (not status and tonumber(members[i + 1]) < now - tonumber(ARGV[4])) then
-      redis.call('ZREM', KEYS[1], members[i])
+    local status = redis.call('HGET', '{keys.RESPONSE_PREFIX}' .. members[i], 'status')
+    if (status and TERMINAL[status]) or (not status and tonumber(members[i + 1]) < now - grace_ms) then
+      redis.call('ZREM', inflight, members[i])
       live = live - 1
     end
   end
-  if live >= limit then return {{0, live}} end
+  return live
 end
-redis.call('ZADD', KEYS[1], now_ms(), ARGV[1])
-return {{1, live + 1}}
 """
 
 # Called by FINISH_TURN as the turn commits: frees its slot and adds its usage to its project's day.
@@ -129,7 +126,6 @@ class Limiter:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._authorize = redis.register_script(AUTHORIZE)
-        self._admit = redis.register_script(ADMIT_TURN)
 
     async def authorize(self, digest: str) -> Authorized | None:
         """The key with this secret digest, its request counted; None if no such key (or revoked)."""
@@ -146,18 +142,6 @@ class Limiter:
             allowed=int(reply[0]) == 2,
             budget=RequestBudget(int(limit), int(remaining), int(reset_ms), int(retry_ms)),
         )
-
-    async def admit(self, key_id: str, response_id: str, max_concurrent: int) -> bool:
-        """Takes one of the key's concurrent-turn slots for the response; False if all are taken."""
-        admitted, _ = await self._admit(
-            keys=[keys.api_key_inflight(key_id)],
-            args=[response_id, max_concurrent, keys.response(""), _UNSTORED_GRACE_MS],  # "" gives the prefix
-        )
-        return bool(int(admitted))
-
-    async def release(self, key_id: str, response_id: str) -> None:
-        """Gives back the slot of a turn that was admitted but never accepted."""
-        await self.redis.zrem(keys.api_key_inflight(key_id), response_id)
 
 
 def turn_accounting(req: TurnRequest) -> dict[str, str]:

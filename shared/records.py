@@ -43,14 +43,6 @@ async def load_conversation(redis: Redis, conversation_id: str) -> dict[str, Any
     return json.loads(raw) if raw else None
 
 
-async def response_project(redis: Redis, response_id: str) -> str | None:
-    """The project a response belongs to, or None if there is no such response."""
-    status, project = await redis.hmget(keys.response(response_id), ["status", "project"])
-    if status is None:
-        return None
-    return project.decode() if project else DEFAULT_PROJECT
-
-
 async def conversation_project(redis: Redis, conversation_id: str) -> str | None:
     """The project a conversation belongs to, or None if there is no such conversation."""
     conversation = await load_conversation(redis, conversation_id)

@@ -23,7 +23,7 @@ from shared.settings import Settings
 _TERMINAL_LUA = "{" + ",".join(f"['{s}']=true" for s in sorted(TERMINAL_STATUSES)) + "}"
 
 # Appends one event: the sequence number comes from the response hash, so writers never collide.
-_APPEND_FN = """
+APPEND_FN = """
 local function append(resp, stream, attempt, maxlen, etype, body)
   local seq = redis.call('HINCRBY', resp, 'seq', 1)
   local data = '{"sequence_number":' .. seq .. ',' .. string.sub(body, 2)
@@ -38,7 +38,7 @@ end
 # A writer that lost the reply to a batch cannot know whether it was written; retrying it with the same
 # batch id is then a no-op instead of a second copy of every event (the last id is all that is needed:
 # one writer owns an attempt and writes its batches one at a time).
-APPEND_EVENTS = _APPEND_FN + f"""
+APPEND_EVENTS = APPEND_FN + f"""
 local TERMINAL = {_TERMINAL_LUA}
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'cancel', 'batch')
 if not st[1] then return {{-1}} end
@@ -73,7 +73,7 @@ return {{st[1], attempt, st[3] or ''}}
 #       final status, response json, terminal type, terminal json, response id, wake key prefix,
 #       webhook outbox entry, then the conversation items to append.
 # Returns 1 when committed, 0 when the turn was not in the expected state (already committed).
-FINISH_TURN = _APPEND_FN + SETTLE_ACCOUNTS_FN + """
+FINISH_TURN = APPEND_FN + SETTLE_ACCOUNTS_FN + """
 local resp, stream, items, turns, conv, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local st = redis.call('HMGET', resp, 'status', 'attempt')
 if st[1] ~= ARGV[1] then return 0 end

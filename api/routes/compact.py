@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.auth import CallerDep, admit_turn, release_turn
+from api.auth import CallerDep
 from api.deps import ServicesDep
 from api.errors import APIError, invalid, not_found
 from api.json_body import JSONBodyRoute
@@ -56,12 +56,7 @@ async def compact_response(body: CompactBody, svc: ServicesDep, caller: CallerDe
         project=caller.project,
         key_id=caller.key_id,
     )
-    await admit_turn(svc, caller, req.response_id)
-    try:
-        await accept(svc, req)
-    except BaseException:
-        await release_turn(svc, caller, req.response_id)
-        raise
+    await accept(svc, req, caller)
     final = await wait_final(svc, req.response_id, svc.settings.sync_wait_timeout_s)
     if final.get("status") != Status.COMPLETED:
         message = (final.get("error") or {}).get("message") or f"compaction ended {final.get('status')}"

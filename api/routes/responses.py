@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, Response
 
 from api import idempotency
-from api.auth import Caller, CallerDep, admit_turn, release_turn
+from api.auth import Caller, CallerDep
 from api.deps import Services, ServicesDep
 from api.errors import APIError, invalid, not_found
 from api.idempotency import Claim, IdempotencyKey
@@ -138,7 +138,7 @@ async def list_input_items(
 async def _submit(
     svc: Services, body: CreateResponseBody, caller: Caller, once: Claim | None
 ) -> tuple[str, str]:
-    """Validates, takes a concurrent-turn slot and accepts the turn; undoes the slot and the claim if it fails.
+    """Validates and accepts the turn; frees the Idempotency-Key's claim if it is refused.
 
     Returns the response id and the queued Response as JSON text.
     """
@@ -146,12 +146,7 @@ async def _submit(
         req = await build_request(svc, body, caller)
         if once is not None:
             req.response_id = once.object_id
-        await admit_turn(svc, caller, req.response_id)
-        try:
-            return req.response_id, await accept(svc, req, once.guard if once is not None else None)
-        except BaseException:
-            await release_turn(svc, caller, req.response_id)
-            raise
+        return req.response_id, await accept(svc, req, caller, once)
 
 
 async def _replay(svc: Services, body: CreateResponseBody, response_id: str, project: str) -> Response:

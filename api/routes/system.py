@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -11,7 +10,6 @@ from fastapi.responses import JSONResponse
 
 from api.deps import ServicesDep
 from api.errors import not_found, store_unavailable
-from shared import keys
 from shared.models import AgentCard
 
 log = logging.getLogger(__name__)
@@ -20,8 +18,7 @@ router = APIRouter(tags=["system"])
 
 
 async def _cards(svc: ServicesDep) -> list[AgentCard]:
-    published = await svc.redis.hgetall(keys.AGENTS)
-    cards = [AgentCard.model_validate(json.loads(raw)) for raw in published.values()]
+    cards = list((await svc.agents.cards()).values())
     return cards or [AgentCard(name=svc.settings.default_model, model=svc.settings.default_model)]
 
 

@@ -24,7 +24,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from api.auth import Caller, CallerDep, admit_turn, release_turn
+from api.auth import Caller, CallerDep
 from api.deps import Services
 from api.errors import APIError, from_validation, invalid
 from api.json_body import decode
@@ -125,12 +125,7 @@ class _Session:
         except ValidationError as exc:
             raise from_validation(exc) from None
         req = await build_request(self.svc, parsed, self.caller)
-        await admit_turn(self.svc, self.caller, req.response_id)
-        try:
-            await accept(self.svc, req)
-        except BaseException:
-            await release_turn(self.svc, self.caller, req.response_id)
-            raise
+        await accept(self.svc, req, self.caller)
         return req.response_id
 
     async def _forward(self, response_id: str, started: asyncio.Event) -> None:

@@ -1,4 +1,4 @@
-"""Accepting a turn renders everything first: a request that cannot be stored fails before any write."""
+"""Accepting a turn: rendered first, then every check and write in one script; a refusal writes nothing."""
 
 from __future__ import annotations
 
@@ -7,17 +7,28 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from arq.jobs import deserialize_job
 
+from api.agent_directory import AgentDirectory
+from api.auth import OPEN, Caller
 from api.deps import Services
 from api.errors import APIError
+from api.idempotency import claim
+from api.schemas import CreateResponseBody
 from api.turns import accept
-from shared import ids, keys
+from shared import events, ids, keys
 from shared.models import TurnRequest
+from shared.queue import RUN_TURN
+from shared.rate_limits import Limiter
 from shared.redis_conn import EmbeddedRedis
 from shared.settings import Settings
+from shared.stream_tail import read_after
+from shared.turn_accept import TurnAcceptor
 from shared.turn_state import Retention, TurnState
 
-SETTINGS = Settings()
+SETTINGS = Settings(max_queue_depth=3)
+RETENTION = Retention.from_settings(SETTINGS)
+KEYED = Caller("p", key_id="key_1", max_concurrent=2)
 
 
 @pytest.fixture
@@ -27,14 +38,37 @@ def redis() -> ArqRedis:
 
 def services(redis: ArqRedis) -> Services:
     # accept never streams, so it needs no fan-out.
-    return Services(settings=SETTINGS, redis=redis, state=TurnState(redis, Retention.from_settings(SETTINGS)),
-                    fanout=None)  # type: ignore[arg-type]
+    return Services(
+        settings=SETTINGS,
+        redis=redis,
+        state=TurnState(redis, RETENTION),
+        acceptor=TurnAcceptor(redis, RETENTION, SETTINGS.queue_name, SETTINGS.max_queue_depth),
+        agents=AgentDirectory(redis, passthrough=True),
+        fanout=None,  # type: ignore[arg-type]
+        limiter=Limiter(redis),
+    )
 
 
-def request(**fields: Any) -> TurnRequest:
+def request(caller: Caller = OPEN, **fields: Any) -> TurnRequest:
     message = {"id": ids.message_id(), "type": "message", "role": "user", "status": "completed",
                "content": [{"type": "input_text", "text": "hi"}]}
-    return TurnRequest(response_id=ids.response_id(), model="m", input=[message], **fields)
+    return TurnRequest(response_id=ids.response_id(), model="m", input=[message], project=caller.project,
+                       key_id=caller.key_id, **fields)
+
+
+async def conversation(redis: ArqRedis, project: str = "default") -> str:
+    conversation_id = ids.conversation_id()
+    await redis.set(keys.conversation(conversation_id), json.dumps({"id": conversation_id, "project": project}))
+    return conversation_id
+
+
+async def refused(redis: ArqRedis, req: TurnRequest, caller: Caller = OPEN) -> APIError:
+    """Accepts `req` expecting a refusal, and checks that it wrote nothing at all."""
+    before = set(await redis.keys("*"))
+    with pytest.raises(APIError) as raised:
+        await accept(services(redis), req, caller)
+    assert set(await redis.keys("*")) == before
+    return raised.value
 
 
 @pytest.mark.parametrize(
@@ -50,7 +84,7 @@ async def test_a_turn_that_cannot_be_rendered_is_refused_before_anything_is_stor
     redis: ArqRedis, fields: dict[str, Any]
 ) -> None:
     with pytest.raises(APIError) as raised:
-        await accept(services(redis), request(**fields))
+        await accept(services(redis), request(**fields), OPEN)
 
     assert raised.value.status == 400
     assert await redis.keys("*") == []
@@ -59,8 +93,124 @@ async def test_a_turn_that_cannot_be_rendered_is_refused_before_anything_is_stor
 async def test_an_accepted_turn_returns_exactly_the_response_it_stored(redis: ArqRedis) -> None:
     req = request(metadata={"k": "ünïcode"})
 
-    returned = await accept(services(redis), req)
+    returned = await accept(services(redis), req, OPEN)
 
     stored = await redis.hget(keys.response(req.response_id), "response")
     assert json.loads(returned) == json.loads(stored)
     assert json.loads(returned)["status"] == "queued"
+
+
+async def test_one_accept_writes_the_record_its_first_events_the_job_and_the_wake(redis: ArqRedis) -> None:
+    conversation_id = await conversation(redis, "p")
+    req = request(KEYED, conversation_id=conversation_id, background=True)
+
+    await accept(services(redis), req, KEYED)
+
+    rid = req.response_id
+    record = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.response(rid))).items()}
+    assert (record["status"], record["attempt"], record["seq"], record["project"]) == ("queued", "0", "1", "p")
+    assert TurnRequest.model_validate_json(record["request"]) == req
+    progress = json.loads(record["progress"])  # what the worker's start script writes as its first event
+    assert progress["type"] == events.IN_PROGRESS and progress["response"]["status"] == "in_progress"
+    assert 0 < await redis.ttl(keys.response(rid)) <= RETENTION.response_ttl_s
+    written = await read_after(redis, rid, -1)
+    assert [(e.seq, e.type, e.attempt) for e in written] == [(0, events.CREATED, 0), (1, events.QUEUED, 0)]
+    job = deserialize_job(await redis.get(keys.arq_job(rid)))
+    assert (job.function, job.args) == (RUN_TURN, (rid,))
+    assert await redis.zscore(SETTINGS.queue_name, rid) == job.enqueue_time.timestamp() * 1000
+    assert await redis.lrange(keys.QUEUE_WAKE, 0, -1) == [b"1"]
+    assert await redis.zscore(keys.ACTIVE_TURNS, rid) is not None
+    assert await redis.lrange(keys.conversation_turns(conversation_id), 0, -1) == [rid.encode()]
+    assert await redis.zrange(keys.api_key_inflight("key_1"), 0, -1) == [rid.encode()]
+
+
+async def test_another_projects_conversation_is_not_found_and_nothing_is_written(redis: ArqRedis) -> None:
+    conversation_id = await conversation(redis, "other")
+
+    error = await refused(redis, request(KEYED, conversation_id=conversation_id), KEYED)
+
+    assert (error.status, error.code, error.param) == (404, "not_found", "conversation")
+
+
+async def test_a_missing_conversation_is_not_found(redis: ArqRedis) -> None:
+    error = await refused(redis, request(conversation_id=ids.conversation_id()))
+
+    assert error.status == 404
+
+
+async def test_a_full_queue_refuses_with_503(redis: ArqRedis) -> None:
+    svc = services(redis)
+    for _ in range(SETTINGS.max_queue_depth):
+        await accept(svc, request(), OPEN)
+
+    error = await refused(redis, request())
+
+    assert (error.status, error.code) == (503, "queue_full")
+
+
+async def test_reject_refuses_while_a_turn_is_in_the_conversation_and_not_after_it_ended(redis: ArqRedis) -> None:
+    conversation_id = await conversation(redis)
+    first = request(conversation_id=conversation_id)
+    await accept(services(redis), first, OPEN)
+
+    error = await refused(redis, request(conversation_id=conversation_id, conversation_lock="reject"))
+    assert (error.status, error.code) == (409, "conversation_locked")
+
+    # The first turn ended without leaving the queue (its worker died before the commit popped it):
+    # a finished head never locks the conversation.
+    await redis.hset(keys.response(first.response_id), "status", "failed")
+    second = request(conversation_id=conversation_id, conversation_lock="reject")
+    await accept(services(redis), second, OPEN)
+    turns = await redis.lrange(keys.conversation_turns(conversation_id), 0, -1)
+    assert turns == [second.response_id.encode()]
+
+
+async def test_wait_queues_turns_in_arrival_order(redis: ArqRedis) -> None:
+    conversation_id = await conversation(redis)
+    reqs = [request(conversation_id=conversation_id) for _ in range(3)]
+    for req in reqs:
+        await accept(services(redis), req, OPEN)
+
+    turns = await redis.lrange(keys.conversation_turns(conversation_id), 0, -1)
+    assert turns == [req.response_id.encode() for req in reqs]
+
+
+async def test_a_keys_concurrent_turns_are_capped_and_finished_ones_free_their_slots(redis: ArqRedis) -> None:
+    first, second = request(KEYED), request(KEYED)
+    for req in (first, second):
+        await accept(services(redis), req, KEYED)
+
+    error = await refused(redis, request(KEYED), KEYED)
+    assert (error.status, error.code) == (429, "concurrency_limit_exceeded")
+
+    # A slot whose release was lost is repaired once it keeps a turn out.
+    await redis.hset(keys.response(first.response_id), "status", "completed")
+    third = request(KEYED)
+    await accept(services(redis), third, KEYED)
+    inflight = await redis.zrange(keys.api_key_inflight("key_1"), 0, -1)
+    assert set(inflight) == {second.response_id.encode(), third.response_id.encode()}
+
+
+async def test_a_turn_is_accepted_only_while_its_idempotency_claim_is_its_own(redis: ArqRedis) -> None:
+    body = CreateResponseBody.model_validate({"model": "m", "input": "hi"})
+    mine = await claim(redis, 60, "default", "responses", "k-1", body, ids.response_id())
+    req = request()
+    req.response_id = mine.object_id
+
+    await accept(services(redis), req, OPEN, mine)
+
+    stored = json.loads(await redis.get(mine.key))
+    assert (stored["state"], stored["id"]) == ("accepted", req.response_id)
+    again = await claim(redis, 60, "default", "responses", "k-1", body, ids.response_id())
+    assert again.replay and again.object_id == req.response_id
+
+    # Taken over by another request after this one stalled: the stalled one creates nothing.
+    stalled = await claim(redis, 60, "default", "responses", "k-2", body, ids.response_id())
+    late = request()
+    late.response_id = stalled.object_id
+    await redis.set(stalled.key, json.dumps({**json.loads(await redis.get(stalled.key)), "id": "resp_other"}))
+    before = set(await redis.keys("*"))
+    with pytest.raises(APIError) as raised:
+        await accept(services(redis), late, OPEN, stalled)
+    assert (raised.value.status, raised.value.code) == (409, "idempotency_key_in_use")
+    assert set(await redis.keys("*")) == before

@@ -6,7 +6,7 @@ from arq.connections import ArqRedis
 from arq.jobs import deserialize_job
 
 from shared import keys
-from shared.queue import RUN_TURN, enqueue_turn, queue_depth
+from shared.queue import RUN_TURN, enqueue_turn
 from shared.redis_conn import EmbeddedRedis
 from shared.settings import Settings
 
@@ -27,7 +27,7 @@ async def test_the_job_is_arqs_own_and_a_worker_is_woken() -> None:
     assert await r.zscore(SETTINGS.queue_name, "resp_1") == job.enqueue_time.timestamp() * 1000
     assert 0 < await r.pttl(keys.arq_job("resp_1")) <= r.expires_extra_ms
     assert await r.lrange(keys.QUEUE_WAKE, 0, -1) == [b"1"]
-    assert await queue_depth(r, SETTINGS.queue_name) == 1
+    assert await r.zcard(SETTINGS.queue_name) == 1
 
 
 async def test_a_job_that_exists_or_left_a_result_is_not_enqueued_again() -> None:
@@ -37,7 +37,7 @@ async def test_a_job_that_exists_or_left_a_result_is_not_enqueued_again() -> Non
 
     assert await enqueue_turn(r, SETTINGS.queue_name, "resp_1") is False
     assert await enqueue_turn(r, SETTINGS.queue_name, "resp_2") is False
-    assert await queue_depth(r, SETTINGS.queue_name) == 1
+    assert await r.zcard(SETTINGS.queue_name) == 1
 
 
 async def test_wake_tokens_are_capped() -> None:
