@@ -102,13 +102,18 @@ class Fanout:
     def watched(self) -> int:
         return len(self._watches)
 
-    def subscribe(self, response_id: str, after_seq: int = -1) -> Subscription:
-        """Frames of the response after `after_seq`, stored then live; registers on the first iteration."""
-        return Subscription(self, response_id, after_seq)
+    def subscribe(self, response_id: str, after_seq: int = -1, written: list[Frame] | None = None) -> Subscription:
+        """Frames of the response after `after_seq`, stored then live; registers on the first iteration.
 
-    async def events(self, response_id: str, after_seq: int = -1) -> AsyncIterator[StreamEvent]:
+        `written`: the response's first frames, known without reading them (its creator just wrote them).
+        """
+        return Subscription(self, response_id, after_seq, written or [])
+
+    async def events(
+        self, response_id: str, after_seq: int = -1, written: list[StreamEvent] | None = None
+    ) -> AsyncIterator[StreamEvent]:
         """Events of the response after `after_seq`, stored then live, ending after the terminal one."""
-        subscription = self.subscribe(response_id, after_seq)
+        subscription = self.subscribe(response_id, after_seq, [Frame(e, encode(e)) for e in written or ()])
         try:
             async for batch in subscription:
                 for frame in batch:
@@ -144,19 +149,35 @@ class Fanout:
         event = StreamEvent(last, terminal["type"], 0, json.dumps({**terminal, "sequence_number": last}))
         return True, Frame(event, encode(event))
 
-    async def watch(self, sub: Subscription) -> None:
+    async def watch(self, sub: Subscription, after_seq: int | None = None) -> bool:
+        """Adds `sub` to its stream's watch; True if that made a new watch reading from after `after_seq`.
+
+        The reader's XREAD returns every entry after a watch's position, also those written before the
+        watch existed, so a subscriber that starts a watch at the last event it has misses nothing. One
+        that joins a watch already reading may have missed what that watch read before: it reads Redis.
+        """
         key = keys.events(sub.response_id)
         watch = self._watches.get(key)
         if watch is not None:
             watch.subscribers.add(sub)
-            return
-        newest = await self._redis.xrevrange(key, count=1)
-        position = newest[0][0].decode() if newest else "0-0"
-        watch = self._watches.setdefault(key, _Watch(sub.response_id, position, last_event=self.now()))
+            return False
+        if after_seq is not None:
+            position = events.entry_id(after_seq)
+        else:
+            newest = await self._redis.xrevrange(key, count=1)
+            position = newest[0][0].decode() if newest else "0-0"
+        watch = self._watches.get(key)
+        if watch is not None:  # made by another subscriber meanwhile
+            watch.subscribers.add(sub)
+            return False
+        watch = self._watches[key] = _Watch(sub.response_id, position, last_event=self.now())
         watch.subscribers.add(sub)
         # Interrupt the blocking read so it includes the new stream from now on.
-        await self._redis.xadd(self._wake_key, {"w": "1"}, maxlen=16)
-        await self._redis.expire(self._wake_key, 3600)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16)
+            pipe.expire(self._wake_key, 3600)
+            await pipe.execute()
+        return True
 
     def unwatch(self, sub: Subscription) -> None:
         key = keys.events(sub.response_id)

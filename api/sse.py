@@ -81,12 +81,17 @@ class SSEResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, fanout: Fanout, response_id: str, after_seq: int = -1) -> None:
+    def __init__(
+        self, fanout: Fanout, response_id: str, after_seq: int = -1, written: list[StreamEvent] | None = None
+    ) -> None:
+        """`written`: the response's first events, as this process just wrote them (a create's own stream)."""
         self.status_code = 200
         self.background = None
         self.init_headers(SSE_HEADERS)
         self._fanout = fanout
-        self._subscription = fanout.subscribe(response_id, after_seq)
+        self._subscription = fanout.subscribe(
+            response_id, after_seq, [Frame(event, encode(event)) for event in written or ()]
+        )
         fanout.open_streams += 1  # released when the stream ends; counted from here so the cap is exact
         metrics.sse_stream_opened()
 

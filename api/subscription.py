@@ -36,6 +36,7 @@ class Subscription:
         "_poked",
         "_registered",
         "_waiter",
+        "_written",
         "closed",
         "direct",
         "ended",
@@ -46,10 +47,11 @@ class Subscription:
         "sending_since",
     )
 
-    def __init__(self, fanout: Fanout, response_id: str, after_seq: int) -> None:
+    def __init__(self, fanout: Fanout, response_id: str, after_seq: int, written: list[Frame]) -> None:
         self._fanout = fanout
         self.response_id = response_id
         self.last_seq = after_seq
+        self._written = written  # the response's first frames, known without reading Redis
         self._pending: list[Frame] = []
         self._waiter: asyncio.Future[None] | None = None
         self._from_redis = False  # live frames were dropped, or a read left more: the next batch is read
@@ -140,6 +142,12 @@ class Subscription:
 
     async def _start(self) -> list[Frame]:
         self._registered = True
+        if self._written:
+            # A create's own stream: its first frames go out at once, and a watch that starts right after
+            # them needs no read (see Fanout.watch); joining an older watch, what follows is read.
+            frames, self._written = self._written, []
+            self._from_redis = not await self._fanout.watch(self, frames[-1].event.seq)
+            return frames
         await self._fanout.watch(self)
         frames, self._from_redis = await self._fanout.read(self.response_id, self.last_seq)
         if not frames:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic_core import PydanticSerializationError
@@ -15,6 +16,7 @@ from api.errors import APIError, invalid, not_found
 from api.idempotency import Claim, in_use
 from api.schemas import CreateResponseBody, function_tools, normalise_input
 from shared import events, ids, keys, metrics, tracing
+from shared.events import StreamEvent
 from shared.logs import add_log_context
 from shared.models import DEFAULT_PROJECT, AgentCard, Status, TurnRequest
 from shared.rate_limits import turn_accounting
@@ -121,9 +123,15 @@ async def agent_card(svc: Services, model: str) -> AgentCard | None:
     return None
 
 
-async def accept(svc: Services, req: TurnRequest, caller: Caller, once: Claim | None = None) -> str:
+@dataclass(frozen=True)
+class Accepted:
+    response_json: str  # the queued Response, as stored
+    written: list[StreamEvent]  # the events the accept wrote, as the stream holds them
+
+
+async def accept(svc: Services, req: TurnRequest, caller: Caller, once: Claim | None = None) -> Accepted:
     """Accepts the queued turn: its record, `response.created` and its job, all in one script (one round
-    trip). Returns the Response JSON.
+    trip).
 
     Everything it writes or returns is rendered before anything is stored: once a turn is accepted no
     error may follow, or a client retrying that error would run the turn twice.
@@ -136,7 +144,7 @@ async def accept(svc: Services, req: TurnRequest, caller: Caller, once: Claim | 
     if refusal is not None:
         raise _refused(refusal, req, caller)
     metrics.TURNS_ACCEPTED.labels(req.model, req.project).inc()
-    return str(turn.record["response"])
+    return Accepted(str(turn.record["response"]), turn.written())
 
 
 def _render(req: TurnRequest) -> NewTurn:
@@ -149,8 +157,9 @@ def _render(req: TurnRequest) -> NewTurn:
         response_json = json.dumps(queued, ensure_ascii=False, allow_nan=False)
         # Encoding is where a lone surrogate would fail, and the Redis client encodes every value it sends.
         response_json.encode()
-        for event in first:
-            events.encode(event).encode()
+        encoded = [(event["type"], events.encode(event)) for event in first]
+        for _, body in encoded:
+            body.encode()
         request_json = req.model_dump_json()
     except (ValueError, PydanticSerializationError) as exc:
         raise invalid(f"The request cannot be stored as standard JSON: {exc}.") from None
@@ -170,7 +179,7 @@ def _render(req: TurnRequest) -> NewTurn:
             "progress": progress,
             **turn_accounting(req),
         },
-        first_events=first,
+        first_events=encoded,
     )
 
 

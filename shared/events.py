@@ -72,6 +72,11 @@ def encode(event: Event) -> str:
     return orjson.dumps(event).decode()
 
 
+def numbered(seq: int, encoded: str) -> str:
+    """An encoded event with its sequence number spliced in, byte for byte as the append script stores it."""
+    return f'{{"sequence_number":{seq},{encoded[1:]}'
+
+
 # --- builders ---------------------------------------------------------------------------------
 
 

@@ -128,7 +128,14 @@ class NewTurn:
     conversation_id: str | None
     conversation_lock: str
     record: dict[str, str | int]  # the response hash's fields
-    first_events: list[events.Event]
+    first_events: list[tuple[str, str]]  # (type, encoded event): what the stream starts with
+
+    def written(self) -> list[events.StreamEvent]:
+        """The first events as the stream holds them once accepted (a new record's numbering starts at 0)."""
+        return [
+            events.StreamEvent(seq, kind, 0, events.numbered(seq, body))
+            for seq, (kind, body) in enumerate(self.first_events)
+        ]
 
 
 class TurnAcceptor:
@@ -153,8 +160,8 @@ class TurnAcceptor:
             job_bytes(self.redis, rid, now), self.redis.expires_extra_ms, MAX_WAKE_TOKENS,
             len(turn.first_events),
         ]  # fmt: skip
-        for event in turn.first_events:
-            argv += [event["type"], events.encode(event)]
+        for kind, body in turn.first_events:
+            argv += [kind, body]
         for field, value in turn.record.items():
             argv += [field, value]
         reply = await self._accept(

@@ -17,7 +17,7 @@ from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateResponseBody
 from api.sse import SSEResponse, ensure_capacity
-from api.turns import accept, build_request, wait_final
+from api.turns import Accepted, accept, build_request, wait_final
 from shared import ids, keys
 from shared.events import MAX_SEQUENCE_NUMBER
 from shared.models import PROMPT_TOO_LONG, Status, TurnOutcome
@@ -45,11 +45,11 @@ async def create_response(
         )
         if once.replay:
             return await _replay(svc, body, once.object_id, caller.project)
-    response_id, queued = await _submit(svc, body, caller, once)
+    response_id, accepted = await _submit(svc, body, caller, once)
     if body.stream:
-        return SSEResponse(svc.fanout, response_id)
+        return SSEResponse(svc.fanout, response_id, written=accepted.written)
     if body.background:
-        return Response(queued, media_type="application/json")
+        return Response(accepted.response_json, media_type="application/json")
     final = await wait_final(svc, response_id, svc.settings.sync_wait_timeout_s)
     error = final.get("error") or {}
     if final["status"] == Status.FAILED and error.get("code") == PROMPT_TOO_LONG:
@@ -137,11 +137,8 @@ async def list_input_items(
 
 async def _submit(
     svc: Services, body: CreateResponseBody, caller: Caller, once: Claim | None
-) -> tuple[str, str]:
-    """Validates and accepts the turn; frees the Idempotency-Key's claim if it is refused.
-
-    Returns the response id and the queued Response as JSON text.
-    """
+) -> tuple[str, Accepted]:
+    """Validates and accepts the turn; frees the Idempotency-Key's claim if it is refused."""
     async with idempotency.settled(once):
         req = await build_request(svc, body, caller)
         if once is not None:

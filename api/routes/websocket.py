@@ -78,7 +78,7 @@ class _Session:
 
     async def _handle(self, raw: str) -> None:
         try:
-            response_id = await self._create(raw)
+            response_id, written = await self._create(raw)
         except APIError as exc:
             await self._send_error(exc)
             return
@@ -93,7 +93,7 @@ class _Session:
             await self._send_error(APIError(500, "Internal server error.", type="server_error", code="server_error"))
             return
         started = asyncio.Event()
-        task = asyncio.create_task(self._forward(response_id, started))
+        task = asyncio.create_task(self._forward(response_id, written, started))
         self.forwarders.add(task)
         task.add_done_callback(self.forwarders.discard)
         # This create's response.created goes out before anything about the next message (an error, say),
@@ -104,7 +104,7 @@ class _Session:
         finally:
             waiter.cancel()
 
-    async def _create(self, raw: str) -> str:
+    async def _create(self, raw: str) -> tuple[str, list[StreamEvent]]:
         limit = self.svc.settings.max_input_bytes
         if len(raw.encode()) > limit:
             raise APIError(413, f"Message exceeds the limit of {limit} bytes.", param="input", code="too_large")
@@ -125,12 +125,11 @@ class _Session:
         except ValidationError as exc:
             raise from_validation(exc) from None
         req = await build_request(self.svc, parsed, self.caller)
-        await accept(self.svc, req, self.caller)
-        return req.response_id
+        return req.response_id, (await accept(self.svc, req, self.caller)).written
 
-    async def _forward(self, response_id: str, started: asyncio.Event) -> None:
+    async def _forward(self, response_id: str, written: list[StreamEvent], started: asyncio.Event) -> None:
         try:
-            async for event in self.svc.fanout.events(response_id):
+            async for event in self.svc.fanout.events(response_id, written=written):
                 await self._send(_tagged(event, response_id))
                 started.set()
         except (WebSocketDisconnect, RuntimeError):

@@ -93,7 +93,7 @@ async def test_a_turn_that_cannot_be_rendered_is_refused_before_anything_is_stor
 async def test_an_accepted_turn_returns_exactly_the_response_it_stored(redis: ArqRedis) -> None:
     req = request(metadata={"k": "ünïcode"})
 
-    returned = await accept(services(redis), req, OPEN)
+    returned = (await accept(services(redis), req, OPEN)).response_json
 
     stored = await redis.hget(keys.response(req.response_id), "response")
     assert json.loads(returned) == json.loads(stored)
@@ -104,7 +104,7 @@ async def test_one_accept_writes_the_record_its_first_events_the_job_and_the_wak
     conversation_id = await conversation(redis, "p")
     req = request(KEYED, conversation_id=conversation_id, background=True)
 
-    await accept(services(redis), req, KEYED)
+    accepted = await accept(services(redis), req, KEYED)
 
     rid = req.response_id
     record = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.response(rid))).items()}
@@ -115,6 +115,8 @@ async def test_one_accept_writes_the_record_its_first_events_the_job_and_the_wak
     assert 0 < await redis.ttl(keys.response(rid)) <= RETENTION.response_ttl_s
     written = await read_after(redis, rid, -1)
     assert [(e.seq, e.type, e.attempt) for e in written] == [(0, events.CREATED, 0), (1, events.QUEUED, 0)]
+    # A create's own stream sends these without reading them back: they must be the stored bytes.
+    assert accepted.written == written
     job = deserialize_job(await redis.get(keys.arq_job(rid)))
     assert (job.function, job.args) == (RUN_TURN, (rid,))
     assert await redis.zscore(SETTINGS.queue_name, rid) == job.enqueue_time.timestamp() * 1000

@@ -10,10 +10,10 @@ from arq.connections import ArqRedis
 
 from api.errors import APIError
 from api.fanout import Fanout
-from api.sse import Frame, SSEResponse, ensure_capacity
+from api.sse import Frame, SSEResponse, encode, ensure_capacity
 from api.subscription import Subscription
 from shared import events, ids, keys
-from shared.events import StreamEvent
+from shared.events import StreamEvent, decode_entry
 from shared.models import Status
 from shared.redis_conn import EmbeddedRedis
 from shared.settings import Settings
@@ -546,3 +546,58 @@ async def test_a_new_stream_past_the_cap_is_refused_with_503_and_retry_after(har
     assert (refused.value.status, refused.value.code, refused.value.type) == (503, "too_many_streams", "server_error")
     assert refused.value.retry_after is not None and refused.value.retry_after > 0
     assert harness.fanout.open_streams == len(streams)
+
+
+async def creators_subscription(harness: Harness, response_id: str) -> list[StreamEvent]:
+    """What a create's own SSE stream reads: its first event handed over as written, then live."""
+    [(_, created)] = await harness.redis.xrange(keys.events(response_id), count=1)
+    written = [Frame(event, encode(event)) for event in [decode_entry(created)]]
+    subscription = harness.fanout.subscribe(response_id, -1, written)
+    received: list[StreamEvent] = []
+    async with asyncio.timeout(GUARD_S):
+        async for batch in subscription:
+            received += [frame.event for frame in batch]
+    return received
+
+
+async def test_a_creators_stream_starts_its_watch_after_what_it_wrote_and_reads_nothing_back(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    read = harness.fanout.read
+
+    async def counted(response_id: str, after_seq: int) -> tuple[list[Frame], bool]:
+        reads.append(response_id)
+        return await read(response_id, after_seq)
+
+    monkeypatch.setattr(harness.fanout, "read", counted)
+    response_id = await harness.new_turn()
+    await harness.write(response_id, 10)  # written before the stream watches: the XREAD still returns them
+    subscriber = asyncio.create_task(creators_subscription(harness, response_id))
+    await until_watched(harness.fanout)
+
+    async with asyncio.timeout(GUARD_S):
+        await harness.produce(response_id, 10)
+        received = await subscriber
+
+    assert_complete(received, 0, 21)
+    assert reads == []
+
+
+async def test_a_creators_stream_joining_a_watch_already_reading_catches_up_from_redis(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    # Another client of the same response: registered, then not reading, so its watch stays.
+    other = harness.fanout.subscribe(response_id)
+    async with asyncio.timeout(GUARD_S):
+        await other.__anext__()
+    watch = harness.fanout._watches[keys.events(response_id)]
+    await harness.produce(response_id, 10)
+    for _ in range(int(GUARD_S * 1000)):  # the shared watch has read the whole response
+        if watch.position == events.entry_id(11):
+            break
+        await asyncio.sleep(0.001)
+    assert watch.position == events.entry_id(11)
+
+    # Nothing live will follow: only reading Redis gets the creator's stream to its end.
+    assert_complete(await creators_subscription(harness, response_id), 0, 11)
+    await other.aclose()
