@@ -68,6 +68,8 @@ class Fanout:
         self._watches: dict[str, _Watch] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._check: asyncio.Task[None] | None = None
+        self._waking: asyncio.Task[None] | None = None
+        self._wake_due = False
         self._poll_s = poll_s
         self.keepalive_s = keepalive_s
         self.stall_timeout_s = stall_timeout_s
@@ -90,8 +92,9 @@ class Fanout:
         self._tasks = [asyncio.create_task(self._read_forever()), asyncio.create_task(self._tick_forever())]
 
     async def stop(self) -> None:
-        if self._check is not None:
-            self._tasks.append(self._check)
+        for task in (self._check, self._waking):
+            if task is not None:
+                self._tasks.append(task)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -172,12 +175,32 @@ class Fanout:
             return False
         watch = self._watches[key] = _Watch(sub.response_id, position, last_event=self.now())
         watch.subscribers.add(sub)
-        # Interrupt the blocking read so it includes the new stream from now on.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16)
-            pipe.expire(self._wake_key, 3600)
-            await pipe.execute()
+        self._wake_reader()
         return True
+
+    def _wake_reader(self) -> None:
+        """Interrupts the blocking read so it includes new streams; watches made meanwhile share one wake.
+
+        Not awaited: a watch reads from its position whenever the read includes it, so its subscriber
+        loses nothing by not waiting (a create's stream sends its first events meanwhile).
+        """
+        self._wake_due = True
+        if self._waking is None or self._waking.done():
+            self._waking = asyncio.create_task(self._wake())
+
+    async def _wake(self) -> None:
+        # A watch made while a wake is on its way may miss the read that wake starts: it wakes once more.
+        while self._wake_due:
+            self._wake_due = False
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16)
+                    pipe.expire(self._wake_key, 3600)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                # The read fails too while Redis is away, and its retry includes every watch.
+                log.warning("fan-out cannot wake its reader (%s)", exc)
+                return
 
     def unwatch(self, sub: Subscription) -> None:
         key = keys.events(sub.response_id)
