@@ -206,6 +206,7 @@ async def _store_and_enqueue(svc: Services, turn: _RenderedTurn, guard: StoreGua
                 "seq": -1,
                 "request": turn.request_json,
                 "response": turn.response_json,
+                "progress": events.encode(events.lifecycle(events.IN_PROGRESS, build_response(turn.req, Status.IN_PROGRESS))),  # noqa: E501
                 **turn_accounting(turn.req),
             },
         )

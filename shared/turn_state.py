@@ -56,15 +56,46 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {{seq, st[3] or ''}}
 """
 
-# KEYS: response hash. Returns {status_before, attempt, cancel_flag}.
-START_TURN = f"""
+# KEYS: response hash, events stream. ARGV: maxlen, stream ttl, in_progress event type, response id,
+#       conversation key prefix, turns key suffix, response key prefix.
+# Returns {status_before, attempt, cancel_flag, request json, waiting, announced}; a missing record is
+# 'missing' and a finished one its status, neither started. One writer per conversation: a turn starts only
+# at the head of its conversation's queue, else the reply says it is waiting (nothing changed). Heads that
+# finished or lost their record can never hand over, so they are dropped on the way. The conversation id is
+# read from the stored request; the request is never written back (cjson would turn [] into {}).
+START_TURN = _APPEND_FN + f"""
 local TERMINAL = {_TERMINAL_LUA}
-local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'cancel')
-if not st[1] then return {{'missing', 0, ''}} end
-if TERMINAL[st[1]] then return {{st[1], tonumber(st[2]) or 0, st[3] or ''}} end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[1], 'status', 'in_progress')
-return {{st[1], attempt, st[3] or ''}}
+local resp = KEYS[1]
+local st = redis.call('HMGET', resp, 'status', 'attempt', 'cancel', 'request', 'progress')
+if not st[1] then return {{'missing', 0, '', '', 0, 0}} end
+local status, cancel, request = st[1], st[3] or '', st[4] or ''
+if TERMINAL[status] then return {{status, tonumber(st[2]) or 0, cancel, '', 0, 0}} end
+if request ~= '' then
+  local cid = cjson.decode(request)['conversation_id']
+  if type(cid) == 'string' then
+    local turns = ARGV[5] .. cid .. ARGV[6]
+    while true do
+      local head = redis.call('LINDEX', turns, 0)
+      if not head or head == ARGV[4] then break end
+      local head_status = redis.call('HGET', ARGV[7] .. head, 'status')
+      if head_status and not TERMINAL[head_status] then
+        return {{status, tonumber(st[2]) or 0, cancel, request, 1, 0}}
+      end
+      redis.call('LREM', turns, 0, head)
+    end
+  end
+end
+local attempt = redis.call('HINCRBY', resp, 'attempt', 1)
+redis.call('HSET', resp, 'status', 'in_progress')
+-- A first run publishes the in_progress event the API encoded at accept, saving the worker that write. A
+-- re-run writes its own, carrying the output it continues from; a turn cancelled meanwhile writes none.
+local announced = 0
+if attempt == 1 and (cancel == '' or cancel == '0') and st[5] then
+  append(resp, KEYS[2], tostring(attempt), ARGV[1], ARGV[3], st[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  announced = 1
+end
+return {{status, attempt, cancel, request, 0, announced}}
 """
 
 # KEYS: response hash, events stream, conversation items, conversation turns, conversation record, active turns,
@@ -133,9 +164,12 @@ class StaleTurn(Exception):
 
 @dataclass(frozen=True)
 class Started:
-    status_before: str
+    status_before: str  # 'missing' when there is no record
     attempt: int
     cancel_requested: bool
+    request: str | None = None  # the stored TurnRequest JSON; None for a missing or finished turn
+    waiting: bool = False  # another unfinished turn heads its conversation: nothing was started
+    announced: bool = False  # its response.in_progress event was written with the start
 
 
 @dataclass(frozen=True)
@@ -211,8 +245,23 @@ class TurnState:
         return argv
 
     async def start(self, response_id: str) -> Started:
-        status, attempt, cancel = await self._start(keys=[keys.response(response_id)])
-        return Started(_text(status), int(attempt), _flag(cancel))
+        """Moves the turn to in_progress as a new attempt, unless it finished, is gone, or must wait."""
+        r = self.retention
+        status, attempt, cancel, request, waiting, announced = await self._start(
+            keys=[keys.response(response_id), keys.events(response_id)],
+            args=[
+                r.stream_maxlen,
+                r.stream_ttl_s,
+                events.IN_PROGRESS,
+                response_id,
+                keys.CONVERSATION_PREFIX,
+                keys.TURNS_SUFFIX,
+                keys.RESPONSE_PREFIX,
+            ],
+        )
+        return Started(
+            _text(status), int(attempt), _flag(cancel), _text(request) or None, bool(waiting), bool(announced)
+        )
 
     async def finish(
         self,

@@ -21,11 +21,10 @@ from redis.asyncio import Redis
 from shared import events, keys
 from shared.logs import add_log_context
 from shared.models import PROMPT_TOO_LONG, Item, Status, TurnOutcome, TurnRequest
-from shared.records import load_response
 from shared.response_object import build_response
 from shared.settings import Settings
 from shared.stream_tail import read_after
-from shared.turn_state import Retention, StaleTurn, TurnState
+from shared.turn_state import Retention, StaleTurn, Started, TurnState
 from worker import context_window
 from worker.agent_loop import AgentTurn, Limits
 from worker.agents import Agent, AgentRegistry
@@ -71,47 +70,64 @@ class TurnRunner:
                 lease.cancel()
 
     async def _run(self, response_id: str) -> str:
-        call = self.outage.call
-        record = await call(lambda: load_response(self.redis, response_id), "turn load")
-        if record is None:
-            return "missing"
-        if record.status.terminal:
-            return "already finished"
-        req = record.request
-        if req.conversation_id and not await self._wait_for_turn(req.conversation_id, response_id):
-            return "finished while waiting"
         # Registered before the start transition, so a cancel published in between is not missed.
         handle = self.cancels.register(response_id)
         try:
-            started = await call(lambda: self.state.start(response_id), "turn start")
-            add_log_context(attempt=started.attempt, conversation_id=req.conversation_id)
+            started = await self._start(response_id)
+            if started is None:
+                return "finished while waiting"
             if started.status_before not in (Status.QUEUED, Status.IN_PROGRESS):
                 return started.status_before
+            assert started.request is not None
+            req = TurnRequest.model_validate_json(started.request)
+            add_log_context(attempt=started.attempt, conversation_id=req.conversation_id)
             if started.cancel_requested:
                 await self._commit(req, started.attempt, TurnOutcome(status=Status.CANCELLED))
                 return Status.CANCELLED.value
             if started.attempt > self.settings.job_max_tries:
                 await self._commit(req, started.attempt, gave_up(started.attempt - 1))
                 return Status.FAILED.value
-            return await self._execute(req, started.attempt, handle)
+            return await self._execute(req, started.attempt, handle, announced=started.announced)
         finally:
             self.cancels.unregister(response_id)
 
-    async def _execute(self, req: TurnRequest, attempt: int, handle: CancelHandle) -> str:
+    async def _start(self, response_id: str) -> Started | None:
+        """Starts the turn once it heads its conversation's queue; None if it finished while waiting."""
+        while True:
+            started = await self.outage.call(lambda: self.state.start(response_id), "turn start")
+            if not started.waiting:
+                return started
+            assert started.request is not None
+            conversation_id = TurnRequest.model_validate_json(started.request).conversation_id
+            assert conversation_id is not None
+            if not await self._wait_for_turn(conversation_id, response_id):
+                return None
+
+    async def _execute(self, req: TurnRequest, attempt: int, handle: CancelHandle, *, announced: bool) -> str:
         resumed = await self._resumed(req.response_id, attempt)
         with TurnTelemetry(req, attempt, resumed=bool(resumed)).attempt_span() as telemetry:
-            return await self._execute_attempt(req, attempt, handle, resumed, telemetry)
+            return await self._execute_attempt(req, attempt, handle, resumed, telemetry, announced=announced)
 
     async def _execute_attempt(
-        self, req: TurnRequest, attempt: int, handle: CancelHandle, resumed: Resumed, telemetry: TurnTelemetry
+        self,
+        req: TurnRequest,
+        attempt: int,
+        handle: CancelHandle,
+        resumed: Resumed,
+        telemetry: TurnTelemetry,
+        *,
+        announced: bool,
     ) -> str:
         emitter = Emitter(
             self.writes, req.response_id, attempt, self.settings.coalesce_ms / 1000, handle.request, self.outage
         )
         try:
-            # A re-run announces itself with a fresh in_progress carrying the output it continues from.
-            progress = TurnOutcome(status=Status.IN_PROGRESS, output=resumed.done_items())
-            await emitter.emit(events.lifecycle(events.IN_PROGRESS, build_response(req, Status.IN_PROGRESS, progress)))
+            if not announced:
+                # A first run's in_progress was written by its start, as the API encoded it (unless an older
+                # API node stored none); a re-run announces itself with one carrying the output it continues.
+                progress = TurnOutcome(status=Status.IN_PROGRESS, output=resumed.done_items())
+                in_progress = build_response(req, Status.IN_PROGRESS, progress)
+                await emitter.emit(events.lifecycle(events.IN_PROGRESS, in_progress))
             agent = self._agent(req.model)
             if agent is None:
                 outcome = failed(f"unknown model {req.model!r}: no agent profile has that name")

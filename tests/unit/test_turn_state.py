@@ -9,18 +9,16 @@ from arq.connections import ArqRedis
 from shared import events, ids, keys
 from shared.events import StreamEvent, decode_entry
 from shared.models import Status, TurnRequest
-from shared.redis_conn import EmbeddedRedis
 from shared.response_object import build_response
 from shared.settings import Settings
 from shared.turn_state import Retention, StaleTurn, TurnState
 
-SETTINGS = Settings()
 RETENTION = Retention(stream_ttl_s=600, response_ttl_s=7200, conversation_ttl_s=3600, stream_maxlen=20_000)
 
 
 @pytest.fixture
-def redis() -> ArqRedis:
-    return EmbeddedRedis().client(SETTINGS)
+def redis(script_redis: ArqRedis) -> ArqRedis:
+    return script_redis
 
 
 @pytest.fixture
@@ -28,26 +26,38 @@ def state(redis: ArqRedis) -> TurnState:
     return TurnState(redis, RETENTION)
 
 
-async def store_queued(redis: ArqRedis, conversation_id: str | None = None) -> TurnRequest:
-    """The record exactly as the API stores it before enqueueing."""
+async def store_queued(
+    redis: ArqRedis,
+    conversation_id: str | None = None,
+    *,
+    progress: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> TurnRequest:
+    """The record as the API stores it before enqueueing; without `progress` (the in_progress event encoded
+    at accept) as an older API node stores it."""
     req = TurnRequest(
         response_id=ids.response_id(),
         model="test-model",
         input=[{"id": ids.message_id(), "type": "message", "role": "user", "status": "completed",
                 "content": [{"type": "input_text", "text": "hi"}]}],
         conversation_id=conversation_id,
+        metadata=metadata or {},
     )
-    await redis.hset(
-        keys.response(req.response_id),
-        mapping={
-            "status": Status.QUEUED.value,
-            "attempt": 0,
-            "seq": -1,
-            "request": req.model_dump_json(),
-            "response": json.dumps(build_response(req, Status.QUEUED)),
-        },
-    )
+    record = {
+        "status": Status.QUEUED.value,
+        "attempt": 0,
+        "seq": -1,
+        "request": req.model_dump_json(),
+        "response": json.dumps(build_response(req, Status.QUEUED)),
+    }
+    if progress:
+        record["progress"] = in_progress_json(req)
+    await redis.hset(keys.response(req.response_id), mapping=record)
     return req
+
+
+def in_progress_json(req: TurnRequest) -> str:
+    return events.encode(events.lifecycle(events.IN_PROGRESS, build_response(req, Status.IN_PROGRESS)))
 
 
 async def create_conversation(redis: ArqRedis) -> str:
@@ -256,6 +266,120 @@ async def test_start_reports_a_cancel_requested_while_queued(redis: ArqRedis, st
     started = await state.start(req.response_id)
 
     assert started.cancel_requested is True
+
+
+async def test_first_start_publishes_the_in_progress_event_stored_at_accept(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis, progress=True)
+    await state.append(req.response_id, 0, [events.lifecycle(events.CREATED, {"id": req.response_id})])
+
+    started = await state.start(req.response_id)
+
+    assert (started.attempt, started.announced, started.waiting) == (1, True, False)
+    assert started.request == req.model_dump_json()
+    (_, _), (entry_id, in_progress) = await stream(redis, req.response_id)
+    assert (entry_id, in_progress.type, in_progress.attempt) == ("1-1", events.IN_PROGRESS, 1)
+    assert in_progress.json() == {"sequence_number": 1, **json.loads(in_progress_json(req))}
+    assert 0 < await redis.ttl(keys.events(req.response_id)) <= RETENTION.stream_ttl_s
+
+
+async def test_a_rerun_start_publishes_no_stored_in_progress_event(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis, progress=True)
+    await state.start(req.response_id)
+
+    rerun = await state.start(req.response_id)
+
+    assert (rerun.attempt, rerun.announced) == (2, False)
+    assert [event.type for _, event in await stream(redis, req.response_id)] == [events.IN_PROGRESS]
+
+
+async def test_start_of_a_record_without_a_stored_in_progress_event_publishes_none(
+    redis: ArqRedis, state: TurnState
+) -> None:
+    req = await store_queued(redis)
+
+    started = await state.start(req.response_id)
+
+    assert (started.attempt, started.announced) == (1, False)
+    assert await redis.xlen(keys.events(req.response_id)) == 0
+
+
+async def test_start_of_a_turn_cancelled_while_queued_publishes_no_in_progress(
+    redis: ArqRedis, state: TurnState
+) -> None:
+    req = await store_queued(redis, progress=True)
+    await redis.hset(keys.response(req.response_id), "cancel", "1")
+
+    started = await state.start(req.response_id)
+
+    assert (started.cancel_requested, started.announced) == (True, False)
+    assert await redis.xlen(keys.events(req.response_id)) == 0
+
+
+@pytest.mark.parametrize("head_status", [Status.QUEUED, Status.IN_PROGRESS])
+async def test_a_turn_behind_an_unfinished_one_in_its_conversation_waits_unstarted(
+    redis: ArqRedis, state: TurnState, head_status: Status
+) -> None:
+    conversation_id = await create_conversation(redis)
+    first, second = [await store_queued(redis, conversation_id, progress=True) for _ in range(2)]
+    for req in (first, second):
+        await state.claim(conversation_id, req.response_id, "wait")
+    if head_status == Status.IN_PROGRESS:
+        await state.start(first.response_id)
+
+    waiting = await state.start(second.response_id)
+
+    assert (waiting.waiting, waiting.status_before, waiting.attempt) == (True, "queued", 0)
+    assert waiting.request == second.model_dump_json()
+    assert await status_of(redis, second.response_id) == "queued"
+    assert int(await redis.hget(keys.response(second.response_id), "attempt")) == 0
+    assert await redis.xlen(keys.events(second.response_id)) == 0
+    turns = await redis.lrange(keys.conversation_turns(conversation_id), 0, -1)
+    assert [t.decode() for t in turns] == [first.response_id, second.response_id]
+
+
+async def test_a_turn_starts_once_the_turn_ahead_of_it_finished(redis: ArqRedis, state: TurnState) -> None:
+    conversation_id = await create_conversation(redis)
+    first, second = [await store_queued(redis, conversation_id) for _ in range(2)]
+    for req in (first, second):
+        await state.claim(conversation_id, req.response_id, "wait")
+    await state.start(first.response_id)
+    assert (await state.start(second.response_id)).waiting
+
+    assert await finish(state, first, attempt=1)
+    started = await state.start(second.response_id)
+
+    assert (started.waiting, started.attempt) == (False, 1)
+    assert await status_of(redis, second.response_id) == "in_progress"
+
+
+async def test_start_drops_heads_of_its_conversation_that_finished_or_vanished(
+    redis: ArqRedis, state: TurnState
+) -> None:
+    conversation_id = await create_conversation(redis)
+    finished_head, mine = [await store_queued(redis, conversation_id) for _ in range(2)]
+    for response_id in ("resp_vanished", finished_head.response_id, mine.response_id):
+        await state.claim(conversation_id, response_id, "wait")
+    # Finished without its commit reaching the queue (a record rewritten by hand, an old version's commit).
+    await redis.hset(keys.response(finished_head.response_id), "status", Status.FAILED.value)
+
+    started = await state.start(mine.response_id)
+
+    assert (started.waiting, started.attempt) == (False, 1)
+    assert await redis.lrange(keys.conversation_turns(conversation_id), 0, -1) == [mine.response_id.encode()]
+
+
+async def test_only_the_requests_own_conversation_id_counts_not_a_metadata_value_of_that_name(
+    redis: ArqRedis, state: TurnState
+) -> None:
+    conversation_id = await create_conversation(redis)
+    running = await store_queued(redis, conversation_id)
+    await state.claim(conversation_id, running.response_id, "wait")
+    await state.start(running.response_id)
+    unrelated = await store_queued(redis, metadata={"conversation_id": conversation_id})
+
+    started = await state.start(unrelated.response_id)
+
+    assert (started.waiting, started.attempt) == (False, 1)
 
 
 # --- finish -------------------------------------------------------------------------------------
