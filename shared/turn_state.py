@@ -9,6 +9,7 @@ older attempt, or a cancel racing a pickup can never write twice or out of turn.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,22 +103,27 @@ return {{status, attempt, cancel, request, 0, announced}}
 #       the project's webhook endpoints, webhook outbox.
 # ARGV: expected status, attempt ('' = any), maxlen, stream ttl, response ttl, conversation ttl,
 #       final status, response json, terminal type, terminal json, response id, wake key prefix,
-#       webhook outbox entry, then the conversation items to append.
-# Returns 1 when committed, 0 when the turn was not in the expected state (already committed).
+#       webhook outbox entry, number of pending events n, then n (type, json) pairs, then the conversation
+#       items to append.
+# Returns 1 when committed, 0 when the turn was not in the expected state (already committed): then nothing
+# is written.
 FINISH_TURN = _APPEND_FN + SETTLE_ACCOUNTS_FN + """
 local resp, stream, items, turns, conv, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local st = redis.call('HMGET', resp, 'status', 'attempt')
 if st[1] ~= ARGV[1] then return 0 end
 if ARGV[2] ~= '' and st[2] ~= ARGV[2] then return 0 end
+local attempt, pending_end = st[2] or '0', 14 + 2 * tonumber(ARGV[14])
 -- A conversation deleted mid-turn gains nothing (and is not resurrected).
 if redis.call('EXISTS', conv) == 1 then
-  for i = 14, #ARGV do redis.call('RPUSH', items, ARGV[i]) end
+  for i = pending_end + 1, #ARGV do redis.call('RPUSH', items, ARGV[i]) end
   redis.call('EXPIRE', items, ARGV[6])
   redis.call('EXPIRE', conv, ARGV[6])
 end
 redis.call('HSET', resp, 'status', ARGV[7], 'response', ARGV[8])
 settle_accounts(resp, ARGV[11], ARGV[8])
-append(resp, stream, st[2] or '0', ARGV[3], ARGV[9], ARGV[10])
+-- What the turn's emitter had not written yet goes out here, in order, before the terminal event.
+for i = 15, pending_end, 2 do append(resp, stream, attempt, ARGV[3], ARGV[i], ARGV[i + 1]) end
+append(resp, stream, attempt, ARGV[3], ARGV[9], ARGV[10])
 redis.call('EXPIRE', resp, ARGV[5])
 redis.call('EXPIRE', stream, ARGV[4])
 redis.call('ZREM', active, ARGV[11])
@@ -276,10 +282,18 @@ class TurnState:
         response_ttl_s: int | None = None,
         stream_ttl_s: int | None = None,
         project: str = DEFAULT_PROJECT,
+        pending: Sequence[events.Event] = (),
     ) -> bool:
+        """Commits the turn's end, once: True if committed, False if it was not in the expected state.
+
+        `pending` events are written just before the terminal event.
+        """
         terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[final.value], response)
         conv = conversation_id or ""
         r = self.retention
+        pending_args: list[str] = []
+        for event in pending:
+            pending_args += [event["type"], events.encode(event)]
         committed = await self._finish(
             keys=[
                 keys.response(response_id),
@@ -305,6 +319,8 @@ class TurnState:
                 response_id,
                 keys.TURN_WAKE_PREFIX,
                 webhooks.outbox_entry(project, response_id, final.value, response),
+                len(pending),
+                *pending_args,
                 *(events.encode(item) for item in items),
             ],
         )

@@ -9,6 +9,9 @@ An item's opening events (`output_item.added`, `content_part.added`) are never w
 for the item's first delta, and that delta goes out with them at once, in one write, whatever the window
 says. Written alone, they would start a window that the first token then has to sit out. An item that
 gets no delta (a tool result) has its opening written when the window closes.
+
+What is still pending when the turn ends is not written here: the turn's commit takes it and writes it
+with the terminal event, in the same round trip.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ class Emitter:
         self._timer = None
         try:
             await self.flush()
-        except Exception as exc:  # surfaced to the turn on its next emit or close
+        except Exception as exc:  # surfaced to the turn on its next emit or take
             self._error = exc
 
     async def flush(self) -> None:
@@ -112,12 +115,16 @@ class Emitter:
             if cancel:
                 self._on_cancel()
 
-    async def close(self) -> None:
-        """Writes whatever is pending; the turn calls this before committing its terminal state."""
+    async def take(self) -> list[events.Event]:
+        """Stops the emitter and hands over what it has not written, for the turn's commit to write with the
+        terminal event. Raises what a timed write failed with, as the next emit would."""
         self._cancel_timer()
-        if self._error is not None:
-            raise self._error
-        await self.flush()
+        # A write under way is waited for: its events come before the ones handed over.
+        async with self._lock:
+            if self._error is not None:
+                raise self._error
+            pending, self._buffer = self._buffer, []
+        return pending
 
     def discard(self) -> None:
         self._cancel_timer()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import openai
 from openai import AsyncOpenAI
@@ -121,6 +122,7 @@ class TurnRunner:
         emitter = Emitter(
             self.writes, req.response_id, attempt, self.settings.coalesce_ms / 1000, handle.request, self.outage
         )
+        pending: list[events.Event] = []
         try:
             if not announced:
                 # A first run's in_progress was written by its start, as the API encoded it (unless an older
@@ -154,12 +156,13 @@ class TurnRunner:
             if outcome.status == Status.CANCELLED:
                 emitter.discard()
             else:
-                await emitter.close()
+                # Written by the commit itself, just before the terminal event: one round trip, not two.
+                pending = await emitter.take()
         except StaleTurn as stale:
             log.info("turn %s attempt %d stopped: %s", req.response_id, attempt, stale)
             emitter.discard()
             return "stale"
-        await self._commit(req, attempt, outcome)
+        await self._commit(req, attempt, outcome, pending)
         return outcome.status.value
 
     async def _resumed(self, response_id: str, attempt: int) -> Resumed:
@@ -201,7 +204,10 @@ class TurnRunner:
             log.exception("turn %s failed", turn.req.response_id)
             return failed(f"internal error: {type(exc).__name__}")
 
-    async def _commit(self, req: TurnRequest, attempt: int, outcome: TurnOutcome) -> None:
+    async def _commit(
+        self, req: TurnRequest, attempt: int, outcome: TurnOutcome, pending: Sequence[events.Event] = ()
+    ) -> None:
+        """Commits the turn, with the `pending` events its emitter had not written yet."""
         response = build_response(req, outcome.status, outcome)
         items: list[Item] = []
         # store=false reads the conversation but adds nothing to it.
@@ -209,7 +215,7 @@ class TurnRunner:
             items = req.input + outcome.output
         unstored_ttl = None if req.store else self.settings.unstored_response_ttl_s
         # Retrying is safe: the script commits only from in_progress at this attempt, so a commit whose
-        # reply was lost is refused the second time instead of appending the items twice.
+        # reply was lost is refused the second time instead of appending the items (and events) twice.
         await self.outage.call(
             lambda: self.state.finish(
                 req.response_id,
@@ -222,6 +228,7 @@ class TurnRunner:
                 response_ttl_s=unstored_ttl,
                 stream_ttl_s=unstored_ttl,
                 project=req.project,
+                pending=pending,
             ),
             "turn commit",
         )

@@ -91,6 +91,7 @@ async def finish(
     expect: Status = Status.IN_PROGRESS,
     final: Status = Status.COMPLETED,
     items: list[dict[str, Any]] | None = None,
+    pending: list[events.Event] | None = None,
 ) -> bool:
     return await state.finish(
         req.response_id,
@@ -100,6 +101,7 @@ async def finish(
         response=build_response(req, final),
         conversation_id=req.conversation_id,
         items=items or [],
+        pending=pending or [],
     )
 
 
@@ -403,6 +405,41 @@ async def test_finish_stores_final_status_response_and_terminal_event(redis: Arq
     assert terminal.json()["type"] == events.COMPLETED
     assert terminal.json()["response"] == stored
     assert terminal.json()["sequence_number"] == 2
+
+
+async def test_finish_writes_the_pending_events_in_order_just_before_the_terminal_event(
+    redis: ArqRedis, state: TurnState
+) -> None:
+    req = await store_queued(redis)
+    await state.start(req.response_id)
+    await state.append(req.response_id, 1, [delta("a")])
+    pending = [delta("b"), events.text_done("msg_1", 0, "ab"), events.content_part_done("msg_1", 0, "ab")]
+
+    assert await finish(state, req, attempt=1, pending=pending) is True
+
+    entries = [event for _, event in await stream(redis, req.response_id)]
+    assert [event.type for event in entries] == [
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        events.COMPLETED,
+    ]
+    assert [event.seq for event in entries] == [0, 1, 2, 3, 4]
+    assert {event.attempt for event in entries} == {1}
+    assert [event.json() for event in entries[1:4]] == [
+        {"sequence_number": seq, **event} for seq, event in enumerate(pending, start=1)
+    ]
+
+
+async def test_a_refused_finish_writes_none_of_its_pending_events(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    await state.start(req.response_id)
+    await state.start(req.response_id)  # a re-run took the turn over
+
+    assert await finish(state, req, attempt=1, pending=[delta("zombie")]) is False
+
+    assert await redis.xlen(keys.events(req.response_id)) == 0
 
 
 async def test_finish_sets_response_and_stream_ttls(redis: ArqRedis, state: TurnState) -> None:
