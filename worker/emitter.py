@@ -10,8 +10,10 @@ for the item's first delta, and that delta goes out with them at once, in one wr
 says. Written alone, they would start a window that the first token then has to sit out. An item that
 gets no delta (a tool result) has its opening written when the window closes.
 
-What is still pending when the turn ends is not written here: the turn's commit takes it and writes it
-with the terminal event, in the same round trip.
+An item's closing events (`*.done`) are not written at once after a quiet spell either: nobody waits for
+them the way they wait for a first token, so they open a window instead. A turn mostly ends right after its
+last item closes, and what is still pending then is not written here: the turn's commit takes it and
+writes it with the terminal event, in the same round trip.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from worker.redis_retry import Outage
 
 _MERGEABLE = (*events.TEXT_DELTA_TYPES, "response.function_call_arguments.delta")
 _OPENING = ("response.output_item.added", "response.content_part.added")
+_CLOSING_SUFFIX = ".done"
 
 
 class Emitter:
@@ -70,6 +73,8 @@ class Emitter:
         if self._timer is not None:
             return
         wait = self._last_flush + self._window - asyncio.get_running_loop().time()
+        if wait <= 0 and kind.endswith(_CLOSING_SUFFIX):
+            wait = self._window
         if wait <= 0:
             await self.flush()
         else:

@@ -405,3 +405,27 @@ async def test_take_waits_for_a_timed_write_under_way_so_the_commit_lands_after_
     assert taken == []
     assert len(state.finished) == 2
 
+
+DONE = "response.output_text.done"
+
+
+async def test_an_items_end_after_a_quiet_spell_is_held_for_the_commit_to_write() -> None:
+    state, emitter = recording_emitter(WINDOW)
+    await emitter.emit(delta("last words"))
+    await asyncio.sleep(WINDOW * 1.5)
+
+    await emitter.emit(events.text_done("msg_1", 0, "last words"))
+
+    assert state.batches == [[TEXT]]
+    assert [event["type"] for event in await emitter.take()] == [DONE]
+
+
+async def test_an_items_end_is_written_when_its_window_closes_if_the_turn_goes_on() -> None:
+    state, emitter = recording_emitter(WINDOW)
+    await emitter.emit(delta("last words"))
+    await asyncio.sleep(WINDOW * 1.5)
+
+    await emitter.emit(events.text_done("msg_1", 0, "last words"))
+    await asyncio.sleep(WINDOW * 2)
+
+    assert state.batches == [[TEXT], [DONE]]
