@@ -18,6 +18,7 @@ from redis.exceptions import NoScriptError
 
 from shared import events, keys, metrics, webhooks
 from shared.models import DEFAULT_PROJECT, TERMINAL_STATUSES, Status
+from shared.queue import FINISH_JOB_FN, JobClaim
 from shared.rate_limits import SETTLE_ACCOUNTS_FN
 from shared.settings import Settings
 
@@ -100,19 +101,20 @@ return {{status, attempt, cancel, request, 0, announced}}
 """
 
 # KEYS: response hash, events stream, conversation items, conversation turns, conversation record, active turns,
-#       the project's webhook endpoints, webhook outbox.
+#       the project's webhook endpoints, webhook outbox, then the keys of the job the turn ran under
+#       (JobClaim.keys(); unused without a job).
 # ARGV: expected status, attempt ('' = any), maxlen, stream ttl, response ttl, conversation ttl,
 #       final status, response json, terminal type, terminal json, response id, wake key prefix,
-#       webhook outbox entry, number of pending events n, then n (type, json) pairs, then the conversation
-#       items to append.
+#       webhook outbox entry, job id ('' = none), claim token, number of pending events n, then n
+#       (type, json) pairs, then the conversation items to append.
 # Returns 1 when committed, 0 when the turn was not in the expected state (already committed): then nothing
-# is written.
-FINISH_TURN = _APPEND_FN + SETTLE_ACCOUNTS_FN + """
+# is written and the job is left as it was.
+FINISH_TURN = _APPEND_FN + SETTLE_ACCOUNTS_FN + FINISH_JOB_FN + """
 local resp, stream, items, turns, conv, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local st = redis.call('HMGET', resp, 'status', 'attempt')
 if st[1] ~= ARGV[1] then return 0 end
 if ARGV[2] ~= '' and st[2] ~= ARGV[2] then return 0 end
-local attempt, pending_end = st[2] or '0', 14 + 2 * tonumber(ARGV[14])
+local attempt, pending_end = st[2] or '0', 16 + 2 * tonumber(ARGV[16])
 -- A conversation deleted mid-turn gains nothing (and is not resurrected).
 if redis.call('EXISTS', conv) == 1 then
   for i = pending_end + 1, #ARGV do redis.call('RPUSH', items, ARGV[i]) end
@@ -122,7 +124,7 @@ end
 redis.call('HSET', resp, 'status', ARGV[7], 'response', ARGV[8])
 settle_accounts(resp, ARGV[11], ARGV[8])
 -- What the turn's emitter had not written yet goes out here, in order, before the terminal event.
-for i = 15, pending_end, 2 do append(resp, stream, attempt, ARGV[3], ARGV[i], ARGV[i + 1]) end
+for i = 17, pending_end, 2 do append(resp, stream, attempt, ARGV[3], ARGV[i], ARGV[i + 1]) end
 append(resp, stream, attempt, ARGV[3], ARGV[9], ARGV[10])
 redis.call('EXPIRE', resp, ARGV[5])
 redis.call('EXPIRE', stream, ARGV[4])
@@ -138,6 +140,8 @@ if redis.call('LREM', turns, 0, ARGV[11]) > 0 then
     redis.call('EXPIRE', ARGV[12] .. nxt, ARGV[6])
   end
 end
+-- The turn's job is over with its commit: finished here, its worker has no bookkeeping left to send.
+if ARGV[14] ~= '' then finish_job(KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], ARGV[14], ARGV[15]) end
 return 1
 """
 
@@ -158,6 +162,10 @@ redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
+
+
+# Keys for a commit that finishes no job: the script never touches them.
+_NO_JOB = JobClaim(queue_name="", job_id="", token="")
 
 
 class StaleTurn(Exception):
@@ -283,10 +291,12 @@ class TurnState:
         stream_ttl_s: int | None = None,
         project: str = DEFAULT_PROJECT,
         pending: Sequence[events.Event] = (),
+        job: JobClaim | None = None,
     ) -> bool:
         """Commits the turn's end, once: True if committed, False if it was not in the expected state.
 
-        `pending` events are written just before the terminal event.
+        `pending` events are written just before the terminal event; the `job` the turn ran under is
+        finished with the commit (and left alone when the commit is refused).
         """
         terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[final.value], response)
         conv = conversation_id or ""
@@ -304,6 +314,7 @@ class TurnState:
                 keys.ACTIVE_TURNS,
                 keys.webhook_endpoints(project),
                 keys.WEBHOOK_OUTBOX,
+                *(job or _NO_JOB).keys(),
             ],
             args=[
                 expect.value,
@@ -319,6 +330,8 @@ class TurnState:
                 response_id,
                 keys.TURN_WAKE_PREFIX,
                 webhooks.outbox_entry(project, response_id, final.value, response),
+                job.job_id if job else "",
+                job.token if job else "",
                 len(pending),
                 *pending_args,
                 *(events.encode(item) for item in items),
