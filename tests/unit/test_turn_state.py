@@ -9,6 +9,7 @@ from arq.connections import ArqRedis
 from shared import events, ids, keys
 from shared.events import StreamEvent, decode_entry
 from shared.models import Status, TurnRequest
+from shared.redis_conn import EmbeddedRedis
 from shared.response_object import build_response
 from shared.settings import Settings
 from shared.turn_state import Retention, StaleTurn, TurnState
@@ -699,7 +700,10 @@ async def test_append_many_writes_each_turn_and_reports_each_outcome(redis: ArqR
     assert [e.json()["delta"] for _, e in await stream(redis, running.response_id)] == ["a"]
 
 
-async def test_append_many_reloads_the_script_a_restarted_redis_forgot(redis: ArqRedis, state: TurnState) -> None:
+async def test_append_many_reloads_the_script_a_restarted_redis_forgot() -> None:
+    # In-process only: SCRIPT FLUSH on the suite's redis-server would empty every database's scripts.
+    redis = EmbeddedRedis().client(Settings())
+    state = TurnState(redis, RETENTION)
     req = await store_queued(redis)
     attempt = (await state.start(req.response_id)).attempt
     await redis.script_flush()
