@@ -177,6 +177,7 @@ def _render(req: TurnRequest) -> NewTurn:
             "request": request_json,
             "response": response_json,
             "progress": progress,
+            "conversation": req.conversation_id or "",  # for the start script, which then needs no JSON decode
             **turn_accounting(req),
         },
         first_events=encoded,

@@ -6,7 +6,7 @@ Reading or writing these keys directly skips API keys and projects: it is infras
 
 from __future__ import annotations
 
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 
 PREFIX = "turnstream:"
 
@@ -16,7 +16,8 @@ RESPONSE_PREFIX = f"{PREFIX}response:"
 
 def response(response_id: str) -> str:
     """HASH: status, attempt, seq (last sequence number), batch (last event batch written), cancel,
-    request (JSON), response (JSON)."""
+    request (JSON), response (JSON), progress (the turn's `response.in_progress` event, encoded at accept
+    for the worker to publish as it starts the turn; records of older API nodes lack it)."""
     return f"{RESPONSE_PREFIX}{response_id}"
 
 
@@ -33,30 +34,36 @@ def events(response_id: str) -> str:
     return f"{PREFIX}events:{response_id}"
 
 
+CONVERSATION_PREFIX = f"{PREFIX}conversation:"
+
+
 def conversation(conversation_id: str) -> str:
     """STRING: the conversation object (JSON)."""
-    return f"{PREFIX}conversation:{conversation_id}"
+    return f"{CONVERSATION_PREFIX}{conversation_id}"
 
 
 def conversation_items(conversation_id: str) -> str:
     """LIST: conversation items (JSON), oldest first."""
-    return f"{PREFIX}conversation:{conversation_id}:items"
+    return f"{CONVERSATION_PREFIX}{conversation_id}:items"
 
 
 def conversation_item_tokens(conversation_id: str) -> str:
     """HASH: item id -> its estimated prompt tokens, computed once when a turn first reads the item."""
-    return f"{PREFIX}conversation:{conversation_id}:item-tokens"
+    return f"{CONVERSATION_PREFIX}{conversation_id}:item-tokens"
 
 
 def conversation_compaction(conversation_id: str) -> str:
     """STRING: {"index", "kept_from"}: the list index of the newest compaction item, and of the oldest item it
     kept verbatim; history sent upstream is that item, then the items from kept_from on."""
-    return f"{PREFIX}conversation:{conversation_id}:compaction"
+    return f"{CONVERSATION_PREFIX}{conversation_id}:compaction"
+
+
+TURNS_SUFFIX = ":turns"
 
 
 def conversation_turns(conversation_id: str) -> str:
     """LIST: response ids of the conversation's unfinished turns, in arrival order; the head may run."""
-    return f"{PREFIX}conversation:{conversation_id}:turns"
+    return f"{CONVERSATION_PREFIX}{conversation_id}{TURNS_SUFFIX}"
 
 
 TURN_WAKE_PREFIX = f"{PREFIX}turn-wake:"
@@ -107,6 +114,10 @@ def arq_result(job_id: str) -> str:
 def arq_retry(job_id: str) -> str:
     """arq's run counter for a job; arq gives up on a job past its max_tries."""
     return f"{retry_key_prefix}{job_id}"
+
+
+# ZSET: arq's abort requests (job id -> when); a finished job's entry is dropped with it.
+ARQ_ABORT_JOBS = abort_jobs_ss
 
 
 # HASH: agent name -> AgentCard JSON, published by workers at start so any API node can list and validate models.

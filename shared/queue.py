@@ -5,9 +5,15 @@ in the queue's sorted set, so arq's worker runs it unchanged. Only the enqueue d
 `enqueue_job` spends three round trips (WATCH, EXISTS, MULTI/EXEC) and waking a worker a fourth; one
 script does the same check-and-write and the wake in one (and the API's accept script, in
 shared/turn_accept.py, does it as part of the accept).
+
+A job that ran to its end is finished by the same Lua function wherever that happens: in the worker's
+own job bookkeeping (worker/job_leases.py), or in the commit of the turn it ran (shared/turn_state.py),
+which saves the worker a round trip per turn.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from arq.connections import ArqRedis
 from arq.jobs import serialize_job
@@ -37,6 +43,44 @@ end
 _ENQUEUE = ENQUEUE_FN + """
 return enqueue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]))
 """
+
+
+# finish_job: what arq's finish_job does for a job that ran (its run counter and record go, so nothing runs
+# it again; an abort request for it is dropped; no result is kept, nothing reads them), then the release of
+# its lease. Keys as `JobClaim.keys()`. release_lease: the lease alone, only while the token is still the
+# claim's, so a worker whose lease lapsed cannot release a newer claim of the same job; 1 if released.
+FINISH_JOB_FN = """
+local function release_lease(marker, running, job_id, token)
+  if redis.call('GET', marker) ~= token then return 0 end
+  redis.call('DEL', marker)
+  redis.call('ZREM', running, job_id)
+  return 1
+end
+local function finish_job(marker, running, retry, job, abort, job_id, token)
+  redis.call('DEL', retry, job)
+  redis.call('ZREM', abort, job_id)
+  return release_lease(marker, running, job_id, token)
+end
+"""
+
+
+@dataclass(frozen=True)
+class JobClaim:
+    """A worker's claim on a job: the job's lease is held under `token` (see worker/job_leases.py)."""
+
+    queue_name: str
+    job_id: str
+    token: str
+
+    def keys(self) -> list[str]:
+        """In-progress marker, running set, arq's run counter, job record and abort set, as finish_job takes them."""
+        return [
+            keys.arq_in_progress(self.job_id),
+            keys.running_jobs(self.queue_name),
+            keys.arq_retry(self.job_id),
+            keys.arq_job(self.job_id),
+            keys.ARQ_ABORT_JOBS,
+        ]
 
 
 def job_bytes(redis: ArqRedis, response_id: str, enqueued_ms: int) -> bytes:

@@ -9,6 +9,7 @@ older attempt, or a cancel racing a pickup can never write twice or out of turn.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from redis.exceptions import NoScriptError
 
 from shared import events, keys, metrics, webhooks
 from shared.models import DEFAULT_PROJECT, TERMINAL_STATUSES, Status
+from shared.queue import FINISH_JOB_FN, JobClaim
 from shared.rate_limits import SETTLE_ACCOUNTS_FN
 from shared.settings import Settings
 
@@ -56,37 +58,81 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {{seq, st[3] or ''}}
 """
 
-# KEYS: response hash. Returns {status_before, attempt, cancel_flag}.
-START_TURN = f"""
+# KEYS: response hash, events stream. ARGV: maxlen, stream ttl, in_progress event type, response id,
+#       conversation key prefix, turns key suffix, response key prefix.
+# Returns {status_before, attempt, cancel_flag, request json, waiting, announced}; a missing record is
+# 'missing' and a finished one its status, neither started. One writer per conversation: a turn starts only
+# at the head of its conversation's queue, else the reply says it is waiting (nothing changed). Heads that
+# finished or lost their record can never hand over, so they are dropped on the way. The conversation id is
+# a field of the record; an older record's is read from its request, which is never written back (cjson
+# would turn [] into {}).
+START_TURN = APPEND_FN + f"""
 local TERMINAL = {_TERMINAL_LUA}
-local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'cancel')
-if not st[1] then return {{'missing', 0, ''}} end
-if TERMINAL[st[1]] then return {{st[1], tonumber(st[2]) or 0, st[3] or ''}} end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[1], 'status', 'in_progress')
-return {{st[1], attempt, st[3] or ''}}
+local resp = KEYS[1]
+local st = redis.call('HMGET', resp, 'status', 'attempt', 'cancel', 'request', 'progress', 'conversation')
+if not st[1] then return {{'missing', 0, '', '', 0, 0}} end
+local status, cancel, request = st[1], st[3] or '', st[4] or ''
+if TERMINAL[status] then return {{status, tonumber(st[2]) or 0, cancel, '', 0, 0}} end
+if request ~= '' then
+  -- The accept stores the conversation id as a field ('' for none); a record from an older API node has only
+  -- its request to read it from.
+  local cid = st[6]
+  if not cid then cid = cjson.decode(request)['conversation_id'] end
+  if type(cid) == 'string' and cid ~= '' then
+    local turns = ARGV[5] .. cid .. ARGV[6]
+    while true do
+      local head = redis.call('LINDEX', turns, 0)
+      if not head or head == ARGV[4] then break end
+      local head_status = redis.call('HGET', ARGV[7] .. head, 'status')
+      if head_status and not TERMINAL[head_status] then
+        return {{status, tonumber(st[2]) or 0, cancel, request, 1, 0}}
+      end
+      redis.call('LREM', turns, 0, head)
+    end
+  end
+end
+local attempt = redis.call('HINCRBY', resp, 'attempt', 1)
+redis.call('HSET', resp, 'status', 'in_progress')
+-- A first run publishes the in_progress event the API encoded at accept, saving the worker that write. A
+-- re-run writes its own, carrying the output it continues from; a turn cancelled meanwhile writes none.
+local announced = 0
+if st[5] then
+  if attempt == 1 and (cancel == '' or cancel == '0') then
+    append(resp, KEYS[2], tostring(attempt), ARGV[1], ARGV[3], st[5])
+    redis.call('EXPIRE', KEYS[2], ARGV[2])
+    announced = 1
+  end
+  redis.call('HDEL', resp, 'progress')  -- of no use once the turn has started
+end
+return {{status, attempt, cancel, request, 0, announced}}
 """
 
 # KEYS: response hash, events stream, conversation items, conversation turns, conversation record, active turns,
-#       the project's webhook endpoints, webhook outbox.
+#       the project's webhook endpoints, webhook outbox, then the keys of the job the turn ran under
+#       (JobClaim.keys(); unused without a job).
 # ARGV: expected status, attempt ('' = any), maxlen, stream ttl, response ttl, conversation ttl,
 #       final status, response json, terminal type, terminal json, response id, wake key prefix,
-#       webhook outbox entry, then the conversation items to append.
-# Returns 1 when committed, 0 when the turn was not in the expected state (already committed).
-FINISH_TURN = APPEND_FN + SETTLE_ACCOUNTS_FN + """
+#       webhook outbox entry, job id ('' = none), claim token, number of pending events n, then n
+#       (type, json) pairs, then the conversation items to append.
+# Returns 1 when committed, 0 when the turn was not in the expected state (already committed): then nothing
+# is written and the job is left as it was.
+FINISH_TURN = APPEND_FN + SETTLE_ACCOUNTS_FN + FINISH_JOB_FN + """
 local resp, stream, items, turns, conv, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local st = redis.call('HMGET', resp, 'status', 'attempt')
 if st[1] ~= ARGV[1] then return 0 end
 if ARGV[2] ~= '' and st[2] ~= ARGV[2] then return 0 end
+local attempt, pending_end = st[2] or '0', 16 + 2 * tonumber(ARGV[16])
 -- A conversation deleted mid-turn gains nothing (and is not resurrected).
 if redis.call('EXISTS', conv) == 1 then
-  for i = 14, #ARGV do redis.call('RPUSH', items, ARGV[i]) end
+  for i = pending_end + 1, #ARGV do redis.call('RPUSH', items, ARGV[i]) end
   redis.call('EXPIRE', items, ARGV[6])
   redis.call('EXPIRE', conv, ARGV[6])
 end
 redis.call('HSET', resp, 'status', ARGV[7], 'response', ARGV[8])
 settle_accounts(resp, ARGV[11], ARGV[8])
-append(resp, stream, st[2] or '0', ARGV[3], ARGV[9], ARGV[10])
+-- What the turn's emitter had not written yet goes out here, in order, before the terminal event.
+for i = 17, pending_end, 2 do append(resp, stream, attempt, ARGV[3], ARGV[i], ARGV[i + 1]) end
+append(resp, stream, attempt, ARGV[3], ARGV[9], ARGV[10])
 redis.call('EXPIRE', resp, ARGV[5])
 redis.call('EXPIRE', stream, ARGV[4])
 redis.call('ZREM', active, ARGV[11])
@@ -101,26 +147,13 @@ if redis.call('LREM', turns, 0, ARGV[11]) > 0 then
     redis.call('EXPIRE', ARGV[12] .. nxt, ARGV[6])
   end
 end
+-- The turn's job is over with its commit: finished here, its worker has no bookkeeping left to send.
+if ARGV[14] ~= '' then finish_job(KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], ARGV[14], ARGV[15]) end
 return 1
 """
 
-# KEYS: conversation turns. ARGV: response id, policy, ttl, response key prefix. Returns 1 when queued, 0 when
-# locked. Heads that finished without leaving the queue are dropped first, so they can never lock a
-# conversation. A head with no record is kept: the API claims before it stores the record.
-CLAIM_TURN = f"""
-local TERMINAL = {_TERMINAL_LUA}
-while true do
-  local head = redis.call('LINDEX', KEYS[1], 0)
-  if not head then break end
-  local st = redis.call('HGET', ARGV[4] .. head, 'status')
-  if not (st and TERMINAL[st]) then break end
-  redis.call('LPOP', KEYS[1])
-end
-if ARGV[2] == 'reject' and redis.call('LLEN', KEYS[1]) > 0 then return 0 end
-redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
+# Keys for a commit that finishes no job: the script never touches them.
+_NO_JOB = JobClaim(queue_name="", job_id="", token="")
 
 
 class StaleTurn(Exception):
@@ -133,9 +166,12 @@ class StaleTurn(Exception):
 
 @dataclass(frozen=True)
 class Started:
-    status_before: str
+    status_before: str  # 'missing' when there is no record
     attempt: int
     cancel_requested: bool
+    request: str | None = None  # the stored TurnRequest JSON; None for a missing or finished turn
+    waiting: bool = False  # another unfinished turn heads its conversation: nothing was started
+    announced: bool = False  # its response.in_progress event was written with the start
 
 
 @dataclass(frozen=True)
@@ -164,7 +200,6 @@ class TurnState:
         self._append = redis.register_script(APPEND_EVENTS)
         self._start = redis.register_script(START_TURN)
         self._finish = redis.register_script(FINISH_TURN)
-        self._claim = redis.register_script(CLAIM_TURN)
 
     async def append(self, response_id: str, attempt: int, batch: list[events.Event], batch_id: str = "") -> bool:
         """Writes events in one round trip; returns whether cancel was requested meanwhile.
@@ -211,8 +246,23 @@ class TurnState:
         return argv
 
     async def start(self, response_id: str) -> Started:
-        status, attempt, cancel = await self._start(keys=[keys.response(response_id)])
-        return Started(_text(status), int(attempt), _flag(cancel))
+        """Moves the turn to in_progress as a new attempt, unless it finished, is gone, or must wait."""
+        r = self.retention
+        status, attempt, cancel, request, waiting, announced = await self._start(
+            keys=[keys.response(response_id), keys.events(response_id)],
+            args=[
+                r.stream_maxlen,
+                r.stream_ttl_s,
+                events.IN_PROGRESS,
+                response_id,
+                keys.CONVERSATION_PREFIX,
+                keys.TURNS_SUFFIX,
+                keys.RESPONSE_PREFIX,
+            ],
+        )
+        return Started(
+            _text(status), int(attempt), _flag(cancel), _text(request) or None, bool(waiting), bool(announced)
+        )
 
     async def finish(
         self,
@@ -227,10 +277,20 @@ class TurnState:
         response_ttl_s: int | None = None,
         stream_ttl_s: int | None = None,
         project: str = DEFAULT_PROJECT,
+        pending: Sequence[events.Event] = (),
+        job: JobClaim | None = None,
     ) -> bool:
+        """Commits the turn's end, once: True if committed, False if it was not in the expected state.
+
+        `pending` events are written just before the terminal event; the `job` the turn ran under is
+        finished with the commit (and left alone when the commit is refused).
+        """
         terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[final.value], response)
         conv = conversation_id or ""
         r = self.retention
+        pending_args: list[str] = []
+        for event in pending:
+            pending_args += [event["type"], events.encode(event)]
         committed = await self._finish(
             keys=[
                 keys.response(response_id),
@@ -241,6 +301,7 @@ class TurnState:
                 keys.ACTIVE_TURNS,
                 keys.webhook_endpoints(project),
                 keys.WEBHOOK_OUTBOX,
+                *(job or _NO_JOB).keys(),
             ],
             args=[
                 expect.value,
@@ -256,19 +317,16 @@ class TurnState:
                 response_id,
                 keys.TURN_WAKE_PREFIX,
                 webhooks.outbox_entry(project, response_id, final.value, response),
+                job.job_id if job else "",
+                job.token if job else "",
+                len(pending),
+                *pending_args,
                 *(events.encode(item) for item in items),
             ],
         )
         if committed:
             metrics.turn_finished(final.value, str(response.get("model", "")), project)
         return bool(committed)
-
-    async def claim(self, conversation_id: str, response_id: str, policy: str) -> bool:
-        ttl = self.retention.conversation_ttl_s
-        ok = await self._claim(
-            keys=[keys.conversation_turns(conversation_id)], args=[response_id, policy, ttl, keys.RESPONSE_PREFIX]
-        )
-        return bool(ok)
 
 
 def _appended(result: list[Any]) -> bool:

@@ -14,15 +14,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
+from arq.connections import ArqRedis
 
 from shared import keys
+from shared.redis_conn import EmbeddedRedis
+from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,6 +150,25 @@ def redis_server(tmp_root: Path) -> Iterator[RedisServer]:
     yield server
     server.proc.terminate()
     server.proc.wait(timeout=10)
+
+
+# The database of the suite's redis-server that unit tests of Lua scripts flush and use; the session stack
+# runs on database 0.
+SCRIPTS_DB = 9
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+async def script_redis(request: pytest.FixtureRequest) -> AsyncIterator[ArqRedis]:
+    """An empty Redis for a test of Lua scripts, once in-process (as `turnstream dev` runs them) and once on a
+    real redis-server, whose Lua (cjson, number conversions) is the one production runs."""
+    if request.param == "fakeredis":
+        yield EmbeddedRedis().client(Settings())
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    client = ArqRedis(host="127.0.0.1", port=server.port, db=SCRIPTS_DB)
+    await client.flushdb()
+    yield client
+    await client.aclose()
 
 
 @contextlib.contextmanager

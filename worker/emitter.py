@@ -9,6 +9,11 @@ An item's opening events (`output_item.added`, `content_part.added`) are never w
 for the item's first delta, and that delta goes out with them at once, in one write, whatever the window
 says. Written alone, they would start a window that the first token then has to sit out. An item that
 gets no delta (a tool result) has its opening written when the window closes.
+
+An item's closing events (`*.done`) are not written at once after a quiet spell either: nobody waits for
+them the way they wait for a first token, so they open a window instead. A turn mostly ends right after its
+last item closes, and what is still pending then is not written here: the turn's commit takes it and
+writes it with the terminal event, in the same round trip.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from worker.redis_retry import Outage
 
 _MERGEABLE = (*events.TEXT_DELTA_TYPES, "response.function_call_arguments.delta")
 _OPENING = ("response.output_item.added", "response.content_part.added")
+_CLOSING_SUFFIX = ".done"
 
 
 class Emitter:
@@ -67,6 +73,8 @@ class Emitter:
         if self._timer is not None:
             return
         wait = self._last_flush + self._window - asyncio.get_running_loop().time()
+        if wait <= 0 and kind.endswith(_CLOSING_SUFFIX):
+            wait = self._window
         if wait <= 0:
             await self.flush()
         else:
@@ -95,7 +103,7 @@ class Emitter:
         self._timer = None
         try:
             await self.flush()
-        except Exception as exc:  # surfaced to the turn on its next emit or close
+        except Exception as exc:  # surfaced to the turn on its next emit or take
             self._error = exc
 
     async def flush(self) -> None:
@@ -112,12 +120,16 @@ class Emitter:
             if cancel:
                 self._on_cancel()
 
-    async def close(self) -> None:
-        """Writes whatever is pending; the turn calls this before committing its terminal state."""
+    async def take(self) -> list[events.Event]:
+        """Stops the emitter and hands over what it has not written, for the turn's commit to write with the
+        terminal event. Raises what a timed write failed with, as the next emit would."""
         self._cancel_timer()
-        if self._error is not None:
-            raise self._error
-        await self.flush()
+        # A write under way is waited for: its events come before the ones handed over.
+        async with self._lock:
+            if self._error is not None:
+                raise self._error
+            pending, self._buffer = self._buffer, []
+        return pending
 
     def discard(self) -> None:
         self._cancel_timer()

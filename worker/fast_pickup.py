@@ -7,7 +7,9 @@ re-queued after a dead worker's lease lapsed).
 
 Claims: a poll moves due jobs into a leased running set in one script (worker/job_leases.py) instead of
 arq's per-job check of everything in the queue, running jobs included, so pickup costs the same with 2 or
-300 turns running. arq's job format, run_job, retries and results are kept.
+300 turns running. arq's job format, run_job and retries are kept; its results are not (nothing reads
+them). A turn's commit finishes its job in the same script (shared/turn_state.py) and drops the job's
+claim, and a job with no claim left gets no bookkeeping here: one round trip per turn saved.
 
 Outages: stock arq ends its main loop on the first Redis error. Here every poll, claim and job bookkeeping
 step retries through the outage (see worker/redis_retry.py), and a worker stops only on a signal or on a
@@ -38,7 +40,7 @@ class FastPickupWorker(Worker):
         self, *args: Any, fallback_poll_s: float = 0.5, lease_s: float = 15.0, outage: Outage, **kwargs: Any
     ) -> None:
         # arq's own sleep between polls is replaced by the blocking wait below.
-        super().__init__(*args, poll_delay=0, **kwargs)
+        super().__init__(*args, poll_delay=0, keep_result=0, **kwargs)
         self.fallback_poll_s = fallback_poll_s
         self.outage = outage
         self._poll_failures = 0
@@ -120,31 +122,22 @@ class FastPickupWorker(Worker):
         keep_in_progress: float | None,
     ) -> None:
         """arq's bookkeeping for a job that ran, plus leaving the running set (or going back to the queue)."""
-        token, score = self.claims.pop(job_id, ("", 0))
+        claim = self.claims.pop(job_id, None)
+        if claim is None:
+            return  # the turn's commit finished the job already
+        token, score = claim
         assert self.leases is not None
-        ttl_ms = None if keep_result_forever or result_timeout_s is None else int(result_timeout_s * 1000)
-        await self.leases.finish(
-            job_id,
-            token,
-            finished=finish,
-            # Not finished (arq's Retry, or cancelled by a shutdown): back on the queue, due at once or after
-            # the Retry's deferral (arq's incr_score is relative to the job's original score).
-            requeue_score=None if finish else (score + incr_score if incr_score else now_ms()),
-            result=result_data if finish else None,
-            result_ttl_ms=ttl_ms,
-        )
+        # Not finished (arq's Retry, or cancelled by a shutdown): back on the queue, due at once or after the
+        # Retry's deferral (arq's incr_score is relative to the job's original score).
+        requeue_score = None if finish else (score + incr_score if incr_score else now_ms())
+        await self.leases.finish(job_id, token, finished=finish, requeue_score=requeue_score)
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        token, _ = self.claims.pop(job_id, ("", 0))
+        claim = self.claims.pop(job_id, None)
+        if claim is None:
+            return  # the turn's commit finished the job already
         assert self.leases is not None
-        keep = self.keep_result_forever or self.keep_result_s > 0
-        await self.leases.finish(
-            job_id,
-            token,
-            finished=True,
-            result=result_data if keep else None,
-            result_ttl_ms=None if self.keep_result_forever else int(self.keep_result_s * 1000),
-        )
+        await self.leases.finish(job_id, claim[0], finished=True)
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:

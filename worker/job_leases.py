@@ -7,9 +7,10 @@ the read window it is not seen at all. Here one script claims due jobs by moving
 `keys.running_jobs(queue)` (score = lease expiry) in the same step that sets arq's in-progress marker, so
 the queue holds only waiting jobs and a poll costs one round trip however many turns run.
 
-arq's job format, enqueue, retry counter, results and health check are untouched. What this adds:
+arq's job format, enqueue, retry counter and health check are untouched. What this adds:
 - a running turn renews its lease (the running set's score and the in-progress marker together);
-- a finished job leaves the running set; a job arq wants to run again goes back to the queue;
+- a finished job leaves the running set (with its turn's commit, usually); a job arq wants to run again
+  goes back to the queue;
 - leases that lapsed (their worker died) go back to the queue in the next claim of any worker.
 Each claim carries a token (kept as the in-progress marker's value), so a worker that lost its lease to a
 newer claim can no longer renew or release the job under it.
@@ -17,11 +18,11 @@ newer claim can no longer renew or release the job under it.
 
 from __future__ import annotations
 
-from arq.constants import abort_jobs_ss
 from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.queue import FINISH_JOB_FN, JobClaim
 
 # KEYS: queue, running set. ARGV: now ms, max jobs, lease ms, in-progress prefix, token prefix.
 # Returns {job_id, score, token, ...} for each job claimed. Jobs whose lease lapsed (their worker died) go
@@ -57,26 +58,16 @@ redis.call('ZADD', KEYS[2], 'XX', tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1]
 return 1
 """
 
-# arq's bookkeeping for a job that ran (its finish_job / finish_failed_job) and the lease's release, in
-# one round trip. KEYS: in-progress marker, running set, queue, arq retry key, arq job key, arq result key,
-# arq abort set. ARGV: job id, token, finished ('1' or ''), requeue score ('' = none), result ('' = none),
-# result ttl ms ('' = forever). The lease is released only while the token is still the claim's, so a
-# worker whose lease lapsed cannot release a newer claim of the same job.
-_FINISH = """
-if ARGV[3] == '1' then
-  if ARGV[5] ~= '' then
-    if ARGV[6] ~= '' then redis.call('SET', KEYS[6], ARGV[5], 'PX', ARGV[6])
-    else redis.call('SET', KEYS[6], ARGV[5]) end
-  end
-  redis.call('DEL', KEYS[4], KEYS[5])
-  redis.call('ZREM', KEYS[7], ARGV[1])
-end
-if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-if ARGV[4] ~= '' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
+# arq's bookkeeping for a job that ran (its finish_job / finish_failed_job) and the lease's release, in one
+# round trip. KEYS: JobClaim.keys(), then the queue. ARGV: job id, token, finished ('1' or ''), requeue
+# score ('' = none). A job that is not finished goes back on the queue, if the lease was still ours.
+_FINISH = FINISH_JOB_FN + """
+if ARGV[3] == '1' then return finish_job(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2]) end
+if release_lease(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
+if ARGV[4] ~= '' then redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1]) end
 return 1
 """
+
 
 def now_ms() -> int:
     # arq's own clock (it rounds): a job enqueued this very millisecond must already count as due.
@@ -111,35 +102,12 @@ class JobLeases:
         )
         return bool(result)
 
-    async def finish(
-        self,
-        job_id: str,
-        token: str,
-        *,
-        finished: bool,
-        requeue_score: int | None = None,
-        result: bytes | None = None,
-        result_ttl_ms: int | None = None,
-    ) -> None:
-        """The job leaves this worker: finished (arq's result kept), or back on the queue at `requeue_score`."""
+    async def finish(self, job_id: str, token: str, *, finished: bool, requeue_score: int | None = None) -> None:
+        """The job leaves this worker: finished, or back on the queue at `requeue_score`."""
+        claim = JobClaim(self.queue, job_id, token)
         await self._finish(
-            keys=[
-                keys.arq_in_progress(job_id),
-                self.running,
-                self.queue,
-                keys.arq_retry(job_id),
-                keys.arq_job(job_id),
-                keys.arq_result(job_id),
-                abort_jobs_ss,
-            ],
-            args=[
-                job_id,
-                token,
-                "1" if finished else "",
-                "" if requeue_score is None else requeue_score,
-                result or "",
-                "" if result_ttl_ms is None else result_ttl_ms,
-            ],
+            keys=[*claim.keys(), self.queue],
+            args=[job_id, token, "1" if finished else "", "" if requeue_score is None else requeue_score],
         )
 
 

@@ -78,7 +78,7 @@ def build_worker(
         state = TurnState(pool, Retention.from_settings(settings))
         ctx["cancels"] = cancels
         ctx["client"] = client
-        ctx["runner"] = TurnRunner(pool, settings, agents, client, cancels, outage)
+        ctx["runner"] = TurnRunner(pool, settings, agents, client, cancels, outage, ctx["claims"])
         ctx["sweeper"] = asyncio.create_task(Sweeper(pool, settings, state, outage).run_forever())
         ctx["webhooks"] = asyncio.create_task(WebhookDelivery(pool, settings, outage).run_forever())
         if settings.openai_base_url is not None:  # the built-in mock answers any model name
@@ -110,7 +110,6 @@ def build_worker(
         outage=outage,
         health_check_interval=30,  # `turnstream worker --check` fails once this lapses
         health_check_key=keys.worker_health(settings.queue_name, socket.gethostname()),
-        keep_result=60,  # nothing reads arq's job results; turn results live in the response hash
         handle_signals=handle_signals,
         # Lets a SIGTERM'd worker finish short turns instead of re-queueing them (under k8s' 60 s grace).
         job_completion_wait=settings.shutdown_grace_s,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import openai
 from openai import AsyncOpenAI
@@ -21,11 +22,11 @@ from redis.asyncio import Redis
 from shared import events, keys
 from shared.logs import add_log_context
 from shared.models import PROMPT_TOO_LONG, Item, Status, TurnOutcome, TurnRequest
-from shared.records import load_response
+from shared.queue import JobClaim
 from shared.response_object import build_response
 from shared.settings import Settings
 from shared.stream_tail import read_after
-from shared.turn_state import Retention, StaleTurn, TurnState
+from shared.turn_state import Retention, StaleTurn, Started, TurnState
 from worker import context_window
 from worker.agent_loop import AgentTurn, Limits
 from worker.agents import Agent, AgentRegistry
@@ -50,6 +51,7 @@ class TurnRunner:
         client: AsyncOpenAI,
         cancels: CancelListener,
         outage: Outage,
+        claims: dict[str, tuple[str, int]],
     ) -> None:
         self.redis = redis
         self.outage = outage
@@ -60,58 +62,84 @@ class TurnRunner:
         self.agents = agents
         self.client = client
         self.cancels = cancels
+        # The worker's claims (job id -> token, score): a job whose commit finished it leaves them, so the
+        # worker sends no bookkeeping of its own for it (see worker/fast_pickup.py).
+        self.claims = claims
 
     async def run(self, response_id: str, job_id: str | None = None, token: str | None = None) -> str:
-        """Runs the turn; `job_id`/`token` name the claim whose lease this keeps alive while it runs."""
-        lease = asyncio.create_task(self._renew_lease(job_id, token)) if job_id and token else None
+        """Runs the turn; `job_id`/`token` name the claim whose lease this keeps alive while it runs, and
+        whose job the turn's commit finishes (the worker then has nothing left to do for it)."""
+        claim = JobClaim(self.settings.queue_name, job_id, token) if job_id and token else None
+        lease = asyncio.create_task(self._renew_lease(claim)) if claim else None
         try:
-            return await self._run(response_id)
+            return await self._run(response_id, claim)
         finally:
             if lease is not None:
                 lease.cancel()
 
-    async def _run(self, response_id: str) -> str:
-        call = self.outage.call
-        record = await call(lambda: load_response(self.redis, response_id), "turn load")
-        if record is None:
-            return "missing"
-        if record.status.terminal:
-            return "already finished"
-        req = record.request
-        if req.conversation_id and not await self._wait_for_turn(req.conversation_id, response_id):
-            return "finished while waiting"
+    async def _run(self, response_id: str, claim: JobClaim | None) -> str:
         # Registered before the start transition, so a cancel published in between is not missed.
         handle = self.cancels.register(response_id)
         try:
-            started = await call(lambda: self.state.start(response_id), "turn start")
-            add_log_context(attempt=started.attempt, conversation_id=req.conversation_id)
+            started = await self._start(response_id)
+            if started is None:
+                return "finished while waiting"
             if started.status_before not in (Status.QUEUED, Status.IN_PROGRESS):
                 return started.status_before
+            assert started.request is not None
+            req = TurnRequest.model_validate_json(started.request)
+            add_log_context(attempt=started.attempt, conversation_id=req.conversation_id)
             if started.cancel_requested:
-                await self._commit(req, started.attempt, TurnOutcome(status=Status.CANCELLED))
+                await self._commit(req, started.attempt, TurnOutcome(status=Status.CANCELLED), claim)
                 return Status.CANCELLED.value
             if started.attempt > self.settings.job_max_tries:
-                await self._commit(req, started.attempt, gave_up(started.attempt - 1))
+                await self._commit(req, started.attempt, gave_up(started.attempt - 1), claim)
                 return Status.FAILED.value
-            return await self._execute(req, started.attempt, handle)
+            return await self._execute(req, started.attempt, handle, claim, announced=started.announced)
         finally:
             self.cancels.unregister(response_id)
 
-    async def _execute(self, req: TurnRequest, attempt: int, handle: CancelHandle) -> str:
+    async def _start(self, response_id: str) -> Started | None:
+        """Starts the turn once it heads its conversation's queue; None if it finished while waiting."""
+        while True:
+            started = await self.outage.call(lambda: self.state.start(response_id), "turn start")
+            if not started.waiting:
+                return started
+            assert started.request is not None
+            conversation_id = TurnRequest.model_validate_json(started.request).conversation_id
+            assert conversation_id is not None
+            if not await self._wait_for_turn(conversation_id, response_id):
+                return None
+
+    async def _execute(
+        self, req: TurnRequest, attempt: int, handle: CancelHandle, claim: JobClaim | None, *, announced: bool
+    ) -> str:
         resumed = await self._resumed(req.response_id, attempt)
         with TurnTelemetry(req, attempt, resumed=bool(resumed)).attempt_span() as telemetry:
-            return await self._execute_attempt(req, attempt, handle, resumed, telemetry)
+            return await self._execute_attempt(req, attempt, handle, claim, resumed, telemetry, announced=announced)
 
     async def _execute_attempt(
-        self, req: TurnRequest, attempt: int, handle: CancelHandle, resumed: Resumed, telemetry: TurnTelemetry
+        self,
+        req: TurnRequest,
+        attempt: int,
+        handle: CancelHandle,
+        claim: JobClaim | None,
+        resumed: Resumed,
+        telemetry: TurnTelemetry,
+        *,
+        announced: bool,
     ) -> str:
         emitter = Emitter(
             self.writes, req.response_id, attempt, self.settings.coalesce_ms / 1000, handle.request, self.outage
         )
+        pending: list[events.Event] = []
         try:
-            # A re-run announces itself with a fresh in_progress carrying the output it continues from.
-            progress = TurnOutcome(status=Status.IN_PROGRESS, output=resumed.done_items())
-            await emitter.emit(events.lifecycle(events.IN_PROGRESS, build_response(req, Status.IN_PROGRESS, progress)))
+            if not announced:
+                # A first run's in_progress was written by its start, as the API encoded it (unless an older
+                # API node stored none); a re-run announces itself with one carrying the output it continues.
+                progress = TurnOutcome(status=Status.IN_PROGRESS, output=resumed.done_items())
+                in_progress = build_response(req, Status.IN_PROGRESS, progress)
+                await emitter.emit(events.lifecycle(events.IN_PROGRESS, in_progress))
             agent = self._agent(req.model)
             if agent is None:
                 outcome = failed(f"unknown model {req.model!r}: no agent profile has that name")
@@ -138,12 +166,13 @@ class TurnRunner:
             if outcome.status == Status.CANCELLED:
                 emitter.discard()
             else:
-                await emitter.close()
+                # Written by the commit itself, just before the terminal event: one round trip, not two.
+                pending = await emitter.take()
         except StaleTurn as stale:
             log.info("turn %s attempt %d stopped: %s", req.response_id, attempt, stale)
             emitter.discard()
             return "stale"
-        await self._commit(req, attempt, outcome)
+        await self._commit(req, attempt, outcome, claim, pending)
         return outcome.status.value
 
     async def _resumed(self, response_id: str, attempt: int) -> Resumed:
@@ -185,7 +214,15 @@ class TurnRunner:
             log.exception("turn %s failed", turn.req.response_id)
             return failed(f"internal error: {type(exc).__name__}")
 
-    async def _commit(self, req: TurnRequest, attempt: int, outcome: TurnOutcome) -> None:
+    async def _commit(
+        self,
+        req: TurnRequest,
+        attempt: int,
+        outcome: TurnOutcome,
+        claim: JobClaim | None,
+        pending: Sequence[events.Event] = (),
+    ) -> None:
+        """Commits the turn with its `pending` events; a commit finishes the `claim`'s job in the same step."""
         response = build_response(req, outcome.status, outcome)
         items: list[Item] = []
         # store=false reads the conversation but adds nothing to it.
@@ -193,8 +230,9 @@ class TurnRunner:
             items = req.input + outcome.output
         unstored_ttl = None if req.store else self.settings.unstored_response_ttl_s
         # Retrying is safe: the script commits only from in_progress at this attempt, so a commit whose
-        # reply was lost is refused the second time instead of appending the items twice.
-        await self.outage.call(
+        # reply was lost is refused the second time instead of appending the items (and events) twice; its
+        # job was finished by the first, and finishing it again in the worker's bookkeeping changes nothing.
+        committed = await self.outage.call(
             lambda: self.state.finish(
                 req.response_id,
                 expect=Status.IN_PROGRESS,
@@ -206,9 +244,14 @@ class TurnRunner:
                 response_ttl_s=unstored_ttl,
                 stream_ttl_s=unstored_ttl,
                 project=req.project,
+                pending=pending,
+                job=claim,
             ),
             "turn commit",
         )
+        if committed and claim is not None:
+            # The commit finished the job: the worker's bookkeeping for it would be a round trip for nothing.
+            self.claims.pop(claim.job_id, None)
 
     def _agent(self, model: str) -> Agent | None:
         agent = self.agents.get(model)
@@ -243,7 +286,7 @@ class TurnRunner:
         await self.redis.blpop([keys.turn_wake(response_id)], timeout=1)
         return None
 
-    async def _renew_lease(self, job_id: str, token: str) -> None:
+    async def _renew_lease(self, claim: JobClaim) -> None:
         """Keeps the job's lease short-lived: if this worker dies, another re-runs the turn soon.
 
         During a Redis outage the renewal keeps retrying; if the lease lapses meanwhile another worker may
@@ -253,8 +296,8 @@ class TurnRunner:
         while True:
             # The claim has just set a full lease: the first renewal is due a third of one later, not at once.
             await asyncio.sleep(self.settings.lease_s / 3)
-            if not await self.outage.call(lambda: self.leases.renew(job_id, token), "lease"):
-                log.info("job %s: lease taken over by a newer claim", job_id)
+            if not await self.outage.call(lambda: self.leases.renew(claim.job_id, claim.token), "lease"):
+                log.info("job %s: lease taken over by a newer claim", claim.job_id)
                 return
 
 

@@ -31,8 +31,6 @@ from typing import IO
 import httpx2
 import openai
 import redis.asyncio as aioredis
-from arq.constants import result_key_prefix
-from arq.jobs import deserialize_result
 
 MODEL = "turnstream-mock"
 PROMPT = "count to 5"
@@ -304,24 +302,6 @@ async def run_level(client: openai.AsyncOpenAI, concurrency: int, turns: int) ->
     return results, time.perf_counter() - started
 
 
-async def arq_queue_waits(redis_port: int, response_ids: list[str]) -> list[float]:
-    """arq's own enqueue -> job start per turn, in ms (arq stores both at millisecond resolution)."""
-    client = aioredis.Redis(host="127.0.0.1", port=redis_port)
-    waits: list[float] = []
-    try:
-        for start in range(0, len(response_ids), 500):
-            chunk = response_ids[start : start + 500]
-            raws = await client.mget([result_key_prefix + rid for rid in chunk])
-            for raw in raws:
-                if raw is None:  # the worker keeps results 60 s; older ones are gone
-                    continue
-                result = deserialize_result(raw)
-                waits.append((result.start_time - result.enqueue_time).total_seconds() * 1000.0)
-    finally:
-        await client.aclose()
-    return waits
-
-
 def percentile(values: Sequence[float], pct: float) -> float:
     """Linear interpolation between closest ranks (numpy's default)."""
     if not values:
@@ -342,7 +322,6 @@ class LevelResult:
     created: list[float]
     pickup: list[float]
     first_delta_net: list[float]
-    arq_wait: list[float]
     wall_s: float
 
 
@@ -374,7 +353,6 @@ async def benchmark(stack: Stack, args: argparse.Namespace) -> list[LevelResult]
             for t in results:
                 if t.error is not None:
                     kinds[t.error] = kinds.get(t.error, 0) + 1
-            ids = [t.response_id for t in ok if t.response_id]
             # The mock answers the role chunk (empty content, which the worker skips) at once and sleeps
             # token_delay_ms before every content chunk, the first included: subtract exactly one delay.
             first_net = [t.first_delta_ms - args.token_delay_ms for t in ok if t.first_delta_ms is not None]
@@ -387,7 +365,6 @@ async def benchmark(stack: Stack, args: argparse.Namespace) -> list[LevelResult]
                     created=[t.created_ms for t in ok if t.created_ms is not None],
                     pickup=[t.pickup_ms for t in ok if t.pickup_ms is not None],
                     first_delta_net=first_net,
-                    arq_wait=await arq_queue_waits(stack.redis_port, ids),
                     wall_s=wall,
                 )
             )
@@ -441,12 +418,6 @@ def report(levels: list[LevelResult], args: argparse.Namespace, argv: list[str])
     print("             pre-first-token sleep (it sleeps token_delay_ms before every content chunk)")
     print("  turns/s    measured turns / wall time of the level (warm-up excluded)")
     print()
-    print("  cross-check from arq's job results (enqueue -> job start inside the worker, ms resolution):")
-    for lv in levels:
-        print(
-            f"    c={lv.concurrency:<3} n={len(lv.arq_wait):<4} p50 {percentile(lv.arq_wait, 50):6.1f}"
-            f"  p99 {percentile(lv.arq_wait, 99):6.1f}"
-        )
     for lv in levels:
         for kind, n in sorted(lv.failure_kinds.items()):
             print(f"  failures at c={lv.concurrency}: {n} x {kind}")

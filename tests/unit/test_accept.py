@@ -109,6 +109,7 @@ async def test_one_accept_writes_the_record_its_first_events_the_job_and_the_wak
     rid = req.response_id
     record = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.response(rid))).items()}
     assert (record["status"], record["attempt"], record["seq"], record["project"]) == ("queued", "0", "1", "p")
+    assert record["conversation"] == conversation_id  # the start script reads it instead of the request
     assert TurnRequest.model_validate_json(record["request"]) == req
     progress = json.loads(record["progress"])  # what the worker's start script writes as its first event
     assert progress["type"] == events.IN_PROGRESS and progress["response"]["status"] == "in_progress"
@@ -123,6 +124,7 @@ async def test_one_accept_writes_the_record_its_first_events_the_job_and_the_wak
     assert await redis.lrange(keys.QUEUE_WAKE, 0, -1) == [b"1"]
     assert await redis.zscore(keys.ACTIVE_TURNS, rid) is not None
     assert await redis.lrange(keys.conversation_turns(conversation_id), 0, -1) == [rid.encode()]
+    assert 0 < await redis.ttl(keys.conversation_turns(conversation_id)) <= RETENTION.conversation_ttl_s
     assert await redis.zrange(keys.api_key_inflight("key_1"), 0, -1) == [rid.encode()]
 
 

@@ -28,11 +28,16 @@ class Turn:
         self.redis = redis
         self.state = state
         self.response_id = response_id
+        self.attempt = attempt
         self.cancels = 0
         self.emitter = Emitter(state, response_id, attempt, WINDOW, self._on_cancel, Outage(0.1))
 
     def _on_cancel(self) -> None:
         self.cancels += 1
+
+    async def end(self) -> None:
+        """Writes what the emitter hands over at the end, as the turn's commit does (here without a terminal)."""
+        await self.state.append(self.response_id, self.attempt, await self.emitter.take())
 
     async def stored(self) -> list[StreamEvent]:
         return [decode_entry(fields) for _, fields in await self.redis.xrange(keys.events(self.response_id))]
@@ -86,7 +91,7 @@ async def test_rapid_deltas_are_merged_into_fewer_entries_with_identical_text(tu
 async def test_merged_delta_is_a_valid_openai_text_delta_event(turn: Turn) -> None:
     for piece in ("a", "b", "c"):
         await turn.emitter.emit(delta(piece))
-    await turn.emitter.close()
+    await turn.end()
 
     merged = (await turn.stored())[-1].json()
     parsed = ResponseTextDeltaEvent.model_validate(merged)
@@ -94,7 +99,7 @@ async def test_merged_delta_is_a_valid_openai_text_delta_event(turn: Turn) -> No
     assert parsed.sequence_number == 1
 
 
-async def test_buffered_events_reach_redis_within_the_window_without_close(turn: Turn) -> None:
+async def test_buffered_events_reach_redis_within_the_window_unasked(turn: Turn) -> None:
     await turn.emitter.emit(delta("a"))
     await turn.emitter.emit(delta("b"))
     await turn.emitter.emit(delta("c"))
@@ -126,7 +131,7 @@ async def test_deltas_of_different_items_are_not_merged(turn: Turn) -> None:
         events.arguments_delta("fc_2", 2, "{}"),
     ):
         await turn.emitter.emit(event)
-    await turn.emitter.close()
+    await turn.end()
 
     stored = [event.json() for event in await turn.stored()]
     assert [(e["type"], e["item_id"], e["delta"]) for e in stored] == [
@@ -143,7 +148,7 @@ async def test_text_and_argument_deltas_of_the_same_item_id_are_not_merged(turn:
     await turn.emitter.emit(delta("start"))
     await turn.emitter.emit(events.text_delta("x", 0, "text"))
     await turn.emitter.emit(events.arguments_delta("x", 0, "args"))
-    await turn.emitter.close()
+    await turn.end()
 
     stored = await turn.stored()
     assert [event.type for event in stored[1:]] == [
@@ -167,7 +172,7 @@ async def test_structural_events_keep_their_order_around_merged_deltas(turn: Tur
     ]
     for event in sequence:
         await turn.emitter.emit(event)
-    await turn.emitter.close()
+    await turn.end()
 
     stored = await turn.stored()
     assert [event.type for event in stored] == [
@@ -188,27 +193,27 @@ async def test_emitted_event_is_not_changed_by_later_merges(turn: Turn) -> None:
     second = delta("b")
     await turn.emitter.emit(second)
     await turn.emitter.emit(delta("c"))
-    await turn.emitter.close()
+    await turn.end()
 
     assert second["delta"] == "b"
     assert texts(await turn.stored()) == ["start", "bc"]
 
 
-async def test_close_flushes_pending_events_and_stops_the_timer(turn: Turn) -> None:
+async def test_take_hands_over_pending_events_unwritten_and_stops_the_timer(turn: Turn) -> None:
     await turn.emitter.emit(delta("a"))
     await turn.emitter.emit(delta("b"))
+    await turn.emitter.emit(delta("c"))
 
-    await turn.emitter.close()
+    taken = await turn.emitter.take()
 
-    assert texts(await turn.stored()) == ["a", "b"]
-    writes = turn.emitter.writes
+    assert [event["delta"] for event in taken] == ["bc"]
     await asyncio.sleep(WINDOW * 2)
-    assert turn.emitter.writes == writes
-    assert await turn.stored_count() == 2
+    assert turn.emitter.writes == 1
+    assert texts(await turn.stored()) == ["a"]
 
 
-async def test_close_with_nothing_pending_writes_nothing(turn: Turn) -> None:
-    await turn.emitter.close()
+async def test_take_with_nothing_pending_hands_over_nothing(turn: Turn) -> None:
+    assert await turn.emitter.take() == []
 
     assert await turn.stored_count() == 0
     assert turn.emitter.writes == 0
@@ -220,8 +225,8 @@ async def test_discard_drops_pending_events(turn: Turn) -> None:
 
     turn.emitter.discard()
     await asyncio.sleep(WINDOW * 2)
-    await turn.emitter.close()
 
+    assert await turn.emitter.take() == []
     assert texts(await turn.stored()) == ["kept"]
 
 
@@ -247,7 +252,7 @@ async def test_on_cancel_fires_from_a_timed_flush(turn: Turn) -> None:
     assert turn.cancels == 1
 
 
-async def test_failed_timed_flush_surfaces_on_next_emit_and_close(turn: Turn) -> None:
+async def test_failed_timed_flush_surfaces_on_next_emit_and_take(turn: Turn) -> None:
     await turn.emitter.emit(delta("a"))
     await turn.emitter.emit(delta("b"))
     await turn.state.start(turn.response_id)  # a re-run takes the turn over
@@ -256,7 +261,7 @@ async def test_failed_timed_flush_surfaces_on_next_emit_and_close(turn: Turn) ->
     with pytest.raises(StaleTurn) as on_emit:
         await turn.emitter.emit(delta("c"))
     with pytest.raises(StaleTurn):
-        await turn.emitter.close()
+        await turn.emitter.take()
 
     assert on_emit.value.code == -2
     assert texts(await turn.stored()) == ["a"]
@@ -281,7 +286,7 @@ async def test_stored_entry_carries_the_emitter_attempt(turn: Turn) -> None:
 
 # --- first delta at once: a fake state that records each write and when it happened ----------------
 
-NEVER = 3600.0  # a merge window that cannot close during a test: a write seen before close() did not wait
+NEVER = 3600.0  # a merge window that cannot close during a test: a write seen before take() did not wait
 
 
 class RecordingState:
@@ -334,9 +339,9 @@ async def test_deltas_after_the_first_are_merged_within_the_window() -> None:
     for piece in ("lo", " wor", "ld"):
         await emitter.emit(delta(piece))
     assert len(state.writes) == 1
-    await emitter.close()
 
-    assert state.batches == [[ADDED, PART, TEXT], [TEXT]]
+    assert [event["delta"] for event in await emitter.take()] == ["lo world"]
+    assert state.batches == [[ADDED, PART, TEXT]]
 
 
 async def test_first_argument_delta_of_a_function_call_goes_out_with_its_opening() -> None:
@@ -370,3 +375,57 @@ async def test_an_opening_without_a_delta_is_written_when_the_window_closes() ->
     await asyncio.sleep(WINDOW * 2)
 
     assert state.batches == [[ADDED]]
+
+
+class SlowState(RecordingState):
+    """A write takes `delay`; records when each one finished."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.finished: list[float] = []
+
+    async def append(self, response_id: str, attempt: int, batch: list[events.Event], batch_id: str = "") -> bool:
+        await super().append(response_id, attempt, batch, batch_id)
+        await asyncio.sleep(self.delay)
+        self.finished.append(asyncio.get_running_loop().time())
+        return False
+
+
+async def test_take_waits_for_a_timed_write_under_way_so_the_commit_lands_after_it() -> None:
+    state = SlowState(delay=0.1)
+    emitter = Emitter(cast(TurnState, state), "resp_x", 1, 0.2, lambda: None, Outage(0.1))
+    await emitter.emit(delta("a"))  # written at once
+    await emitter.emit(delta("b"))  # held for the window's end, ~0.1 s from now
+    await asyncio.sleep(0.15)
+    assert len(state.writes) == 2 and len(state.finished) == 1  # the timed write is under way
+
+    taken = await emitter.take()
+
+    assert taken == []
+    assert len(state.finished) == 2
+
+
+DONE = "response.output_text.done"
+
+
+async def test_an_items_end_after_a_quiet_spell_is_held_for_the_commit_to_write() -> None:
+    state, emitter = recording_emitter(WINDOW)
+    await emitter.emit(delta("last words"))
+    await asyncio.sleep(WINDOW * 1.5)
+
+    await emitter.emit(events.text_done("msg_1", 0, "last words"))
+
+    assert state.batches == [[TEXT]]
+    assert [event["type"] for event in await emitter.take()] == [DONE]
+
+
+async def test_an_items_end_is_written_when_its_window_closes_if_the_turn_goes_on() -> None:
+    state, emitter = recording_emitter(WINDOW)
+    await emitter.emit(delta("last words"))
+    await asyncio.sleep(WINDOW * 1.5)
+
+    await emitter.emit(events.text_done("msg_1", 0, "last words"))
+    await asyncio.sleep(WINDOW * 2)
+
+    assert state.batches == [[TEXT], [DONE]]

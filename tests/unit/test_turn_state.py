@@ -14,13 +14,12 @@ from shared.response_object import build_response
 from shared.settings import Settings
 from shared.turn_state import Retention, StaleTurn, TurnState
 
-SETTINGS = Settings()
 RETENTION = Retention(stream_ttl_s=600, response_ttl_s=7200, conversation_ttl_s=3600, stream_maxlen=20_000)
 
 
 @pytest.fixture
-def redis() -> ArqRedis:
-    return EmbeddedRedis().client(SETTINGS)
+def redis(script_redis: ArqRedis) -> ArqRedis:
+    return script_redis
 
 
 @pytest.fixture
@@ -28,26 +27,43 @@ def state(redis: ArqRedis) -> TurnState:
     return TurnState(redis, RETENTION)
 
 
-async def store_queued(redis: ArqRedis, conversation_id: str | None = None) -> TurnRequest:
-    """The record exactly as the API stores it before enqueueing."""
+async def store_queued(
+    redis: ArqRedis,
+    conversation_id: str | None = None,
+    *,
+    progress: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> TurnRequest:
+    """The record as the API stores it before enqueueing; without `progress` (the in_progress event encoded
+    at accept) as an older API node stores it."""
     req = TurnRequest(
         response_id=ids.response_id(),
         model="test-model",
         input=[{"id": ids.message_id(), "type": "message", "role": "user", "status": "completed",
                 "content": [{"type": "input_text", "text": "hi"}]}],
         conversation_id=conversation_id,
+        metadata=metadata or {},
     )
-    await redis.hset(
-        keys.response(req.response_id),
-        mapping={
-            "status": Status.QUEUED.value,
-            "attempt": 0,
-            "seq": -1,
-            "request": req.model_dump_json(),
-            "response": json.dumps(build_response(req, Status.QUEUED)),
-        },
-    )
+    record = {
+        "status": Status.QUEUED.value,
+        "attempt": 0,
+        "seq": -1,
+        "request": req.model_dump_json(),
+        "response": json.dumps(build_response(req, Status.QUEUED)),
+    }
+    if progress:
+        record["progress"] = in_progress_json(req)
+    await redis.hset(keys.response(req.response_id), mapping=record)
     return req
+
+
+def in_progress_json(req: TurnRequest) -> str:
+    return events.encode(events.lifecycle(events.IN_PROGRESS, build_response(req, Status.IN_PROGRESS)))
+
+
+async def queue_turn(redis: ArqRedis, conversation_id: str, response_id: str) -> None:
+    """The turn joins its conversation's queue, as its accept puts it there (shared/turn_accept.py)."""
+    await redis.rpush(keys.conversation_turns(conversation_id), response_id)
 
 
 async def create_conversation(redis: ArqRedis) -> str:
@@ -81,6 +97,7 @@ async def finish(
     expect: Status = Status.IN_PROGRESS,
     final: Status = Status.COMPLETED,
     items: list[dict[str, Any]] | None = None,
+    pending: list[events.Event] | None = None,
 ) -> bool:
     return await state.finish(
         req.response_id,
@@ -90,6 +107,7 @@ async def finish(
         response=build_response(req, final),
         conversation_id=req.conversation_id,
         items=items or [],
+        pending=pending or [],
     )
 
 
@@ -258,6 +276,121 @@ async def test_start_reports_a_cancel_requested_while_queued(redis: ArqRedis, st
     assert started.cancel_requested is True
 
 
+async def test_first_start_publishes_the_in_progress_event_stored_at_accept(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis, progress=True)
+    await state.append(req.response_id, 0, [events.lifecycle(events.CREATED, {"id": req.response_id})])
+
+    started = await state.start(req.response_id)
+
+    assert (started.attempt, started.announced, started.waiting) == (1, True, False)
+    assert started.request == req.model_dump_json()
+    (_, _), (entry_id, in_progress) = await stream(redis, req.response_id)
+    assert (entry_id, in_progress.type, in_progress.attempt) == ("1-1", events.IN_PROGRESS, 1)
+    assert in_progress.json() == {"sequence_number": 1, **json.loads(in_progress_json(req))}
+    assert 0 < await redis.ttl(keys.events(req.response_id)) <= RETENTION.stream_ttl_s
+    assert await redis.hexists(keys.response(req.response_id), "progress") == 0  # used once, not kept
+
+
+async def test_a_rerun_start_publishes_no_stored_in_progress_event(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis, progress=True)
+    await state.start(req.response_id)
+
+    rerun = await state.start(req.response_id)
+
+    assert (rerun.attempt, rerun.announced) == (2, False)
+    assert [event.type for _, event in await stream(redis, req.response_id)] == [events.IN_PROGRESS]
+
+
+async def test_start_of_a_record_without_a_stored_in_progress_event_publishes_none(
+    redis: ArqRedis, state: TurnState
+) -> None:
+    req = await store_queued(redis)
+
+    started = await state.start(req.response_id)
+
+    assert (started.attempt, started.announced) == (1, False)
+    assert await redis.xlen(keys.events(req.response_id)) == 0
+
+
+async def test_start_of_a_turn_cancelled_while_queued_publishes_no_in_progress(
+    redis: ArqRedis, state: TurnState
+) -> None:
+    req = await store_queued(redis, progress=True)
+    await redis.hset(keys.response(req.response_id), "cancel", "1")
+
+    started = await state.start(req.response_id)
+
+    assert (started.cancel_requested, started.announced) == (True, False)
+    assert await redis.xlen(keys.events(req.response_id)) == 0
+
+
+@pytest.mark.parametrize("head_status", [Status.QUEUED, Status.IN_PROGRESS])
+async def test_a_turn_behind_an_unfinished_one_in_its_conversation_waits_unstarted(
+    redis: ArqRedis, state: TurnState, head_status: Status
+) -> None:
+    conversation_id = await create_conversation(redis)
+    first, second = [await store_queued(redis, conversation_id, progress=True) for _ in range(2)]
+    for req in (first, second):
+        await queue_turn(redis, conversation_id, req.response_id)
+    if head_status == Status.IN_PROGRESS:
+        await state.start(first.response_id)
+
+    waiting = await state.start(second.response_id)
+
+    assert (waiting.waiting, waiting.status_before, waiting.attempt) == (True, "queued", 0)
+    assert waiting.request == second.model_dump_json()
+    assert await status_of(redis, second.response_id) == "queued"
+    assert int(await redis.hget(keys.response(second.response_id), "attempt")) == 0
+    assert await redis.xlen(keys.events(second.response_id)) == 0
+    turns = await redis.lrange(keys.conversation_turns(conversation_id), 0, -1)
+    assert [t.decode() for t in turns] == [first.response_id, second.response_id]
+
+
+async def test_a_turn_starts_once_the_turn_ahead_of_it_finished(redis: ArqRedis, state: TurnState) -> None:
+    conversation_id = await create_conversation(redis)
+    first, second = [await store_queued(redis, conversation_id) for _ in range(2)]
+    for req in (first, second):
+        await queue_turn(redis, conversation_id, req.response_id)
+    await state.start(first.response_id)
+    assert (await state.start(second.response_id)).waiting
+
+    assert await finish(state, first, attempt=1)
+    started = await state.start(second.response_id)
+
+    assert (started.waiting, started.attempt) == (False, 1)
+    assert await status_of(redis, second.response_id) == "in_progress"
+
+
+async def test_start_drops_heads_of_its_conversation_that_finished_or_vanished(
+    redis: ArqRedis, state: TurnState
+) -> None:
+    conversation_id = await create_conversation(redis)
+    finished_head, mine = [await store_queued(redis, conversation_id) for _ in range(2)]
+    for response_id in ("resp_vanished", finished_head.response_id, mine.response_id):
+        await queue_turn(redis, conversation_id, response_id)
+    # Finished without its commit reaching the queue (a record rewritten by hand, an old version's commit).
+    await redis.hset(keys.response(finished_head.response_id), "status", Status.FAILED.value)
+
+    started = await state.start(mine.response_id)
+
+    assert (started.waiting, started.attempt) == (False, 1)
+    assert await redis.lrange(keys.conversation_turns(conversation_id), 0, -1) == [mine.response_id.encode()]
+
+
+async def test_only_the_requests_own_conversation_id_counts_not_a_metadata_value_of_that_name(
+    redis: ArqRedis, state: TurnState
+) -> None:
+    conversation_id = await create_conversation(redis)
+    running = await store_queued(redis, conversation_id)
+    await queue_turn(redis, conversation_id, running.response_id)
+    await state.start(running.response_id)
+    unrelated = await store_queued(redis, metadata={"conversation_id": conversation_id})
+
+    started = await state.start(unrelated.response_id)
+
+    assert (started.waiting, started.attempt) == (False, 1)
+
+
 # --- finish -------------------------------------------------------------------------------------
 
 
@@ -279,6 +412,41 @@ async def test_finish_stores_final_status_response_and_terminal_event(redis: Arq
     assert terminal.json()["type"] == events.COMPLETED
     assert terminal.json()["response"] == stored
     assert terminal.json()["sequence_number"] == 2
+
+
+async def test_finish_writes_the_pending_events_in_order_just_before_the_terminal_event(
+    redis: ArqRedis, state: TurnState
+) -> None:
+    req = await store_queued(redis)
+    await state.start(req.response_id)
+    await state.append(req.response_id, 1, [delta("a")])
+    pending = [delta("b"), events.text_done("msg_1", 0, "ab"), events.content_part_done("msg_1", 0, "ab")]
+
+    assert await finish(state, req, attempt=1, pending=pending) is True
+
+    entries = [event for _, event in await stream(redis, req.response_id)]
+    assert [event.type for event in entries] == [
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        events.COMPLETED,
+    ]
+    assert [event.seq for event in entries] == [0, 1, 2, 3, 4]
+    assert {event.attempt for event in entries} == {1}
+    assert [event.json() for event in entries[1:4]] == [
+        {"sequence_number": seq, **event} for seq, event in enumerate(pending, start=1)
+    ]
+
+
+async def test_a_refused_finish_writes_none_of_its_pending_events(redis: ArqRedis, state: TurnState) -> None:
+    req = await store_queued(redis)
+    await state.start(req.response_id)
+    await state.start(req.response_id)  # a re-run took the turn over
+
+    assert await finish(state, req, attempt=1, pending=[delta("zombie")]) is False
+
+    assert await redis.xlen(keys.events(req.response_id)) == 0
 
 
 async def test_finish_sets_response_and_stream_ttls(redis: ArqRedis, state: TurnState) -> None:
@@ -303,7 +471,7 @@ async def test_finish_sets_response_and_stream_ttls(redis: ArqRedis, state: Turn
 async def test_finish_twice_commits_once(redis: ArqRedis, state: TurnState) -> None:
     conversation_id = await create_conversation(redis)
     req = await store_queued(redis, conversation_id)
-    await state.claim(conversation_id, req.response_id, "wait")
+    await queue_turn(redis, conversation_id, req.response_id)
     await state.start(req.response_id)
     items = [events.message_item("msg_a", "answer", "completed")]
 
@@ -360,7 +528,7 @@ async def test_finish_pops_the_turn_and_wakes_the_next_one(redis: ArqRedis, stat
     conversation_id = await create_conversation(redis)
     first, second, third = [await store_queued(redis, conversation_id) for _ in range(3)]
     for req in (first, second, third):
-        assert await state.claim(conversation_id, req.response_id, "wait")
+        await queue_turn(redis, conversation_id, req.response_id)
     await state.start(first.response_id)
 
     assert await finish(state, first, attempt=1)
@@ -375,7 +543,7 @@ async def test_finish_pops_the_turn_and_wakes_the_next_one(redis: ArqRedis, stat
 async def test_finish_of_the_last_turn_leaves_no_turns_and_wakes_nobody(redis: ArqRedis, state: TurnState) -> None:
     conversation_id = await create_conversation(redis)
     req = await store_queued(redis, conversation_id)
-    await state.claim(conversation_id, req.response_id, "wait")
+    await queue_turn(redis, conversation_id, req.response_id)
     await state.start(req.response_id)
 
     assert await finish(state, req, attempt=1)
@@ -388,7 +556,7 @@ async def test_finished_turns_leave_no_wake_tokens_behind(redis: ArqRedis, state
     conversation_id = await create_conversation(redis)
     first, second, third = [await store_queued(redis, conversation_id) for _ in range(3)]
     for req in (first, second, third):
-        await state.claim(conversation_id, req.response_id, "wait")
+        await queue_turn(redis, conversation_id, req.response_id)
     await state.start(first.response_id)
     assert await finish(state, third, attempt=None, expect=Status.QUEUED, final=Status.CANCELLED)
     assert await finish(state, first, attempt=1)
@@ -425,7 +593,7 @@ async def test_conversation_deleted_before_finish_gets_no_items_and_is_not_recre
 ) -> None:
     conversation_id = await create_conversation(redis)
     req = await store_queued(redis, conversation_id)
-    await state.claim(conversation_id, req.response_id, "wait")
+    await queue_turn(redis, conversation_id, req.response_id)
     await state.start(req.response_id)
     await redis.delete(keys.conversation(conversation_id), keys.conversation_items(conversation_id))
 
@@ -437,66 +605,11 @@ async def test_conversation_deleted_before_finish_gets_no_items_and_is_not_recre
     assert await redis.exists(keys.conversation_items(conversation_id)) == 0
 
 
-# --- claim --------------------------------------------------------------------------------------
-
-
-async def test_claim_with_reject_refuses_while_a_turn_is_queued(redis: ArqRedis, state: TurnState) -> None:
-    conversation_id = await create_conversation(redis)
-    first = await store_queued(redis, conversation_id)
-
-    assert await state.claim(conversation_id, first.response_id, "reject") is True
-    assert await state.claim(conversation_id, "resp_second", "reject") is False
-
-    turns = await redis.lrange(keys.conversation_turns(conversation_id), 0, -1)
-    assert turns == [first.response_id.encode()]
-
-
-async def test_claim_with_reject_succeeds_again_after_the_turn_finishes(redis: ArqRedis, state: TurnState) -> None:
-    conversation_id = await create_conversation(redis)
-    first = await store_queued(redis, conversation_id)
-    await state.claim(conversation_id, first.response_id, "reject")
-    await state.start(first.response_id)
-    await finish(state, first, attempt=1)
-
-    assert await state.claim(conversation_id, "resp_next", "reject") is True
-
-
-async def test_claim_with_wait_always_queues_in_arrival_order(redis: ArqRedis, state: TurnState) -> None:
-    conversation_id = await create_conversation(redis)
-    names = ["resp_a", "resp_b", "resp_c"]
-
-    results = [await state.claim(conversation_id, name, "wait") for name in names]
-
-    assert results == [True, True, True]
-    turns = await redis.lrange(keys.conversation_turns(conversation_id), 0, -1)
-    assert [t.decode() for t in turns] == names
-    assert 0 < await redis.ttl(keys.conversation_turns(conversation_id)) <= RETENTION.conversation_ttl_s
-
-
 def test_retention_reads_its_limits_from_settings() -> None:
     settings = Settings(stream_ttl_s=1, response_ttl_s=2, conversation_ttl_s=3, stream_maxlen=4)
 
     assert Retention.from_settings(settings) == Retention(1, 2, 3, 4)
 
-
-
-async def test_claim_drops_a_finished_head_that_never_left_the_queue(redis: ArqRedis, state: TurnState) -> None:
-    conversation_id = await create_conversation(redis)
-    first = await store_queued(redis, conversation_id)
-    await state.claim(conversation_id, first.response_id, "reject")
-    # Finished without its commit reaching the queue (a record rewritten by hand, an old version's commit).
-    await redis.hset(keys.response(first.response_id), "status", Status.FAILED.value)
-
-    assert await state.claim(conversation_id, "resp_next", "reject") is True
-    turns = await redis.lrange(keys.conversation_turns(conversation_id), 0, -1)
-    assert turns == [b"resp_next"]
-
-
-async def test_claim_keeps_a_head_whose_record_is_not_stored_yet(redis: ArqRedis, state: TurnState) -> None:
-    conversation_id = await create_conversation(redis)
-    assert await state.claim(conversation_id, "resp_being_accepted", "wait")
-
-    assert await state.claim(conversation_id, "resp_next", "reject") is False
 
 
 async def test_append_retried_with_the_same_batch_id_is_written_once(redis: ArqRedis, state: TurnState) -> None:
@@ -538,7 +651,10 @@ async def test_append_many_writes_each_turn_and_reports_each_outcome(redis: ArqR
     assert [e.json()["delta"] for _, e in await stream(redis, running.response_id)] == ["a"]
 
 
-async def test_append_many_reloads_the_script_a_restarted_redis_forgot(redis: ArqRedis, state: TurnState) -> None:
+async def test_append_many_reloads_the_script_a_restarted_redis_forgot() -> None:
+    # In-process only: SCRIPT FLUSH on the suite's redis-server would empty every database's scripts.
+    redis = EmbeddedRedis().client(Settings())
+    state = TurnState(redis, RETENTION)
     req = await store_queued(redis)
     attempt = (await state.start(req.response_id)).attempt
     await redis.script_flush()
