@@ -44,6 +44,7 @@ from arq.connections import ArqRedis
 
 from shared import keys
 from shared.queue import RUN_TURN
+from worker import sweeper, webhook_delivery
 from worker.job_leases import _CLAIM, JobLeases
 
 SHORT = "chunks=5 spacing=0"  # a short turn: five chunks back to back
@@ -58,6 +59,7 @@ log_path, role = sys.argv[1].replace("{pid}", str(os.getpid())), sys.argv[2]
 del sys.argv[1:]
 trace = None
 send = connection.AbstractConnection.send_packed_command
+KEYED = {"LRANGE", "GET", "SET", "PEXPIRE", "BLPOP"}  # named with their key, to tell the workers' own loops apart
 
 def names(packed):
     out, i = [], 0
@@ -70,7 +72,11 @@ def names(packed):
             args.append(packed[i:i + size])
             i += size + 2
         name = args[0].decode().upper()
-        out.append(name + ":" + args[1].decode()[:12] if name == "EVALSHA" else name)
+        if name == "EVALSHA":
+            name += ":" + args[1].decode()[:12]
+        elif name in KEYED:
+            name += " " + args[1].decode()[:40]
+        out.append(name)
     return out
 
 async def counted(self, command, check_health=True):
@@ -350,16 +356,30 @@ class Phases:
     commit: list[list[str]]
 
 
+def _evalsha(script: str) -> str:
+    return "EVALSHA:" + hashlib.sha1(script.encode()).hexdigest()[:12]
+
+
+# What a worker's own timers send whatever the turns do: the webhook outbox poll and the sweeper's lock and
+# scan (each on its interval), and the idle poll (a claim, then the wait on the wake list).
+_BACKGROUND = {
+    f"LRANGE {keys.WEBHOOK_OUTBOX}", _evalsha(webhook_delivery._EXPAND), _evalsha(webhook_delivery._CLAIM),
+    f"SET {keys.SWEEPER_LOCK}", f"GET {keys.SWEEPER_LOCK}", f"PEXPIRE {keys.SWEEPER_LOCK}", _evalsha(sweeper._SCAN),
+    f"BLPOP {keys.QUEUE_WAKE}",
+}
+
+
 def split_phases(rows: dict[str, list[dict[str, Any]]]) -> Phases:
-    claim = "EVALSHA:" + hashlib.sha1(_CLAIM.encode()).hexdigest()[:12]
+    claim = _evalsha(_CLAIM)
     accept = [r for r in rows["api"] if not any(c.startswith("XREAD") for c in r["cmds"])]
     accepted_at = accept[-1]["t"]
     ran = [rows[n] for n in rows if n != "api" and any(r["delta"] for r in rows[n])]
     if len(ran) != 1:
         raise RuntimeError(f"expected the turn on one worker, saw deltas on {len(ran)}")
     # The worker's idle loop (a claim, then BLPOP on the wake list) runs every poll interval whatever the
-    # turn does; only the claim that took the turn belongs to it.
-    idle_poll = {"BLPOP", claim}
+    # turn does; only the claim that took the turn belongs to it. Its other timers' round trips are not the
+    # turn's either.
+    idle_poll = {claim, *_BACKGROUND}
     mine = [r for r in ran[0] if r["t"] > accepted_at]
     first = next(i for i, r in enumerate(mine) if r["delta"])
     last = max(i for i, r in enumerate(mine) if r["delta"])
@@ -367,7 +387,7 @@ def split_phases(rows: dict[str, list[dict[str, Any]]]) -> Phases:
     claims = [r for r in mine[:start] if claim in r["cmds"]]
     return Phases(
         accept=[r["cmds"] for r in accept],
-        pickup=[r["cmds"] for r in claims[-1:] + mine[start:first]],
+        pickup=[r["cmds"] for r in claims[-1:] + [r for r in mine[start:first] if not set(r["cmds"]) <= idle_poll]],
         deltas=sum(1 for r in mine if r["delta"]),
         other_during=[r["cmds"] for r in mine[first:last] if not r["delta"]],
         commit=[r["cmds"] for r in mine[last + 1 :] if not set(r["cmds"]) <= idle_poll],
