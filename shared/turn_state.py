@@ -1,7 +1,9 @@
 """A turn's state machine in Redis, as atomic Lua scripts the API and the worker share.
 
-queued ──start──► in_progress ──finish──► completed | failed | cancelled | incomplete
-   └──────────────finish (cancel before pickup)──────┘
+(accept) ──► queued ──start──► in_progress ──finish──► completed | failed | cancelled | incomplete
+                 └──────────────finish (cancel before pickup)──────┘
+
+The accept, which writes a turn's record as queued, is the API's script (shared/turn_accept.py).
 
 Every transition and every event write checks the state it expects, so a re-run, a zombie worker of an
 older attempt, or a cancel racing a pickup can never write twice or out of turn.

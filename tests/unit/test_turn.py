@@ -22,6 +22,7 @@ from shared.response_object import build_response
 from shared.settings import Settings
 from shared.stream_tail import read_after
 from shared.turn_state import TurnState
+from tests.queued_records import store_queued
 from worker.agents import Agent, AgentRegistry
 from worker.cancel_listener import CancelListener
 from worker.fast_pickup import FastPickupWorker
@@ -89,18 +90,7 @@ async def accepted(redis: ArqRedis, *, progress: bool = True, conversation_id: s
         input=[{"type": "message", "role": "user", "content": "hi"}],
         conversation_id=conversation_id,
     )
-    record = {
-        "status": Status.QUEUED.value,
-        "attempt": 0,
-        "seq": -1,
-        "request": req.model_dump_json(),
-        "response": json.dumps(build_response(req, Status.QUEUED)),
-    }
-    if progress:
-        in_progress = events.lifecycle(events.IN_PROGRESS, build_response(req, Status.IN_PROGRESS))
-        record["progress"] = events.encode(in_progress)
-        record["conversation"] = conversation_id or ""
-    await redis.hset(keys.response(req.response_id), mapping=record)
+    await store_queued(redis, req, current=progress)
     if conversation_id:
         await redis.rpush(keys.conversation_turns(conversation_id), req.response_id)
     assert await enqueue_turn(redis, QUEUE, req.response_id)

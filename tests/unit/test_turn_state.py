@@ -13,6 +13,8 @@ from shared.redis_conn import EmbeddedRedis
 from shared.response_object import build_response
 from shared.settings import Settings
 from shared.turn_state import Retention, StaleTurn, TurnState
+from tests import queued_records
+from tests.queued_records import in_progress_json
 
 RETENTION = Retention(stream_ttl_s=600, response_ttl_s=7200, conversation_ttl_s=3600, stream_maxlen=20_000)
 
@@ -44,21 +46,8 @@ async def store_queued(
         conversation_id=conversation_id,
         metadata=metadata or {},
     )
-    record = {
-        "status": Status.QUEUED.value,
-        "attempt": 0,
-        "seq": -1,
-        "request": req.model_dump_json(),
-        "response": json.dumps(build_response(req, Status.QUEUED)),
-    }
-    if progress:
-        record["progress"] = in_progress_json(req)
-    await redis.hset(keys.response(req.response_id), mapping=record)
+    await queued_records.store_queued(redis, req, current=progress)
     return req
-
-
-def in_progress_json(req: TurnRequest) -> str:
-    return events.encode(events.lifecycle(events.IN_PROGRESS, build_response(req, Status.IN_PROGRESS)))
 
 
 async def queue_turn(redis: ArqRedis, conversation_id: str, response_id: str) -> None:
