@@ -10,7 +10,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 from arq.worker import Retry, func
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from shared import keys, metrics, tracing
 from shared.logs import log_context
@@ -56,6 +56,16 @@ async def publish_agents(redis: ArqRedis, agents: AgentRegistry) -> None:
         await pipe.execute()
 
 
+def upstream_client(settings: Settings) -> AsyncOpenAI:
+    """The openai SDK client every turn of this process calls the model with (one connection pool)."""
+    return AsyncOpenAI(
+        base_url=settings.upstream_base_url,
+        api_key=settings.openai_api_key.get_secret_value(),
+        timeout=settings.upstream_timeout_s,
+        http_client=DefaultAioHttpClient() if settings.upstream_http_client == "aiohttp" else None,
+    )
+
+
 def build_worker(
     settings: Settings, redis: ArqRedis | None = None, *, handle_signals: bool = True
 ) -> FastPickupWorker:
@@ -70,11 +80,7 @@ def build_worker(
         await outage.call(lambda: publish_agents(pool, agents), "agent publish")
         cancels = CancelListener(pool, outage)
         await cancels.start()
-        client = AsyncOpenAI(
-            base_url=settings.upstream_base_url,
-            api_key=settings.openai_api_key.get_secret_value(),
-            timeout=settings.upstream_timeout_s,
-        )
+        client = upstream_client(settings)
         state = TurnState(pool, Retention.from_settings(settings))
         ctx["cancels"] = cancels
         ctx["client"] = client

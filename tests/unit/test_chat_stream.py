@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, DefaultAioHttpClient
 
+from shared.settings import Settings
 from worker import chat_stream
 from worker.chat_stream import chat_chunks
+from worker.service import upstream_client
 
 REQUEST = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -51,12 +53,15 @@ class Upstream:
             writer.close()
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[tuple[Upstream, AsyncOpenAI]]:
+@pytest.fixture(params=["aiohttp", "httpx"])
+async def upstream(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Upstream, AsyncOpenAI]]:
+    """A worker's client on either transport (TURNSTREAM_UPSTREAM_HTTP_CLIENT), and the server it calls."""
     state = Upstream()
     server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+    settings = Settings(_env_file=None, openai_base_url=f"http://127.0.0.1:{port}/v1",  # type: ignore[call-arg]
+                        upstream_http_client=request.param)
+    client = upstream_client(settings)
     yield state, client
     await client.close()
     server.close()
@@ -92,3 +97,12 @@ async def test_a_body_held_open_after_done_is_not_waited_for(
 
     async with asyncio.timeout(5):
         assert await texts(client) == ["a", "b"]
+
+
+def test_the_transport_is_the_one_the_settings_name() -> None:
+    aiohttp_client = upstream_client(Settings(_env_file=None, upstream_http_client="aiohttp"))  # type: ignore[call-arg]
+    httpx_client = upstream_client(Settings(_env_file=None, upstream_http_client="httpx"))  # type: ignore[call-arg]
+
+    # The SDK keeps its HTTP client private; the type is all there is to tell the transports apart.
+    assert isinstance(aiohttp_client._client, DefaultAioHttpClient)
+    assert not isinstance(httpx_client._client, DefaultAioHttpClient)
