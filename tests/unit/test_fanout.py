@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -68,15 +69,24 @@ class Harness:
             return [event async for event in self.fanout.events(response_id, after_seq)]
 
 
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
+@contextlib.asynccontextmanager
+async def running(**fanout_options: float) -> AsyncIterator[Harness]:
+    """A started fan-out on its own embedded Redis (`fanout_options` shorten its timers), stopped after."""
     embedded = EmbeddedRedis()
     redis = embedded.client(SETTINGS)
-    fanout = Fanout(redis, embedded.client(SETTINGS), poll_s=0.05)
+    fanout = Fanout(redis, embedded.client(SETTINGS), **fanout_options)  # type: ignore[arg-type]
     await fanout.start()
-    yield Harness(redis, TurnState(redis, Retention.from_settings(SETTINGS)), fanout)
-    async with asyncio.timeout(GUARD_S):
-        await fanout.stop()
+    try:
+        yield Harness(redis, TurnState(redis, Retention.from_settings(SETTINGS)), fanout)
+    finally:
+        async with asyncio.timeout(GUARD_S):
+            await fanout.stop()
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    async with running(poll_s=0.05) as started:
+        yield started
 
 
 async def until_watched(fanout: Fanout, streams: int = 1) -> None:
@@ -462,12 +472,8 @@ async def test_a_subscriber_whose_transport_is_backed_up_gets_frames_through_its
 
 
 async def test_an_idle_subscriber_gets_an_empty_batch_when_a_keepalive_is_due() -> None:
-    embedded = EmbeddedRedis()
-    redis = embedded.client(SETTINGS)
-    fanout = Fanout(redis, embedded.client(SETTINGS), keepalive_s=0.05)
-    await fanout.start()
-    harness = Harness(redis, TurnState(redis, Retention.from_settings(SETTINGS)), fanout)
-    try:
+    async with running(keepalive_s=0.05) as harness:
+        fanout = harness.fanout
         response_id = await harness.new_turn()
         subscription = fanout.subscribe(response_id)
         await registered(subscription)
@@ -475,17 +481,11 @@ async def test_an_idle_subscriber_gets_an_empty_batch_when_a_keepalive_is_due() 
             assert await anext(subscription) == []
         await harness.produce(response_id, 1)
         assert [frame.event.seq for frame in await drain(subscription)] == [1, 2]
-    finally:
-        await fanout.stop()
 
 
 async def test_a_consumer_blocked_past_the_stall_timeout_is_reported_once_per_tick() -> None:
-    embedded = EmbeddedRedis()
-    redis = embedded.client(SETTINGS)
-    fanout = Fanout(redis, embedded.client(SETTINGS), stall_timeout_s=0.05)
-    await fanout.start()
-    harness = Harness(redis, TurnState(redis, Retention.from_settings(SETTINGS)), fanout)
-    try:
+    async with running(stall_timeout_s=0.05) as harness:
+        fanout = harness.fanout
         response_id = await harness.new_turn()
         subscription = fanout.subscribe(response_id)
         await registered(subscription)
@@ -495,17 +495,11 @@ async def test_a_consumer_blocked_past_the_stall_timeout_is_reported_once_per_ti
         async with asyncio.timeout(GUARD_S):
             await stalled.wait()
         await subscription.aclose()
-    finally:
-        await fanout.stop()
 
 
 async def test_subscribers_of_a_response_deleted_mid_turn_end() -> None:
-    embedded = EmbeddedRedis()
-    redis = embedded.client(SETTINGS)
-    fanout = Fanout(redis, embedded.client(SETTINGS), check_quiet_s=0.05)
-    await fanout.start()
-    harness = Harness(redis, TurnState(redis, Retention.from_settings(SETTINGS)), fanout)
-    try:
+    async with running(check_quiet_s=0.05) as harness:
+        fanout, redis = harness.fanout, harness.redis
         response_id = await harness.new_turn()
         await harness.write(response_id, 2)
         subscription = fanout.subscribe(response_id)
@@ -515,8 +509,6 @@ async def test_subscribers_of_a_response_deleted_mid_turn_end() -> None:
 
         assert await drain(subscription) == []
         assert fanout.watched == 0
-    finally:
-        await fanout.stop()
 
 
 async def test_a_finished_response_whose_stream_expired_replays_its_terminal_event(harness: Harness) -> None:
