@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.models import TERMINAL_STATUSES, TurnRequest
+from shared.models import TERMINAL_STATUSES_LUA, TurnRequest
 
 WINDOW_MS = 60_000
 
 # A slot whose response has no record is dropped only once it is older than this.
 UNSTORED_GRACE_MS = 30_000
 
-_TERMINAL_LUA = "{" + ",".join(f"['{s}']=true" for s in sorted(TERMINAL_STATUSES)) + "}"
 
 _NOW_MS = """
 local function now_ms()
@@ -67,7 +66,7 @@ return {2, id, f[1], limit, f[3], limit - used - 1, window, 0}
 # takes a slot when this is below the key's limit.
 LIVE_TURNS_FN = f"""
 local function live_turns(inflight, limit, now, grace_ms)
-  local TERMINAL = {_TERMINAL_LUA}
+  local TERMINAL = {TERMINAL_STATUSES_LUA}
   local live = redis.call('ZCARD', inflight)
   if live < limit then return live end
   local members = redis.call('ZRANGE', inflight, 0, -1, 'WITHSCORES')

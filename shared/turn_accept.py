@@ -22,12 +22,10 @@ from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 
 from shared import events, keys
-from shared.models import DEFAULT_PROJECT, TERMINAL_STATUSES
+from shared.models import DEFAULT_PROJECT, TERMINAL_STATUSES_LUA
 from shared.queue import ENQUEUE_FN, MAX_WAKE_TOKENS, job_bytes
 from shared.rate_limits import LIVE_TURNS_FN, UNSTORED_GRACE_MS
 from shared.turn_state import APPEND_FN, Retention
-
-_TERMINAL_LUA = "{" + ",".join(f"['{s}']=true" for s in sorted(TERMINAL_STATUSES)) + "}"
 
 # KEYS: 1 response, 2 events, 3 active turns, 4 queue, 5 arq job, 6 arq result, 7 queue wake,
 #       8 conversation, 9 conversation turns, 10 key in-flight set, 11 idempotency claim.
@@ -42,7 +40,7 @@ _ACCEPT = (
     + ENQUEUE_FN
     + LIVE_TURNS_FN
     + f"""
-local TERMINAL = {_TERMINAL_LUA}
+local TERMINAL = {TERMINAL_STATUSES_LUA}
 local rid, now = ARGV[1], tonumber(ARGV[2])
 local in_conversation = ARGV[4] ~= ''
 if in_conversation then

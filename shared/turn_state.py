@@ -19,12 +19,10 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from shared import events, keys, metrics, webhooks
-from shared.models import DEFAULT_PROJECT, TERMINAL_STATUSES, Status
+from shared.models import DEFAULT_PROJECT, TERMINAL_STATUSES_LUA, Status
 from shared.queue import FINISH_JOB_FN, JobClaim
 from shared.rate_limits import SETTLE_ACCOUNTS_FN
 from shared.settings import Settings
-
-_TERMINAL_LUA = "{" + ",".join(f"['{s}']=true" for s in sorted(TERMINAL_STATUSES)) + "}"
 
 # Appends one event: the sequence number comes from the response hash, so writers never collide.
 APPEND_FN = """
@@ -43,7 +41,7 @@ end
 # batch id is then a no-op instead of a second copy of every event (the last id is all that is needed:
 # one writer owns an attempt and writes its batches one at a time).
 APPEND_EVENTS = APPEND_FN + f"""
-local TERMINAL = {_TERMINAL_LUA}
+local TERMINAL = {TERMINAL_STATUSES_LUA}
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'cancel', 'batch')
 if not st[1] then return {{-1}} end
 if st[2] ~= ARGV[1] then return {{-2}} end
@@ -69,7 +67,7 @@ return {{seq, st[3] or ''}}
 # a field of the record; an older record's is read from its request, which is never written back (cjson
 # would turn [] into {}).
 START_TURN = APPEND_FN + f"""
-local TERMINAL = {_TERMINAL_LUA}
+local TERMINAL = {TERMINAL_STATUSES_LUA}
 local resp = KEYS[1]
 local st = redis.call('HMGET', resp, 'status', 'attempt', 'cancel', 'request', 'progress', 'conversation')
 if not st[1] then return {{'missing', 0, '', '', 0, 0}} end

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from arq.connections import ArqRedis
 
 from shared import keys
-from shared.models import TERMINAL_STATUSES, Status
+from shared.models import TERMINAL_STATUSES_LUA, Status
 from shared.queue import enqueue_turn
 from shared.records import load_response
 from shared.response_object import build_response
@@ -36,12 +36,11 @@ _BATCH = 200
 # A turn younger than this may still be between its record and its enqueue in the API.
 _GRACE_MS = 10_000
 
-_TERMINAL_LUA = "{" + ",".join(f"['{s}']=true" for s in sorted(TERMINAL_STATUSES)) + "}"
 
 # KEYS: active turns, queue. ARGV: response prefix, job prefix, in-progress prefix, now ms, grace ms, start, count.
 # Returns {scanned, removed, stranded ids...}; drops index entries of finished or vanished turns as it goes.
 _SCAN = f"""
-local TERMINAL = {_TERMINAL_LUA}
+local TERMINAL = {TERMINAL_STATUSES_LUA}
 local ids = redis.call('ZRANGE', KEYS[1], ARGV[6], ARGV[6] + ARGV[7] - 1, 'WITHSCORES')
 local out = {{#ids / 2, 0}}
 for i = 1, #ids, 2 do
