@@ -82,8 +82,6 @@ class TurnRunner:
         handle = self.cancels.register(response_id)
         try:
             started = await self._start(response_id)
-            if started is None:
-                return "finished while waiting"
             if started.status_before not in (Status.QUEUED, Status.IN_PROGRESS):
                 return started.status_before
             assert started.request is not None
@@ -99,17 +97,18 @@ class TurnRunner:
         finally:
             self.cancels.unregister(response_id)
 
-    async def _start(self, response_id: str) -> Started | None:
-        """Starts the turn once it heads its conversation's queue; None if it finished while waiting."""
+    async def _start(self, response_id: str) -> Started:
+        """Starts the turn once it heads its conversation's queue (the start script checks that, and drops
+        heads that can never hand over); a turn that finished while waiting (cancelled) comes back as such."""
         while True:
             started = await self.outage.call(lambda: self.state.start(response_id), "turn start")
             if not started.waiting:
                 return started
-            assert started.request is not None
-            conversation_id = TurnRequest.model_validate_json(started.request).conversation_id
-            assert conversation_id is not None
-            if not await self._wait_for_turn(conversation_id, response_id):
-                return None
+            await self.outage.call(lambda: self._woken(response_id), "turn queue")
+
+    async def _woken(self, response_id: str) -> None:
+        """Waits for the turn ahead to wake this one as it commits; the timeout covers a wake that was lost."""
+        await self.redis.blpop([keys.turn_wake(response_id)], timeout=1)
 
     async def _execute(
         self, req: TurnRequest, attempt: int, handle: CancelHandle, claim: JobClaim | None, *, announced: bool
@@ -262,29 +261,6 @@ class TurnRunner:
     async def _history(self, req: TurnRequest) -> list[Item]:
         agent = self._agent(req.model)
         return await context_window.history(self.redis, req, agent, self.settings, self.client) if agent else []
-
-    async def _wait_for_turn(self, conversation_id: str, response_id: str) -> bool:
-        """Blocks until this turn heads its conversation's queue; False if it finished meanwhile (cancel)."""
-        while True:
-            step = await self.outage.call(lambda: self._queue_step(conversation_id, response_id), "turn queue")
-            if step is not None:
-                return step
-
-    async def _queue_step(self, conversation_id: str, response_id: str) -> bool | None:
-        turns = keys.conversation_turns(conversation_id)
-        head = await self.redis.lindex(turns, 0)
-        if head is None or head.decode() == response_id:
-            return True
-        mine = await self.redis.hget(keys.response(response_id), "status")
-        if mine is None or Status(mine.decode()).terminal:
-            return False
-        head_status = await self.redis.hget(keys.response(head.decode()), "status")
-        if head_status is None or Status(head_status.decode()).terminal:
-            # A head that is gone or finished can never hand over; drop it so the queue moves.
-            await self.redis.lrem(turns, 0, head)
-            return None
-        await self.redis.blpop([keys.turn_wake(response_id)], timeout=1)
-        return None
 
     async def _renew_lease(self, claim: JobClaim) -> None:
         """Keeps the job's lease short-lived: if this worker dies, another re-runs the turn soon.
