@@ -22,10 +22,10 @@ from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 
 from shared import events, keys
-from shared.models import DEFAULT_PROJECT, TERMINAL_STATUSES_LUA
+from shared.models import DEFAULT_PROJECT
 from shared.queue import ENQUEUE_FN, MAX_WAKE_TOKENS, job_bytes
 from shared.rate_limits import LIVE_TURNS_FN, UNSTORED_GRACE_MS
-from shared.turn_state import APPEND_FN, Retention
+from shared.turn_state import APPEND_FN, LIVE_HEAD_FN, Retention
 
 # KEYS: 1 response, 2 events, 3 active turns, 4 queue, 5 arq job, 6 arq result, 7 queue wake,
 #       8 conversation, 9 conversation turns, 10 key in-flight set, 11 idempotency claim.
@@ -37,10 +37,10 @@ from shared.turn_state import APPEND_FN, Retention
 # Returns {'accepted'} or {refusal} (see Refusal).
 _ACCEPT = (
     APPEND_FN
+    + LIVE_HEAD_FN
     + ENQUEUE_FN
     + LIVE_TURNS_FN
     + f"""
-local TERMINAL = {TERMINAL_STATUSES_LUA}
 local rid, now = ARGV[1], tonumber(ARGV[2])
 local in_conversation = ARGV[4] ~= ''
 if in_conversation then
@@ -59,15 +59,9 @@ if ARGV[7] ~= '' and live_turns(KEYS[10], tonumber(ARGV[7]), now, tonumber(ARGV[
 end
 if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[9]) then return {{'queue_full'}} end
 if in_conversation then
-  -- Heads that finished without leaving the queue are dropped, so they can never lock a conversation.
-  while true do
-    local head = redis.call('LINDEX', KEYS[9], 0)
-    if not head then break end
-    local st = redis.call('HGET', '{keys.RESPONSE_PREFIX}' .. head, 'status')
-    if not (st and TERMINAL[st]) then break end
-    redis.call('LPOP', KEYS[9])
-  end
-  if ARGV[5] == 'reject' and redis.call('LLEN', KEYS[9]) > 0 then return {{'conversation_locked'}} end
+  -- Dead heads are dropped whatever the policy (see live_head); under `reject` a live one refuses the turn.
+  local head = live_head(KEYS[9])
+  if head and ARGV[5] == 'reject' then return {{'conversation_locked'}} end
 end
 
 if ARGV[7] ~= '' then redis.call('ZADD', KEYS[10], now, rid) end

@@ -58,15 +58,30 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {{seq, st[3] or ''}}
 """
 
+# The first turn of a conversation's queue that can still hand over, or nil for none. Heads that finished
+# without leaving the queue, or whose record is gone (deleted, expired), never will: they are dropped on the
+# way, so they can never lock the conversation.
+LIVE_HEAD_FN = f"""
+local function live_head(turns)
+  local TERMINAL = {TERMINAL_STATUSES_LUA}
+  while true do
+    local head = redis.call('LINDEX', turns, 0)
+    if not head then return nil end
+    local st = redis.call('HGET', '{keys.RESPONSE_PREFIX}' .. head, 'status')
+    if st and not TERMINAL[st] then return head end
+    redis.call('LPOP', turns)
+  end
+end
+"""
+
 # KEYS: response hash, events stream. ARGV: maxlen, stream ttl, in_progress event type, response id,
-#       conversation key prefix, turns key suffix, response key prefix.
+#       conversation key prefix, turns key suffix.
 # Returns {status_before, attempt, cancel_flag, request json, waiting, announced}; a missing record is
 # 'missing' and a finished one its status, neither started. One writer per conversation: a turn starts only
-# at the head of its conversation's queue, else the reply says it is waiting (nothing changed). Heads that
-# finished or lost their record can never hand over, so they are dropped on the way. The conversation id is
+# at the head of its conversation's queue, else the reply says it is waiting (see live_head). The conversation id is
 # a field of the record; an older record's is read from its request, which is never written back (cjson
 # would turn [] into {}).
-START_TURN = APPEND_FN + f"""
+START_TURN = APPEND_FN + LIVE_HEAD_FN + f"""
 local TERMINAL = {TERMINAL_STATUSES_LUA}
 local resp = KEYS[1]
 local st = redis.call('HMGET', resp, 'status', 'attempt', 'cancel', 'request', 'progress', 'conversation')
@@ -79,16 +94,8 @@ if request ~= '' then
   local cid = st[6]
   if not cid then cid = cjson.decode(request)['conversation_id'] end
   if type(cid) == 'string' and cid ~= '' then
-    local turns = ARGV[5] .. cid .. ARGV[6]
-    while true do
-      local head = redis.call('LINDEX', turns, 0)
-      if not head or head == ARGV[4] then break end
-      local head_status = redis.call('HGET', ARGV[7] .. head, 'status')
-      if head_status and not TERMINAL[head_status] then
-        return {{status, tonumber(st[2]) or 0, cancel, request, 1, 0}}
-      end
-      redis.call('LREM', turns, 0, head)
-    end
+    local head = live_head(ARGV[5] .. cid .. ARGV[6])
+    if head and head ~= ARGV[4] then return {{status, tonumber(st[2]) or 0, cancel, request, 1, 0}} end
   end
 end
 local attempt = redis.call('HINCRBY', resp, 'attempt', 1)
@@ -257,7 +264,6 @@ class TurnState:
                 response_id,
                 keys.CONVERSATION_PREFIX,
                 keys.TURNS_SUFFIX,
-                keys.RESPONSE_PREFIX,
             ],
         )
         return Started(

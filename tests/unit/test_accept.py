@@ -169,6 +169,19 @@ async def test_reject_refuses_while_a_turn_is_in_the_conversation_and_not_after_
     assert turns == [second.response_id.encode()]
 
 
+async def test_a_head_whose_record_is_gone_does_not_lock_the_conversation(redis: ArqRedis) -> None:
+    conversation_id = await conversation(redis)
+    first = request(conversation_id=conversation_id)
+    await accept(services(redis), first, OPEN)
+    await redis.delete(keys.response(first.response_id))  # expired while still queued: it will never run
+
+    second = request(conversation_id=conversation_id, conversation_lock="reject")
+    await accept(services(redis), second, OPEN)
+
+    turns = await redis.lrange(keys.conversation_turns(conversation_id), 0, -1)
+    assert turns == [second.response_id.encode()]
+
+
 async def test_wait_queues_turns_in_arrival_order(redis: ArqRedis) -> None:
     conversation_id = await conversation(redis)
     reqs = [request(conversation_id=conversation_id) for _ in range(3)]
