@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from measure import free_port
 
 from shared.api_keys import KeyStore
 from shared.redis_conn import connect
@@ -36,11 +36,6 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:

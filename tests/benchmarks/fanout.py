@@ -31,18 +31,17 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 import httpx
 import redis.asyncio as aioredis
+from measure import cpu_seconds, free_port, percentile
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -55,30 +54,9 @@ TARGET_LAG_P99_MS = 50.0
 TARGET_CPU_US = 40.0
 MARK = b'"delta":"@'  # each delta starts with "@<monotonic ns>@"
 PADDING = " lorem ipsum dolor sit amet" * 3  # ~80 characters: a few merged tokens, as the emitter writes them
-CLOCK_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * pct / 100.0
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def cpu_seconds(pid: int) -> float:
-    # Fields 14 and 15 of /proc/<pid>/stat (utime, stime), counted after the parenthesised command name.
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) * CLOCK_TICK_S
 
 
 def rss_mb(pid: int) -> float:

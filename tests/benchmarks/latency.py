@@ -17,7 +17,6 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import IO
 import httpx2
 import openai
 import redis.asyncio as aioredis
+from measure import free_port, percentile
 
 MODEL = "turnstream-mock"
 PROMPT = "count to 5"
@@ -49,12 +49,6 @@ _POLL_ONLY_WORKER = (
 
 # --- the stack under test ----------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def turnstream_exe() -> str:
@@ -301,16 +295,6 @@ async def run_level(client: openai.AsyncOpenAI, concurrency: int, turns: int) ->
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     return results, time.perf_counter() - started
 
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * pct / 100.0
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass

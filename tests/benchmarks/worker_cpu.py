@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,9 +30,9 @@ from pathlib import Path
 
 import httpx
 import redis
+from measure import cpu_seconds, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # A request whose messages contain "chunks=N spacing=MS" gets that many chunks at that spacing instead of the
 # command line's, so one upstream serves short and long turns side by side. The first content chunk goes out
@@ -124,15 +123,6 @@ asyncio.run(main())
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def wait(check: object, what: str, timeout: float = 30) -> None:
