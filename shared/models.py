@@ -29,8 +29,6 @@ class Status(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset(s.value for s in Status if s.terminal)
-# The same set as a Lua table literal, for the Redis scripts that must tell a finished turn from a live one.
-TERMINAL_STATUSES_LUA = "{" + ",".join(f"['{s}']=true" for s in sorted(TERMINAL_STATUSES)) + "}"
 
 LockPolicy = Literal["wait", "reject"]
 

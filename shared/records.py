@@ -37,6 +37,17 @@ async def load_response(redis: Redis, response_id: str) -> ResponseRecord | None
     )
 
 
+async def conversation_of(redis: Redis, response_id: str) -> str | None:
+    """The conversation a turn belongs to (None for none), from its record's `conversation` field, or from its
+    request for a record written before that field existed."""
+    conversation, request = await redis.hmget(keys.response(response_id), ["conversation", "request"])
+    if conversation is not None:
+        return conversation.decode() or None
+    if request is None:
+        return None
+    return TurnRequest.model_validate_json(request).conversation_id
+
+
 async def load_conversation(redis: Redis, conversation_id: str) -> dict[str, Any] | None:
     """The stored conversation: the object the API returns, plus its `project` (which the API strips)."""
     raw = await redis.get(keys.conversation(conversation_id))

@@ -386,7 +386,7 @@ async def _take_over_after_first_delta(stack: Stack, response_id: str) -> None:
             assert time.monotonic() < deadline, "attempt 1 never streamed"
             await asyncio.sleep(0.01)
         state = TurnState(redis, Retention.from_settings(stack.settings))
-        started = await state.start(response_id)  # from here on attempt 1's writes are refused
+        started = await state.start(response_id, None)  # from here on attempt 1's writes are refused
         assert started.attempt == 2
         record = await load_response(redis, response_id)
         assert record is not None

@@ -33,13 +33,15 @@ log = logging.getLogger(__name__)
 _JOB_TIMEOUT_S = 24 * 3600
 
 
-async def run_turn(ctx: dict[str, Any], response_id: str) -> str:
+async def run_turn(ctx: dict[str, Any], response_id: str, conversation_id: str | None = None) -> str:
+    """One turn's job. `conversation_id` is '' for a turn on its own; None only in a job enqueued by an older
+    API node, whose record then tells."""
     runner: TurnRunner = ctx["runner"]
     job_id: str = ctx["job_id"]
     token, _ = ctx["claims"].get(job_id, (None, 0))
     with log_context(response_id=response_id):
         try:
-            result = await runner.run(response_id, job_id, token)
+            result = await runner.run(response_id, conversation_id, job_id, token)
         except TRANSIENT as exc:
             # arq deletes a job whose function raised; a Redis outage is not the turn's failure, so the job
             # goes back on the queue instead and the re-run continues from what was streamed.
