@@ -15,12 +15,10 @@ from api.deps import Services
 from api.errors import APIError, invalid, not_found
 from api.idempotency import Claim, in_use
 from api.schemas import CreateResponseBody, function_tools, normalise_input
-from shared import events, ids, keys, metrics, tracing
+from shared import events, ids, metrics, response_record, tracing
 from shared.events import StreamEvent
 from shared.logs import add_log_context
-from shared.models import DEFAULT_PROJECT, AgentCard, Status, TurnRequest
-from shared.rate_limits import turn_accounting
-from shared.records import load_response
+from shared.models import AgentCard, Status, TurnRequest
 from shared.response_object import build_response
 from shared.turn_accept import NewTurn, Refusal, Slot
 
@@ -95,13 +93,7 @@ async def build_request(svc: Services, body: CreateResponseBody, caller: Caller)
 
 async def is_stored_response(svc: Services, response_id: str, project: str) -> bool:
     """Whether `response_id` names a stored response of `project` that a new turn may build on."""
-    if not ids.is_id(response_id, ids.RESPONSE):
-        return False
-    status, owner, request = await svc.redis.hmget(keys.response(response_id), ["status", "project", "request"])
-    if status is None or request is None or (owner.decode() if owner else DEFAULT_PROJECT) != project:
-        return False
-    # A store=false response is never a base for another turn, as with OpenAI.
-    return TurnRequest.model_validate_json(request).store
+    return ids.is_id(response_id, ids.RESPONSE) and await response_record.is_base_for(svc.redis, response_id, project)
 
 
 async def agent_card(svc: Services, model: str) -> AgentCard | None:
@@ -170,16 +162,9 @@ def _render(req: TurnRequest) -> NewTurn:
         project=req.project,
         conversation_id=req.conversation_id,
         conversation_lock=req.conversation_lock,
-        record={
-            "status": Status.QUEUED.value,
-            "attempt": 0,
-            "seq": -1,
-            "request": request_json,
-            "response": response_json,
-            "progress": progress,
-            "conversation": req.conversation_id or "",  # for the start script, which then needs no JSON decode
-            **turn_accounting(req),
-        },
+        record=response_record.new_record(
+            req, response_json=response_json, request_json=request_json, progress=progress
+        ),
         first_events=encoded,
     )
 
@@ -223,7 +208,7 @@ async def wait_final(svc: Services, response_id: str, timeout_s: float) -> dict[
                     break
     except TimeoutError:
         pass
-    record = await load_response(svc.redis, response_id)
+    record = await response_record.load(svc.redis, response_id)
     if record is None:
         raise not_found("Response", response_id)
     return record.response

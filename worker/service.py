@@ -19,8 +19,8 @@ from shared.redis_conn import redis_settings
 from shared.settings import Settings
 from shared.turn_state import Retention, TurnState
 from worker.agents import AgentRegistry, load_agents
+from worker.arq_worker import FastPickupWorker
 from worker.cancel_listener import CancelListener
-from worker.fast_pickup import FastPickupWorker
 from worker.redis_retry import TRANSIENT, Outage
 from worker.sweeper import Sweeper
 from worker.turn import TurnRunner

@@ -19,7 +19,7 @@ import openai
 from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
-from shared import events, keys, records
+from shared import events, keys, response_record
 from shared.logs import add_log_context
 from shared.models import PROMPT_TOO_LONG, Item, Status, TurnOutcome, TurnRequest
 from shared.queue import JobClaim
@@ -63,7 +63,7 @@ class TurnRunner:
         self.client = client
         self.cancels = cancels
         # The worker's claims (job id -> token, score): a job whose commit finished it leaves them, so the
-        # worker sends no bookkeeping of its own for it (see worker/fast_pickup.py).
+        # worker sends no bookkeeping of its own for it (see worker/arq_worker.py).
         self.claims = claims
 
     async def run(
@@ -85,7 +85,7 @@ class TurnRunner:
         try:
             if conversation_id is None:
                 conversation_id = await self.outage.call(
-                    lambda: records.conversation_of(self.redis, response_id), "turn start"
+                    lambda: response_record.conversation_of(self.redis, response_id), "turn start"
                 )
             started = await self._start(response_id, conversation_id)
             if started.status_before not in (Status.QUEUED, Status.IN_PROGRESS):

@@ -17,8 +17,8 @@ from openai import OpenAI
 
 from shared import ids, keys
 from shared.models import TurnRequest
-from shared.records import response_chain_items
 from shared.redis_conn import connect
+from shared.response_record import chain_items
 from shared.settings import Settings
 from tests.integration.conftest import wait_for
 from tests.integration.keyed_stack import KeyedStack, M, http
@@ -177,8 +177,8 @@ def test_the_history_loader_stops_at_a_response_of_another_project(keyed: KeyedS
             foreign = await _store_turn(redis_client, "team-a", "secret plans", None)
             own = await _store_turn(redis_client, "team-b", "hello", foreign)
             return (
-                await response_chain_items(redis_client, own, 10, "team-b"),
-                await response_chain_items(redis_client, own, 10, "team-a"),
+                await chain_items(redis_client, own, 10, "team-b"),
+                await chain_items(redis_client, own, 10, "team-a"),
             )
         finally:
             await redis_client.aclose()

@@ -11,9 +11,10 @@ from api.auth import _bearer, duration
 from shared import ids, keys
 from shared.api_keys import KeyStore, SeedKey, digest
 from shared.models import Status, TurnOutcome, TurnRequest, Usage
-from shared.rate_limits import Limiter, turn_accounting
+from shared.rate_limits import Limiter
 from shared.redis_conn import EmbeddedRedis
 from shared.response_object import build_response
+from shared.response_record import accounts
 from shared.settings import Settings
 from shared.turn_state import Retention, TurnState
 
@@ -51,7 +52,7 @@ async def test_a_finished_turn_frees_its_slot_and_counts_its_tokens_once(redis: 
     key, _ = await KeyStore(redis, SETTINGS).create("p", max_concurrent=1)
     req = TurnRequest(response_id=ids.response_id(), model="m", input=[], project="p", key_id=key.id)
     await redis.hset(keys.response(req.response_id), mapping={"status": "in_progress", "attempt": 1,
-                                                              **turn_accounting(req)})
+                                                              **accounts(req)})
     await redis.zadd(keys.api_key_inflight(key.id), {req.response_id: 0})  # the slot its accept took
     state = TurnState(redis, Retention(600, 600, 600, 1000))
     outcome = TurnOutcome(status=Status.COMPLETED, usage=Usage(input_tokens=7, output_tokens=5))

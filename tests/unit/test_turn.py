@@ -24,8 +24,8 @@ from shared.stream_tail import read_after
 from shared.turn_state import TurnState
 from tests.queued_records import store_queued
 from worker.agents import Agent, AgentRegistry
+from worker.arq_worker import FastPickupWorker
 from worker.cancel_listener import CancelListener
-from worker.fast_pickup import FastPickupWorker
 from worker.job_leases import JobLeases
 from worker.redis_retry import Outage
 from worker.service import run_turn
@@ -155,7 +155,8 @@ async def test_in_progress_is_published_once_whoever_writes_it(redis: ArqRedis, 
 async def test_a_rerun_announces_itself_with_its_own_in_progress(redis: ArqRedis) -> None:
     worker = Worker(redis)
     req = await accepted(redis)
-    await TurnState(redis, worker.runner.state.retention).start(req.response_id, req.conversation_id)  # attempt 1 died after its start
+    # Attempt 1 died after its start.
+    await TurnState(redis, worker.runner.state.retention).start(req.response_id, req.conversation_id)
     job_id, token = await worker.claim()
 
     await worker.runner.run(req.response_id, req.conversation_id, job_id, token)
