@@ -32,8 +32,6 @@ class Field(enum.StrEnum):
     PROGRESS = "progress"  # the encoded `response.in_progress` event the start script publishes; then dropped
     CONVERSATION = "conversation"  # the conversation id, '' for none (records of older API nodes lack it)
     PROJECT = "project"  # whose turn it is
-    INFLIGHT = "inflight"  # the API key's in-flight set the turn holds a slot in (keyed deployments)
-    USAGE = "usage"  # the project's usage hash the commit adds the turn's tokens to
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ class ResponseRecord:
 
 def new_record(req: TurnRequest, *, response_json: str, request_json: str, progress: str) -> dict[str, str | int]:
     """The fields the accept writes for a queued turn."""
-    record: dict[str, str | int] = {
+    return {
         Field.STATUS: Status.QUEUED.value,
         Field.ATTEMPT: 0,
         Field.SEQ: -1,
@@ -54,17 +52,8 @@ def new_record(req: TurnRequest, *, response_json: str, request_json: str, progr
         Field.RESPONSE: response_json,
         Field.PROGRESS: progress,
         Field.CONVERSATION: req.conversation_id or "",
-        **accounts(req),
+        Field.PROJECT: req.project,
     }
-    return record
-
-
-def accounts(req: TurnRequest) -> dict[str, str]:
-    """Whose turn it is, and what the commit settles when it ends (`settle_accounts` in shared/lua/lib.lua)."""
-    fields = {Field.PROJECT.value: req.project, Field.USAGE.value: keys.project_usage(req.project)}
-    if req.key_id is not None:
-        fields[Field.INFLIGHT.value] = keys.api_key_inflight(req.key_id)
-    return fields
 
 
 async def load(redis: Redis, response_id: str) -> ResponseRecord | None:

@@ -145,6 +145,7 @@ class TurnState:
         response_ttl_s: int | None = None,
         stream_ttl_s: int | None = None,
         project: str = DEFAULT_PROJECT,
+        key_id: str | None = None,
         pending: Sequence[events.Event] = (),
         job: JobClaim | None = None,
     ) -> bool:
@@ -170,6 +171,8 @@ class TurnState:
                 keys.webhook_endpoints(project),
                 keys.WEBHOOK_OUTBOX,
                 keys.turn_wake(response_id),
+                keys.api_key_inflight(key_id or ""),  # unused without a key
+                keys.project_usage(project),
                 *(job or _NO_JOB).keys(),
             ],
             args=[
@@ -187,6 +190,7 @@ class TurnState:
                 webhooks.outbox_entry(project, response_id, final.value, response),
                 job.job_id if job else "",
                 job.token if job else "",
+                "1" if key_id else "",
                 len(pending),
                 *pending_args,
                 *(events.encode(item) for item in items),

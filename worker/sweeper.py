@@ -112,6 +112,7 @@ class Sweeper:
                 conversation_id=record.request.conversation_id,
                 items=[],
                 project=record.request.project,
+                key_id=record.request.key_id,
             )
             return False
         # arq refuses a job id whose result it still keeps, and stops running one past its own try count;

@@ -249,6 +249,7 @@ class TurnRunner:
                 response_ttl_s=unstored_ttl,
                 stream_ttl_s=unstored_ttl,
                 project=req.project,
+                key_id=req.key_id,
                 pending=pending,
                 job=claim,
             ),

@@ -99,6 +99,7 @@ async def cancel_response(response_id: str, svc: ServicesDep, caller: CallerDep)
             conversation_id=record.request.conversation_id,
             items=[],
             project=record.request.project,
+            key_id=record.request.key_id,
         ):
             return cancelled
     if not record.status.terminal:

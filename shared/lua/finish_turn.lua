@@ -3,13 +3,13 @@
 -- turn, and the finish of the job it ran under. Returns 1 when committed, 0 when the turn was not in the
 -- expected state (already committed): then nothing is written and the job is left as it was.
 local resp, stream, items, turns, conv, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local endpoints, outbox, own_wake = KEYS[7], KEYS[8], KEYS[9]
-local marker, running, retry, job, abort = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]  -- JobClaim.keys()
+local endpoints, outbox, own_wake, inflight, usage = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local marker, running, retry, job, abort = KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]  -- JobClaim.keys()
 local expect, attempt_expected, maxlen, stream_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local response_ttl, conversation_ttl, final, response_json = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local terminal_type, terminal_json, rid, outbox_entry = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-local job_id, token, n_pending = ARGV[13], ARGV[14], tonumber(ARGV[15])
-local FIRST_PENDING = 16  -- n_pending (type, json) pairs, then the conversation items to append
+local job_id, token, has_slot, n_pending = ARGV[13], ARGV[14], ARGV[15] == '1', tonumber(ARGV[16])
+local FIRST_PENDING = 17  -- n_pending (type, json) pairs, then the conversation items to append
 local pending_end = FIRST_PENDING - 1 + 2 * n_pending
 
 local st = redis.call('HMGET', resp, 'status', 'attempt')
@@ -23,7 +23,7 @@ if redis.call('EXISTS', conv) == 1 then
   redis.call('EXPIRE', conv, conversation_ttl)
 end
 redis.call('HSET', resp, 'status', final, 'response', response_json)
-settle_accounts(resp, rid, response_json)
+settle_accounts(inflight, usage, has_slot, rid, response_json)
 -- What the turn's emitter had not written yet goes out here, in order, before the terminal event.
 for i = FIRST_PENDING, pending_end, 2 do append(resp, stream, attempt, maxlen, ARGV[i], ARGV[i + 1]) end
 append(resp, stream, attempt, maxlen, terminal_type, terminal_json)

@@ -77,18 +77,16 @@ local function live_turns(inflight, limit, now, grace_ms)
   return live
 end
 
--- Called as a turn commits: frees its API key's slot and adds its usage to its project's day. The response
--- hash names the keys (fields `inflight`, `usage`), so every path that ends a turn settles it without
--- knowing about keys. The Response JSON is decoded once per turn, here.
-local function settle_accounts(resp, response_id, response_json)
-  local acct = redis.call('HMGET', resp, 'inflight', 'usage')
-  if acct[1] then redis.call('ZREM', acct[1], response_id) end
-  if not acct[2] then return end
+-- Called as a turn commits: frees its API key's slot (`inflight` is that key's set; a turn of no key holds
+-- none and leaves it alone) and adds its usage to its project's day. The Response JSON is decoded once per
+-- turn, here.
+local function settle_accounts(inflight, usage_key, has_slot, response_id, response_json)
+  if has_slot then redis.call('ZREM', inflight, response_id) end
   local day = math.floor(tonumber(redis.call('TIME')[1]) / 86400)
-  redis.call('HINCRBY', acct[2], day .. ':turns', 1)
+  redis.call('HINCRBY', usage_key, day .. ':turns', 1)
   local usage = cjson.decode(response_json)['usage']
   if type(usage) == 'table' then
-    redis.call('HINCRBY', acct[2], day .. ':input_tokens', tonumber(usage['input_tokens']) or 0)
-    redis.call('HINCRBY', acct[2], day .. ':output_tokens', tonumber(usage['output_tokens']) or 0)
+    redis.call('HINCRBY', usage_key, day .. ':input_tokens', tonumber(usage['input_tokens']) or 0)
+    redis.call('HINCRBY', usage_key, day .. ':output_tokens', tonumber(usage['output_tokens']) or 0)
   end
 end
