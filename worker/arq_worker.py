@@ -17,8 +17,9 @@ with `job_completion_wait`) and its key names; it replaces arq's polling, claimi
 
 Where turnstream writes arq's data itself: the job record and its queue entry (shared/queue.py, with
 arq's `serialize_job`, in the accept and enqueue scripts), arq's key names (shared/keys.py, from
-`arq.constants`), and arq's finish bookkeeping (`finish_job` in shared/lua/lib.lua). Nothing else in the
-service imports arq's worker.
+`arq.constants`), and arq's finish bookkeeping (`finish_job` in shared/lua/lib.lua). arq's job aborts stay
+off (`allow_abort_jobs`): a turn's cancel is its own (worker/cancel_listener.py), so arq's one fixed abort
+set is never written. Nothing else in the service imports arq's worker.
 
 Pickup: arq polls its queue every `poll_delay` (0.5 s by default), which adds ~250 ms to every first token.
 Here the API pushes a token to a wake list on every enqueue and an idle worker BLPOPs it, so pickup takes a

@@ -4,7 +4,7 @@
 -- expected state (already committed): then nothing is written and the job is left as it was.
 local resp, stream, items, turns, conv, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local endpoints, outbox, own_wake, inflight, usage = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local marker, running, retry, job, abort = KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]  -- JobClaim.keys()
+local marker, running, retry, job = KEYS[12], KEYS[13], KEYS[14], KEYS[15]  -- JobClaim.keys()
 local expect, attempt_expected, maxlen, stream_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local response_ttl, conversation_ttl, final, response_json = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local terminal_type, terminal_json, rid, outbox_entry = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
@@ -43,5 +43,5 @@ if redis.call('LREM', turns, 0, rid) > 0 then
   end
 end
 -- The turn's job is over with its commit: finished here, its worker has no bookkeeping left to send.
-if job_id ~= '' then finish_job(marker, running, retry, job, abort, job_id, token) end
+if job_id ~= '' then finish_job(marker, running, retry, job, job_id, token) end
 return 1

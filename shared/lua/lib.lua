@@ -45,11 +45,11 @@ local function release_lease(marker, running, job_id, token)
 end
 
 -- What arq's finish_job does for a job that ran (its run counter and record go, so nothing runs it again;
--- an abort request for it is dropped; no result is kept, nothing reads them), then the release of its lease.
--- Keys as `JobClaim.keys()`.
-local function finish_job(marker, running, retry, job, abort, job_id, token)
+-- no result is kept, nothing reads them), then the release of its lease. Keys as `JobClaim.keys()`. arq's
+-- abort set is left alone: the workers run with arq's aborts off, so nothing ever writes it (and it is one
+-- fixed key for every job, which no script working within one job's keys may touch).
+local function finish_job(marker, running, retry, job, job_id, token)
   redis.call('DEL', retry, job)
-  redis.call('ZREM', abort, job_id)
   return release_lease(marker, running, job_id, token)
 end
 
