@@ -17,6 +17,10 @@ class Settings(BaseSettings):
     # Unset means the embedded in-process fakeredis, which only `turnstream dev` can use.
     redis_url: str | None = None
     queue_name: str = "turnstream:queue"
+    # Replicas that must acknowledge a turn's accept and its commit before the service answers (Redis WAIT):
+    # narrows the writes a failover can lose. 0 = answer once the primary has it (Redis' own default).
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout_ms: int = Field(default=100, ge=1)  # then the answer goes out anyway, counted
 
     # --- Upstream model ----------------------------------------------------------------------
     # Unset base URL means the built-in mock model served by `turnstream dev` (or `turnstream mock`).

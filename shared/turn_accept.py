@@ -22,7 +22,7 @@ from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 
 from shared import events, keys
-from shared.lua import scripts
+from shared.lua import NO_WAIT, Durability, call, scripts
 from shared.queue import MAX_WAKE_TOKENS, job_bytes
 from shared.rate_limits import UNSTORED_GRACE_MS
 from shared.turn_state import Retention
@@ -77,8 +77,16 @@ class NewTurn:
 class TurnAcceptor:
     """Accepts turns with the accept script (shared/lua/accept_turn.lua)."""
 
-    def __init__(self, redis: ArqRedis, retention: Retention, queue_name: str, max_queue_depth: int) -> None:
+    def __init__(
+        self,
+        redis: ArqRedis,
+        retention: Retention,
+        queue_name: str,
+        max_queue_depth: int,
+        durability: Durability = NO_WAIT,
+    ) -> None:
         self.redis = redis
+        self.durability = durability
         self.retention = retention
         self.queue_name = queue_name
         self.max_queue_depth = max_queue_depth
@@ -100,7 +108,9 @@ class TurnAcceptor:
             argv += [kind, body]
         for field, value in turn.record.items():
             argv += [field, value]
-        reply = await self._accept(
+        reply = await call(
+            self.redis,
+            self._accept,
             keys=[
                 keys.response(rid),
                 keys.events(rid),
@@ -115,6 +125,7 @@ class TurnAcceptor:
                 keys.idempotency("", "", "") if claim is None else claim.key,  # unused without a claim
             ],
             args=argv,
+            durability=self.durability,
         )
         answer = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         return None if answer == "accepted" else Refusal(answer)

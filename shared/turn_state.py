@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from shared import events, keys, metrics, webhooks
-from shared.lua import scripts
+from shared.lua import NO_WAIT, Durability, call, scripts
 from shared.models import DEFAULT_PROJECT, Status
 from shared.queue import JobClaim
 from shared.settings import Settings
@@ -66,9 +66,10 @@ class Retention:
 class TurnState:
     """The scripts, registered once per Redis client."""
 
-    def __init__(self, redis: Redis, retention: Retention) -> None:
+    def __init__(self, redis: Redis, retention: Retention, durability: Durability = NO_WAIT) -> None:
         self.redis = redis
         self.retention = retention
+        self.durability = durability  # for the commit
         registered = scripts(redis)
         self._append = registered.append_events
         self._start = registered.start_turn
@@ -160,7 +161,9 @@ class TurnState:
         pending_args: list[str] = []
         for event in pending:
             pending_args += [event["type"], events.encode(event)]
-        committed = await self._finish(
+        committed = await call(
+            self.redis,
+            self._finish,
             keys=[
                 keys.response(response_id),
                 keys.events(response_id),
@@ -195,6 +198,7 @@ class TurnState:
                 *pending_args,
                 *(events.encode(item) for item in items),
             ],
+            durability=self.durability,
         )
         if committed:
             metrics.turn_finished(final.value, str(response.get("model", "")), project)

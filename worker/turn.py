@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from shared import events, keys, response_record
 from shared.logs import add_log_context
+from shared.lua import Durability
 from shared.models import PROMPT_TOO_LONG, Item, Status, TurnOutcome, TurnRequest
 from shared.queue import JobClaim
 from shared.response_object import build_response
@@ -56,7 +57,7 @@ class TurnRunner:
         self.redis = redis
         self.outage = outage
         self.settings = settings
-        self.state = TurnState(redis, Retention.from_settings(settings))
+        self.state = TurnState(redis, Retention.from_settings(settings), Durability.from_settings(settings))
         self.leases = JobLeases(redis, settings.queue_name, settings.lease_s)
         self.writes = AppendBatcher(self.state, settings.append_tick_ms / 1000)
         self.agents = agents
