@@ -53,6 +53,10 @@ async def conversation_items(redis: Redis, conversation_id: str, start: int = 0,
     return [json.loads(raw) for raw in await redis.lrange(keys.conversation_items(conversation_id), start, end)]
 
 
+# A depth no chain reaches (retention bounds chains): "the whole chain" for truncation "disabled".
+WHOLE_CHAIN = 1_000_000
+
+
 async def response_chain_items(
     redis: Redis, response_id: str, max_depth: int, project: str = DEFAULT_PROJECT
 ) -> list[Item]:
