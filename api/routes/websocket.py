@@ -174,11 +174,12 @@ class _Session:
                     400, f"Cancelled by {CANCEL} before it started; nothing was run.", code="cancelled"
                 ))
             else:
-                await self._run(create.message)
+                await self._run(create)
         return True
 
-    async def _run(self, message: dict[str, Any] | APIError) -> None:
+    async def _run(self, create: _Create) -> None:
         """One create, from its message to its response's terminal event."""
+        message = create.message
         previous = message.get("previous_response_id") if isinstance(message, dict) else None
         try:
             if isinstance(message, APIError):
@@ -199,6 +200,8 @@ class _Session:
             await self._send_error(APIError(500, "Internal server error.", type="server_error", code="server_error"))
             return
         self.in_flight = req.response_id
+        if create.index < self.cancel_before:
+            await self._cancel(req.response_id)  # the cancel came while it was being accepted
         try:
             final = await self._forward(req.response_id, accepted.written)
         finally:
