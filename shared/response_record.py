@@ -148,6 +148,10 @@ async def delete(redis: Redis, response_id: str, record: ResponseRecord) -> None
         await redis.lrem(keys.conversation_turns(record.request.conversation_id), 0, response_id)
 
 
+# A depth no chain reaches (retention bounds chains): "the whole chain" for truncation "disabled".
+WHOLE_CHAIN = 1_000_000
+
+
 async def chain_items(redis: Redis, response_id: str, max_depth: int, project: str = DEFAULT_PROJECT) -> list[Item]:
     """The context a `previous_response_id` carries: every earlier turn's input and output, oldest first.
 

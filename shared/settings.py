@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     # A client whose socket stays full this long (it stopped reading) is dropped; it can resume later.
     sse_stall_timeout_s: float = 30.0
     sync_wait_timeout_s: float = 660.0  # how long a non-stream, non-background request waits
+    # WebSocket mode: a socket's age limit (the Open Responses standard's 60 minutes), after which it ends with
+    # websocket_connection_limit_reached once its in-flight response is done; and how many creates may wait
+    # behind the one in flight before more are refused.
+    websocket_max_connection_s: float = Field(default=3600.0, gt=0)
+    websocket_max_queued_creates: int = Field(default=16, ge=1)
 
     # --- Keys and projects (README "Keys and projects") -----------------------------------------
     # on: every /v1 route needs `Authorization: Bearer <key>`; off: open, one project, for a deployment

@@ -27,8 +27,6 @@ _CHARS_PER_TOKEN = 4
 _ITEM_OVERHEAD = 4  # role and separators each message costs upstream
 # OpenAI's prices for an image: a flat 85 tokens at low detail, 765 for a typical 1024-px image otherwise.
 _IMAGE_TOKENS = {"low": 85, "high": 765, "auto": 765}
-# "disabled" sends every earlier turn of a previous_response_id chain; retention bounds how many there are.
-_WHOLE_CHAIN = 1_000_000
 
 
 def estimate_tokens(item: Item) -> int:
@@ -104,10 +102,15 @@ async def history(
             return items
         tokens = await conversation_estimates(redis, req.conversation_id, items, settings.conversation_ttl_s)
     elif req.previous_response_id:
-        if req.truncation == "disabled":
-            return await response_record.chain_items(redis, req.previous_response_id, _WHOLE_CHAIN, req.project)
         limit = settings.history_max_items
-        items = window(await response_record.chain_items(redis, req.previous_response_id, limit, req.project), limit)
+        if req.context is not None:
+            chain = req.context  # a store:false chain, carried from the API's WebSocket state
+        else:
+            depth = response_record.WHOLE_CHAIN if req.truncation == "disabled" else limit
+            chain = await response_record.chain_items(redis, req.previous_response_id, depth, req.project)
+        if req.truncation == "disabled":
+            return chain
+        items = window(chain, limit)
         tokens = [estimate_tokens(i) for i in items]
     else:
         return []

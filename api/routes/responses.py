@@ -17,11 +17,10 @@ from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateResponseBody
 from api.sse import SSEResponse, ensure_capacity
-from api.turns import Accepted, accept, build_request, wait_final
+from api.turns import Accepted, accept, build_request, cancel, wait_final
 from shared import ids, response_record
 from shared.events import MAX_SEQUENCE_NUMBER
-from shared.models import PROMPT_TOO_LONG, Status, TurnOutcome
-from shared.response_object import build_response
+from shared.models import PROMPT_TOO_LONG, Status
 from shared.response_record import ResponseRecord
 
 router = APIRouter(prefix="/v1/responses", tags=["responses"], route_class=JSONBodyRoute)
@@ -88,22 +87,10 @@ async def get_response(
 async def cancel_response(response_id: str, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Cancel a response; idempotent, honoured before pickup, and returns the Response."""
     record = await _record(svc, response_id, caller.project)
-    if record.status == Status.QUEUED:
-        cancelled = build_response(record.request, Status.CANCELLED, TurnOutcome(status=Status.CANCELLED))
-        if await svc.state.finish(
-            response_id,
-            expect=Status.QUEUED,
-            attempt=None,
-            final=Status.CANCELLED,
-            response=cancelled,
-            conversation_id=record.request.conversation_id,
-            items=[],
-            project=record.request.project,
-            key_id=record.request.key_id,
-        ):
-            return cancelled
+    cancelled = await cancel(svc, response_id, record)
+    if cancelled is not None:
+        return cancelled
     if not record.status.terminal:
-        await response_record.request_cancel(svc.redis, response_id)
         return await wait_final(svc, response_id, _CANCEL_WAIT_S)
     return record.response
 
