@@ -120,6 +120,25 @@ def arq_retry(job_id: str) -> str:
 ARQ_ABORT_JOBS = abort_jobs_ss
 
 
+# --- upstream model health (worker/upstreams.py, worker/upstream_retry.py) ----------------------
+
+
+def upstream_failures(upstream: str) -> str:
+    """STRING: failed calls to one upstream in a row, fleet-wide; expires a window after the last one."""
+    return f"{PREFIX}upstream-failures:{upstream}"
+
+
+def upstream_cooldown(upstream: str) -> str:
+    """STRING: set (with a TTL of the cooldown) while the upstream is skipped by every worker's new turns."""
+    return f"{PREFIX}upstream-cooldown:{upstream}"
+
+
+def upstream_retry(response_id: str) -> str:
+    """HASH: a turn's retry state across the waits it spends back on the queue: first_failure_ms, failures,
+    deferrals, upstream (index of the one in use), tried (what failed so far, for the final error)."""
+    return f"{PREFIX}upstream-retry:{response_id}"
+
+
 # HASH: agent name -> AgentCard JSON, published by workers at start so any API node can list and validate models.
 AGENTS = f"{PREFIX}agents"
 

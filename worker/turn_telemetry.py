@@ -91,8 +91,9 @@ class TurnTelemetry:
             self._first_output_pending = False
             self._ttft.observe(max(0.0, time.time() - self.req.accepted_at_ms / 1000))
 
-    def model_call(self) -> ModelCall:
-        return ModelCall(self)
+    def model_call(self, upstream: str | None = None) -> ModelCall:
+        """`upstream` names the endpoint called (worker/upstreams.py), when the turn may use several."""
+        return ModelCall(self, upstream)
 
     async def run_tool(self, tool: Tool, arguments: str, *, timeout_s: float, call: ToolCall) -> ToolResult:
         """Runs a server tool inside its `execute_tool` span (current, so the tool's own spans nest under it)."""
@@ -128,8 +129,9 @@ class ModelCall:
 
     waiting = True  # for the first chunk; the agent loop checks this per chunk and nothing else
 
-    def __init__(self, turn: TurnTelemetry) -> None:
+    def __init__(self, turn: TurnTelemetry, upstream: str | None = None) -> None:
         self.turn = turn
+        self.upstream = upstream
         self.started = time.perf_counter()
         self.first_at = 0.0
         self.response_id: str | None = None
@@ -147,6 +149,7 @@ class ModelCall:
                 "gen_ai.provider.name": _PROVIDER,
                 "gen_ai.request.model": turn.upstream_model,
                 "gen_ai.conversation.id": turn.req.conversation_id,
+                "turnstream.upstream": self.upstream,
             },
         )
         return self
