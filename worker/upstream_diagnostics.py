@@ -63,7 +63,7 @@ def _base(url: object) -> str:
 
 async def check_upstream_models(client: AsyncOpenAI, agents: AgentRegistry) -> None:
     """Warns once, at start-up, when the upstream does not list a model an agent runs on."""
-    base = shown_url(client.base_url)
+    base = shown_url(client.base_url).rstrip("/")
     try:
         page = await client.with_options(timeout=_MODELS_CHECK_TIMEOUT_S, max_retries=0).models.list()
         listed = {model.id async for model in page}

@@ -44,7 +44,9 @@ _STATE_MARGIN_S = 600  # the retry state outlives the budget by this much, for a
 class Failure:
     """A failed upstream call that may succeed if tried again."""
 
-    reason: str  # a bounded label: the HTTP status, "connection", "timeout", "first_token_timeout" or "cut"
+    # A bounded label: the HTTP status, "connection", "connection_refused", "timeout", "first_token_timeout",
+    # "cut" (the stream broke off) or "stream_error" (an error chunk mid-stream).
+    reason: str
     detail: str  # what happened, for the log and the turn's error
     status: int | None = None
     retry_after_s: float | None = None
@@ -63,7 +65,9 @@ def classify(exc: BaseException, first_token_timeout_s: float) -> Failure | None
         return Failure(str(status), describe_upstream_error(exc), status, retry_after(exc.response.headers))
     if isinstance(exc, StreamCut):
         return Failure("cut", describe_upstream_error(exc))
-    if isinstance(exc, openai.APITimeoutError) and not refused(exc):
+    if isinstance(exc, openai.APIConnectionError) and refused(exc):
+        return Failure("connection_refused", describe_upstream_error(exc))
+    if isinstance(exc, openai.APITimeoutError):
         return Failure("timeout", describe_upstream_error(exc))
     if isinstance(exc, openai.APIConnectionError):
         return Failure("connection", describe_upstream_error(exc))
@@ -236,7 +240,7 @@ class TurnRetries:
             )
         if not moved:
             metrics.UPSTREAM_RETRIES.labels(route.name, failure.reason).inc()
-            log.warning("retrying in %.1f s after %s from %s", delay, failure.reason, route.name)
+            log.warning("retrying in %.1f s after %s from %s: %s", delay, failure.reason, route.name, failure.detail)
         await self._save()
         return delay
 
