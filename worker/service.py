@@ -79,7 +79,7 @@ def build_worker(
         if settings.worker_metrics_port:
             ctx["metrics"] = metrics.serve(settings.host, settings.worker_metrics_port)
         await outage.call(lambda: publish_agents(pool, agents), "agent publish")
-        cancels = CancelListener(pool, outage)
+        cancels = CancelListener(pool, outage, settings.queue_name)
         await cancels.start()
         client = upstream_client(settings)
         state = TurnState(pool, Retention.from_settings(settings))

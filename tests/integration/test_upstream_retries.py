@@ -171,8 +171,12 @@ def test_a_long_wait_frees_the_worker_slot_for_other_turns(client: OpenAI, retry
     for response_id in waiting:
         assert r.zscore(keys.running_jobs(QUEUE), response_id) is None
         assert (r.zscore(QUEUE, response_id) or 0) > now_ms
+
+    # A cancel does not wait for the upstream's 30 s: the turn is started at once, and cancelled.
     for response_id in waiting:
         client.responses.cancel(response_id)
+    for response_id in waiting:
+        assert wait_for(client, response_id, {"cancelled", "completed", "failed"}, timeout=15).status == "cancelled"
 
 
 @pytest.mark.parametrize("retry_after", [1.5, 3], ids=["wait-in-worker", "wait-on-queue"])
