@@ -454,7 +454,8 @@ def test_a_cut_cue_breaks_the_stream_after_that_many_words_once(client: OpenAI) 
 
 def test_a_silent_cue_sends_headers_and_then_nothing(mock_server: _Server) -> None:
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi [silent] silent-cue"}]}
-    with httpx.stream("POST", f"{mock_server.base_url}/chat/completions", json=body, timeout=httpx.Timeout(10, read=0.5)) as response:
+    url = f"{mock_server.base_url}/chat/completions"
+    with httpx.stream("POST", url, json=body, timeout=httpx.Timeout(10, read=0.5)) as response:
         assert response.status_code == 200
         with pytest.raises(httpx.ReadTimeout):
             next(response.iter_raw())  # nothing within the client's read timeout

@@ -8,6 +8,8 @@ count of requests for it starts from zero.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import time
 import uuid
@@ -23,6 +25,7 @@ from shared.events import decode_entry
 from tests.conftest import Stack, free_port, wait_until
 from tests.integration.conftest import wait_for
 from tests.integration.own_stack import own_stack
+from tests.integration.test_readme import EXAMPLES
 
 QUEUE = "turnstream:queue"
 RETRY_SETTINGS = {
@@ -297,3 +300,11 @@ def test_a_refused_primary_falls_back_and_its_cooldown_spares_every_worker(fallb
         assert r.pttl(keys.upstream_cooldown(primary)) > 0
 
 
+
+
+def test_the_readme_example_of_upstream_faults_runs(retry_stack: Stack) -> None:
+    code = EXAMPLES["upstream-faults"].replace("http://127.0.0.1:8000/v1", retry_stack.base_url)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README example upstream-faults", "exec"), {"__name__": "__readme__"})
+    assert out.getvalue().strip() == f"completed {_numbers(12)}"
