@@ -299,8 +299,8 @@ class AgentTurn:
                 continued = await self._cut_short()
                 if failure is None:
                     if cut is not None and isinstance(exc, openai.APIStatusError):
-                        # The upstream refuses to go on from a partial answer: keep what was streamed.
-                        self.usage = self.usage.add(self._partial_usage())
+                        # The upstream refuses to go on from a partial answer: the turn ends with what was
+                        # streamed (the open message marked incomplete, as a turn stopped by a limit leaves it).
                         return self._end(Status.INCOMPLETE, incomplete_reason="upstream_error")
                     raise
                 cut = continued
@@ -313,9 +313,6 @@ class AgentTurn:
             if self.retries.retrying:
                 await self.retries.served()
             return rnd
-
-    def _partial_usage(self) -> Usage:
-        return self._live.rnd.usage if self._live else Usage()
 
     async def _cut_short(self) -> _Cut | None:
         """What the failed call had streamed, as the cut-off round the next call continues (None: start over).
