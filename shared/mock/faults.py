@@ -10,9 +10,10 @@ that carry the same message, so the first few fail and the ones after succeed (a
     [cut-after=10]        the next request's stream breaks off after 10 words (or argument fragments)
     [no-continue]         a request to continue a cut-off answer gets 400
 
-Cues of different kinds take turns in that order: `[fail=503x2][cut-after=5]` answers 503 twice, then
-cuts the third request's stream, then answers in full. Counts are kept per message text (include something
-unique, such as a test's own id, to start from zero) and the oldest are forgotten past `_REMEMBERED`.
+Cues take turns in the order they are written: `[fail=503x2][cut-after=5]` answers 503 twice, then cuts
+the third request's stream, then answers in full; `[cut-after=5][fail=429]` cuts first. Counts are kept per
+message text (include something unique, such as a test's own id, to start from zero) and the oldest are
+forgotten past `_REMEMBERED`.
 """
 
 from __future__ import annotations
@@ -62,25 +63,25 @@ class FaultCues:
     def next(self, text: str, *, continuation: bool) -> Fault:
         if continuation and _NO_CONTINUE_RE.search(text):
             return Fault(status=400, message="This model cannot continue a partial assistant message.")
-        fail, silent, cut = _FAIL_RE.search(text), _SILENT_RE.search(text), _CUT_RE.search(text)
-        if not (fail or silent or cut):
+        cues = sorted(
+            (match.start(), pattern, match)
+            for pattern in (_FAIL_RE, _SILENT_RE, _CUT_RE)
+            for match in pattern.finditer(text)
+        )
+        if not cues:
             return NONE
         n = self._count(text)
-        if fail:
-            times = int(fail.group(2) or 1)
-            if n <= times:
-                status = int(fail.group(1))
+        for _, pattern, cue in cues:
+            times = int((cue.group(1) if pattern is _SILENT_RE else cue.group(2)) or 1)
+            if n > times:
+                n -= times
+                continue
+            if pattern is _FAIL_RE:
+                status = int(cue.group(1))
                 return Fault(status=status, headers=_retry_headers(text), message=_message(status))
-            n -= times
-        if silent:
-            times = int(silent.group(1) or 1)
-            if n <= times:
+            if pattern is _SILENT_RE:
                 return Fault(silent=True)
-            n -= times
-        if cut:
-            times = int(cut.group(2) or 1)
-            if n <= times:
-                return Fault(cut_after=int(cut.group(1)))
+            return Fault(cut_after=int(cue.group(1)))
         return NONE
 
     def _count(self, text: str) -> int:

@@ -101,6 +101,34 @@ def test_a_stream_cut_after_10_of_200_words_continues_in_the_same_message(client
     assert item_ids == {message.id}
 
 
+def test_a_cut_stream_continues_in_the_same_message_after_a_wait_on_the_queue(
+    client: OpenAI, retry_stack: Stack
+) -> None:
+    # Cut after 10 words; the continuation is rate-limited for 3 s (past the inline limit), so the turn waits
+    # back on the queue and the worker that picks it up next continues the message from the stream.
+    stream = client.responses.create(
+        model="plain", input=f"count to 60 [cut-after=10][fail=429x1][retry-after=3] {_tag()}", stream=True
+    )
+    deltas, item_ids, kinds, final = [], set(), [], None
+    for event in stream:
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+            item_ids.add(event.item_id)
+        elif event.type == "response.completed":
+            final = event.response
+    assert final is not None and final.status == "completed"
+
+    stored = client.responses.retrieve(final.id)
+    [message] = [item for item in stored.output if item.type == "message"]
+    assert stored.output_text == _numbers(60)
+    assert "".join(deltas) == stored.output_text
+    assert item_ids == {message.id}
+    assert kinds.count("response.in_progress") == 2  # the pickup after the wait announces itself again
+    r = redis.Redis(port=retry_stack.redis.port)
+    assert r.hget(keys.upstream_retry(final.id), "deferrals") == b"1"
+
+
 def test_a_cut_tool_call_restarts_its_arguments_and_streams_each_fragment_once(
     client: OpenAI, retry_stack: Stack
 ) -> None:
