@@ -135,7 +135,8 @@ def upstream_cooldown(upstream: str) -> str:
 
 def upstream_retry(response_id: str) -> str:
     """HASH: a turn's retry state across the waits it spends back on the queue: first_failure_ms, failures,
-    deferrals, upstream (index of the one in use), tried (what failed so far, for the final error)."""
+    upstream (index of the one in use), tried (what failed so far, for the final error), deferrals (waits
+    spent on the queue) and deferred_attempt (the attempt that last went back to wait)."""
     return f"{PREFIX}upstream-retry:{response_id}"
 
 

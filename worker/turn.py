@@ -38,7 +38,7 @@ from worker.redis_retry import TRANSIENT, Outage
 from worker.resume import Resumed, fold
 from worker.turn_telemetry import TurnTelemetry
 from worker.upstream_diagnostics import describe_upstream_error
-from worker.upstream_retry import Backoff, Exhausted, TurnRetries, deferrals
+from worker.upstream_retry import Backoff, Exhausted, TurnRetries, deferrals, deferred_attempt
 from worker.upstreams import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,11 @@ class TurnRunner:
         self, req: TurnRequest, attempt: int, handle: CancelHandle, claim: JobClaim | None, *, announced: bool
     ) -> str:
         resumed = await self._resumed(req.response_id, attempt)
-        with TurnTelemetry(req, attempt, resumed=bool(resumed)).attempt_span() as telemetry:
+        rerun = attempt > 1
+        if rerun:
+            waited = await self.outage.call(lambda: deferred_attempt(self.redis, req.response_id), "retry state")
+            rerun = waited != attempt - 1
+        with TurnTelemetry(req, attempt, resumed=bool(resumed), rerun=rerun).attempt_span() as telemetry:
             return await self._execute_attempt(req, attempt, handle, claim, resumed, telemetry, announced=announced)
 
     async def _execute_attempt(
@@ -194,7 +198,7 @@ class TurnRunner:
                         # Written now: the attempt that runs after the wait continues from the stream.
                         await emitter.flush()
                         emitter.discard()
-                        await self.outage.call(retries.deferred, "retry state")
+                        await self.outage.call(lambda: retries.deferred(attempt), "retry state")
                         log.info("turn %s waits %.1fs for its upstream on the queue", req.response_id, backoff.delay_s)
                         raise Deferred(backoff.delay_s) from backoff
             telemetry.ended(outcome)

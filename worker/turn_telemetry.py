@@ -23,9 +23,11 @@ _PROVIDER = "openai"  # the wire protocol upstream speaks: OpenAI-compatible Cha
 
 
 class TurnTelemetry:
-    def __init__(self, req: TurnRequest, attempt: int, *, resumed: bool = False) -> None:
+    def __init__(self, req: TurnRequest, attempt: int, *, resumed: bool = False, rerun: bool | None = None) -> None:
         self.req = req
         self.attempt = attempt
+        # An attempt after a wait for the upstream on the queue is no re-run: its previous one did not die.
+        self.rerun = attempt > 1 if rerun is None else rerun
         self.project = req.project
         self.span: tracing.AnySpan = tracing.NO_SPAN
         self.upstream_model = req.model
@@ -45,7 +47,7 @@ class TurnTelemetry:
     def attempt_span(self) -> Iterator[TurnTelemetry]:
         """The attempt's `invoke_agent` span, a child of the API request that accepted the turn."""
         req = self.req
-        if self.attempt > 1:
+        if self.rerun:
             metrics.TURN_RERUNS.labels(req.model, self.project).inc()
         self.span = tracing.start_span(
             f"invoke_agent {req.model}",
