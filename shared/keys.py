@@ -124,7 +124,8 @@ ARQ_ABORT_JOBS = abort_jobs_ss
 
 
 def upstream_failures(upstream: str) -> str:
-    """STRING: failed calls to one upstream in a row, fleet-wide; expires a window after the last one."""
+    """STRING: recent failed calls to one upstream, fleet-wide; expires a window after the last one, and a
+    retried call that it answers clears it."""
     return f"{PREFIX}upstream-failures:{upstream}"
 
 

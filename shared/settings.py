@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     upstream_retry_inline_max_s: float = Field(default=5.0, ge=0)
     # Failed calls to one upstream within a turn before the turn moves on to the agent's next upstream.
     upstream_attempts_before_fallback: int = Field(default=3, ge=1)
-    # An upstream failing this many times in a row (fleet-wide, within the window) cools down for a while:
+    # An upstream failing this many times (fleet-wide, each within the window of the last, with no retried
+    # call answered in between) cools down for a while:
     # every worker then starts its turns on the agent's next upstream.
     upstream_cooldown_failures: int = Field(default=3, ge=1)
     upstream_cooldown_window_s: float = Field(default=60.0, gt=0)

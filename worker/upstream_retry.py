@@ -245,7 +245,7 @@ class TurnRetries:
         return delay
 
     async def served(self) -> None:
-        """The current upstream answered: clears the failures in a row of the ones that failed in this attempt."""
+        """The current upstream answered: clears its count of recent failures if it failed in this attempt."""
         for index in self._failed_here:
             if index == self.state.upstream:
                 await self.pool.recovered(self.routes[index])

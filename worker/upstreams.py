@@ -3,7 +3,8 @@
 An agent runs on the worker's upstream (OPENAI_BASE_URL, OPENAI_API_KEY) with its own `model`, then on
 the `fallbacks` its profile lists. Each upstream has a name (`model@host:port` unless the profile names it),
 used as a metric label, in the turn's trace and Response metadata, and in the Redis keys of its health:
-a failure count that any success clears, and a cooldown (SET ... PX) that every worker reads before it
+a count of its recent failures (each within a window of the last; a turn that gets an answer from it
+after failing there clears it, the way LiteLLM's allowed-fails-per-minute works), and a cooldown (SET ... PX) that every worker reads before it
 picks an upstream for a new turn, so one worker's bad minute spares the others; it ends on its own.
 """
 
@@ -126,13 +127,13 @@ class UpstreamPool:
         await self.redis.delete(failures_key)
         metrics.UPSTREAM_COOLDOWNS.labels(route.name).inc()
         log.warning(
-            "upstream %s failed %d times in a row: cooling down for %gs", route.name, count,
+            "upstream %s failed %d times in a short while: cooling down for %gs", route.name, count,
             self.settings.upstream_cooldown_s,
         )
         return True
 
     async def recovered(self, route: Route) -> None:
-        """A call that failed before answered: the failures in a row start again from zero."""
+        """A call that had failed answered: the count of recent failures starts again from zero."""
         await self.redis.delete(keys.upstream_failures(route.name))
 
     async def close(self) -> None:

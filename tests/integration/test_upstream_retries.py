@@ -167,6 +167,18 @@ def test_an_upstream_that_refuses_to_continue_leaves_the_turn_incomplete_with_wh
     assert response.output_text.split() == _numbers(5).split()
 
 
+@pytest.mark.parametrize("status", [400, 401, 403, 404], ids=["400", "401", "403", "404"])
+def test_an_answer_a_retry_cannot_change_fails_the_turn_at_once(
+    client: OpenAI, retry_stack: Stack, status: int
+) -> None:
+    tag = _tag()
+    response = client.responses.create(model="plain", input=f"hello [fail={status}x1] {tag}")
+
+    assert response.status == "failed"
+    assert response.error is not None and f"upstream model error {status}" in response.error.message
+    assert response.id not in "".join(line for line in _logs(retry_stack).splitlines() if "retrying in" in line)
+
+
 @pytest.mark.parametrize(
     ("cue", "code"),
     [("[fail=429x100][retry-after=1]", "rate_limit_exceeded"), ("[fail=503x100]", "server_error")],
