@@ -4,8 +4,9 @@ An agent runs on the worker's upstream (OPENAI_BASE_URL, OPENAI_API_KEY) with it
 the `fallbacks` its profile lists. Each upstream has a name (`model@host:port` unless the profile names it),
 used as a metric label, in the turn's trace and Response metadata, and in the Redis keys of its health:
 a count of its recent failures (each within a window of the last; a turn that gets an answer from it
-after failing there clears it, the way LiteLLM's allowed-fails-per-minute works), and a cooldown (SET ... PX) that every worker reads before it
-picks an upstream for a new turn, so one worker's bad minute spares the others; it ends on its own.
+after failing there clears it, much like LiteLLM's allowed fails per minute), and a cooldown (SET ... PX)
+that every worker reads before it picks an upstream for a new turn, so one worker's bad minute spares the
+others; it ends on its own.
 """
 
 from __future__ import annotations
