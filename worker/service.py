@@ -20,7 +20,7 @@ from shared.redis_conn import redis_settings
 from shared.settings import Settings
 from shared.turn_state import Retention, TurnState
 from worker.agents import AgentRegistry, load_agents
-from worker.arq_worker import FastPickupWorker
+from worker.arq_worker import FastPickupWorker, not_a_try
 from worker.cancel_listener import CancelListener
 from worker.redis_retry import TRANSIENT, Outage
 from worker.sweeper import Sweeper
@@ -49,9 +49,8 @@ async def run_turn(ctx: dict[str, Any], response_id: str, conversation_id: str |
             # goes back on the queue instead and the re-run continues from what was streamed.
             raise Retry(defer=1) from exc
         except Deferred as wait:
-            # Back on the queue, due when the upstream's wait ends; arq counts every run of a job against its
-            # max_tries, and a wait is not a try.
-            await runner.redis.decr(keys.arq_retry(job_id))
+            # Back on the queue, due when the upstream's wait ends.
+            await not_a_try(runner.redis, job_id)
             raise Retry(defer=wait.delay_s) from wait
         log.info("turn ended: %s", result)
         return result
