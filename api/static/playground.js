@@ -166,6 +166,7 @@ class Run {
     this.status = response.status;
     this.usage = response.usage || this.usage;
     this.view.finish(response);
+    this.view.setTiming(this);
     if (state.running === this) setRunning(null);
   }
 }
@@ -193,6 +194,12 @@ class TurnView {
   setStatus(status) {
     this.badge.textContent = status;
     this.badge.dataset.status = status;
+  }
+
+  setTiming(run) {
+    if (!run.events.length) return;
+    const first = run.firstToken === null ? "" : `first token ${run.firstToken} ms · `;
+    this.head.append(el("span", { class: "timing muted", text: `${first}${run.events.at(-1).ms} ms` }));
   }
 
   apply(event) {
@@ -441,6 +448,18 @@ function showEvents(run) {
   $("events").hidden = false;
   renderEvents(run);
   $("close-events").focus();
+  if (!run.events.length && run.finished) replayEvents(run).catch(showError);
+}
+
+// A background turn was polled, not streamed: its events are read back from the start of its stream,
+// with no timings (the page did not see them arrive).
+async function replayEvents(run) {
+  const res = await api(`/v1/responses/${run.id}?stream=true`, { headers: { "Last-Event-ID": "-1" } });
+  if (!res.ok) throw new ApiError(res.status, `Cannot read the events of ${run.id}`);
+  const events = [];
+  await readEvents(res, (event) => events.push({ seq: event.sequence_number, type: event.type, ms: null }));
+  run.events = events;
+  if (state.shownRun === run) renderEvents(run);
 }
 
 function renderEvents(run) {
@@ -452,7 +471,7 @@ function renderEvents(run) {
     ["time to first token", run.firstToken === null ? "–" : `${run.firstToken} ms`],
     ["events", String(run.events.length)],
   ];
-  if (run.finished && run.events.length) rows.push(["total", `${run.events.at(-1).ms} ms`]);
+  if (run.finished && run.events.at(-1)?.ms != null) rows.push(["total", `${run.events.at(-1).ms} ms`]);
   if (usage) {
     rows.push(["input tokens", String(usage.input_tokens)], ["output tokens", String(usage.output_tokens)]);
     const reasoning = usage.output_tokens_details?.reasoning_tokens;
@@ -466,8 +485,8 @@ function renderEvents(run) {
         "tr",
         i === firstDelta ? { class: "first-token", title: "first token" } : {},
         el("td", { class: "mono", text: String(e.seq ?? "") }),
-        el("td", { class: "mono", text: e.type }),
-        el("td", { class: "mono num", text: String(e.ms) }),
+        el("td", { class: "mono", text: e.type.replace(/^response\./, ""), title: e.type }),
+        el("td", { class: "mono num", text: e.ms === null ? "–" : String(e.ms) }),
       ),
     ),
   );

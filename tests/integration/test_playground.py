@@ -140,7 +140,13 @@ def test_dev_page_streams_an_answer_with_its_tool_call_reasoning_and_events(
 ) -> None:
     with opened(browser, dev) as (page, _):
         page.goto(f"{dev}/")
-        assert page.locator("#model option").all_inner_texts()[:1] == ["turnstream-mock"]
+        # Every control a person uses is reachable by its role and label.
+        assert page.get_by_role("combobox", name="Model").input_value() == "turnstream-mock"
+        assert page.evaluate("document.activeElement.id") == "message"  # ready to type
+        for name in ("Send", "Cancel", "New conversation", "API key"):
+            page.get_by_role("button", name=name, exact=True).wait_for()
+        page.get_by_role("textbox", name="Message").wait_for()
+        page.get_by_role("log").wait_for()
         send(page, "What is the weather in Bengaluru? [think]")
         tool = page.get_by_role("region", name="Tool call get_weather")
         tool.wait_for()
@@ -148,6 +154,7 @@ def test_dev_page_streams_an_answer_with_its_tool_call_reasoning_and_events(
         assert '"city": "Bengaluru"' in tool.locator(".tool-args").inner_text()
         assert "Bengaluru" in tool.locator(".tool-result").inner_text()
         assert re.fullmatch(r"\d+ ms", tool.locator(".tool-duration").inner_text())
+        assert re.fullmatch(r"first token \d+ ms · \d+ ms", page.locator(".turn.assistant .timing").inner_text())
         assert last_answer(page).startswith("The weather in Bengaluru is")
         reasoning = page.locator("details.reasoning").first
         assert reasoning.get_attribute("open") is None  # collapsed until asked
@@ -182,11 +189,20 @@ def test_dev_page_runs_in_background_cancels_and_reopens_conversations(browser: 
         wait_status(page, "completed")
         first_title = "My name is Ravi."
 
-        page.check("#background")
+        page.get_by_role("checkbox", name="Background").check()
         send(page, "count to 30")
         wait_status(page, "completed")
         assert last_answer(page) == " ".join(str(i) for i in range(1, 31))
-        page.uncheck("#background")
+        # Polled, not streamed: its events panel reads the stream back from the start, without timings.
+        page.get_by_role("button", name=re.compile("^Events of resp_")).last.click()
+        page.locator("#events-rows tr").nth(5).wait_for()
+        rows = page.locator("#events-rows tr")
+        assert rows.first.inner_text().split() == ["0", "created", "–"]
+        assert rows.first.locator("td").nth(1).get_attribute("title") == "response.created"
+        assert "queued" in page.locator("#events-rows td:nth-child(2)").all_inner_texts()
+        page.get_by_role("button", name="Close the events panel").click()
+        assert page.evaluate("document.activeElement.id") == "message"  # focus goes back to the message box
+        page.get_by_role("checkbox", name="Background").uncheck()
 
         send(page, "count to 2000 [delay=20ms]")
         page.wait_for_function("document.querySelector('.turn.assistant:last-of-type .text')?.textContent.length > 10")
