@@ -197,7 +197,7 @@ def test_dev_page_runs_in_background_cancels_and_reopens_conversations(browser: 
         page.get_by_role("button", name=re.compile("^Events of resp_")).last.click()
         page.locator("#events-rows tr").nth(5).wait_for()
         rows = page.locator("#events-rows tr")
-        assert rows.first.inner_text().split() == ["0", "created", "–"]
+        assert rows.first.inner_text().split() == ["0", "created", "\u2013"]  # an en dash: no timing
         assert rows.first.locator("td").nth(1).get_attribute("title") == "response.created"
         assert "queued" in page.locator("#events-rows td:nth-child(2)").all_inner_texts()
         page.get_by_role("button", name="Close the events panel").click()
