@@ -50,7 +50,8 @@ async function api(path, init = {}) {
     const key = localStorage.getItem(KEY_STORE);
     if (key) headers.set("Authorization", `Bearer ${key}`);
     if (init.body) headers.set("Content-Type", "application/json");
-    const res = await fetch(path, { ...init, headers });
+    // Relative to the page, so the playground also works behind a proxy that serves the API under a prefix.
+    const res = await fetch(path.replace(/^\//, ""), { ...init, headers });
     if (res.status !== 401) return res;
     const body = await res.json().catch(() => null);
     if (!(await askForKey(body?.error?.message))) return res;
@@ -632,10 +633,18 @@ async function start() {
   try {
     await loadModels();
     await loadConversations();
-    setStatus("");
+    setStatus(await fleetWarning());
   } catch (err) {
     showError(err);
   }
+}
+
+// Turns sent while no worker is alive only wait in the queue: say so before anyone waits.
+async function fleetWarning() {
+  const res = await fetch("readyz").catch(() => null);
+  if (!res || res.ok) return "";
+  const body = await res.json().catch(() => null);
+  return body?.error?.message || `The service is not ready (${res.status}).`;
 }
 
 wire();

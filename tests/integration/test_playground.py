@@ -43,6 +43,7 @@ WAIT_MS = 15_000
 _NETWORK_ERROR = re.compile(r"^Failed to load resource: ")
 REFUSED = re.compile(r"net::ERR_(CONNECTION_REFUSED|CONNECTION_RESET|EMPTY_RESPONSE|INCOMPLETE_CHUNKED_ENCODING)")
 UNAUTHORIZED = re.compile(r"status of 401")
+NOT_READY = re.compile(r"status of 503")
 
 
 @dataclass
@@ -277,3 +278,13 @@ def test_keyed_page_asks_for_a_key_and_resumes_whole_after_its_api_node_restarts
         page.click("#cancel")
         wait_status(page, "cancelled")
         assert answered_turns(page) == 2
+
+
+def test_keyed_page_warns_when_no_worker_is_alive(browser: Browser, keyed_stack: tuple[Stack, str]) -> None:
+    stack, secret = keyed_stack
+    stack.stop("worker-1")
+    with opened(browser, stack.api_url) as (page, console), console.expect(NOT_READY):
+        page.add_init_script(f"localStorage.setItem('turnstream.apiKey', {secret!r})")
+        page.goto(f"{stack.api_url}/")
+        page.get_by_role("status").filter(has_text="No worker is alive").wait_for()
+        assert "turnstream worker" in page.get_by_role("status").inner_text()
