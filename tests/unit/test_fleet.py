@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from arq.connections import ArqRedis
+from pydantic import ValidationError
 
 from shared import fleet, keys
+from shared.settings import Settings
 
 
 def _beat(worker_id: str, queue: str = "q", running: int = 0) -> fleet.WorkerBeat:
@@ -35,3 +38,10 @@ async def test_a_worker_that_leaves_is_gone_at_once(script_redis: ArqRedis) -> N
     await fleet.leave(script_redis, "a")
     assert await fleet.live_workers(script_redis) == []
     assert await script_redis.exists(keys.worker("a")) == 0
+
+
+def test_a_heartbeat_ttl_shorter_than_the_beat_is_refused_naming_both_settings() -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(worker_heartbeat_s=20, worker_heartbeat_ttl_s=15)
+    (error,) = info.value.errors()
+    assert error["loc"] == ("worker_heartbeat_ttl_s",) and "TURNSTREAM_WORKER_HEARTBEAT_S" in error["msg"]
