@@ -1,5 +1,6 @@
-"""How `GET /v1/conversations` pages cost as a project's index grows: the index's own read path
-(shared/conversation_index.py) against a redis-server of its own, at the head of the list and deep in it.
+"""How `GET /v1/conversations` pages cost as a project's index grows: the listing's own read path
+(conversation_record.list_page over shared/conversation_index.py) against a redis-server of its own, at the
+head of the list and deep in it.
 
     .venv/bin/python tests/benchmarks/conversation_list.py [--conversations 1000000]
 """
@@ -19,7 +20,7 @@ import redis
 from measure import free_port, percentile
 from redis.asyncio import Redis
 
-from shared import conversation_index, ids, keys
+from shared import conversation_record, ids, keys
 
 PROJECT = "bench"
 PAGES = 200
@@ -45,7 +46,7 @@ async def measure(port: int, label: str, after: str | None) -> None:
     times = []
     for _ in range(PAGES):
         started = time.perf_counter()
-        page = await conversation_index.page(client, PROJECT, limit=20, order="desc", after=after)
+        page = await conversation_record.list_page(client, PROJECT, limit=20, order="desc", after=after)
         times.append((time.perf_counter() - started) * 1000)
     await client.aclose()
     p50, p99 = percentile(times, 50), percentile(times, 99)

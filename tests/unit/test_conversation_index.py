@@ -1,4 +1,5 @@
-"""The per-project conversation index: pages newest first, skips and prunes entries whose conversation is gone."""
+"""Listing a project's conversations from its index: pages newest first, skips and prunes entries whose
+conversation is gone."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import pytest
 from arq.connections import ArqRedis
 
-from shared import conversation_index, keys
+from shared import conversation_index, conversation_record, keys
 
 
 async def _make(redis: ArqRedis, project: str, n: int, *, start_ms: int = 1_000) -> list[str]:
@@ -23,7 +24,7 @@ async def _make(redis: ArqRedis, project: str, n: int, *, start_ms: int = 1_000)
 
 
 async def _ids(redis: ArqRedis, project: str, **kw: object) -> tuple[list[str], bool]:
-    page = await conversation_index.page(redis, project, **kw)  # type: ignore[arg-type]
+    page = await conversation_record.list_page(redis, project, **kw)  # type: ignore[arg-type]
     return [c["id"] for c in page.data], page.has_more
 
 
@@ -38,7 +39,7 @@ async def test_pages_follow_each_other_in_both_orders(script_redis: ArqRedis) ->
 async def test_gone_entries_are_skipped_pruned_and_the_page_still_fills(
     script_redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(conversation_index, "_BATCH", 3)  # so the page needs several reads
+    monkeypatch.setattr(conversation_record, "LIST_BATCH", 3)  # so the page needs several reads
     made = await _make(script_redis, "p", 10)
     for conversation_id in made[3:9]:
         await script_redis.delete(keys.conversation(conversation_id))
@@ -57,4 +58,4 @@ async def test_a_conversation_of_another_project_is_never_listed(script_redis: A
 async def test_an_unknown_cursor_is_refused(script_redis: ArqRedis) -> None:
     await _make(script_redis, "p", 2)
     with pytest.raises(conversation_index.CursorNotFound):
-        await conversation_index.page(script_redis, "p", limit=2, order="desc", after="conv_" + "f" * 48)
+        await conversation_record.list_page(script_redis, "p", limit=2, order="desc", after="conv_" + "f" * 48)
