@@ -173,7 +173,9 @@ class Run {
 }
 
 class TurnView {
-  constructor() {
+  // `stored`: an answer read back from a conversation, whose tools ran long ago (no durations to show).
+  constructor({ stored = false } = {}) {
+    this.stored = stored;
     this.node = el("article", { class: "turn assistant", "aria-label": "Answer" });
     this.head = el("div", { class: "turn-head" }, el("span", { class: "who", text: "assistant" }));
     this.badge = el("span", { class: "badge", text: "sending" });
@@ -249,7 +251,7 @@ class TurnView {
       this.items.set(item.id, card.args);
     } else if (item.type === "function_call_output") {
       const card = this.tools.get(item.call_id);
-      if (card) {
+      if (card && !this.stored) {
         card.started = performance.now();
         card.state.textContent = "running…";
       }
@@ -271,8 +273,11 @@ class TurnView {
         card.state.textContent = "done";
         if (card.started !== undefined) card.duration.textContent = `${Math.round(performance.now() - card.started)} ms`;
       }
+    } else if (item.type === "reasoning") {
+      const text = this.items.get(item.id);
+      if (text && !text.textContent) text.textContent = (item.content || []).map((p) => p.text).join("");
     } else if (item.type === "message") {
-      // The streamed text is the item's text; a message that arrived whole (a resume after it) is filled here.
+      // The streamed text is the item's text; a message that arrived whole (read back, polled) is filled here.
       const text = this.items.get(item.id);
       const part = item.content?.[0];
       if (text && !text.textContent && part) text.textContent = part.text ?? part.refusal ?? "";
@@ -479,17 +484,24 @@ function renderEvents(run) {
     if (reasoning) rows.push(["reasoning tokens", String(reasoning)]);
   }
   summary.replaceChildren(...rows.flatMap(([term, value]) => [el("dt", { text: term }), el("dd", { text: value })]));
+  // Rows are appended as events arrive (a long answer has thousands), rebuilt only for another run.
+  const table = $("events-rows");
+  if (table.dataset.run !== (run.id || "") || table.children.length > run.events.length) {
+    table.replaceChildren();
+    table.dataset.run = run.id || "";
+  }
   const firstDelta = run.events.findIndex((e) => /\.delta$/.test(e.type));
-  $("events-rows").replaceChildren(
-    ...run.events.map((e, i) =>
-      el(
+  table.append(
+    ...run.events.slice(table.children.length).map((e, i, rest) => {
+      const index = run.events.length - rest.length + i;
+      return el(
         "tr",
-        i === firstDelta ? { class: "first-token", title: "first token" } : {},
+        index === firstDelta ? { class: "first-token", title: "first token" } : {},
         el("td", { class: "mono", text: String(e.seq ?? "") }),
         el("td", { class: "mono", text: e.type.replace(/^response\./, ""), title: e.type }),
         el("td", { class: "mono num", text: e.ms === null ? "–" : String(e.ms) }),
-      ),
-    ),
+      );
+    }),
   );
 }
 
@@ -550,7 +562,7 @@ async function reopen(conversation) {
         view = null;
       } else {
         if (!view) {
-          view = new TurnView();
+          view = new TurnView({ stored: true });
           view.setStatus("stored");
         }
         view.open(item);

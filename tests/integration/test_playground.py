@@ -92,9 +92,12 @@ def opened(browser: Browser, url: str) -> Iterator[tuple[Page, Console]]:
     page.on("pageerror", lambda exc: console.errors.append(f"uncaught: {exc}"))
     try:
         yield page, console
-        assert console.errors == []
+    except BaseException:
+        print("console errors:", *console.errors, sep="\n  ")  # often the reason a step timed out
+        raise
     finally:
         context.close()
+    assert console.errors == []
 
 
 def send(page: Page, text: str) -> None:
@@ -142,6 +145,7 @@ def test_dev_page_streams_an_answer_with_its_tool_call_reasoning_and_events(
     with opened(browser, dev) as (page, _):
         page.goto(f"{dev}/")
         # Every control a person uses is reachable by its role and label.
+        page.locator("#model option").first.wait_for(state="attached")
         assert page.get_by_role("combobox", name="Model").input_value() == "turnstream-mock"
         assert page.evaluate("document.activeElement.id") == "message"  # ready to type
         for name in ("Send", "Cancel", "New conversation", "API key"):
@@ -181,6 +185,17 @@ def test_dev_page_streams_an_answer_with_its_tool_call_reasoning_and_events(
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"]  # nothing runs off the side of a phone
         print(f"screenshots in {tmp_path}")
+
+        # Read back from the conversation: the same answer, reasoning and tool call, without live timings.
+        page.set_viewport_size(WIDE)
+        page.reload()
+        page.locator("#conversation-list .conversation").first.click()
+        stored_tool = page.get_by_role("region", name="Tool call get_weather")
+        stored_tool.wait_for()
+        assert "Bengaluru" in stored_tool.locator(".tool-result").inner_text()
+        assert stored_tool.locator(".tool-duration").inner_text() == ""
+        assert page.locator(".reasoning-text").first.text_content() != ""
+        assert page.locator(".text.refusal").count() == 1
 
 
 def test_dev_page_runs_in_background_cancels_and_reopens_conversations(browser: Browser, dev: str) -> None:
