@@ -45,7 +45,9 @@ TELEMETRY: TelemetryConfig = {
     "operation_spans": False,
     "metrics": False,
     "logs": False,
-    "exclude": lambda scope: scope.get("path") in ("/metrics", "/healthz", "/readyz"),
+    # The playground's page and files are static: a span per file load would say nothing either.
+    "exclude": lambda scope: scope.get("path") in ("/metrics", "/healthz", "/readyz", "/")
+    or str(scope.get("path", "")).startswith(f"{playground.ASSETS_PATH}/"),
 }
 
 
