@@ -243,6 +243,16 @@ def test_dev_page_runs_in_background_cancels_and_reopens_conversations(browser: 
         wait_status(page, "completed")
         assert last_answer(page) == "Your name is Ravi."
 
+        # On a phone the list folds away behind a button, and picking a conversation folds it again.
+        page.set_viewport_size(PHONE)
+        toggle = page.get_by_role("button", name="Conversations")
+        assert entries.first.is_hidden() and toggle.get_attribute("aria-expanded") == "false"
+        toggle.click()
+        assert toggle.get_attribute("aria-expanded") == "true"
+        page.locator("#conversation-list .conversation", has_text="What is my name?").click()
+        page.locator(".turn.user", has_text="What is my name?").wait_for()
+        assert entries.first.is_hidden() and toggle.get_attribute("aria-expanded") == "false"
+
 
 # --- api + worker with keys on -------------------------------------------------------------------------
 
