@@ -15,13 +15,21 @@ from fastapi.staticfiles import StaticFiles
 STATIC = Path(__file__).resolve().parent.parent / "static"
 ASSETS_PATH = "/playground"
 
+# The page keeps an API key in localStorage: only its own files may run or be fetched, nothing inline, and no
+# other site may frame it.
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
 router = APIRouter(tags=["playground"])
 
 
 @router.get("/", include_in_schema=False)
 async def playground() -> FileResponse:
     """The playground page."""
-    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+    headers = {"Cache-Control": "no-cache", "Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"}
+    return FileResponse(STATIC / "index.html", headers=headers)
 
 
 def assets() -> StaticFiles:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Request, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Request, expect, sync_playwright
 
 from tests.conftest import ROOT, Stack, free_port, wait_until
 from tests.integration.own_stack import own_stack
@@ -113,6 +113,13 @@ def wait_status(page: Page, status: str) -> None:
     page.locator(".turn.assistant").last.locator(f'.badge[data-status="{status}"]').wait_for()
 
 
+def wait_streaming(page: Page, chars: int) -> None:
+    """Until the answer being streamed has more than `chars` characters (a locator wait: the page's CSP
+    forbids the string evaluation wait_for_function would use)."""
+    answer = page.locator(".turn.assistant").last.locator(".text").last
+    expect(answer).to_have_text(re.compile(rf"^[\s\S]{{{chars + 1},}}"), timeout=WAIT_MS)
+
+
 def answered_turns(page: Page) -> int:
     return page.locator(".turn.assistant").count()
 
@@ -143,7 +150,9 @@ def test_dev_page_streams_an_answer_with_its_tool_call_reasoning_and_events(
     browser: Browser, dev: str, tmp_path: Path
 ) -> None:
     with opened(browser, dev) as (page, _):
-        page.goto(f"{dev}/")
+        loaded = page.goto(f"{dev}/")
+        # Only the page's own files run (it holds a key): no inline or foreign script, no framing.
+        assert loaded is not None and "script-src 'self';" in loaded.headers["content-security-policy"]
         # Every control a person uses is reachable by its role and label.
         page.locator("#model option").first.wait_for(state="attached")
         assert page.get_by_role("combobox", name="Model").input_value() == "turnstream-mock"
@@ -221,7 +230,7 @@ def test_dev_page_runs_in_background_cancels_and_reopens_conversations(browser: 
         page.get_by_role("checkbox", name="Background").uncheck()
 
         send(page, "count to 2000 [delay=20ms]")
-        page.wait_for_function("document.querySelector('.turn.assistant:last-of-type .text')?.textContent.length > 10")
+        wait_streaming(page, 10)
         page.click("#cancel")
         wait_status(page, "cancelled")
         assert page.locator("#send").is_enabled()
@@ -284,7 +293,7 @@ def test_keyed_page_asks_for_a_key_and_resumes_whole_after_its_api_node_restarts
         assert page.evaluate("localStorage.getItem('turnstream.apiKey')") == secret
 
         send(page, "count to 150 [delay=30ms]")  # ~4.5 s of streaming
-        page.wait_for_function("document.querySelector('.turn.assistant:last-of-type .text')?.textContent.length > 20")
+        wait_streaming(page, 20)
         with console.expect(REFUSED):
             stack.stop("api", kill=True)  # the node serving the stream dies mid-answer
             time.sleep(0.5)
@@ -299,7 +308,7 @@ def test_keyed_page_asks_for_a_key_and_resumes_whole_after_its_api_node_restarts
         assert stored["status"] == "completed" and last_answer(page) == stored["output"][0]["content"][0]["text"]
 
         send(page, "count to 2000 [delay=20ms]")
-        page.wait_for_function("document.querySelector('.turn.assistant:last-of-type .text')?.textContent.length > 10")
+        wait_streaming(page, 10)
         page.click("#cancel")
         wait_status(page, "cancelled")
         assert answered_turns(page) == 2
