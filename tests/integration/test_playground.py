@@ -191,8 +191,10 @@ def test_dev_page_streams_an_answer_with_its_tool_call_reasoning_and_events(
 
         page.set_viewport_size(PHONE)
         page.screenshot(path=tmp_path / "playground-390x844.png")
-        width = page.evaluate("document.documentElement.scrollWidth")
-        assert width <= PHONE["width"]  # nothing runs off the side of a phone
+        width, height = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+        # Nothing runs off the side or the bottom of a phone: the transcript scrolls, the message box stays put.
+        assert width <= PHONE["width"] and height <= PHONE["height"]
+        assert page.get_by_role("button", name="Send", exact=True).is_visible()
         print(f"screenshots in {tmp_path}")
 
         # Read back from the conversation: the same answer, reasoning and tool call, without live timings.
