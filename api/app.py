@@ -23,7 +23,7 @@ from api.agent_directory import AgentDirectory
 from api.auth import RequestBudgetHeaders, authenticate
 from api.deps import Services
 from api.fanout import Fanout
-from api.routes import compact, conversations, metrics, responses, system, websocket
+from api.routes import compact, conversations, metrics, playground, responses, system, websocket
 from api.sse import ExposeConnection
 from shared import tracing
 from shared.api_keys import KeyStore, SeedKey, seed_from_settings
@@ -45,7 +45,9 @@ TELEMETRY: TelemetryConfig = {
     "operation_spans": False,
     "metrics": False,
     "logs": False,
-    "exclude": lambda scope: scope.get("path") in ("/metrics", "/healthz", "/readyz"),
+    # The playground's page and files are static: a span per file load would say nothing either.
+    "exclude": lambda scope: scope.get("path") in ("/metrics", "/healthz", "/readyz", "/")
+    or str(scope.get("path", "")).startswith(f"{playground.ASSETS_PATH}/"),
 }
 
 
@@ -120,6 +122,8 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
     app.include_router(system.router)
     app.include_router(websocket.router)
     app.include_router(metrics.router)
+    app.include_router(playground.router)
+    app.mount(playground.ASSETS_PATH, playground.assets(), name="playground")
     return app
 
 

@@ -26,7 +26,8 @@ from shared.rate_limits import RequestBudget
 _BUDGET = "request_budget"  # where authenticate leaves the key's budget for RequestBudgetHeaders
 
 # Matched by route template, not by URL, so a proxy's path prefix (root_path) cannot open or close them.
-OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+# "/" is the playground page: static, holding no data; it asks the person for a key when the API needs one.
+OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/"})
 
 
 @dataclass(frozen=True)

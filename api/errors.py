@@ -10,7 +10,7 @@ APIError
  ├─ idempotency .......... 409 key still in use / 422 key reused with another body (api/idempotency.py)
  ├─ too large ............ 413
  ├─ rate limited ......... 429 + Retry-After and x-ratelimit-* (requests per minute, concurrent turns)
- └─ unavailable .......... 503 + Retry-After (Redis unreachable, queue full)
+ └─ unavailable .......... 503 + Retry-After (Redis unreachable, queue full, no live worker on /readyz)
 """
 
 from __future__ import annotations
@@ -75,6 +75,17 @@ def store_unavailable() -> APIError:
     return APIError(
         503, "The service's store is unreachable; retry shortly.", type="server_error",
         code="service_unavailable", retry_after=1,
+    )
+
+
+def no_live_workers(queue: str, ttl_s: int) -> APIError:
+    return APIError(
+        503,
+        f"No worker is alive on queue '{queue}' (none has sent a heartbeat in the last {ttl_s} s): turns would "
+        "wait in the queue. Start one with `turnstream worker`.",
+        type="server_error",
+        code="no_live_workers",
+        retry_after=5,
     )
 
 

@@ -4,13 +4,15 @@ or write of them outside the Lua scripts (which append a turn's items as it comm
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from shared import keys
+from shared import conversation_index, keys
 from shared.models import DEFAULT_PROJECT, Item
 
 
@@ -18,6 +20,49 @@ async def load(redis: Redis, conversation_id: str) -> dict[str, Any] | None:
     """The stored conversation: the object the API returns, plus its `project` (which the API strips)."""
     raw = await redis.get(keys.conversation(conversation_id))
     return json.loads(raw) if raw else None
+
+
+async def load_many(redis: Redis, conversation_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    """Each stored conversation (as `load`), None where it is gone; one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for conversation_id in conversation_ids:
+            pipe.get(keys.conversation(conversation_id))
+        raws = await pipe.execute()
+    return [json.loads(raw) if raw else None for raw in raws]
+
+
+# Ids read per round trip while filling a page: enough that a page rarely needs a second read even when some of
+# its entries expired, few enough that a read stays cheap.
+LIST_BATCH = 128
+
+
+@dataclass(frozen=True)
+class ConversationPage:
+    data: list[dict[str, Any]]  # as clients see them (no `project`)
+    has_more: bool
+
+
+async def list_page(
+    redis: Redis, project: str, *, limit: int, order: conversation_index.Order, after: str | None
+) -> ConversationPage:
+    """Up to `limit` live conversations of `project` after the cursor (raises conversation_index.CursorNotFound)."""
+    start = await conversation_index.start_after(redis, project, after, order)
+    found: list[dict[str, Any]] = []
+    while len(found) <= limit:  # one more than asked, to tell whether there is more
+        ids = await conversation_index.window(redis, project, start, LIST_BATCH, order)
+        if not ids:
+            break
+        gone = []
+        for conversation_id, conversation in zip(ids, await load_many(redis, ids), strict=True):
+            # The project check is a second lock on the door: the index is per project already.
+            if conversation is None or conversation.pop("project", DEFAULT_PROJECT) != project:
+                gone.append(conversation_id)
+            elif len(found) <= limit:
+                found.append(conversation)
+        await conversation_index.prune(redis, project, gone)
+        # Ranks after the pruned ids moved down by as many as were removed from this window.
+        start += len(ids) - len(gone)
+    return ConversationPage(found[:limit], len(found) > limit)
 
 
 async def project_of(redis: Redis, conversation_id: str) -> str | None:
@@ -31,9 +76,12 @@ def stored(conversation: dict[str, Any], project: str) -> str:
 
 
 def create_in(pipe: Pipeline, conversation: dict[str, Any], project: str, items: list[Item], ttl_s: int) -> None:
-    """Queues a new conversation's writes on a transaction (the caller's, which may guard an Idempotency-Key)."""
+    """Queues a new conversation's writes on a transaction (the caller's, which may guard an Idempotency-Key),
+    its project's listing index included."""
     conversation_id = conversation["id"]
     pipe.set(keys.conversation(conversation_id), stored(conversation, project), ex=ttl_s)
+    # Milliseconds, so conversations made within one second still list in the order they were made.
+    conversation_index.add(pipe, project, conversation_id, int(time.time() * 1000))
     if items:
         pipe.rpush(keys.conversation_items(conversation_id), *(json.dumps(i) for i in items))
         pipe.expire(keys.conversation_items(conversation_id), ttl_s)
@@ -44,14 +92,18 @@ async def replace(redis: Redis, conversation: dict[str, Any], project: str) -> N
     await redis.set(keys.conversation(conversation["id"]), stored(conversation, project), keepttl=True)
 
 
-async def delete(redis: Redis, conversation_id: str) -> None:
-    """Deletes the conversation and its items; a turn running on it commits nothing to it (see finish_turn.lua)."""
-    await redis.delete(
-        keys.conversation(conversation_id),
-        keys.conversation_items(conversation_id),
-        keys.conversation_item_tokens(conversation_id),
-        keys.conversation_compaction(conversation_id),
-    )
+async def delete(redis: Redis, conversation_id: str, project: str) -> None:
+    """Deletes the conversation and its items, and takes it off its project's list; a turn running on it commits
+    nothing to it (see finish_turn.lua)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(
+            keys.conversation(conversation_id),
+            keys.conversation_items(conversation_id),
+            keys.conversation_item_tokens(conversation_id),
+            keys.conversation_compaction(conversation_id),
+        )
+        conversation_index.remove(pipe, project, conversation_id)
+        await pipe.execute()
 
 
 async def items(redis: Redis, conversation_id: str, start: int = 0, end: int = -1) -> list[Item]:

@@ -58,6 +58,13 @@ def conversation_compaction(conversation_id: str) -> str:
     return f"{CONVERSATION_PREFIX}{conversation_id}:compaction"
 
 
+def project_conversations(project: str) -> str:
+    """ZSET: conversation id -> created_at (ms) of one project's conversations, for listing them newest first.
+    Written when a conversation is created and removed when it is deleted; an id whose conversation expired
+    is dropped by the next listing that meets it."""
+    return f"{PREFIX}project-conversations:{project}"
+
+
 TURNS_SUFFIX = ":turns"
 
 
@@ -140,6 +147,18 @@ def upstream_retry(response_id: str) -> str:
 
 # HASH: agent name -> AgentCard JSON, published by workers at start so any API node can list and validate models.
 AGENTS = f"{PREFIX}agents"
+
+
+# ZSET: worker id -> its last heartbeat (ms, the worker's clock); the ids of workers that may be alive.
+WORKERS = f"{PREFIX}workers"
+
+WORKER_PREFIX = f"{PREFIX}worker:"
+
+
+def worker(worker_id: str) -> str:
+    """STRING: one worker's heartbeat (JSON: id, host, pid, queue, running, started_at, beat_at), expiring
+    TURNSTREAM_WORKER_HEARTBEAT_TTL_S after its last refresh, so a dead worker's record goes by itself."""
+    return f"{WORKER_PREFIX}{worker_id}"
 
 
 # --- API keys, projects and limits (shared/api_keys.py, shared/rate_limits.py) -------------------

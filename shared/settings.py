@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -82,6 +82,19 @@ class Settings(BaseSettings):
     redis_retry_max_s: float = 5.0
     # How often one worker of the fleet looks for turns whose job was lost and runs them again.
     sweep_interval_s: float = 5.0
+    # Each worker announces itself this often (id, host, running turns); /readyz and `turnstream status` count
+    # a worker alive while its last heartbeat is younger than the TTL (three missed beats).
+    worker_heartbeat_s: float = Field(default=5.0, gt=0)
+    worker_heartbeat_ttl_s: int = Field(default=15, ge=1)
+
+    @field_validator("worker_heartbeat_ttl_s")
+    @classmethod
+    def _ttl_outlives_beats(cls, ttl: int, info: ValidationInfo) -> int:
+        beat = info.data.get("worker_heartbeat_s")
+        if beat is not None and ttl <= beat:
+            # A record that expires before the next beat would make every live worker flicker out.
+            raise ValueError(f"must be longer than TURNSTREAM_WORKER_HEARTBEAT_S ({beat:g} s)")
+        return ttl
     # How a re-run asks the model to continue a message its dead attempt left half-written: "instruction"
     # (the partial message plus a system instruction, works everywhere) or "continue_final_message" (vLLM).
     upstream_continuation: Literal["instruction", "continue_final_message"] = "instruction"

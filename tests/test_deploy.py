@@ -219,6 +219,11 @@ def test_image_runs_api_worker_and_mock_with_a_mounted_agents_file(
         )
         assert answer.status == "completed", answer.error
         assert "Paris: 21°C, clear" in answer.output_text
+        # The playground's files are package data: the installed image serves them, not the repository.
+        root = f"http://127.0.0.1:{api_port}"
+        assert "<title>turnstream playground</title>" in httpx.get(f"{root}/").text
+        assert httpx.get(f"{root}/playground/playground.js").status_code == 200
+        assert httpx.get(f"{root}/readyz").json()["workers"]["live"] == 1
         # The liveness probe of compose and Kubernetes, run as they run it.
         wait_until(lambda: subprocess.run([image.bin / "turnstream", "worker", "--check"], cwd=home, env=env,
                                           capture_output=True).returncode == 0, 10, "a worker heartbeat")

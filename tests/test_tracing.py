@@ -160,10 +160,12 @@ def test_a_failed_model_call_marks_its_spans_as_errors(traced_stack: Stack, expo
     assert _attrs(agent)["turnstream.status"] == "failed" and not agent.status.is_ok
 
 
-def test_probes_are_not_traced(traced_stack: Stack, exporter: InMemorySpanExporter) -> None:
+def test_probes_and_the_playground_are_not_traced(traced_stack: Stack, exporter: InMemorySpanExporter) -> None:
     exporter.clear()
     assert httpx.get(f"{traced_stack.root}/readyz").status_code == 200
     assert httpx.get(f"{traced_stack.root}/metrics").status_code == 200
+    assert httpx.get(f"{traced_stack.root}/").status_code == 200  # the playground's page and files
+    assert httpx.get(f"{traced_stack.root}/playground/playground.js").status_code == 200
     assert exporter.get_finished_spans() == ()
 
 

@@ -22,6 +22,7 @@ from shared.turn_state import Retention, TurnState
 from worker.agents import AgentRegistry, load_agents
 from worker.arq_worker import FastPickupWorker, not_a_try
 from worker.cancel_listener import CancelListener
+from worker.heartbeat import Heartbeat
 from worker.redis_retry import TRANSIENT, Outage
 from worker.sweeper import Sweeper
 from worker.turn import Deferred, TurnRunner
@@ -90,6 +91,9 @@ def build_worker(
         ctx["runner"] = TurnRunner(pool, settings, agents, client, cancels, outage, ctx["claims"])
         ctx["sweeper"] = asyncio.create_task(Sweeper(pool, settings, state, outage).run_forever())
         ctx["webhooks"] = asyncio.create_task(WebhookDelivery(pool, settings, outage).run_forever())
+        heartbeat = Heartbeat(pool, settings, lambda: worker.job_counter, outage)
+        ctx["heartbeat"] = heartbeat
+        ctx["heartbeat_task"] = asyncio.create_task(heartbeat.run_forever())
         if settings.openai_base_url is not None:  # the built-in mock answers any model name
             ctx["upstream_check"] = asyncio.create_task(check_upstream_models(client, agents))
         log.info("worker ready: agents %s, upstream %s", ", ".join(a.name for a in agents), settings.upstream_base_url)
@@ -99,6 +103,10 @@ def build_worker(
             ctx["upstream_check"].cancel()
         if "metrics" in ctx:
             await asyncio.to_thread(ctx["metrics"].shutdown)  # waits for the server's poll loop to end
+        if "heartbeat" in ctx:
+            ctx["heartbeat_task"].cancel()
+            await asyncio.gather(ctx["heartbeat_task"], return_exceptions=True)
+            await ctx["heartbeat"].leave()
         if "cancels" in ctx:
             ctx["sweeper"].cancel()
             ctx["webhooks"].cancel()
@@ -107,7 +115,7 @@ def build_worker(
             await ctx["client"].close()
             await ctx["runner"].upstreams.close()
 
-    return FastPickupWorker(
+    worker = FastPickupWorker(
         functions=[func(run_turn, name=RUN_TURN, max_tries=settings.job_max_tries + 1, timeout=_JOB_TIMEOUT_S)],
         queue_name=settings.queue_name,
         redis_pool=redis,
@@ -124,3 +132,4 @@ def build_worker(
         # Lets a SIGTERM'd worker finish short turns instead of re-queueing them (under k8s' 60 s grace).
         job_completion_wait=settings.shutdown_grace_s,
     )
+    return worker

@@ -10,12 +10,12 @@ from fastapi import APIRouter
 from api import idempotency
 from api.auth import CallerDep
 from api.deps import ServicesDep
-from api.errors import not_found
+from api.errors import invalid, not_found
 from api.idempotency import IdempotencyKey
 from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateConversationBody, UpdateConversationBody, normalise_input
-from shared import conversation_record, ids
+from shared import conversation_index, conversation_record, ids
 from shared.models import DEFAULT_PROJECT
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"], route_class=JSONBodyRoute)
@@ -55,6 +55,26 @@ async def create_conversation(
     return conversation
 
 
+@router.get("")
+async def list_conversations(svc: ServicesDep, caller: CallerDep, page: Page) -> dict[str, Any]:
+    """List the project's conversations, newest first by default (an extension: OpenAI has no such list)."""
+    if page.after is not None and not ids.is_id(page.after, ids.CONVERSATION):
+        raise invalid(f"No conversation with id '{page.after}' to page after.", "after")
+    try:
+        found = await conversation_record.list_page(
+            svc.redis, caller.project, limit=page.limit, order=page.order, after=page.after
+        )
+    except conversation_index.CursorNotFound:
+        raise invalid(f"No conversation with id '{page.after}' to page after.", "after") from None
+    return {
+        "object": "list",
+        "data": found.data,
+        "first_id": found.data[0]["id"] if found.data else None,
+        "last_id": found.data[-1]["id"] if found.data else None,
+        "has_more": found.has_more,
+    }
+
+
 @router.get("/{conversation_id}")
 async def get_conversation(conversation_id: str, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Retrieve a conversation."""
@@ -76,7 +96,7 @@ async def update_conversation(
 async def delete_conversation(conversation_id: str, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Delete a conversation and its items; responses that used it stay retrievable."""
     await _conversation(svc, conversation_id, caller.project)
-    await conversation_record.delete(svc.redis, conversation_id)
+    await conversation_record.delete(svc.redis, conversation_id, caller.project)
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from api.deps import ServicesDep
-from api.errors import not_found, store_unavailable
+from api.errors import no_live_workers, not_found, store_unavailable
+from shared import fleet
 from shared.models import AgentCard
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,27 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(svc: ServicesDep) -> JSONResponse:
-    """Redis is reachable: this node can take turns."""
+async def readyz(
+    svc: ServicesDep,
+    exclude: Annotated[list[Literal["workers"]], Query(description="checks to leave out")] = [],  # noqa: B006
+) -> JSONResponse:
+    """Ready to run turns: Redis is reachable and at least one worker of this API's queue is alive.
+
+    `?exclude=workers` (as Kubernetes' own /readyz takes `exclude=`) asks only whether this API node can serve:
+    the API Deployment's readiness probe uses it, so that with every worker down the API nodes stay behind
+    the load balancer, serving reads, streams and this clear 503, instead of all leaving it.
+    Worker ids and hosts are left to `turnstream status`: this route needs no key.
+    """
     try:
         await svc.redis.ping()
+        workers = [] if "workers" in exclude else await fleet.live_workers(svc.redis, svc.settings.queue_name)
     except Exception as exc:
         log.warning("not ready: redis unreachable: %s", exc)
         raise store_unavailable() from None
-    return JSONResponse({"status": "ok"})
+    if "workers" in exclude:
+        return JSONResponse({"status": "ok"})
+    if not workers:
+        raise no_live_workers(svc.settings.queue_name, svc.settings.worker_heartbeat_ttl_s)
+    return JSONResponse(
+        {"status": "ok", "workers": {"live": len(workers), "running_turns": sum(w.running for w in workers)}}
+    )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from pydantic import ValidationError
 
 from shared.cli import keys as key_commands
-from shared.cli import webhooks
+from shared.cli import status, webhooks
 from shared.cli.startup import StartupError, announce, listen, redacted, redis_problem, require_redis_url
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
@@ -123,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     key_commands.add_parser(sub)
     webhooks.register(sub)
+    status.register(sub)
     return parser
 
 
@@ -171,7 +172,7 @@ def _run(command: str, args: argparse.Namespace, settings: Settings) -> None:
         run(run_tail(settings, args.response_id, args.after, args.url))
     elif command == "keys":
         sys.exit(key_commands.run(settings, args))
-    elif command == "webhooks":
+    elif command in ("webhooks", "status"):
         sys.exit(args.handler(settings, args))
 
 

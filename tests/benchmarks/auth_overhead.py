@@ -84,7 +84,8 @@ def main() -> None:
         spawn("api-open", [*cli, "api"], {"TURNSTREAM_PORT": str(open_port), "TURNSTREAM_AUTH": "off"})
         spawn("api-keyed", [*cli, "api"], {"TURNSTREAM_PORT": str(keyed_port), "TURNSTREAM_AUTH": "on"})
         for port in (open_port, keyed_port):
-            wait_until(lambda port=port: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, "API")
+            ready = f"http://127.0.0.1:{port}/readyz?exclude=workers"  # no workers: the API alone
+            wait_until(lambda ready=ready: httpx.get(ready).status_code == 200, "API")
         secret = asyncio.run(_create_key(redis_url))
         clients = {
             "open": httpx.Client(base_url=f"http://127.0.0.1:{open_port}/v1", timeout=30),

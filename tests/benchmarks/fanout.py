@@ -125,7 +125,7 @@ class Stack:
             while True:
                 self.check_alive()
                 try:
-                    if (await http.get(f"http://127.0.0.1:{self.api_port}/readyz")).status_code == 200:
+                    if (await http.get(f"http://127.0.0.1:{self.api_port}/readyz?exclude=workers")).status_code == 200:
                         return
                 except httpx.HTTPError:
                     pass

@@ -32,6 +32,8 @@ def test_dev_mode_runs_on_the_embedded_redis_with_no_key(tmp_path: object) -> No
         client.responses.create(model="turnstream-mock", input="My name is Ravi.", conversation=conv.id)
         answer = client.responses.create(model="turnstream-mock", input="What is my name?", conversation=conv.id)
         assert answer.output_text == "Your name is Ravi."
+        # The embedded worker heartbeats like any other, so /readyz counts it.
+        assert httpx.get(f"{base}/readyz").json()["workers"]["live"] == 1
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)

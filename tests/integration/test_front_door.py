@@ -260,7 +260,7 @@ def test_api_flags_override_the_settings(tmp_path: Path, start: object, redis_se
     port = free_port()
     env = clean_env(TURNSTREAM_REDIS_URL=redis_server.url, TURNSTREAM_HOST="192.0.2.1")
     api = start("api", "--host", "127.0.0.1", "--port", str(port), env=env)  # type: ignore[operator]
-    wait_ready(f"http://127.0.0.1:{port}/readyz", api)
+    wait_ready(f"http://127.0.0.1:{port}/readyz?exclude=workers", api)
 
 
 def test_uvicorn_imports_the_api_app(tmp_path: Path, redis_server: RedisServer) -> None:
@@ -275,7 +275,8 @@ def test_uvicorn_imports_the_api_app(tmp_path: Path, redis_server: RedisServer) 
         text=True,
     )
     try:
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, 30, "uvicorn api.app:app")
+        ready = f"http://127.0.0.1:{port}/readyz?exclude=workers"  # no worker runs here
+        wait_until(lambda: httpx.get(ready).status_code == 200, 30, "uvicorn api.app:app")
         # Built from the environment's settings: keys are required, as for `turnstream api`.
         unauthenticated = httpx.get(f"http://127.0.0.1:{port}/v1/models")
         assert unauthenticated.status_code == 401

@@ -63,4 +63,5 @@ def test_readme_curl_block_runs_verbatim(stack: Stack) -> None:
     assert result.returncode == 0, result.stderr
     assert '"status":"completed"' in result.stdout.replace(" ", "")  # the plain create
     assert "event: response.function_call_arguments.done" in result.stdout  # the streamed weather turn
+    assert '"object":"list"' in result.stdout.replace(" ", "")  # the conversation listing
     assert result.stdout.rstrip().endswith("data: [DONE]")  # the resumed stream ends as the spec says

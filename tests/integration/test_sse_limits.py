@@ -72,7 +72,7 @@ def lone_api(stack: Stack, rds: redis.Redis, **settings: str) -> Iterator[LoneAP
     proc = stack.spawn(f"api-sse-{port}", "api", env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200, 30, "the API")
+        wait_until(lambda: httpx.get(f"{base}/readyz?exclude=workers").status_code == 200, 30, "the API")
         yield LoneAPI(base, proc.pid, rds)
     finally:
         stack.stop(f"api-sse-{port}")
