@@ -40,7 +40,11 @@ class CreateResponseBody(BaseModel):
     user: str | None = None
     # turnstream's own option (send it with the SDK's extra_body): what a turn does when its
     # conversation already has one running. "wait" queues it behind; "reject" answers 409.
+    # "interrupt" stops the turns ahead (cancelled, keeping what they produced); "rollback" also erases them.
     conversation_lock: LockPolicy = "wait"
+    # turnstream's own option too: a streamed create whose client goes away (and does not resume within
+    # TURNSTREAM_DISCONNECT_GRACE_S) cancels its turn.
+    cancel_on_disconnect: bool | None = None
     # Generation options, checked in api/request_options.py, echoed on the Response, mapped upstream.
     include: list[str] | None = None
     text: dict[str, Any] | None = None

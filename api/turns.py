@@ -15,10 +15,10 @@ from api.deps import Services
 from api.errors import APIError, invalid, not_found
 from api.idempotency import Claim, in_use
 from api.schemas import CreateResponseBody, function_tools, normalise_input
-from shared import events, ids, keys, metrics, tracing
+from shared import events, ids, keys, metrics, tracing, webhooks
 from shared.events import StreamEvent
 from shared.logs import add_log_context
-from shared.models import DEFAULT_PROJECT, AgentCard, Status, TurnRequest
+from shared.models import DEFAULT_PROJECT, AgentCard, Status, TurnOutcome, TurnRequest
 from shared.rate_limits import turn_accounting
 from shared.records import load_response
 from shared.response_object import build_response
@@ -140,9 +140,9 @@ async def accept(svc: Services, req: TurnRequest, caller: Caller, once: Claim | 
     turn = _render(req)
     # Keys off (or no key): no concurrent-turn slot to take.
     slot = Slot(caller.key_id, caller.max_concurrent) if svc.limiter and caller.key_id else None
-    refusal = await svc.acceptor.accept(turn, slot, once.mark() if once is not None else None)
-    if refusal is not None:
-        raise _refused(refusal, req, caller)
+    outcome = await svc.acceptor.accept(turn, slot, once.mark() if once is not None else None)
+    if isinstance(outcome, Refusal):
+        raise _refused(outcome, req, caller)
     metrics.TURNS_ACCEPTED.labels(req.model, req.project).inc()
     return Accepted(str(turn.record["response"]), turn.written())
 
@@ -165,6 +165,16 @@ def _render(req: TurnRequest) -> NewTurn:
         raise invalid(f"The request cannot be stored as standard JSON: {exc}.") from None
     # The worker's first event, written by the script that starts the turn: no round trip of its own.
     progress = events.encode(events.lifecycle(events.IN_PROGRESS, build_response(req, Status.IN_PROGRESS)))
+    # What a later turn's `interrupt`/`rollback` accept stores if it stops this one before pickup.
+    cancelled = build_response(req, Status.CANCELLED, TurnOutcome(status=Status.CANCELLED))
+    conversation_fields: dict[str, str] = {}
+    if req.conversation_id:
+        conversation_fields = {
+            "cancelled": events.encode(cancelled),
+            "cancelled_hook": webhooks.outbox_entry(req.project, req.response_id, Status.CANCELLED, cancelled),
+        }
+        if req.store:  # a store=false turn is seen by its creator alone, so not by the conversation's feed
+            conversation_fields["feed"] = keys.conversation_feed(req.conversation_id)
     return NewTurn(
         response_id=req.response_id,
         project=req.project,
@@ -178,6 +188,7 @@ def _render(req: TurnRequest) -> NewTurn:
             "response": response_json,
             "progress": progress,
             "conversation": req.conversation_id or "",  # for the start script, which then needs no JSON decode
+            **conversation_fields,
             **turn_accounting(req),
         },
         first_events=encoded,

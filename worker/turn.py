@@ -35,7 +35,7 @@ from worker.cancel_listener import CancelHandle, CancelListener
 from worker.emitter import Emitter
 from worker.job_leases import JobLeases
 from worker.redis_retry import TRANSIENT, Outage
-from worker.resume import Resumed, fold
+from worker.resume import Resumed, fold, stopped_output
 from worker.turn_telemetry import TurnTelemetry
 from worker.upstream_diagnostics import describe_upstream_error
 
@@ -94,7 +94,11 @@ class TurnRunner:
             req = TurnRequest.model_validate_json(started.request)
             add_log_context(attempt=started.attempt, conversation_id=req.conversation_id)
             if started.cancel_requested:
-                await self._commit(req, started.attempt, TurnOutcome(status=Status.CANCELLED), claim)
+                # Cancelled (or interrupted) while no worker held it: keep what a dead attempt produced.
+                resumed = await self._resumed(req.response_id, started.attempt)
+                client_tools = frozenset(t["name"] for t in req.tools if t.get("type") == "function")
+                output = stopped_output(resumed, client_tools)
+                await self._commit(req, started.attempt, TurnOutcome(status=Status.CANCELLED, output=output), claim)
                 return Status.CANCELLED.value
             if started.attempt > self.settings.job_max_tries:
                 await self._commit(req, started.attempt, gave_up(started.attempt - 1), claim)
