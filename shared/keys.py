@@ -29,9 +29,12 @@ ACTIVE_TURNS = f"{PREFIX}active-turns"
 SWEEPER_LOCK = f"{PREFIX}sweeper-lock"
 
 
+EVENTS_PREFIX = f"{PREFIX}events:"
+
+
 def events(response_id: str) -> str:
     """STREAM: the response's events; entry id is "<sequence_number>-1"."""
-    return f"{PREFIX}events:{response_id}"
+    return f"{EVENTS_PREFIX}{response_id}"
 
 
 CONVERSATION_PREFIX = f"{PREFIX}conversation:"
@@ -58,6 +61,13 @@ def conversation_compaction(conversation_id: str) -> str:
     return f"{CONVERSATION_PREFIX}{conversation_id}:compaction"
 
 
+def conversation_feed(conversation_id: str) -> str:
+    """STREAM: every event of every stored turn of the conversation, as written to each response's stream;
+    entry id "<n>-1", n counting the feed's entries; fields seq (n), type, attempt, response_id, data (the
+    event JSON with "response_id" spliced in). A turn's record names it in its `feed` field."""
+    return f"{CONVERSATION_PREFIX}{conversation_id}:events"
+
+
 TURNS_SUFFIX = ":turns"
 
 
@@ -76,6 +86,13 @@ def turn_wake(response_id: str) -> str:
 
 # LIST: the API pushes a token per enqueued turn; idle workers BLPOP it instead of sleeping.
 QUEUE_WAKE = f"{PREFIX}queue-wake"
+
+
+def client_gone(response_id: str) -> str:
+    """STRING: when (ms) the client of a cancel-on-disconnect stream left; any API node's resuming tail deletes
+    it, and the node that saw the client leave cancels the turn if it is still there after the grace."""
+    return f"{PREFIX}client-gone:{response_id}"
+
 
 # PUB/SUB channel: response ids whose cancel was requested while running.
 CANCEL_CHANNEL = f"{PREFIX}cancel"
