@@ -133,6 +133,22 @@ def _item(raw: dict[str, Any], param: str) -> Item:
             "arguments": raw["arguments"],
             "status": "completed",
         }
+    if kind == "mcp_approval_response":
+        request_id, approve, reason = raw.get("approval_request_id"), raw.get("approve"), raw.get("reason")
+        if not ids.is_id(request_id, ids.APPROVAL_REQUEST):
+            raise invalid(f"Invalid value for '{param}.approval_request_id': not an approval request id.",
+                          f"{param}.approval_request_id")
+        if not isinstance(approve, bool):
+            raise invalid(f"Invalid value for '{param}.approve': expected true or false.", f"{param}.approve")
+        if reason is not None and not isinstance(reason, str):
+            raise invalid(f"Invalid value for '{param}.reason': expected a string.", f"{param}.reason")
+        return {
+            "id": _given_id(raw, ids.APPROVAL_RESPONSE, param) or ids.new_id(ids.APPROVAL_RESPONSE),
+            "type": "mcp_approval_response",
+            "approval_request_id": request_id,
+            "approve": approve,
+            "reason": reason,
+        }
     if kind == "compaction":
         # Only this server's own summaries can be read back; another server's are opaque to it.
         if compaction_item.summary_of(raw) is None:

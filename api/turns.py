@@ -49,6 +49,7 @@ async def build_request(svc: Services, body: CreateResponseBody, caller: Caller)
     items = normalise_input(body.input)
     if len(items) > settings.max_input_items:
         raise invalid(f"'input' has {len(items)} items; the limit is {settings.max_input_items}.", "input")
+    await check_approval_answers(svc, items, caller.project)
     tools = function_tools(body.tools)
     compact, compact_threshold = options.compaction(body.context_management)
     choice: str | dict[str, Any] = body.tool_choice or "auto"
@@ -91,6 +92,21 @@ async def build_request(svc: Services, body: CreateResponseBody, caller: Caller)
         compact_threshold=compact_threshold,
         traceparent=tracing.current_traceparent(),
     )
+
+
+async def check_approval_answers(svc: Services, items: list[dict[str, Any]], project: str) -> None:
+    """Each `mcp_approval_response` must answer a request of this project that no turn has answered yet (a
+    turn racing this one to answer it is settled by the worker: the tool runs at most once)."""
+    for index, item in enumerate(items):
+        if item["type"] != "mcp_approval_response":
+            continue
+        request_id, param = item["approval_request_id"], f"input[{index}].approval_request_id"
+        owner, claimed = await svc.redis.hmget(keys.approval(request_id), ["project", "claimed"])
+        if owner is None or owner.decode() != project:
+            raise invalid(f"No approval request '{request_id}' is waiting for an answer.", param)
+        if claimed is not None:
+            raise invalid(f"Approval request '{request_id}' was already answered (or expired).", param,
+                          "approval_already_answered")
 
 
 async def is_stored_response(svc: Services, response_id: str, project: str) -> bool:

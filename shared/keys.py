@@ -94,6 +94,13 @@ def client_gone(response_id: str) -> str:
     return f"{PREFIX}client-gone:{response_id}"
 
 
+def approval(request_id: str) -> str:
+    """HASH: one tool call waiting on a person (worker/approvals.py): project, response (the turn that asked),
+    name, arguments, created (ms); once answered, `claimed` (the answering turn's response id) and then
+    `output` or `error`. HSETNX on `claimed` is what runs an approved tool at most once."""
+    return f"{PREFIX}approval:{request_id}"
+
+
 # PUB/SUB channel: response ids whose cancel was requested while running.
 CANCEL_CHANNEL = f"{PREFIX}cancel"
 

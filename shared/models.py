@@ -137,3 +137,4 @@ class AgentCard(BaseModel):
     tool_timeout_s: float = 30.0
     context_budget_tokens: int = 128_000
     truncation: Literal["auto", "disabled"] = "disabled"  # the agent's default for requests that do not say
+    approval_required: list[str] = Field(default_factory=list)  # its tools that wait on a person's approval

@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     # cancel_on_disconnect: how long a streamed create's turn outlives its client, waiting for it to resume
     # (Last-Event-ID, on any API node) before it is cancelled. Short: a chat tab that is gone should stop paying.
     disconnect_grace_s: float = Field(default=0.5, ge=0, le=3600)
+    # A tool call waiting on a person's approval is refused past this; the next turn states it in the history.
+    approval_timeout_s: int = Field(default=86_400, ge=1)
     sync_wait_timeout_s: float = 660.0  # how long a non-stream, non-background request waits
 
     # --- Keys and projects (README "Keys and projects") -----------------------------------------

@@ -31,6 +31,7 @@ from worker import context_window
 from worker.agent_loop import AgentTurn, Limits
 from worker.agents import Agent, AgentRegistry
 from worker.append_batcher import AppendBatcher
+from worker.approvals import Approvals
 from worker.cancel_listener import CancelHandle, CancelListener
 from worker.emitter import Emitter
 from worker.job_leases import JobLeases
@@ -60,6 +61,7 @@ class TurnRunner:
         self.leases = JobLeases(redis, settings.queue_name, settings.lease_s)
         self.writes = AppendBatcher(self.state, settings.append_tick_ms / 1000)
         self.agents = agents
+        self.approvals = Approvals(redis, settings.approval_timeout_s)
         self.client = client
         self.cancels = cancels
         # The worker's claims (job id -> token, score): a job whose commit finished it leaves them, so the
@@ -169,6 +171,7 @@ class TurnRunner:
                         resumed=resumed,
                         continuation=self.settings.upstream_continuation,
                         telemetry=telemetry,
+                        approvals=self.approvals,
                     )
                     outcome = await self._outcome(turn, handle)
             telemetry.ended(outcome)

@@ -23,6 +23,8 @@ EXPECTED_OUTPUT = {
     "websocket": "response.output_text.delta",
     "interrupt": "cancelled 1 2 3\nuser completed count to 100\nassistant incomplete 1",
     "conversation-feed": "response.completed",
+    "approval": 'completed mcp_approval_request slow_tool {"seconds": 0.1}\nmcp_call Tool slow_tool returned: '
+    "waited 0.1s.",
 }
 USE_IT = re.search(r"<!-- shell: use-it -->\n```sh\n(.*?)```", README, re.S)
 
