@@ -4,6 +4,7 @@ denied; unanswered requests expire. Its own stack: workers are killed here, and 
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from openai import OpenAI
 from openai.types.conversations import ConversationItem
 from pydantic import TypeAdapter
 
+from shared.cli.chat import run_chat
 from tests.conftest import Stack
 from tests.integration.conftest import TERMINAL, validated, wait_for
 from tests.integration.own_stack import own_stack
@@ -189,3 +191,17 @@ def test_an_answer_to_an_unknown_request_is_refused(client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model="careful", input=_answer(True, "mcpr_" + "0" * 48))
     assert refused.value.param == "input[0].approval_request_id"
+
+
+def test_the_chat_repl_asks_y_n_and_runs_or_skips_the_tool(approval_stack: Stack) -> None:
+    _ensure_worker(approval_stack)
+    out = io.StringIO()
+    lines = 'call slow_tool({"seconds": 0.1})\ny\ncall slow_tool({"seconds": 0.2})\nn\n'
+
+    run_chat(approval_stack.base_url, "careful", input_stream=io.StringIO(lines), out=out)
+
+    text = out.getvalue()
+    assert text.count('[careful wants to run slow_tool({"seconds": 0.1}); allow? y/n]') == 1
+    assert "bot> Tool slow_tool returned: waited 0.1s." in text
+    assert "[slow_tool not run: The user denied this tool call.]" in text
+    assert "bot> The tool slow_tool failed (The user denied this tool call.)" in text
