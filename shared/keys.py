@@ -17,7 +17,11 @@ RESPONSE_PREFIX = f"{PREFIX}response:"
 def response(response_id: str) -> str:
     """HASH: status, attempt, seq (last sequence number), batch (last event batch written), cancel,
     request (JSON), response (JSON), progress (the turn's `response.in_progress` event, encoded at accept
-    for the worker to publish as it starts the turn; records of older API nodes lack it)."""
+    for the worker to publish as it starts the turn; records of older API nodes lack it); for a turn in a
+    conversation: cancelled and cancelled_hook (its cancelled Response and webhook entry, rendered at accept
+    for an `interrupt`/`rollback` accept that stops it before pickup; dropped once it starts), rollback (set
+    by a `rollback` accept: its commit adds nothing to the conversation), feed (its conversation's feed key,
+    when stored: see conversation_feed)."""
     return f"{RESPONSE_PREFIX}{response_id}"
 
 
