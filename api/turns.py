@@ -191,6 +191,7 @@ def _render(req: TurnRequest) -> NewTurn:
         }
         if req.store:  # a store=false turn is seen by its creator alone, so not by the conversation's feed
             conversation_fields["feed"] = keys.conversation_feed(req.conversation_id)
+            conversation_fields["feed_seq"] = keys.conversation_feed_counter(req.conversation_id)
     return NewTurn(
         response_id=req.response_id,
         project=req.project,

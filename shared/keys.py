@@ -20,8 +20,8 @@ def response(response_id: str) -> str:
     for the worker to publish as it starts the turn; records of older API nodes lack it); for a turn in a
     conversation: cancelled and cancelled_hook (its cancelled Response and webhook entry, rendered at accept
     for an `interrupt`/`rollback` accept that stops it before pickup; dropped once it starts), rollback (set
-    by a `rollback` accept: its commit adds nothing to the conversation), feed (its conversation's feed key,
-    when stored: see conversation_feed)."""
+    by a `rollback` accept: its commit adds nothing to the conversation), feed and feed_seq (its
+    conversation's feed and the feed's counter, when stored: see conversation_feed)."""
     return f"{RESPONSE_PREFIX}{response_id}"
 
 
@@ -70,6 +70,12 @@ def conversation_feed(conversation_id: str) -> str:
     entry id "<n>-1", n counting the feed's entries; fields seq (n), type, attempt, response_id, data (the
     event JSON with "response_id" spliced in). A turn's record names it in its `feed` field."""
     return f"{CONVERSATION_PREFIX}{conversation_id}:events"
+
+
+def conversation_feed_counter(conversation_id: str) -> str:
+    """STRING: the number of entries ever written to the conversation's feed (its next n); expires with it. A
+    turn's record names it in its `feed_seq` field."""
+    return f"{CONVERSATION_PREFIX}{conversation_id}:events-written"
 
 
 TURNS_SUFFIX = ":turns"

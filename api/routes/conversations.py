@@ -91,6 +91,7 @@ async def delete_conversation(conversation_id: str, svc: ServicesDep, caller: Ca
         keys.conversation_item_tokens(conversation_id),
         keys.conversation_compaction(conversation_id),
         keys.conversation_feed(conversation_id),
+        keys.conversation_feed_counter(conversation_id),
     )
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 

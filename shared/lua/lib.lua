@@ -1,35 +1,38 @@
 -- Functions the scripts share; the loader puts this file (after the constants) in front of every script.
 -- Each takes the keys it touches as arguments, so a script passes on the KEYS it was given.
 
--- Appends one event to a conversation's live feed: entry id "<n>-1", n the feed's own counter (the last
--- entry's n + 1; trimming keeps the newest entry, so it only restarts once the whole feed has expired). The
--- data is the response's event with its response id spliced in front, since deltas do not name it.
-local function feed_append(feed, rid, attempt, maxlen, etype, data)
-  local last = redis.call('XREVRANGE', feed, '+', '-', 'COUNT', 1)
-  local n = 0
-  if last[1] then n = tonumber(string.match(last[1][1], '^(%d+)')) + 1 end
+-- Appends one event to a conversation's live feed: entry id "<n>-1", n from the feed's own counter (kept
+-- and expiring with the feed; cheaper than reading the feed's last entry). The data is the response's event
+-- with its response id spliced in front, since deltas do not name it.
+local function feed_append(feed, counter, rid, attempt, maxlen, etype, data)
+  local n = redis.call('INCR', counter) - 1
   redis.call('XADD', feed, 'MAXLEN', '~', maxlen, n .. '-1', 'seq', n, 'type', etype, 'attempt', attempt,
              'response_id', rid, 'data', '{"response_id":"' .. rid .. '",' .. string.sub(data, 2))
 end
 
 -- Appends one event: the sequence number comes from the response hash, so writers never collide. A turn
--- whose record names a conversation feed (field `feed`, a key named by the record: see the loader) also
--- appends it there, in the same step, so the feed holds exactly what the response's stream holds.
+-- whose record names a conversation feed (fields `feed`, `feed_seq`: keys named by the record, see the
+-- loader) also appends it there, in the same step, so the feed holds exactly what the response's stream holds.
 local function append(resp, stream, attempt, maxlen, etype, body)
   local seq = redis.call('HINCRBY', resp, 'seq', 1)
   local data = '{"sequence_number":' .. seq .. ',' .. string.sub(body, 2)
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-1',
              'seq', seq, 'type', etype, 'attempt', attempt, 'data', data)
-  local feed = redis.call('HGET', resp, 'feed')
-  if feed then feed_append(feed, string.sub(resp, #RESPONSE_PREFIX + 1), attempt, maxlen, etype, data) end
+  local feed = redis.call('HMGET', resp, 'feed', 'feed_seq')
+  if feed[1] then
+    feed_append(feed[1], feed[2], string.sub(resp, #RESPONSE_PREFIX + 1), attempt, maxlen, etype, data)
+  end
   return seq
 end
 
 -- Renews a turn's stream and, if it has one, its conversation's feed: both live `ttl` after their last write.
 local function expire_streams(resp, stream, ttl)
   redis.call('EXPIRE', stream, ttl)
-  local feed = redis.call('HGET', resp, 'feed')
-  if feed then redis.call('EXPIRE', feed, ttl) end
+  local feed = redis.call('HMGET', resp, 'feed', 'feed_seq')
+  if feed[1] then
+    redis.call('EXPIRE', feed[1], ttl)
+    redis.call('EXPIRE', feed[2], ttl)
+  end
 end
 
 -- The first turn of a conversation's queue that can still hand over, or nil for none. Heads that finished
