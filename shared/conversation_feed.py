@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.events import decode_entry
 
-PAGE = 100  # events per listing (GET without stream=true)
+PAGE_MAX = 100  # events per listing (GET without stream=true), as OpenAI's lists cap `limit`
 
 
 async def last_entry(redis: Redis, conversation_id: str) -> int:
@@ -26,14 +26,17 @@ async def last_entry(redis: Redis, conversation_id: str) -> int:
     return int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[0])
 
 
-async def page(redis: Redis, conversation_id: str, after: int) -> dict[str, Any]:
-    """Up to PAGE events after entry `after`: {object: "list", data, last_event_id, has_more}. Each event is
-    the response's event with its `response_id`; `last_event_id` is the cursor to pass on."""
-    entries = await redis.xrange(keys.conversation_feed(conversation_id), min=f"{after + 1}-0", max="+", count=PAGE)
+async def page(redis: Redis, conversation_id: str, after: int, limit: int = PAGE_MAX) -> dict[str, Any]:
+    """Up to `limit` events after entry `after`: {object: "list", data, last_event_id, has_more}. Each event
+    is the response's event with its `response_id`; `last_event_id` is the cursor to pass on."""
+    feed = keys.conversation_feed(conversation_id)
+    entries = await redis.xrange(feed, min=f"{after + 1}-0", max="+", count=limit + 1)
+    more = len(entries) > limit
+    entries = entries[:limit]
     decoded = [decode_entry(fields) for _, fields in entries]
     return {
         "object": "list",
         "data": [orjson.loads(event.data) for event in decoded],
         "last_event_id": decoded[-1].seq if decoded else after,
-        "has_more": len(entries) == PAGE,
+        "has_more": more,
     }

@@ -127,6 +127,7 @@ async def conversation_events(
     stream: bool = False,
     starting_after: Annotated[int | None, Query(ge=-1, le=MAX_SEQUENCE_NUMBER)] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    limit: Annotated[int, Query(ge=1, le=feed.PAGE_MAX)] = feed.PAGE_MAX,
 ) -> Response:
     """Every event of every turn of the conversation: with stream=true, live from now (or after a cursor)."""
     await _conversation(svc, conversation_id, caller.project)
@@ -140,7 +141,7 @@ async def conversation_events(
     if after > last:
         raise invalid(f"'{param}' is {after}, past this conversation's last event ({last}).", param)
     if not stream:
-        return JSONResponse(await feed.page(svc.redis, conversation_id, after))
+        return JSONResponse(await feed.page(svc.redis, conversation_id, after, limit))
     ensure_capacity(svc.fanout)
     return SSEResponse(svc.fanout, conversation_id, after)
 

@@ -371,8 +371,12 @@ def test_a_second_client_follows_both_devices_turns_live_with_no_gap_after_a_rec
         assert own[0]["type"] == "response.created" and own[-1]["type"] == "response.completed"
     assert [f.event for f in seen] == [b["type"] for b in bodies]
     # The same events are listed from any point in the past.
-    listed = httpx.get(f"{nodes[0]}/v1/conversations/{conv.id}/events", params={"starting_after": 2}).json()
-    assert listed["data"] == bodies[3:]
+    url = f"{nodes[0]}/v1/conversations/{conv.id}/events"
+    listed = httpx.get(url, params={"starting_after": 2}).json()
+    assert listed["data"] == bodies[3:] and not listed["has_more"]
+    paged = httpx.get(url, params={"starting_after": 2, "limit": 4}).json()
+    assert (paged["data"], paged["last_event_id"], paged["has_more"]) == (bodies[3:7], 6, True)
+    assert httpx.get(url, params={"limit": 101}).status_code == 400
 
 
 def test_a_feed_cursor_past_the_newest_event_is_refused(nodes: list[str], clients: list[OpenAI]) -> None:
