@@ -303,6 +303,20 @@ def test_a_client_that_resumes_on_another_node_within_the_grace_keeps_its_turn(n
     assert events[-1].json()["response"]["output"][0]["content"][0]["text"].endswith("99 100")
 
 
+def test_a_resumed_client_that_leaves_again_still_cancels_its_turn(clients: list[OpenAI], nodes: list[str]) -> None:
+    response_id, last = _open_stream(nodes[0], {"model": M, "input": LONG, "stream": True,
+                                                "cancel_on_disconnect": True})
+    with httpx.Client(timeout=30) as http, http.stream(
+        "GET", f"{nodes[1]}/v1/responses/{response_id}", params={"stream": "true"}, headers={"Last-Event-ID": str(last)}
+    ) as r:
+        for frame in frames(r):
+            if frame.event == "response.output_text.delta" and frame.id is not None and frame.id > last + 3:
+                break
+        assert clients[0].responses.retrieve(response_id).status == "in_progress"  # kept while it reads
+
+    assert wait_for(clients[1], response_id, TERMINAL, timeout=10).status == "cancelled"
+
+
 def test_background_turns_and_plain_tails_never_cancel_on_disconnect(clients: list[OpenAI], nodes: list[str]) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         clients[0].responses.create(model=M, input="hi", background=True, extra_body={"cancel_on_disconnect": True})
