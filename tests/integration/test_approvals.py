@@ -205,3 +205,18 @@ def test_the_chat_repl_asks_y_n_and_runs_or_skips_the_tool(approval_stack: Stack
     assert "bot> Tool slow_tool returned: waited 0.1s." in text
     assert "[slow_tool not run: The user denied this tool call.]" in text
     assert "bot> The tool slow_tool failed (The user denied this tool call.)" in text
+
+
+def test_an_approval_can_be_answered_through_previous_response_id(client: OpenAI, runs: Path,
+                                                                   approval_stack: Stack) -> None:
+    _ensure_worker(approval_stack)
+    asked = client.responses.create(model="careful", input='call record_call({"words": 1})')
+    [request] = asked.output
+
+    answered = client.responses.create(
+        model="careful", previous_response_id=asked.id, input=_answer(True, request.id)
+    )
+
+    assert answered.output[0].output == "recorded"  # type: ignore[union-attr]
+    assert answered.output_text == "Tool record_call returned: recorded."
+    assert runs.read_text().splitlines() == [request.id]
