@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ from shared.rate_limits import turn_accounting
 from shared.records import load_response
 from shared.response_object import build_response
 from shared.turn_accept import NewTurn, Refusal, Slot
+
+log = logging.getLogger(__name__)
 
 
 async def build_request(svc: Services, body: CreateResponseBody, caller: Caller) -> TurnRequest:
@@ -159,6 +162,8 @@ async def accept(svc: Services, req: TurnRequest, caller: Caller, once: Claim | 
     outcome = await svc.acceptor.accept(turn, slot, once.mark() if once is not None else None)
     if isinstance(outcome, Refusal):
         raise _refused(outcome, req, caller)
+    if outcome.stopped:
+        log.info("%s stopped %d turn(s) ahead of it (%s)", req.response_id, outcome.stopped, req.conversation_lock)
     metrics.TURNS_ACCEPTED.labels(req.model, req.project).inc()
     return Accepted(str(turn.record["response"]), turn.written())
 

@@ -127,7 +127,8 @@ local function cancel_queued(resp, rid, turns, active, endpoints, outbox, maxlen
   redis.call('HSET', resp, 'status', 'cancelled', 'response', f[1])
   settle_accounts(resp, rid, f[1])
   local stream = EVENTS_PREFIX .. rid
-  append(resp, stream, '0', maxlen, CANCELLED_EVENT, '{"type":"' .. CANCELLED_EVENT .. '","response":' .. f[1] .. '}')
+  local terminal = '{"type":"' .. CANCELLED_EVENT .. '","response":' .. f[1] .. '}'
+  append(resp, stream, '0', maxlen, CANCELLED_EVENT, terminal)
   expire_streams(resp, stream, stream_ttl)
   redis.call('HDEL', resp, 'progress', 'cancelled', 'cancelled_hook')
   redis.call('EXPIRE', resp, response_ttl)
