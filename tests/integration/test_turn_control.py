@@ -245,6 +245,28 @@ def test_an_interrupt_while_the_running_turns_worker_is_dead_keeps_what_it_strea
     assert texts[1][:2] == ("assistant", "incomplete")
     assert texts[1][2].startswith(" ".join(str(n) for n in range(1, 21)))  # at least what was streamed
     assert texts[2:] == [("user", "completed", "count to 3"), ("assistant", "completed", "1 2 3")]
+    assert stopped.output[0].content[0].text == texts[1][2]  # type: ignore[union-attr]
+
+
+def test_a_rollback_while_the_running_turns_worker_is_dead_leaves_nothing_of_it(
+    clients: list[OpenAI], control_stack: Stack
+) -> None:
+    _ensure_workers(control_stack)
+    conv = clients[0].conversations.create()
+    first, tail = _streaming(clients[0], conv.id, deltas=20)
+    for name in ("worker-1", "worker-2"):
+        control_stack.stop(name, kill=True)
+
+    second = clients[1].responses.create(model=M, input="count to 3", conversation=conv.id, background=True,
+                                         extra_body={"conversation_lock": "rollback"})
+    _ensure_workers(control_stack)
+
+    rest = validated(tail)
+    assert rest[-1].type == "response.incomplete" and rest[-1].response.status == "cancelled"
+    assert wait_for(clients[1], second.id, TERMINAL, timeout=60).status == "completed"
+    assert clients[0].responses.retrieve(first).status == "cancelled"
+    assert _texts(_items(clients[0], conv.id)) == [("user", "completed", "count to 3"),
+                                                  ("assistant", "completed", "1 2 3")]
 
 
 # --- cancel on disconnect ----------------------------------------------------------------------------
