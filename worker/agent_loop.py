@@ -350,7 +350,8 @@ class AgentTurn:
                     position = tc.get("index", 0)
                     call = calls.get(position)
                     if call is None:
-                        call = calls[position] = await self._open_call(tc, resumed_calls, len(calls))
+                        shown = sum(1 for c in calls.values() if not c.approval)  # the calls clients saw
+                        call = calls[position] = await self._open_call(tc, resumed_calls, shown)
                         rnd.calls.append(call)
                     arguments = (tc.get("function") or {}).get("arguments")
                     if arguments:
@@ -374,14 +375,16 @@ class AgentTurn:
         return rnd
 
     async def _open_call(self, tc: Chunk, resumed_calls: list[_Call], position: int) -> _Call:
+        name = (tc.get("function") or {}).get("name") or ""
+        if name in self.needs_approval:
+            # Never streamed as a call, so never one a dead attempt opened: it becomes an approval request.
+            call = _Call(-1, ids.function_call_id(), tc.get("id") or ids.call_id(), name)
+            call.approval = True
+            return call
         if position < len(resumed_calls):
             return resumed_calls[position]  # the dead attempt's call, continued under its ids
         self.telemetry.output_started()
-        name = (tc.get("function") or {}).get("name") or ""
         call = _Call(-1, ids.function_call_id(), tc.get("id") or ids.call_id(), name)
-        if name in self.needs_approval:
-            call.approval = True
-            return call
         call.index = self.output.add(events.function_call_item(call.item_id, call.call_id, name, "", "in_progress"))
         await self.emit(events.output_item_added(call.index, self.output.items[call.index]))
         return call
