@@ -22,6 +22,7 @@ from api import errors
 from api.agent_directory import AgentDirectory
 from api.auth import RequestBudgetHeaders, authenticate
 from api.deps import Services
+from api.disconnect import DisconnectCancels
 from api.fanout import Fanout
 from api.routes import compact, conversations, metrics, playground, responses, system, websocket
 from api.sse import ExposeConnection
@@ -90,6 +91,7 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
             fanout=fanout,
             limiter=Limiter(redis) if auth else None,
         )
+        disconnects = app.state.services.disconnects = DisconnectCancels(app.state.services)
         seeding = asyncio.create_task(_seed(KeyStore(redis, settings), seeds)) if seeds is not None else None
         try:
             yield
@@ -99,6 +101,7 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
                     seeding.cancel()
                     with contextlib.suppress(BaseException):
                         await seeding
+                await disconnects.stop()
                 await fanout.stop()
             finally:
                 await reader.aclose()

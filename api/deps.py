@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from arq.connections import ArqRedis
 from fastapi import Depends
@@ -16,6 +16,9 @@ from shared.settings import Settings
 from shared.turn_accept import TurnAcceptor
 from shared.turn_state import TurnState
 
+if TYPE_CHECKING:
+    from api.disconnect import DisconnectCancels
+
 
 @dataclass
 class Services:
@@ -26,6 +29,7 @@ class Services:
     agents: AgentDirectory
     fanout: Fanout
     limiter: Limiter | None = None  # None: the API checks no keys (TURNSTREAM_AUTH=off)
+    disconnects: DisconnectCancels | None = None  # cancel-on-disconnect timers (set once the services exist)
 
 
 async def _services(connection: HTTPConnection) -> Services:

@@ -11,6 +11,9 @@ consumer is woken by one future. No task, timeout or timer is made per event or 
 ticker per process sends keep-alives, drops stalled clients and notices deleted responses.
 
 How one subscriber goes from replay to live without a gap or a duplicate is in api/subscription.py.
+
+A subscription follows a response's stream, or, named by a conversation id, that conversation's live feed
+(every event of its turns, numbered by the feed: see keys.conversation_feed), which never ends on its own.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from redis.exceptions import RedisError
 
 from api.sse import Frame, encode, http_chunk
 from api.subscription import Subscription
-from shared import events, keys, metrics, response_record
+from shared import events, ids, keys, metrics, response_record
 from shared.events import StreamEvent, decode_entry
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,20 @@ log = logging.getLogger(__name__)
 # Events per Redis read of a replay or refill: what a client that is not reading can make this process hold.
 _PAGE = 200
 _BLOCK_MS = 10_000
+
+
+def is_feed(source_id: str) -> bool:
+    """Whether a subscription's source is a conversation's feed rather than one response's stream."""
+    return source_id.startswith(ids.CONVERSATION + "_")
+
+
+def stream_key(source_id: str) -> str:
+    return keys.conversation_feed(source_id) if is_feed(source_id) else keys.events(source_id)
+
+
+def record_key(source_id: str) -> str:
+    """The key whose absence means the source is gone (deleted or expired)."""
+    return keys.conversation(source_id) if is_feed(source_id) else keys.response(source_id)
 
 
 @dataclass(eq=False)
@@ -108,8 +125,9 @@ class Fanout:
         """Frames of the response after `after_seq`, stored then live; registers on the first iteration.
 
         `written`: the response's first frames, known without reading them (its creator just wrote them).
+        A conversation id follows that conversation's feed instead, after its entry `after_seq`.
         """
-        return Subscription(self, response_id, after_seq, written or [])
+        return Subscription(self, response_id, after_seq, written or [], endless=is_feed(response_id))
 
     async def events(
         self, response_id: str, after_seq: int = -1, written: list[StreamEvent] | None = None
@@ -128,7 +146,7 @@ class Fanout:
     async def read(self, response_id: str, after_seq: int) -> tuple[list[Frame], bool]:
         """Up to a page of stored frames after `after_seq`, and whether there may be more."""
         start = f"{after_seq + 1}-0"
-        entries = await self._redis.xrange(keys.events(response_id), min=start, max="+", count=_PAGE)
+        entries = await self._redis.xrange(stream_key(response_id), min=start, max="+", count=_PAGE)
         frames = []
         for _, entry in entries:
             event = decode_entry(entry)
@@ -137,7 +155,10 @@ class Fanout:
 
     async def ended_after(self, response_id: str, seq: int) -> tuple[bool, Frame | None]:
         """Whether nothing will ever follow `seq`; and the terminal frame, when the stream expired before
-        the response did and `seq` is before its end (it is rebuilt from the stored Response)."""
+        the response did and `seq` is before its end (it is rebuilt from the stored Response). A conversation's
+        feed ends only with its conversation."""
+        if is_feed(response_id):
+            return not await self._redis.exists(keys.conversation(response_id)), None
         end = await response_record.ending(self._redis, response_id)
         if end.status is None:
             return True, None  # deleted or expired: no event will ever come
@@ -158,7 +179,7 @@ class Fanout:
         watch existed, so a subscriber that starts a watch at the last event it has misses nothing. One
         that joins a watch already reading may have missed what that watch read before: it reads Redis.
         """
-        key = keys.events(sub.response_id)
+        key = stream_key(sub.response_id)
         watch = self._watches.get(key)
         if watch is not None:
             watch.subscribers.add(sub)
@@ -202,7 +223,7 @@ class Fanout:
                 return
 
     def unwatch(self, sub: Subscription) -> None:
-        key = keys.events(sub.response_id)
+        key = stream_key(sub.response_id)
         watch = self._watches.get(key)
         if watch is not None:
             watch.subscribers.discard(sub)
@@ -277,7 +298,7 @@ class Fanout:
         # wait forever. One check per quiet response, not per subscriber.
         pipe = self._redis.pipeline(transaction=False)
         for watch in quiet:
-            response_record.exists_in(pipe, watch.response_id)
+            pipe.exists(record_key(watch.response_id))
         try:
             found = await pipe.execute()
         except Exception:  # Redis away: the next round tries again

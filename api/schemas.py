@@ -40,7 +40,11 @@ class CreateResponseBody(BaseModel):
     user: str | None = None
     # turnstream's own option (send it with the SDK's extra_body): what a turn does when its
     # conversation already has one running. "wait" queues it behind; "reject" answers 409.
+    # "interrupt" stops the turns ahead (cancelled, keeping what they produced); "rollback" also erases them.
     conversation_lock: LockPolicy = "wait"
+    # turnstream's own option too: a streamed create whose client goes away (and does not resume within
+    # TURNSTREAM_DISCONNECT_GRACE_S) cancels its turn.
+    cancel_on_disconnect: bool | None = None
     # Generation options, checked in api/request_options.py, echoed on the Response, mapped upstream.
     include: list[str] | None = None
     text: dict[str, Any] | None = None
@@ -128,6 +132,22 @@ def _item(raw: dict[str, Any], param: str) -> Item:
             "name": raw["name"],
             "arguments": raw["arguments"],
             "status": "completed",
+        }
+    if kind == "mcp_approval_response":
+        request_id, approve, reason = raw.get("approval_request_id"), raw.get("approve"), raw.get("reason")
+        if not ids.is_id(request_id, ids.APPROVAL_REQUEST):
+            raise invalid(f"Invalid value for '{param}.approval_request_id': not an approval request id.",
+                          f"{param}.approval_request_id")
+        if not isinstance(approve, bool):
+            raise invalid(f"Invalid value for '{param}.approve': expected true or false.", f"{param}.approve")
+        if reason is not None and not isinstance(reason, str):
+            raise invalid(f"Invalid value for '{param}.reason': expected a string.", f"{param}.reason")
+        return {
+            "id": _given_id(raw, ids.APPROVAL_RESPONSE, param) or ids.new_id(ids.APPROVAL_RESPONSE),
+            "type": "mcp_approval_response",
+            "approval_request_id": request_id,
+            "approve": approve,
+            "reason": reason,
         }
     if kind == "compaction":
         # Only this server's own summaries can be read back; another server's are opaque to it.

@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import APIError
+from api.errors import APIError, invalid
 from shared import metrics
-from shared.events import StreamEvent
+from shared.events import MAX_SEQUENCE_NUMBER, StreamEvent
 
 if TYPE_CHECKING:
     from api.fanout import Fanout, Subscription
@@ -45,6 +47,7 @@ KEEPALIVE = b": keep-alive\n"
 DONE = b"data: [DONE]\n\n"
 CONNECTION = "turnstream.connection"  # scope key under which ExposeConnection puts the server's request cycle
 _RETRY_AFTER_S = 5
+_SEQUENCE_NUMBER = re.compile(r"-?[0-9]+")
 _WRITE_MAX = 65_536  # asyncio's default high-water mark: a server pauses the writer past it
 
 
@@ -62,6 +65,18 @@ def http_chunk(frames: list[Frame]) -> bytes:
     """The frames as one HTTP/1.1 chunk (RFC 9112 7.1), for writing to a chunk-framed body directly."""
     data = frames[0].data if len(frames) == 1 else b"".join([frame.data for frame in frames])
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def parse_last_event_id(header: str | None) -> int:
+    """A Last-Event-ID header as the sequence number to resume after (-1, from the start, when absent)."""
+    if header is None:
+        return -1
+    # int() would also take " 7", "+7", "1_0" and other scripts' digits.
+    if not _SEQUENCE_NUMBER.fullmatch(header) or not -1 <= int(header) <= MAX_SEQUENCE_NUMBER:
+        raise invalid(
+            f"Last-Event-ID must be an event sequence number from -1 to {MAX_SEQUENCE_NUMBER}.", "Last-Event-ID"
+        )
+    return int(header)
 
 
 def ensure_capacity(fanout: Fanout) -> None:
@@ -82,9 +97,17 @@ class SSEResponse(Response):
     media_type = "text/event-stream"
 
     def __init__(
-        self, fanout: Fanout, response_id: str, after_seq: int = -1, written: list[StreamEvent] | None = None
+        self,
+        fanout: Fanout,
+        response_id: str,
+        after_seq: int = -1,
+        written: list[StreamEvent] | None = None,
+        on_client_gone: Callable[[str, int], None] | None = None,
     ) -> None:
-        """`written`: the response's first events, as this process just wrote them (a create's own stream)."""
+        """`written`: the response's first events, as this process just wrote them (a create's own stream).
+        `on_client_gone(response_id, last_seq)` is called when the stream ends before its end (the client
+        left, stalled, or the response is gone): what cancel-on-disconnect hangs on."""
+        self._on_client_gone = on_client_gone
         self.status_code = 200
         self.background = None
         self.init_headers(SSE_HEADERS)
@@ -115,6 +138,8 @@ class SSEResponse(Response):
             await send({"type": "http.response.body", "body": DONE if sub.ended else b"", "more_body": False})
         finally:
             listener.cancel()
+            if self._on_client_gone is not None and not sub.ended:
+                self._on_client_gone(sub.response_id, sub.last_seq)
             await sub.aclose()
             self._fanout.open_streams -= 1
             metrics.sse_stream_closed()

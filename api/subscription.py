@@ -40,6 +40,7 @@ class Subscription:
         "closed",
         "direct",
         "ended",
+        "endless",
         "last_sent",
         "last_seq",
         "on_stall",
@@ -47,7 +48,9 @@ class Subscription:
         "sending_since",
     )
 
-    def __init__(self, fanout: Fanout, response_id: str, after_seq: int, written: list[Frame]) -> None:
+    def __init__(
+        self, fanout: Fanout, response_id: str, after_seq: int, written: list[Frame], endless: bool = False
+    ) -> None:
         self._fanout = fanout
         self.response_id = response_id
         self.last_seq = after_seq
@@ -59,6 +62,8 @@ class Subscription:
         self._registered = False
         self.closed = False
         self.ended = False  # the stream ended on its own: its terminal event went out, or nothing follows
+        # A conversation's feed: its turns' terminal events pass through, it ends only with the conversation.
+        self.endless = endless
         self.last_sent = fanout.now()  # loop time of the last batch handed out (or keep-alive)
         self.sending_since: float | None = None  # set by a consumer while its write is blocked
         self.on_stall: Callable[[], None] | None = None
@@ -77,7 +82,7 @@ class Subscription:
             and not self._pending
             and not self._from_redis
             and frames[0].event.seq == self.last_seq + 1
-            and not frames[-1].event.terminal  # the consumer ends the response
+            and (self.endless or not frames[-1].event.terminal)  # the consumer ends the response
             and transport.get_write_buffer_size() < _DIRECT_BUFFER_MAX
             and not transport.is_closing()
         ):
@@ -167,7 +172,7 @@ class Subscription:
     def _fresh(self, frames: list[Frame]) -> list[Frame]:
         batch = [frame for frame in frames if frame.event.seq > self.last_seq]
         for i, frame in enumerate(batch):
-            if frame.event.terminal:
+            if frame.event.terminal and not self.endless:
                 del batch[i + 1 :]
                 self.closed = self.ended = True
                 break

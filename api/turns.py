@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,13 +17,14 @@ from api.deps import Services
 from api.errors import APIError, invalid, not_found
 from api.idempotency import Claim, in_use
 from api.schemas import CreateResponseBody, function_tools, normalise_input
-from shared import events, ids, metrics, response_record, tracing
+from shared import events, ids, keys, metrics, response_record, tracing, webhooks
 from shared.events import StreamEvent
 from shared.logs import add_log_context
 from shared.models import AgentCard, Status, TurnOutcome, TurnRequest
 from shared.response_object import build_response
-from shared.response_record import ResponseRecord
 from shared.turn_accept import NewTurn, Refusal, Slot
+
+log = logging.getLogger(__name__)
 
 
 async def build_request(
@@ -53,6 +55,7 @@ async def build_request(
     items = normalise_input(body.input)
     if len(items) > settings.max_input_items:
         raise invalid(f"'input' has {len(items)} items; the limit is {settings.max_input_items}.", "input")
+    await check_approval_answers(svc, items, caller.project)
     tools = function_tools(body.tools)
     compact, compact_threshold = options.compaction(body.context_management)
     choice: str | dict[str, Any] = body.tool_choice or "auto"
@@ -98,6 +101,21 @@ async def build_request(
     )
 
 
+async def check_approval_answers(svc: Services, items: list[dict[str, Any]], project: str) -> None:
+    """Each `mcp_approval_response` must answer a request of this project that no turn has answered yet (a
+    turn racing this one to answer it is settled by the worker: the tool runs at most once)."""
+    for index, item in enumerate(items):
+        if item["type"] != "mcp_approval_response":
+            continue
+        request_id, param = item["approval_request_id"], f"input[{index}].approval_request_id"
+        owner, claimed = await svc.redis.hmget(keys.approval(request_id), ["project", "claimed"])
+        if owner is None or owner.decode() != project:
+            raise invalid(f"No approval request '{request_id}' is waiting for an answer.", param)
+        if claimed is not None:
+            raise invalid(f"Approval request '{request_id}' was already answered (or expired).", param,
+                          "approval_already_answered")
+
+
 async def agent_card(svc: Services, model: str) -> AgentCard | None:
     """The agent profile `model` names, as its worker published it; None for a passthrough model."""
     card = await svc.agents.card(model)
@@ -134,9 +152,11 @@ async def accept(svc: Services, req: TurnRequest, caller: Caller, once: Claim | 
     turn = _render(req)
     # Keys off (or no key): no concurrent-turn slot to take.
     slot = Slot(caller.key_id, caller.max_concurrent) if svc.limiter and caller.key_id else None
-    refusal = await svc.acceptor.accept(turn, slot, once.mark() if once is not None else None)
-    if refusal is not None:
-        raise _refused(refusal, req, caller)
+    outcome = await svc.acceptor.accept(turn, slot, once.mark() if once is not None else None)
+    if isinstance(outcome, Refusal):
+        raise _refused(outcome, req, caller)
+    if outcome.stopped:
+        log.info("%s stopped %d turn(s) ahead of it (%s)", req.response_id, outcome.stopped, req.conversation_lock)
     metrics.TURNS_ACCEPTED.labels(req.model, req.project).inc()
     return Accepted(str(turn.record["response"]), turn.written())
 
@@ -159,13 +179,21 @@ def _render(req: TurnRequest) -> NewTurn:
         raise invalid(f"The request cannot be stored as standard JSON: {exc}.") from None
     # The worker's first event, written by the script that starts the turn: no round trip of its own.
     progress = events.encode(events.lifecycle(events.IN_PROGRESS, build_response(req, Status.IN_PROGRESS)))
+    # What a later turn's `interrupt`/`rollback` accept stores if it stops this one before pickup.
+    cancelled = build_response(req, Status.CANCELLED, TurnOutcome(status=Status.CANCELLED))
+    stoppable: dict[str, str] = {}
+    if req.conversation_id:
+        stoppable = {
+            "cancelled_json": events.encode(cancelled),
+            "cancelled_hook": webhooks.outbox_entry(req.project, req.response_id, Status.CANCELLED, cancelled),
+        }
     return NewTurn(
         response_id=req.response_id,
         project=req.project,
         conversation_id=req.conversation_id,
         conversation_lock=req.conversation_lock,
         record=response_record.new_record(
-            req, response_json=response_json, request_json=request_json, progress=progress
+            req, response_json=response_json, request_json=request_json, progress=progress, **stoppable
         ),
         first_events=encoded,
     )
@@ -216,23 +244,3 @@ async def wait_final(svc: Services, response_id: str, timeout_s: float) -> dict[
     return record.response
 
 
-async def cancel(svc: Services, response_id: str, record: ResponseRecord) -> dict[str, Any] | None:
-    """Cancels a turn: a queued one at once (returns its cancelled Response); a running one's worker is asked
-    to stop (returns None; its terminal event follows within a second). A finished one is left as it is."""
-    if record.status == Status.QUEUED:
-        cancelled = build_response(record.request, Status.CANCELLED, TurnOutcome(status=Status.CANCELLED))
-        if await svc.state.finish(
-            response_id,
-            expect=Status.QUEUED,
-            attempt=None,
-            final=Status.CANCELLED,
-            response=cancelled,
-            conversation_id=record.request.conversation_id,
-            items=[],
-            project=record.request.project,
-            key_id=record.request.key_id,
-        ):
-            return cancelled
-    if not record.status.terminal:
-        await response_record.request_cancel(svc.redis, response_id)
-    return None

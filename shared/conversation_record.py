@@ -101,6 +101,8 @@ async def delete(redis: Redis, conversation_id: str, project: str) -> None:
             keys.conversation_items(conversation_id),
             keys.conversation_item_tokens(conversation_id),
             keys.conversation_compaction(conversation_id),
+            keys.conversation_feed(conversation_id),
+            keys.conversation_feed_counter(conversation_id),
         )
         conversation_index.remove(pipe, project, conversation_id)
         await pipe.execute()

@@ -18,7 +18,12 @@ FUNCTION_CALL_OUTPUT = "fco"
 CALL = "call"
 COMPACTION = "cmp"
 REASONING = "rs"
-ITEM_PREFIXES = (MESSAGE, FUNCTION_CALL, FUNCTION_CALL_OUTPUT, COMPACTION, REASONING)
+# Tool approvals, as OpenAI names them: the request a turn ends with, the client's answer, the tool's run.
+APPROVAL_REQUEST = "mcpr"
+APPROVAL_RESPONSE = "mcpa"
+TOOL_RUN = "mcp"
+ITEM_PREFIXES = (MESSAGE, FUNCTION_CALL, FUNCTION_CALL_OUTPUT, COMPACTION, REASONING, APPROVAL_REQUEST,
+                 APPROVAL_RESPONSE, TOOL_RUN)
 
 _RANDOM_BYTES = 24  # 192 bits: unguessable, and the shape clients expect (prefix_ + 48 hex)
 _BODY = f"[0-9a-f]{{{_RANDOM_BYTES * 2}}}"

@@ -17,7 +17,11 @@ RESPONSE_PREFIX = f"{PREFIX}response:"
 def response(response_id: str) -> str:
     """HASH: status, attempt, seq (last sequence number), batch (last event batch written), cancel,
     request (JSON), response (JSON), progress (the turn's `response.in_progress` event, encoded at accept
-    for the worker to publish as it starts the turn; records of older API nodes lack it)."""
+    for the worker to publish as it starts the turn; records of older API nodes lack it); for a turn in a
+    conversation: cancelled and cancelled_hook (its cancelled Response and webhook entry, rendered at accept
+    for an `interrupt`/`rollback` accept that stops it before pickup; dropped once it starts), rollback (set
+    by a `rollback` accept: its commit adds nothing to the conversation), feed and feed_seq (its
+    conversation's feed and the feed's counter, when stored: see conversation_feed)."""
     return f"{RESPONSE_PREFIX}{response_id}"
 
 
@@ -29,9 +33,12 @@ ACTIVE_TURNS = f"{PREFIX}active-turns"
 SWEEPER_LOCK = f"{PREFIX}sweeper-lock"
 
 
+EVENTS_PREFIX = f"{PREFIX}events:"
+
+
 def events(response_id: str) -> str:
     """STREAM: the response's events; entry id is "<sequence_number>-1"."""
-    return f"{PREFIX}events:{response_id}"
+    return f"{EVENTS_PREFIX}{response_id}"
 
 
 CONVERSATION_PREFIX = f"{PREFIX}conversation:"
@@ -65,6 +72,19 @@ def project_conversations(project: str) -> str:
     return f"{PREFIX}project-conversations:{project}"
 
 
+def conversation_feed(conversation_id: str) -> str:
+    """STREAM: every event of every stored turn of the conversation, as written to each response's stream;
+    entry id "<n>-1", n counting the feed's entries; fields seq (n), type, attempt, response_id, data (the
+    event JSON with "response_id" spliced in). A turn's record names it in its `feed` field."""
+    return f"{CONVERSATION_PREFIX}{conversation_id}:events"
+
+
+def conversation_feed_counter(conversation_id: str) -> str:
+    """STRING: the number of entries ever written to the conversation's feed (its next n); expires with it. A
+    turn's record names it in its `feed_seq` field."""
+    return f"{CONVERSATION_PREFIX}{conversation_id}:events-written"
+
+
 TURNS_SUFFIX = ":turns"
 
 
@@ -83,6 +103,20 @@ def turn_wake(response_id: str) -> str:
 
 # LIST: the API pushes a token per enqueued turn; idle workers BLPOP it instead of sleeping.
 QUEUE_WAKE = f"{PREFIX}queue-wake"
+
+
+def client_gone(response_id: str) -> str:
+    """STRING: when (ms) the client of a cancel-on-disconnect stream left; any API node's resuming tail deletes
+    it, and the node that saw the client leave cancels the turn if it is still there after the grace."""
+    return f"{PREFIX}client-gone:{response_id}"
+
+
+def approval(request_id: str) -> str:
+    """HASH: one tool call waiting on a person (worker/approvals.py): project, response (the turn that asked),
+    name, arguments, created (ms); once answered, `claimed` (the answering turn's response id) and then
+    `output` or `error`. HSETNX on `claimed` is what runs an approved tool at most once."""
+    return f"{PREFIX}approval:{request_id}"
+
 
 # PUB/SUB channel: response ids whose cancel was requested while running.
 CANCEL_CHANNEL = f"{PREFIX}cancel"

@@ -30,7 +30,9 @@ class Status(StrEnum):
 
 TERMINAL_STATUSES = frozenset(s.value for s in Status if s.terminal)
 
-LockPolicy = Literal["wait", "reject"]
+# What a new turn does about the unfinished turns ahead of it in its conversation: wait for them, be refused
+# (409), or stop them (cancelled) and keep what they produced (`interrupt`) or erase it (`rollback`).
+LockPolicy = Literal["wait", "reject", "interrupt", "rollback"]
 
 # What every object belongs to when the API checks no keys (TURNSTREAM_AUTH=off), and objects stored before
 # projects existed.
@@ -141,3 +143,4 @@ class AgentCard(BaseModel):
     tool_timeout_s: float = 30.0
     context_budget_tokens: int = 128_000
     truncation: Literal["auto", "disabled"] = "disabled"  # the agent's default for requests that do not say
+    approval_required: list[str] = Field(default_factory=list)  # its tools that wait on a person's approval

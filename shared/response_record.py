@@ -32,6 +32,13 @@ class Field(enum.StrEnum):
     PROGRESS = "progress"  # the encoded `response.in_progress` event the start script publishes; then dropped
     CONVERSATION = "conversation"  # the conversation id, '' for none (records of older API nodes lack it)
     PROJECT = "project"  # whose turn it is
+    # A conversation turn's Response and webhook entry as cancelled, rendered at its accept, for a later turn's
+    # `interrupt`/`rollback` accept to finish it with before pickup; dropped once the turn starts.
+    CANCELLED = "cancelled"
+    CANCELLED_HOOK = "cancelled_hook"
+    ROLLBACK = "rollback"  # "1": stopped by a `rollback`; its commit adds nothing to the conversation
+    FEED = "feed"  # the conversation's live feed its events are copied to (stored conversation turns)
+    FEED_SEQ = "feed_seq"  # that feed's entry counter
 
 
 @dataclass(frozen=True)
@@ -42,9 +49,17 @@ class ResponseRecord:
     cancel_requested: bool
 
 
-def new_record(req: TurnRequest, *, response_json: str, request_json: str, progress: str) -> dict[str, str | int]:
+def new_record(
+    req: TurnRequest,
+    *,
+    response_json: str,
+    request_json: str,
+    progress: str,
+    cancelled_json: str | None = None,
+    cancelled_hook: str | None = None,
+) -> dict[str, str | int]:
     """The fields the accept writes for a queued turn."""
-    return {
+    record: dict[str, str | int] = {
         Field.STATUS: Status.QUEUED.value,
         Field.ATTEMPT: 0,
         Field.SEQ: -1,
@@ -54,6 +69,13 @@ def new_record(req: TurnRequest, *, response_json: str, request_json: str, progr
         Field.CONVERSATION: req.conversation_id or "",
         Field.PROJECT: req.project,
     }
+    if cancelled_json is not None and cancelled_hook is not None:
+        record[Field.CANCELLED] = cancelled_json
+        record[Field.CANCELLED_HOOK] = cancelled_hook
+    if req.conversation_id and req.store:  # a store=false turn is seen by its creator alone, not by the feed
+        record[Field.FEED] = keys.conversation_feed(req.conversation_id)
+        record[Field.FEED_SEQ] = keys.conversation_feed_counter(req.conversation_id)
+    return record
 
 
 async def load(redis: Redis, response_id: str) -> ResponseRecord | None:

@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     max_sse_streams: int = 5_000  # open SSE streams per API process before new ones get 503 + Retry-After
     # A client whose socket stays full this long (it stopped reading) is dropped; it can resume later.
     sse_stall_timeout_s: float = 30.0
+    # cancel_on_disconnect: how long a streamed create's turn outlives its client, waiting for it to resume
+    # (Last-Event-ID, on any API node) before it is cancelled. Short: a chat tab that is gone should stop paying.
+    disconnect_grace_s: float = Field(default=0.5, ge=0, le=3600)
+    # A tool call waiting on a person's approval is refused past this; the next turn states it in the history.
+    approval_timeout_s: int = Field(default=86_400, ge=1)
     sync_wait_timeout_s: float = 660.0  # how long a non-stream, non-background request waits
     # WebSocket mode: a socket's age limit (the Open Responses standard's 60 minutes), after which it ends with
     # websocket_connection_limit_reached once its in-flight response is done; and how many creates may wait

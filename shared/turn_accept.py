@@ -4,9 +4,11 @@ The checks, in the order a client sees their answers:
   the conversation exists and is the caller's (else 404) → an Idempotency-Key claim is still this
   request's (else 409) → the API key has a free concurrent-turn slot (else 429) → the queue has room
   (else 503) → the conversation has no turn in progress under `conversation_lock: reject` (else 409).
-Then the writes: the key's slot, the record, the conversation's turn queue, the active index (the
-sweeper's), `response.created` (and `response.queued` for background turns), the claim marked accepted,
-arq's job and the wake token for an idle worker.
+Then the writes: under `interrupt` and `rollback`, the stop of every turn ahead in the conversation
+(queued ones finished as cancelled, running ones told to stop; see stop_turns_ahead in lib.lua); the key's
+slot, the record, the conversation's turn queue, the active index (the sweeper's), `response.created` (and
+`response.queued` for background turns), the claim marked accepted, arq's job and the wake token for an
+idle worker.
 
 Nothing is written unless every check passes, so a refused turn leaves nothing to undo; and a turn the
 script wrote is whole, so no failure afterwards can leave a record without its job, or a conversation
@@ -36,6 +38,13 @@ class Refusal(enum.StrEnum):
     CONCURRENCY = "concurrency"  # the API key's concurrent turns are all taken
     QUEUE_FULL = "queue_full"
     CONVERSATION_LOCKED = "conversation_locked"  # a turn is in progress and the policy is `reject`
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The turn was accepted; `stopped` turns ahead of it were stopped by its `interrupt`/`rollback`."""
+
+    stopped: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,8 +101,10 @@ class TurnAcceptor:
         self.max_queue_depth = max_queue_depth
         self._accept = scripts(redis).accept_turn
 
-    async def accept(self, turn: NewTurn, slot: Slot | None = None, claim: ClaimMark | None = None) -> Refusal | None:
-        """Accepts the turn (None), or says why not."""
+    async def accept(
+        self, turn: NewTurn, slot: Slot | None = None, claim: ClaimMark | None = None
+    ) -> Refusal | Accepted:
+        """Accepts the turn, or says why not."""
         rid, conv, r = turn.response_id, turn.conversation_id or "", self.retention
         now = timestamp_ms()  # arq's clock: the job must be due at once on every worker
         argv: list[str | int | bytes] = [
@@ -123,9 +134,12 @@ class TurnAcceptor:
                 keys.conversation_turns(conv),
                 keys.api_key_inflight("" if slot is None else slot.key_id),
                 keys.idempotency("", "", "") if claim is None else claim.key,  # unused without a claim
+                keys.webhook_endpoints(turn.project),
+                keys.WEBHOOK_OUTBOX,
+                keys.project_usage(turn.project),
             ],
             args=argv,
             durability=self.durability,
         )
         answer = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-        return None if answer == "accepted" else Refusal(answer)
+        return Accepted(stopped=int(reply[1])) if answer == "accepted" else Refusal(answer)

@@ -114,8 +114,13 @@ def event_types(status: str, response: dict[str, Any]) -> list[str]:
 
 
 def _awaits_client_calls(output: list[dict[str, Any]]) -> bool:
+    """Whether the response ended waiting on the client: its own function calls, or a tool call to approve."""
     answered = {item.get("call_id") for item in output if item.get("type") == "function_call_output"}
-    return any(item.get("type") == "function_call" and item.get("call_id") not in answered for item in output)
+    return any(
+        (item.get("type") == "function_call" and item.get("call_id") not in answered)
+        or item.get("type") == "mcp_approval_request"
+        for item in output
+    )
 
 
 def outbox_entry(project: str, response_id: str, status: str, response: dict[str, Any]) -> str:

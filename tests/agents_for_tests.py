@@ -55,6 +55,14 @@ AGENTS = [
         tool_timeout_s=5.0,
     ),
     Agent(name="plain", model="turnstream-mock", instructions="Answer briefly."),
+    # record_call runs only once a person approves it; get_weather runs at once.
+    Agent(
+        name="careful",
+        model="turnstream-mock",
+        instructions="Ask before recording anything.",
+        tools=(record_call, get_weather, slow_tool),
+        approval_required=("record_call", "slow_tool"),
+    ),
     # A tiny context budget, so a few turns of history already have to be windowed.
     Agent(
         name="windowed",

@@ -26,8 +26,14 @@ def test_agent_defaults() -> None:
     assert agent.max_output_tokens is None
 
 
+def test_approval_required_must_name_the_agents_own_tools() -> None:
+    with pytest.raises(ValueError, match="approval_required names tools it does not have: send"):
+        Agent(name="a", model="m", tools=(echo,), approval_required=("send",))
+
+
 def test_agent_card_is_json_serialisable_and_lists_tool_names() -> None:
-    agent = Agent(name="helper", model="gpt-x", tools=(echo,), description="Helps.", tool_timeout_s=5)
+    agent = Agent(name="helper", model="gpt-x", tools=(echo,), description="Helps.", tool_timeout_s=5,
+                  approval_required=("echo",))
     card = agent.card()
     assert card == {
         "name": "helper",
@@ -38,6 +44,7 @@ def test_agent_card_is_json_serialisable_and_lists_tool_names() -> None:
         "tool_timeout_s": 5,
         "context_budget_tokens": 128_000,
         "truncation": "disabled",
+        "approval_required": ["echo"],
     }
     assert json.loads(json.dumps(card)) == card
 

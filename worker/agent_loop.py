@@ -27,9 +27,10 @@ from openai import AsyncOpenAI
 from shared import events, ids, metrics
 from shared.models import Item, Status, TurnOutcome, TurnRequest, Usage
 from worker.agents import Agent
+from worker.approvals import Answer, Approvals, Request, answers, pending_requests, refusal, request_item, run_item
 from worker.chat_stream import Chunk, chat_chunks
 from worker.emitter import Emitter
-from worker.prompt import Message, chat_tool, to_messages
+from worker.prompt import Message, chat_tool, to_messages, tool_run_messages
 from worker.resume import Resumed
 from worker.tools import Tool, ToolCall
 from worker.turn_output import TurnOutput
@@ -66,6 +67,9 @@ class _Call:
     resumed: bool = False
     regenerated: str = ""
     closed: bool = False  # its done events were already streamed
+    # A call to a tool that needs a person's approval: not streamed as a call; the round ends with an
+    # approval request for it instead (worker/approvals.py).
+    approval: bool = False
 
 
 @dataclass
@@ -121,8 +125,10 @@ class AgentTurn:
         continuation: Continuation = "instruction",
         telemetry: TurnTelemetry | None = None,
         retries: TurnRetries | None = None,
+        approvals: Approvals | None = None,
     ) -> None:
         self.req = req
+        self.approvals = approvals
         self.agent = agent
         self.client = client
         self.emitter = emitter
@@ -137,6 +143,10 @@ class AgentTurn:
         self.client_tools = frozenset(t["name"] for t in req.tools if t.get("type") == "function")
         # A client's own function tool shadows a server tool of the same name: the client asked for it.
         self.server_tools: dict[str, Tool] = {t.name: t for t in agent.tools if t.name not in self.client_tools}
+        # Without a place to record requests (approvals None) no tool can wait on a person: none is offered.
+        self.needs_approval = frozenset(agent.approval_required) & set(self.server_tools)
+        if approvals is None:
+            self.server_tools = {n: t for n, t in self.server_tools.items() if n not in self.needs_approval}
         self.chat_tools = [chat_tool(t) for t in req.tools if t.get("type") == "function"] + [
             t.chat_schema() for t in self.server_tools.values()
         ]
@@ -153,6 +163,8 @@ class AgentTurn:
         round_no, first = await self._resume()
         if isinstance(first, TurnOutcome):
             return first
+        if round_no == 0 and first is None and self.approvals is not None:
+            await self._answer_approvals()
         cut = first
         while True:
             rnd = await self._round(cut)
@@ -175,12 +187,21 @@ class AgentTurn:
         answered = self.resumed.results()
         pending = [c for c in rnd.calls if c.call_id not in answered]
         if round_no >= self.agent.max_tool_rounds:
-            # Answer the calls anyway so history keeps every call paired with a result.
+            # Answer the calls anyway so history keeps every call paired with a result (a call waiting for
+            # approval was never shown: it is dropped).
             limit = f"tool round limit of {self.agent.max_tool_rounds} reached; the tool was not run"
             for call in pending:
-                await self._tool_result(call, json.dumps({"error": limit}), self._opened_result(call))
+                if not call.approval:
+                    await self._tool_result(call, json.dumps({"error": limit}), self._opened_result(call))
             return self._end(Status.INCOMPLETE, incomplete_reason="max_messages")
-        await asyncio.gather(*(self._run_tool(c) for c in pending if c.name not in self.client_tools))
+        asking = [c for c in pending if c.approval]
+        await asyncio.gather(
+            *(self._run_tool(c) for c in pending if c.name not in self.client_tools and not c.approval)
+        )
+        if asking:
+            for call in asking:
+                await self._ask_approval(call)
+            return self._end(Status.COMPLETED)  # waits on the client: it answers in its next turn
         self.messages += self._streamed_results(rnd.calls)
         if any(c.name in self.client_tools for c in rnd.calls):
             return self._end(Status.COMPLETED)  # the client runs its own tools and comes back
@@ -209,6 +230,12 @@ class AgentTurn:
         """Where the turn starts: the round number, and the cut-off round to continue (or the outcome)."""
         items = self.resumed.items
         if not items:
+            return 0, None
+        if items[-1]["type"] == "mcp_approval_request" and len(items) - 1 in self.resumed.done:
+            return 0, self._end(Status.COMPLETED)  # it had ended waiting on the client; only the commit was missing
+        if all(item["type"] == "mcp_call" for item in items):
+            # The dead attempt had answered approvals (the rest are answered by run()), and no more.
+            self.messages = to_messages(self.instructions, self.base + items)
             return 0, None
         await self._settle_open_parts()
         # The last round is [reasoning][message...][function_call...], possibly followed by its tool results.
@@ -413,7 +440,8 @@ class AgentTurn:
                     position = tc.get("index", 0)
                     call = calls.get(position)
                     if call is None:
-                        call = calls[position] = await self._open_call(tc, resumed_calls, len(calls))
+                        shown = sum(1 for c in calls.values() if not c.approval)  # the calls clients saw
+                        call = calls[position] = await self._open_call(tc, resumed_calls, shown)
                         rnd.calls.append(call)
                     arguments = (tc.get("function") or {}).get("arguments")
                     if arguments:
@@ -429,7 +457,7 @@ class AgentTurn:
         rnd.calls += [c for c in resumed_calls if c not in rnd.calls]
         rnd.calls.sort(key=lambda c: c.index)
         for call in rnd.calls:
-            if call.closed:
+            if call.closed or call.approval:
                 continue
             item = events.function_call_item(call.item_id, call.call_id, call.name, call.arguments, "completed")
             self.output.replace(call.index, item)
@@ -438,16 +466,24 @@ class AgentTurn:
         return rnd
 
     async def _open_call(self, tc: Chunk, resumed_calls: list[_Call], position: int) -> _Call:
+        name = (tc.get("function") or {}).get("name") or ""
+        if name in self.needs_approval:
+            # Never streamed as a call, so never one a dead attempt opened: it becomes an approval request.
+            call = _Call(-1, ids.function_call_id(), tc.get("id") or ids.call_id(), name)
+            call.approval = True
+            return call
         if position < len(resumed_calls):
             return resumed_calls[position]  # the dead attempt's call, continued under its ids
         self.telemetry.output_started()
-        name = (tc.get("function") or {}).get("name") or ""
         call = _Call(-1, ids.function_call_id(), tc.get("id") or ids.call_id(), name)
         call.index = self.output.add(events.function_call_item(call.item_id, call.call_id, name, "", "in_progress"))
         await self.emit(events.output_item_added(call.index, self.output.items[call.index]))
         return call
 
     async def _add_arguments(self, call: _Call, fragment: str) -> None:
+        if call.approval:
+            call.arguments += fragment
+            return
         if call.resumed:
             # Regenerated arguments: skip what the dead attempt already streamed, send only what is new.
             call.regenerated += fragment
@@ -505,6 +541,64 @@ class AgentTurn:
         await self._tool_result(call, output, opened)
         # Written at once: a result on record is never produced again, even if this worker dies next.
         await self.emitter.flush()
+
+    # --- tools that wait on a person (worker/approvals.py) --------------------------------------------
+
+    async def _ask_approval(self, call: _Call) -> None:
+        assert self.approvals is not None
+        request = Request(ids.new_id(ids.APPROVAL_REQUEST), call.name, call.arguments or "{}", self.agent.name)
+        await self.approvals.ask(request, project=self.req.project, response_id=self.req.response_id)
+        item = request_item(request)
+        index = self.output.add(item)
+        await self.emit(events.output_item_added(index, item))
+        await self.emit(events.output_item_done(index, item))
+
+    async def _answer_approvals(self) -> None:
+        """Answers the approval requests this turn's input answers, and states the expiry of any pending one
+        past its timeout; each gets an `mcp_call` item, and the model sees the call and its result."""
+        assert self.approvals is not None
+        done = {i.get("approval_request_id") for i in self.output.items if i["type"] == "mcp_call"}
+        given = {a["approval_request_id"]: a for a in answers(self.req.input)}
+        for pending in pending_requests(self.base):
+            request_id = pending["id"]
+            if request_id not in done and request_id not in given and await self.approvals.expired(request_id):
+                given[request_id] = {"approval_request_id": request_id, "expired": True}
+        for request_id, answer in given.items():
+            if request_id not in done:
+                self.messages += tool_run_messages(await self._answer(request_id, answer))
+
+    async def _answer(self, request_id: str, answer: Item) -> Item:
+        assert self.approvals is not None
+        claimed = await self.approvals.claim(request_id, self.req.response_id)
+        request = claimed.request or Request(request_id, "unknown", "{}", self.agent.name)
+        output, error = claimed.output, claimed.error
+        if claimed.answer is Answer.RUN:
+            if answer.get("expired"):
+                error = refusal(Answer.EXPIRED, self.approvals.timeout_s)
+            elif not answer.get("approve"):
+                error = refusal(Answer.RUN, self.approvals.timeout_s, answer.get("reason"))
+            else:
+                output = await self._run_approved(request)
+            await self.approvals.settle(request_id, output=output, error=error)
+        elif claimed.answer is not Answer.DONE:
+            error = refusal(claimed.answer, self.approvals.timeout_s)
+        item = run_item(request, output=output, error=error)
+        index = self.output.add(item)
+        await self.emit(events.output_item_added(index, item))
+        await self.emit(events.output_item_done(index, item))
+        # Written at once: a result on record is never produced again, even if this worker dies next.
+        await self.emitter.flush()
+        return item
+
+    async def _run_approved(self, request: Request) -> str:
+        tool = self.server_tools.get(request.name)
+        if tool is None:
+            return json.dumps({"error": f"no tool named {request.name!r}"})
+        context = ToolCall(request.request_id, self.req.response_id, self.attempt)
+        result = await self.telemetry.run_tool(
+            tool, request.arguments, timeout_s=self.agent.tool_timeout_s, call=context
+        )
+        return result.output
 
     async def _open_tool_result(self, call: _Call) -> tuple[str, int]:
         item_id = ids.function_call_output_id()

@@ -43,6 +43,9 @@ class Agent:
     fallbacks: tuple[Upstream, ...] = ()
     # This agent's retry budget per turn, in seconds (None: TURNSTREAM_UPSTREAM_RETRY_BUDGET_S).
     retry_budget_s: float | None = None
+    # Names of its tools that run only once a person approves the call (worker/approvals.py): the turn ends
+    # with an `mcp_approval_request` and the client answers it in the next turn.
+    approval_required: tuple[str, ...] = ()
     toolset: ToolSet = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -76,7 +79,11 @@ class Agent:
             toolset = ToolSet(tools)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: {exc}") from exc
+        unknown = sorted(set(self.approval_required) - set(toolset.names()))
+        if unknown:
+            raise ValueError(f"{where}: approval_required names tools it does not have: {', '.join(unknown)}")
         object.__setattr__(self, "tools", tools)
+        object.__setattr__(self, "approval_required", tuple(self.approval_required))
         object.__setattr__(self, "toolset", toolset)
 
     def card(self) -> dict[str, Any]:
@@ -90,6 +97,7 @@ class Agent:
             "tool_timeout_s": self.tool_timeout_s,
             "context_budget_tokens": self.context_budget_tokens,
             "truncation": self.truncation,
+            "approval_required": list(self.approval_required),
         }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from shared import compaction_item
@@ -108,7 +109,25 @@ def to_messages(instructions: str, items: list[Item]) -> list[Message]:
                 {"role": "tool", "tool_call_id": item["call_id"], "content": output if isinstance(output, str)
                  else _text_of(output)}
             )
+        elif kind == "mcp_call":
+            messages += tool_run_messages(item)
+        # An approval request and its answer are not shown as such: the tool's run (`mcp_call`, made when the
+        # answer came) stands for both, so the model sees a call and its result together, as it made them.
     return messages
+
+
+def tool_run_messages(item: Item) -> list[Message]:
+    """An approved (or denied, or expired) tool call, as the call and its result."""
+    call_id = item.get("approval_request_id") or item["id"]
+    function = {"name": item["name"], "arguments": item["arguments"] or "{}"}
+    call = {"id": call_id, "type": "function", "function": function}
+    # A refusal (denied, expired) reads as a failed tool's result does: {"error": ...}.
+    error = item.get("error")
+    result = item.get("output") if error is None else json.dumps({"error": error.get("content")})
+    return [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": result or ""},
+    ]
 
 
 def chat_tool(tool: dict[str, Any]) -> dict[str, Any]:

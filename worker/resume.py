@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from shared.events import REASONING_DELTA, REFUSAL_DELTA, PartKind, StreamEvent
+from shared.events import REASONING_DELTA, REFUSAL_DELTA, PartKind, StreamEvent, streamed_item
 from shared.models import Item
 
 
@@ -98,3 +98,26 @@ _LIFECYCLE = frozenset(
         "response.incomplete",
     }
 )
+
+
+def stopped_output(resumed: Resumed, client_tools: frozenset[str]) -> list[Item]:
+    """What a dead attempt produced, kept as a cancel keeps a live turn's output (TurnOutput.settled): for a
+    re-run that finds its turn cancel-requested (an interrupt that came while no worker held it).
+
+    Finished items stay; a message or reasoning item left open keeps its text so far, marked incomplete; a
+    server-side call without a streamed result is dropped, with its half-written result.
+    """
+    answered = resumed.results()
+    kept: list[Item] = []
+    for index, item in enumerate(resumed.items):
+        kind = resumed.kind(index)
+        if index not in resumed.done:
+            text = resumed.text.get(index, "")
+            if kind is not None and text:
+                kept.append(streamed_item(kind, item["id"], text, "incomplete"))
+        elif item["type"] == "function_call":
+            if item["call_id"] in answered or item["name"] in client_tools:
+                kept.append(item)
+        else:
+            kept.append(item)
+    return kept

@@ -32,11 +32,12 @@ from worker import context_window
 from worker.agent_loop import AgentTurn, Limits
 from worker.agents import Agent, AgentRegistry
 from worker.append_batcher import AppendBatcher
+from worker.approvals import Approvals
 from worker.cancel_listener import CancelHandle, CancelListener
 from worker.emitter import Emitter
 from worker.job_leases import JobLeases
 from worker.redis_retry import TRANSIENT, Outage
-from worker.resume import Resumed, fold
+from worker.resume import Resumed, fold, stopped_output
 from worker.turn_telemetry import TurnTelemetry
 from worker.upstream_diagnostics import describe_upstream_error
 from worker.upstream_retry import Backoff, Exhausted, TurnRetries, deferrals, deferred_attempt
@@ -71,6 +72,7 @@ class TurnRunner:
         self.leases = JobLeases(redis, settings.queue_name, settings.lease_s)
         self.writes = AppendBatcher(self.state, settings.append_tick_ms / 1000)
         self.agents = agents
+        self.approvals = Approvals(redis, settings.approval_timeout_s)
         self.client = client
         self.upstreams = UpstreamPool(redis, settings, client)
         self.cancels = cancels
@@ -106,7 +108,11 @@ class TurnRunner:
             req = TurnRequest.model_validate_json(started.request)
             add_log_context(attempt=started.attempt, conversation_id=req.conversation_id)
             if started.cancel_requested:
-                await self._commit(req, started.attempt, TurnOutcome(status=Status.CANCELLED), claim)
+                # Cancelled (or interrupted) while no worker held it: keep what a dead attempt produced.
+                resumed = await self._resumed(req.response_id, started.attempt)
+                client_tools = frozenset(t["name"] for t in req.tools if t.get("type") == "function")
+                output = stopped_output(resumed, client_tools)
+                await self._commit(req, started.attempt, TurnOutcome(status=Status.CANCELLED, output=output), claim)
                 return Status.CANCELLED.value
             if started.attempt > self.settings.job_max_tries:
                 # Attempts that went back on the queue to wait for the upstream are not worker deaths.
@@ -198,6 +204,7 @@ class TurnRunner:
                         continuation=self.settings.upstream_continuation,
                         telemetry=telemetry,
                         retries=retries,
+                        approvals=self.approvals,
                     )
                     try:
                         outcome = await self._outcome(turn, handle)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse, Response
 
 from api import idempotency
 from api.auth import CallerDep
@@ -15,7 +16,10 @@ from api.idempotency import IdempotencyKey
 from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateConversationBody, UpdateConversationBody, normalise_input
+from api.sse import SSEResponse, ensure_capacity, parse_last_event_id
+from shared import conversation_feed as feed
 from shared import conversation_index, conversation_record, ids
+from shared.events import MAX_SEQUENCE_NUMBER
 from shared.models import DEFAULT_PROJECT
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"], route_class=JSONBodyRoute)
@@ -121,6 +125,33 @@ async def get_item(conversation_id: str, item_id: str, svc: ServicesDep, caller:
             if item.get("id") == item_id:
                 return item
     raise not_found("Item", item_id)
+
+
+@router.get("/{conversation_id}/events")
+async def conversation_events(
+    conversation_id: str,
+    svc: ServicesDep,
+    caller: CallerDep,
+    stream: bool = False,
+    starting_after: Annotated[int | None, Query(ge=-1, le=MAX_SEQUENCE_NUMBER)] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    limit: Annotated[int, Query(ge=1, le=feed.PAGE_MAX)] = feed.PAGE_MAX,
+) -> Response:
+    """Every event of every turn of the conversation: with stream=true, live from now (or after a cursor)."""
+    await _conversation(svc, conversation_id, caller.project)
+    last = await feed.last_entry(svc.redis, conversation_id)
+    if starting_after is not None:
+        after, param = starting_after, "starting_after"
+    elif last_event_id is not None:
+        after, param = parse_last_event_id(last_event_id), "Last-Event-ID"
+    else:
+        after, param = (last if stream else -1), ""  # a live feed starts now; a listing from the oldest kept
+    if after > last:
+        raise invalid(f"'{param}' is {after}, past this conversation's last event ({last}).", param)
+    if not stream:
+        return JSONResponse(await feed.page(svc.redis, conversation_id, after, limit))
+    ensure_capacity(svc.fanout)
+    return SSEResponse(svc.fanout, conversation_id, after)
 
 
 async def _conversation(svc: ServicesDep, conversation_id: str, project: str) -> dict[str, Any]:

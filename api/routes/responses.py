@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -10,14 +9,15 @@ from fastapi.responses import JSONResponse, Response
 
 from api import idempotency
 from api.auth import Caller, CallerDep
+from api.cancel import cancel
 from api.deps import Services, ServicesDep
 from api.errors import APIError, invalid, not_found
 from api.idempotency import Claim, IdempotencyKey
 from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateResponseBody
-from api.sse import SSEResponse, ensure_capacity
-from api.turns import Accepted, accept, build_request, cancel, wait_final
+from api.sse import SSEResponse, ensure_capacity, parse_last_event_id
+from api.turns import Accepted, accept, build_request, wait_final
 from shared import ids, response_record
 from shared.events import MAX_SEQUENCE_NUMBER
 from shared.models import PROMPT_TOO_LONG, Status
@@ -26,7 +26,6 @@ from shared.response_record import ResponseRecord
 router = APIRouter(prefix="/v1/responses", tags=["responses"], route_class=JSONBodyRoute)
 
 _CANCEL_WAIT_S = 2.0  # cancel answers with the final Response when the worker stops within this
-_SEQUENCE_NUMBER = re.compile(r"-?[0-9]+")
 
 
 @router.post("")
@@ -34,6 +33,11 @@ async def create_response(
     body: CreateResponseBody, svc: ServicesDep, caller: CallerDep, idempotency_key: IdempotencyKey = None
 ) -> Response:
     """Create a model response (runs on a worker; returns at once, streams, or waits)."""
+    if body.cancel_on_disconnect and not body.stream:
+        raise invalid(
+            "'cancel_on_disconnect' needs 'stream': true; only a streamed create has a client to lose.",
+            "cancel_on_disconnect",
+        )
     if body.stream:
         ensure_capacity(svc.fanout)  # refused before anything is stored: the turn would run unwatched
     once = None
@@ -46,7 +50,8 @@ async def create_response(
             return await _replay(svc, body, once.object_id, caller.project)
     response_id, accepted = await _submit(svc, body, caller, once)
     if body.stream:
-        return SSEResponse(svc.fanout, response_id, written=accepted.written)
+        gone = svc.disconnects.client_gone if body.cancel_on_disconnect and svc.disconnects else None
+        return SSEResponse(svc.fanout, response_id, written=accepted.written, on_client_gone=gone)
     if body.background:
         return Response(accepted.response_json, media_type="application/json")
     final = await wait_final(svc, response_id, svc.settings.sync_wait_timeout_s)
@@ -74,25 +79,27 @@ async def get_response(
     if starting_after is not None:
         after, param = starting_after, "starting_after"
     else:
-        after, param = _last_event_id(last_event_id), "Last-Event-ID"
+        after, param = parse_last_event_id(last_event_id), "Last-Event-ID"
     # Past the newest event would wait for a sequence number that is never written: refuse it up front.
     last_seq = await response_record.last_seq(svc.redis, response_id)
     if after > last_seq:
         raise invalid(f"'{param}' is {after}, past this response's last event ({last_seq}).", param)
     ensure_capacity(svc.fanout)
-    return SSEResponse(svc.fanout, response_id, after)
+    gone = None
+    if (starting_after is not None or last_event_id is not None) and svc.disconnects is not None:
+        # A cancel-on-disconnect client resuming within its grace: this tail keeps its turn, and its duty.
+        gone = svc.disconnects.client_gone if await svc.disconnects.reattached(response_id) else None
+    return SSEResponse(svc.fanout, response_id, after, on_client_gone=gone)
 
 
 @router.post("/{response_id}/cancel")
 async def cancel_response(response_id: str, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Cancel a response; idempotent, honoured before pickup, and returns the Response."""
     record = await _record(svc, response_id, caller.project)
-    cancelled = await cancel(svc, response_id, record)
-    if cancelled is not None:
-        return cancelled
-    if not record.status.terminal:
-        return await wait_final(svc, response_id, _CANCEL_WAIT_S)
-    return record.response
+    final = await cancel(svc, record)
+    if final is not None:
+        return final
+    return await wait_final(svc, response_id, _CANCEL_WAIT_S)
 
 
 @router.delete("/{response_id}")
@@ -138,17 +145,6 @@ async def _replay(svc: Services, body: CreateResponseBody, response_id: str, pro
     if body.background:
         return JSONResponse(record.response)
     return JSONResponse(await wait_final(svc, response_id, svc.settings.sync_wait_timeout_s))
-
-
-def _last_event_id(header: str | None) -> int:
-    if header is None:
-        return -1
-    # int() would also take " 7", "+7", "1_0" and other scripts' digits.
-    if not _SEQUENCE_NUMBER.fullmatch(header) or not -1 <= int(header) <= MAX_SEQUENCE_NUMBER:
-        raise invalid(
-            f"Last-Event-ID must be an event sequence number from -1 to {MAX_SEQUENCE_NUMBER}.", "Last-Event-ID"
-        )
-    return int(header)
 
 
 async def _record(svc: Services, response_id: str, project: str, *, unstored: bool = False) -> ResponseRecord:

@@ -33,12 +33,13 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from api.auth import Caller, CallerDep
+from api.cancel import cancel
 from api.continuation import Remembered, remember
 from api.deps import Services
 from api.errors import APIError, from_validation, invalid, store_unavailable
 from api.json_body import decode
 from api.schemas import CreateResponseBody
-from api.turns import accept, build_request, cancel
+from api.turns import accept, build_request
 from shared import response_record
 from shared.events import StreamEvent
 from shared.models import Status, TurnRequest
@@ -141,7 +142,7 @@ class _Session:
         try:
             record = await response_record.load(self.svc.redis, response_id)
             if record is not None:
-                await cancel(self.svc, response_id, record)
+                await cancel(self.svc, record)
         except RedisError:
             await self._send_error(store_unavailable())
 

@@ -10,7 +10,7 @@ import contextlib
 import importlib
 import json
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import openai
 from openai import OpenAI
@@ -25,6 +25,7 @@ from openai.types.responses import (
     ResponseStreamEvent,
     ResponseTextDeltaEvent,
 )
+from openai.types.responses.response_output_item import McpApprovalRequest, McpCall
 
 # Sent when no key is configured (TURNSTREAM_API_KEY), to an API that checks none: the SDK refuses to
 # start without one. Never the upstream key: that secret is for the model provider, not for whatever
@@ -103,6 +104,7 @@ class _Turn:
         self.response_id: str | None = None
         self.tool_names: dict[str, str] = {}  # call_id -> tool name, to label the call's output
         self.shown = False
+        self.approvals: list[McpApprovalRequest] = []  # tool calls waiting on the user's y/n
 
     def show(self, event: ResponseStreamEvent) -> bool:
         """Renders one event; True once the response has ended."""
@@ -118,6 +120,12 @@ class _Turn:
                 self.tool_names[item.call_id] = item.name
                 p.note(f"[calling {item.name}({item.arguments})]")
                 self.shown = True
+            elif isinstance(item, McpApprovalRequest):
+                self.approvals.append(item)
+                self.shown = True
+            elif isinstance(item, McpCall):
+                failure = item.error.content if item.error is not None and hasattr(item.error, "content") else None
+                p.note(f"[{item.name} not run: {failure}]" if failure else f"[{item.name} done]", dim=True)
             elif isinstance(item, ResponseFunctionToolCallOutputItem):
                 name = self.tool_names.get(item.call_id or "", "tool")
                 failure = _tool_error(item.output)
@@ -186,7 +194,11 @@ def run_chat(
             if line is None or line.strip() == QUIT:
                 return
             if line.strip():
-                _run_turn(client, model, conversation.id, line.strip(), printer)
+                asked = _run_turn(client, model, conversation.id, line.strip(), printer)
+                # A tool that needs approval: ask, and answer in the next turn (which then goes on).
+                while asked:
+                    answers = [_approval(request, input_stream, printer, interactive) for request in asked]
+                    asked = _run_turn(client, model, conversation.id, answers, printer)
 
 
 def _read_line(input_stream: TextIO, printer: _Printer, interactive: bool) -> str | None:
@@ -211,10 +223,23 @@ def _read_line(input_stream: TextIO, printer: _Printer, interactive: bool) -> st
     return line
 
 
-def _run_turn(client: OpenAI, model: str, conversation_id: str, line: str, printer: _Printer) -> None:
+def _approval(
+    request: McpApprovalRequest, input_stream: TextIO, printer: _Printer, interactive: bool
+) -> dict[str, object]:
+    printer.note(f"[{request.server_label} wants to run {request.name}({request.arguments}); allow? y/n]")
+    line = _read_line(input_stream, printer, interactive) or ""
+    approve = line.strip().lower() in ("y", "yes")
+    return {"type": "mcp_approval_response", "approval_request_id": request.id, "approve": approve}
+
+
+def _run_turn(
+    client: OpenAI, model: str, conversation_id: str, line: str | list[dict[str, object]], printer: _Printer
+) -> list[McpApprovalRequest]:
+    """Streams one turn; returns the tool calls it ended waiting to have approved."""
     turn = _Turn(printer)
     try:
-        stream = client.responses.create(model=model, input=line, conversation=conversation_id, stream=True)
+        items: Any = line  # a message, or the approval answers (input items the SDK types by their own TypedDicts)
+        stream = client.responses.create(model=model, input=items, conversation=conversation_id, stream=True)
         with stream:
             for event in stream:
                 if turn.show(event):
@@ -228,6 +253,7 @@ def _run_turn(client: OpenAI, model: str, conversation_id: str, line: str, print
         printer.note(f"[error: {describe_api_error(exc)}]")
     printer.in_text = False
     printer.end_line()
+    return turn.approvals
 
 
 def _cancel(client: OpenAI, response_id: str | None, printer: _Printer) -> None:

@@ -7,8 +7,10 @@ same on every node and its SHA stable across restarts of the service.
 
 Keys: every key a script is given comes in KEYS, so a client (and, on a cluster, the router) knows where it
 runs. The one kind of key a script names itself is a key named by a member of a key it was given: the record
-of a turn queued in a conversation's turn list, the in-progress marker of a job claimed from a queue, the wake
-list of the next turn. Those are found only inside the script, atomically with the member that names them.
+(and event stream) of a turn queued in a conversation's turn list, the in-progress marker of a job claimed from
+a queue, the wake list of the next turn, and the keys a turn's record names in its fields (its API key's
+in-flight set, its project's usage, its conversation's feed). Those are found only inside the script,
+atomically with the member that names them.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from shared import keys, metrics
-from shared.models import DEFAULT_PROJECT, TERMINAL_STATUSES
+from shared import events, keys, metrics
+from shared.models import DEFAULT_PROJECT, TERMINAL_STATUSES, Status
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,9 @@ def _constants() -> str:
         f"local TERMINAL = {{{terminal}}}\n"
         f"local RESPONSE_PREFIX = '{keys.RESPONSE_PREFIX}'\n"
         f"local TURN_WAKE_PREFIX = '{keys.TURN_WAKE_PREFIX}'\n"
+        f"local EVENTS_PREFIX = '{keys.EVENTS_PREFIX}'\n"
+        f"local CANCEL_CHANNEL = '{keys.CANCEL_CHANNEL}'\n"
+        f"local CANCELLED_EVENT = '{events.TERMINAL_TYPE_FOR_STATUS[Status.CANCELLED]}'\n"
         f"local DEFAULT_PROJECT = '{DEFAULT_PROJECT}'\n"
     )
 

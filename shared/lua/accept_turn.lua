@@ -1,7 +1,11 @@
 -- Accepts a turn: every check and every write of the accept in one atomic step (see shared/turn_accept.py).
--- Returns {'accepted'} or {refusal} (see Refusal); a refused turn leaves nothing written.
+-- Returns {'accepted', turns stopped} or {refusal} (see Refusal); a refused turn leaves nothing written.
+-- Under `interrupt` and `rollback` the turns ahead in the conversation are stopped in the same step (see
+-- stop_turns_ahead), so of two accepts racing on one conversation each stops whatever is ahead of it.
 local resp, stream, active, queue, job_key, result_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local queue_wake, conv, turns, inflight, claim_key = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+-- The project's webhooks and usage, for turns finished as cancelled here.
+local endpoints, outbox, usage = KEYS[12], KEYS[13], KEYS[14]
 local rid, now, project, conversation_id, lock_policy = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local conversation_ttl, max_concurrent, grace_ms, max_queue_depth = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local claim_accepted, claim_ttl, response_ttl, maxlen, stream_ttl = ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
@@ -38,12 +42,17 @@ for i = events_end + 1, #ARGV do record[#record + 1] = ARGV[i] end
 redis.call('HSET', resp, unpack(record))
 redis.call('EXPIRE', resp, response_ttl)
 redis.call('ZADD', active, now, rid)
+local stopped = 0
+if in_conversation and (lock_policy == 'interrupt' or lock_policy == 'rollback') then
+  stopped = stop_turns_ahead(turns, lock_policy == 'rollback', active, endpoints, outbox, usage, maxlen,
+                             stream_ttl, response_ttl)
+end
 if in_conversation then
   redis.call('RPUSH', turns, rid)
   redis.call('EXPIRE', turns, conversation_ttl)
 end
 for i = FIRST_EVENT, events_end, 2 do append(resp, stream, '0', maxlen, ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', stream, stream_ttl)
+expire_streams(resp, stream, stream_ttl)
 if claim_accepted ~= '' then redis.call('SET', claim_key, claim_accepted, 'EX', claim_ttl) end
 enqueue(job_key, result_key, queue, queue_wake, job, job_ttl_ms, now, rid, max_wake)
-return {'accepted'}
+return {'accepted', stopped}

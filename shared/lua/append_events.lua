@@ -19,5 +19,5 @@ for i = FIRST_EVENT, #ARGV, 2 do
   seq = append(resp, stream, attempt, maxlen, ARGV[i], ARGV[i + 1])
 end
 if batch_id ~= '' then redis.call('HSET', resp, 'batch', batch_id) end
-redis.call('EXPIRE', stream, ttl)
+expire_streams(resp, stream, ttl)
 return {seq, st[3] or ''}

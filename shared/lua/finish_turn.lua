@@ -16,8 +16,9 @@ local st = redis.call('HMGET', resp, 'status', 'attempt')
 if st[1] ~= expect then return 0 end
 if attempt_expected ~= '' and st[2] ~= attempt_expected then return 0 end
 local attempt = st[2] or '0'
--- A conversation deleted mid-turn gains nothing (and is not resurrected).
-if redis.call('EXISTS', conv) == 1 then
+-- A conversation deleted mid-turn gains nothing (and is not resurrected); nor does a turn stopped by a
+-- `rollback` accept, whenever that came.
+if redis.call('EXISTS', conv) == 1 and not redis.call('HGET', resp, 'rollback') then
   for i = pending_end + 1, #ARGV do redis.call('RPUSH', items, ARGV[i]) end
   redis.call('EXPIRE', items, conversation_ttl)
   redis.call('EXPIRE', conv, conversation_ttl)
@@ -28,7 +29,8 @@ settle_accounts(inflight, usage, has_slot, rid, response_json)
 for i = FIRST_PENDING, pending_end, 2 do append(resp, stream, attempt, maxlen, ARGV[i], ARGV[i + 1]) end
 append(resp, stream, attempt, maxlen, terminal_type, terminal_json)
 redis.call('EXPIRE', resp, response_ttl)
-redis.call('EXPIRE', stream, stream_ttl)
+expire_streams(resp, stream, stream_ttl)
+redis.call('HDEL', resp, 'progress', 'cancelled', 'cancelled_hook')
 redis.call('ZREM', active, rid)
 -- Written with the commit, so a turn that committed is announced even if its worker dies right after.
 if redis.call('EXISTS', endpoints) == 1 then redis.call('LPUSH', outbox, outbox_entry) end

@@ -1,13 +1,38 @@
 -- Functions the scripts share; the loader puts this file (after the constants) in front of every script.
 -- Each takes the keys it touches as arguments, so a script passes on the KEYS it was given.
 
--- Appends one event: the sequence number comes from the response hash, so writers never collide.
+-- Appends one event to a conversation's live feed: entry id "<n>-1", n from the feed's own counter (kept
+-- and expiring with the feed; cheaper than reading the feed's last entry). The data is the response's event
+-- with its response id spliced in front, since deltas do not name it.
+local function feed_append(feed, counter, rid, attempt, maxlen, etype, data)
+  local n = redis.call('INCR', counter) - 1
+  redis.call('XADD', feed, 'MAXLEN', '~', maxlen, n .. '-1', 'seq', n, 'type', etype, 'attempt', attempt,
+             'response_id', rid, 'data', '{"response_id":"' .. rid .. '",' .. string.sub(data, 2))
+end
+
+-- Appends one event: the sequence number comes from the response hash, so writers never collide. A turn
+-- whose record names a conversation feed (fields `feed`, `feed_seq`: keys named by the record, see the
+-- loader) also appends it there, in the same step, so the feed holds exactly what the response's stream holds.
 local function append(resp, stream, attempt, maxlen, etype, body)
   local seq = redis.call('HINCRBY', resp, 'seq', 1)
   local data = '{"sequence_number":' .. seq .. ',' .. string.sub(body, 2)
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-1',
              'seq', seq, 'type', etype, 'attempt', attempt, 'data', data)
+  local feed = redis.call('HMGET', resp, 'feed', 'feed_seq')
+  if feed[1] then
+    feed_append(feed[1], feed[2], string.sub(resp, #RESPONSE_PREFIX + 1), attempt, maxlen, etype, data)
+  end
   return seq
+end
+
+-- Renews a turn's stream and, if it has one, its conversation's feed: both live `ttl` after their last write.
+local function expire_streams(resp, stream, ttl)
+  redis.call('EXPIRE', stream, ttl)
+  local feed = redis.call('HMGET', resp, 'feed', 'feed_seq')
+  if feed[1] then
+    redis.call('EXPIRE', feed[1], ttl)
+    redis.call('EXPIRE', feed[2], ttl)
+  end
 end
 
 -- The first turn of a conversation's queue that can still hand over, or nil for none. Heads that finished
@@ -89,4 +114,51 @@ local function settle_accounts(inflight, usage_key, has_slot, response_id, respo
     redis.call('HINCRBY', usage_key, day .. ':input_tokens', tonumber(usage['input_tokens']) or 0)
     redis.call('HINCRBY', usage_key, day .. ':output_tokens', tonumber(usage['output_tokens']) or 0)
   end
+end
+
+-- Finishes a queued turn as cancelled, in the script that decided it (an interrupting accept): the Response
+-- and webhook entry its own accept rendered for this (fields `cancelled`, `cancelled_hook`), the terminal
+-- event, its usage (`usage`: the conversation's project's), the active index, and its place in the
+-- conversation's queue. Its API key's slot is left to that key's next full admission, which drops finished
+-- turns (see live_turns): the key is the stopped turn's, not one this script was given. Like a cancel before
+-- pickup it adds nothing to the conversation; its job, when a worker claims it, finds it finished.
+local function cancel_queued(resp, rid, turns, active, endpoints, outbox, usage, maxlen, stream_ttl, response_ttl)
+  local f = redis.call('HMGET', resp, 'cancelled', 'cancelled_hook')
+  redis.call('HSET', resp, 'status', 'cancelled', 'response', f[1])
+  settle_accounts(nil, usage, false, rid, f[1])
+  local stream = EVENTS_PREFIX .. rid
+  local terminal = '{"type":"' .. CANCELLED_EVENT .. '","response":' .. f[1] .. '}'
+  append(resp, stream, '0', maxlen, CANCELLED_EVENT, terminal)
+  expire_streams(resp, stream, stream_ttl)
+  redis.call('HDEL', resp, 'progress', 'cancelled', 'cancelled_hook')
+  redis.call('EXPIRE', resp, response_ttl)
+  redis.call('ZREM', active, rid)
+  if redis.call('EXISTS', endpoints) == 1 then redis.call('LPUSH', outbox, f[2]) end
+  redis.call('DEL', TURN_WAKE_PREFIX .. rid)
+  redis.call('LREM', turns, 0, rid)
+end
+
+-- Stops every unfinished turn of a conversation's queue for a turn accepted with `interrupt` or `rollback`:
+-- a queued one is finished as cancelled here and now; a running one is marked cancel-requested and its
+-- worker told, and it commits what it produced, then hands the conversation on (the queue keeps it ahead of
+-- the new turn until then). Under `rollback` each is also marked `rollback`, which its commit honours by
+-- adding nothing to the conversation. Returns how many turns were stopped.
+local function stop_turns_ahead(turns, rollback, active, endpoints, outbox, usage, maxlen, stream_ttl, response_ttl)
+  local stopped = 0
+  for _, rid in ipairs(redis.call('LRANGE', turns, 0, -1)) do
+    local resp = RESPONSE_PREFIX .. rid
+    local f = redis.call('HMGET', resp, 'status', 'cancelled')
+    if f[1] and not TERMINAL[f[1]] then
+      stopped = stopped + 1
+      if rollback then redis.call('HSET', resp, 'rollback', '1') end
+      if f[1] == 'queued' and f[2] then
+        cancel_queued(resp, rid, turns, active, endpoints, outbox, usage, maxlen, stream_ttl, response_ttl)
+      else
+        -- Running (or queued by an API node that rendered no cancelled Response): its worker ends it.
+        redis.call('HSET', resp, 'cancel', '1')
+        redis.call('PUBLISH', CANCEL_CHANNEL, rid)
+      end
+    end
+  end
+  return stopped
 end

@@ -23,9 +23,10 @@ local announced = 0
 if st[5] then
   if attempt == 1 and (cancel == '' or cancel == '0') then
     append(resp, stream, tostring(attempt), maxlen, in_progress_type, st[5])
-    redis.call('EXPIRE', stream, ttl)
+    expire_streams(resp, stream, ttl)
     announced = 1
   end
-  redis.call('HDEL', resp, 'progress')  -- of no use once the turn has started
 end
+-- Of no use once the turn has started: its first event, and what an interrupt before pickup would store.
+redis.call('HDEL', resp, 'progress', 'cancelled', 'cancelled_hook')
 return {status, attempt, cancel, request, 0, announced}

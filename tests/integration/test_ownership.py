@@ -78,6 +78,8 @@ def _requests(o: Owned) -> list[tuple[str, str, dict[str, Any] | None, dict[str,
         ("DELETE", f"/v1/conversations/{c}", None, {}),
         ("GET", f"/v1/conversations/{c}/items", None, {}),
         ("GET", f"/v1/conversations/{c}/items/{o.item}", None, {}),
+        ("GET", f"/v1/conversations/{c}/events", None, {}),
+        ("GET", f"/v1/conversations/{c}/events?stream=true&starting_after=-1", None, {}),
         ("POST", "/v1/responses", {"model": M, "input": "What is my name?", "conversation": c}, {}),
         ("POST", "/v1/responses", {"model": M, "input": "hi", "conversation": {"id": c}, "background": True}, {}),
     ]

@@ -21,6 +21,10 @@ EXPECTED_OUTPUT = {
     "background": "completed 1 2 3 4 5 6 7 8 9",
     "tools": "[calling get_weather({\"city\": \"Bengaluru\"})]",
     "websocket": "Your name is Ravi.",
+    "interrupt": "cancelled 1 2 3\nuser completed count to 100\nassistant incomplete 1",
+    "conversation-feed": "response.completed",
+    "approval": 'completed mcp_approval_request slow_tool {"seconds": 0.1}\nmcp_call Tool slow_tool returned: '
+    "waited 0.1s.",
 }
 # Examples that need a stack of their own, and the test that runs each.
 RUN_ELSEWHERE = {"upstream-faults": "tests/integration/test_upstream_retries.py"}
@@ -41,6 +45,11 @@ def test_readme_example_runs(name: str, stack: Stack) -> None:
     assert EXPECTED_OUTPUT[name] in out.getvalue()
     if name == "tools":
         assert "Tool lookup_order returned: shipped." in out.getvalue()
+    if name == "interrupt":
+        assert out.getvalue().rstrip().endswith("user completed count to 3\nassistant completed 1 2 3")
+    if name == "conversation-feed":  # both turns, whole and in order, seen live by the follower
+        lines = out.getvalue().split()
+        assert lines.count("response.created") == 2 and lines.count("response.completed") == 2
 
 
 def test_readme_settings_table_names_every_setting() -> None:

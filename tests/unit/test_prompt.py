@@ -246,3 +246,22 @@ def test_reasoning_items_are_not_sent_back_and_calls_after_them_stay_with_their_
     assert messages[1]["content"] == "Let me check." and len(messages[1]["tool_calls"]) == 1
     assert messages[3]["content"] == "I can't help."  # a refusal goes back as what the assistant said
     MESSAGES.validate_python(messages)
+
+
+def test_an_answered_approval_shows_as_the_call_and_its_result_and_a_pending_one_not_at_all() -> None:
+    request = {"id": "mcpr_1", "type": "mcp_approval_request", "server_label": "a", "name": "send",
+               "arguments": '{"to": "x"}'}
+    waiting = {"id": "mcpr_2", "type": "mcp_approval_request", "server_label": "a", "name": "send",
+               "arguments": "{}"}
+    answer = {"id": "mcpa_1", "type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": False}
+    run = {"id": "mcp_1", "type": "mcp_call", "server_label": "a", "name": "send", "arguments": '{"to": "x"}',
+           "approval_request_id": "mcpr_1", "output": None,
+           "error": {"type": "mcp_tool_execution_error", "content": "The user denied this tool call."}}
+
+    messages = to_messages("", [request, waiting, answer, run])
+
+    assert messages == [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "mcpr_1", "type": "function", "function": {"name": "send", "arguments": '{"to": "x"}'}}]},
+        {"role": "tool", "tool_call_id": "mcpr_1", "content": '{"error": "The user denied this tool call."}'},
+    ]

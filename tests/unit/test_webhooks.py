@@ -68,6 +68,13 @@ def test_a_response_waiting_on_client_calls_also_requires_action() -> None:
     assert webhooks.event_types("failed", {"output": []}) == ["response.failed"]
 
 
+def test_a_response_ending_with_a_tool_call_to_approve_requires_action() -> None:
+    request = {"id": "mcpr_1", "type": "mcp_approval_request", "server_label": "a", "name": "f", "arguments": "{}"}
+    assert webhooks.event_types("completed", {"output": [request]}) == [
+        "response.completed", "response.requires_action"
+    ]
+
+
 async def test_endpoint_registration_checks_url_events_and_the_limit(redis: ArqRedis) -> None:
     with pytest.raises(webhooks.WebhookError, match="absolute http"):
         await webhooks.add_endpoint(redis, "p", "ftp://x/hook", ["response.completed"], 2)
