@@ -23,7 +23,7 @@ from api.agent_directory import AgentDirectory
 from api.auth import RequestBudgetHeaders, authenticate
 from api.deps import Services
 from api.fanout import Fanout
-from api.routes import compact, conversations, metrics, responses, system, websocket
+from api.routes import agui, compact, conversations, metrics, responses, system, websocket
 from api.sse import ExposeConnection
 from shared import tracing
 from shared.api_keys import KeyStore, SeedKey, seed_from_settings
@@ -114,6 +114,7 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
     app.include_router(conversations.router)
     app.include_router(system.router)
     app.include_router(websocket.router)
+    app.include_router(agui.router)
     app.include_router(metrics.router)
     return app
 

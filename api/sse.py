@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import APIError
+from api.errors import APIError, invalid
 from shared import metrics
-from shared.events import StreamEvent
+from shared.events import MAX_SEQUENCE_NUMBER, StreamEvent
 
 if TYPE_CHECKING:
     from api.fanout import Fanout, Subscription
@@ -45,6 +46,7 @@ KEEPALIVE = b": keep-alive\n"
 DONE = b"data: [DONE]\n\n"
 CONNECTION = "turnstream.connection"  # scope key under which ExposeConnection puts the server's request cycle
 _RETRY_AFTER_S = 5
+_SEQUENCE_NUMBER = re.compile(r"-?[0-9]+")
 _WRITE_MAX = 65_536  # asyncio's default high-water mark: a server pauses the writer past it
 
 
@@ -62,6 +64,18 @@ def http_chunk(frames: list[Frame]) -> bytes:
     """The frames as one HTTP/1.1 chunk (RFC 9112 7.1), for writing to a chunk-framed body directly."""
     data = frames[0].data if len(frames) == 1 else b"".join([frame.data for frame in frames])
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def last_event_id_after(header: str | None) -> int:
+    """The sequence number a `Last-Event-ID` header resumes after; -1 (from the start) without one."""
+    if header is None:
+        return -1
+    # int() would also take " 7", "+7", "1_0" and other scripts' digits.
+    if not _SEQUENCE_NUMBER.fullmatch(header) or not -1 <= int(header) <= MAX_SEQUENCE_NUMBER:
+        raise invalid(
+            f"Last-Event-ID must be an event sequence number from -1 to {MAX_SEQUENCE_NUMBER}.", "Last-Event-ID"
+        )
+    return int(header)
 
 
 def ensure_capacity(fanout: Fanout) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -16,7 +15,7 @@ from api.idempotency import Claim, IdempotencyKey
 from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateResponseBody
-from api.sse import SSEResponse, ensure_capacity
+from api.sse import SSEResponse, ensure_capacity, last_event_id_after
 from api.turns import Accepted, accept, build_request, wait_final
 from shared import ids, keys
 from shared.events import MAX_SEQUENCE_NUMBER
@@ -27,7 +26,6 @@ from shared.response_object import build_response
 router = APIRouter(prefix="/v1/responses", tags=["responses"], route_class=JSONBodyRoute)
 
 _CANCEL_WAIT_S = 2.0  # cancel answers with the final Response when the worker stops within this
-_SEQUENCE_NUMBER = re.compile(r"-?[0-9]+")
 
 
 @router.post("")
@@ -75,7 +73,7 @@ async def get_response(
     if starting_after is not None:
         after, param = starting_after, "starting_after"
     else:
-        after, param = _last_event_id(last_event_id), "Last-Event-ID"
+        after, param = last_event_id_after(last_event_id), "Last-Event-ID"
     # Past the newest event would wait for a sequence number that is never written: refuse it up front.
     last_seq = int(await svc.redis.hget(keys.response(response_id), "seq") or -1)
     if after > last_seq:
@@ -155,17 +153,6 @@ async def _replay(svc: Services, body: CreateResponseBody, response_id: str, pro
     if body.background:
         return JSONResponse(record.response)
     return JSONResponse(await wait_final(svc, response_id, svc.settings.sync_wait_timeout_s))
-
-
-def _last_event_id(header: str | None) -> int:
-    if header is None:
-        return -1
-    # int() would also take " 7", "+7", "1_0" and other scripts' digits.
-    if not _SEQUENCE_NUMBER.fullmatch(header) or not -1 <= int(header) <= MAX_SEQUENCE_NUMBER:
-        raise invalid(
-            f"Last-Event-ID must be an event sequence number from -1 to {MAX_SEQUENCE_NUMBER}.", "Last-Event-ID"
-        )
-    return int(header)
 
 
 async def _record(svc: Services, response_id: str, project: str, *, unstored: bool = False) -> ResponseRecord:
