@@ -21,6 +21,7 @@ from ag_ui.core import (
     DeveloperMessage,
     ImageInputContent,
     InputContentUrlSource,
+    Message,
     RunAgentInput,
     SystemMessage,
     TextInputContent,
@@ -80,15 +81,30 @@ class Held:
         return held
 
 
+def _holds(held: Held, conversation_id: str, message: Message) -> bool:
+    if isinstance(message, ToolMessage):
+        return message.tool_call_id in held.answered
+    if isinstance(message, AssistantMessage) and any(call.id in held.call_ids for call in message.tool_calls or ()):
+        return True
+    return _item_id(ids.MESSAGE, conversation_id, message.id) in held.item_ids
+
+
 def new_items(run: RunInput, conversation_id: str, held: Held) -> list[Item]:
-    """The run's messages the conversation does not hold yet, as input items, in order."""
+    """The run's messages the conversation does not hold yet, as input items, in order.
+
+    Whatever comes before the last message the conversation holds is history the client sent again, though
+    perhaps under new ids (Agent Framework's function-invocation loop re-sends the user's message with a
+    fresh id, with the call it already received and the call's result): only what follows it is new.
+    """
     items: list[Item] = []
 
     def add(item: Item) -> None:
         held.item_ids.add(item["id"])
         items.append(item)
 
-    for index, message in enumerate(run.messages):
+    known = [i for i, message in enumerate(run.messages) if _holds(held, conversation_id, message)]
+    start = known[-1] + 1 if known else 0
+    for index, message in enumerate(run.messages[start:], start):
         param = f"messages[{index}]"
         if isinstance(message, (UserMessage, SystemMessage, DeveloperMessage)):
             item_id = _item_id(ids.MESSAGE, conversation_id, message.id)

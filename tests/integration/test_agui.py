@@ -4,16 +4,22 @@ validated with ag-ui-protocol's own models."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from ag_ui.core import Event, EventType
+from agent_framework import Message, tool
+from agent_framework_ag_ui import AGUIChatClient
 from openai import OpenAI
 from pydantic import TypeAdapter
 
-from tests.conftest import Stack
+from api import agui_input
+from tests.conftest import ROOT, Stack
 from tests.integration.conftest import wait_for
 from tests.integration.keyed_stack import KeyedStack, M, http
 
@@ -244,3 +250,127 @@ def _response_of(stack: Stack, run_id: str) -> str:
     """The response id behind a run, from the header every AG-UI stream carries."""
     with httpx.stream("GET", f"{stack.base_url}/agui/{M}/runs/{run_id}", timeout=30) as response:
         return response.headers["x-turnstream-response-id"]
+
+
+# --- Agent Framework's AGUIChatClient ------------------------------------------------------------------------
+
+
+@tool
+def lookup_order() -> str:
+    """Look up an order."""
+    return "shipped"
+
+
+async def test_agui_chat_client_keeps_a_multi_turn_thread_and_streams(stack: Stack) -> None:
+    options: Any = {"metadata": {"thread_id": f"t-{uuid.uuid4()}"}}
+    async with AGUIChatClient(endpoint=f"{stack.base_url}/agui/{M}") as agui:
+        first = await agui.get_response([Message(role="user", contents=["My name is Ravi."])], options=options)
+        assert first.text == "Nice to meet you, Ravi."
+        updates = [
+            u async for u in agui.get_response(
+                [Message(role="user", contents=["What is my name?"])], stream=True, options=options
+            )
+        ]
+    pieces = [u.text for u in updates if u.text]
+    assert len(pieces) > 1 and "".join(pieces) == "Your name is Ravi."
+
+
+async def test_agui_chat_client_runs_a_client_tool_and_the_thread_continues(stack: Stack) -> None:
+    thread = f"t-{uuid.uuid4()}"
+    options: Any = {"metadata": {"thread_id": thread}, "tools": [lookup_order]}
+    async with AGUIChatClient(endpoint=f"{stack.base_url}/agui/{M}") as agui:
+        answer = await agui.get_response([Message(role="user", contents=["call lookup_order({})"])], options=options)
+    assert [m.role for m in answer.messages] == ["assistant", "tool", "assistant"]
+    assert answer.text == "Tool lookup_order returned: shipped."
+    # The thread holds the exchange once: the loop's re-sent user message was recognised as history.
+    conversation = agui_input.thread_conversation_id("default", thread)
+    async with httpx.AsyncClient() as plain:
+        listed = await plain.get(f"{stack.base_url}/conversations/{conversation}/items", params={"order": "asc"})
+    items = listed.json()["data"]
+    assert [i["type"] for i in items] == ["message", "function_call", "function_call_output", "message"]
+
+
+class Stream(httpx.AsyncByteStream):
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self.chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.chunks:
+            yield chunk
+
+
+class DropOnce(httpx.AsyncBaseTransport):
+    """Cuts the first AG-UI stream after `frames` frames, as a dropped connection would, and then re-attaches
+    by the run's id with Last-Event-ID, so the client above sees one whole stream: what a resuming client
+    layer does with this endpoint."""
+
+    def __init__(self, frames: int) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.frames = frames
+        self.reattached = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method != "POST":
+            return response
+        body = json.loads(request.content)
+        url = f"{str(request.url).rstrip('/')}/runs/{body.get('runId') or body['run_id']}"
+        stream = Stream(self._resume(response, url))
+        return httpx.Response(response.status_code, headers=response.headers, stream=stream)
+
+    async def _resume(self, response: httpx.Response, url: str) -> AsyncIterator[bytes]:
+        last_id, sent = None, 0
+        buffer = b""
+        async for chunk in response.aiter_raw():
+            buffer += chunk
+            while b"\n\n" in buffer:
+                frame, buffer = buffer.split(b"\n\n", 1)
+                if self.frames and sent == self.frames:
+                    self.frames = 0  # the drop: the rest of this stream is lost
+                    await response.aclose()
+                    async for rest in self._reattach(url, last_id):
+                        yield rest
+                    return
+                if frame.startswith(b"id: "):
+                    last_id = frame[4:].split(b"\n", 1)[0].decode()
+                sent += 1
+                yield frame + b"\n\n"
+
+    async def _reattach(self, url: str, last_id: str | None) -> AsyncIterator[bytes]:
+        self.reattached += 1
+        headers = {"Last-Event-ID": last_id} if last_id is not None else {}
+        async with httpx.AsyncClient() as client, client.stream("GET", url, headers=headers) as again:
+            async for chunk in again.aiter_raw():
+                yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_agui_chat_client_gets_the_whole_answer_once_across_a_dropped_connection(stack: Stack) -> None:
+    transport = DropOnce(frames=6)
+    options: Any = {"metadata": {"thread_id": f"t-{uuid.uuid4()}"}}
+    async with httpx.AsyncClient(transport=transport, timeout=30) as http_client:
+        agui = AGUIChatClient(endpoint=f"{stack.base_url}/agui/{M}", http_client=http_client)
+        updates = [
+            u async for u in agui.get_response(
+                [Message(role="user", contents=["[delay=10ms] count to 30"])], stream=True, options=options
+            )
+        ]
+    assert transport.reattached == 1
+    assert "".join(u.text for u in updates if u.text).split() == [str(n) for n in range(1, 31)]
+
+
+def test_readme_agui_curl_block_runs_verbatim(stack: Stack) -> None:
+    block = re.search(r"<!-- shell: agui -->\n```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block is not None
+    thread, run_id = f"thread-{uuid.uuid4()}", f"run-{uuid.uuid4()}"
+    script = block.group(1).replace("http://127.0.0.1:8000", stack.api_url)
+    script = script.replace("thread-1", thread).replace("run-1", run_id)
+    result = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    run_frames = frames(result.stdout)
+    first_end = next(i for i, (_, e) in enumerate(run_frames) if e["type"] == "RUN_FINISHED")
+    posted, reattached = run_frames[: first_end + 1], run_frames[first_end + 1 :]
+    assert "TOOL_CALL_RESULT" in types([e for _, e in posted])
+    assert reattached == [f for f in posted if f[0] is not None and int(f[0]) > 5]
