@@ -211,18 +211,26 @@ class Fanout:
                 del self._watches[key]
 
     async def _read_forever(self) -> None:
+        down_since: float | None = None  # when the current Redis outage began, as this reader saw it
         while True:
             try:
                 await self._read_once()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                # Redis is away: a line per retry says so; a traceback per second would bury it.
-                log.warning("fan-out cannot read Redis (%s); retrying", exc)
+                # One line when an outage begins and one when it ends, however long it lasts.
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("fan-out cannot read Redis (%s); retrying every %gs", exc, self._poll_s)
                 await asyncio.sleep(self._poll_s)
+                continue
             except Exception:
                 log.warning("fan-out read failed; retrying", exc_info=True)
                 await asyncio.sleep(self._poll_s)
+                continue
+            if down_since is not None:
+                log.warning("fan-out reads Redis again after %.1fs", time.monotonic() - down_since)
+                down_since = None
 
     async def _read_once(self) -> None:
         streams = {self._wake_key: self._wake_position}

@@ -6,8 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class Settings(BaseSettings):
@@ -17,6 +19,19 @@ class Settings(BaseSettings):
     # Unset means the embedded in-process fakeredis, which only `turnstream dev` can use.
     redis_url: str | None = None
     queue_name: str = "turnstream:queue"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str | None) -> str | None:
+        # redis-py and arq would each fail later with a traceback of their own; say it once, here.
+        if value == "":
+            return None  # Compose and Kubernetes pass an unset optional value as an empty string
+        if value is not None and not value.startswith(_REDIS_SCHEMES):
+            raise ValueError(
+                f"{value!r} has no scheme; it must start with redis://, rediss:// or unix:// "
+                f"(e.g. redis://{value.split('/')[0] or '127.0.0.1:6379'}/0)"
+            )
+        return value
 
     # --- Upstream model ----------------------------------------------------------------------
     # Unset base URL means the built-in mock model served by `turnstream dev` (or `turnstream mock`).

@@ -20,7 +20,16 @@ from pydantic import ValidationError
 
 from shared.cli import keys as key_commands
 from shared.cli import webhooks
-from shared.cli.startup import StartupError, announce, listen, redacted, redis_problem, require_redis_url
+from shared.cli.startup import (
+    StartupError,
+    announce,
+    check_seed_keys,
+    listen,
+    redacted,
+    redis_errors,
+    redis_problem,
+    require_redis_url,
+)
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 
@@ -136,7 +145,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _setting_error(error: Any) -> str:
     name = "_".join(str(part) for part in error["loc"]).upper()
-    return f"TURNSTREAM_{name}: {error['msg']}"
+    return f"TURNSTREAM_{name}: {error['msg'].removeprefix('Value error, ')}"
 
 
 def _exit(command: str, message: str, code: int) -> NoReturn:
@@ -157,8 +166,11 @@ def _run(command: str, args: argparse.Namespace, settings: Settings) -> None:
         run(_dev(settings))
     elif command == "api":
         run(_api(settings))
+    elif command == "worker" and args.check:
+        with redis_errors(settings.redis_url):
+            sys.exit(_worker_check(settings))
     elif command == "worker":
-        sys.exit(_worker_check(settings) if args.check else _worker(settings))
+        sys.exit(_worker(settings))
     elif command == "mock":
         run(_mock(settings))
     elif command == "chat":
@@ -170,9 +182,11 @@ def _run(command: str, args: argparse.Namespace, settings: Settings) -> None:
 
         run(run_tail(settings, args.response_id, args.after, args.url))
     elif command == "keys":
-        sys.exit(key_commands.run(settings, args))
+        with redis_errors(settings.redis_url):
+            sys.exit(key_commands.run(settings, args))
     elif command == "webhooks":
-        sys.exit(args.handler(settings, args))
+        with redis_errors(settings.redis_url):
+            sys.exit(args.handler(settings, args))
 
 
 def _local_api(settings: Settings) -> str:
@@ -201,6 +215,7 @@ async def _api(settings: Settings) -> None:
     from api.app import create_app
 
     url = require_redis_url(settings)
+    check_seed_keys(settings)
     problem = await redis_problem(url)
     if problem:
         # Not fatal: the API starts while Redis is away, answers 503 meanwhile and recovers by itself.
@@ -223,10 +238,8 @@ def _worker(settings: Settings) -> int:
     url = require_redis_url(settings)
     asyncio.set_event_loop(new_event_loop())  # arq's Worker takes the current loop when it is built
     worker = _build_worker(settings)  # a bad agents module is reported before anything else
-    problem = asyncio.run(redis_problem(url))
-    if problem:
-        # Not fatal: a worker started before Redis (or during an outage) waits for it and then serves.
-        logging.getLogger("turnstream").warning("%s; waiting for it", problem)
+    # Not fatal when Redis is away: a worker started before Redis (or during an outage) waits for it, saying
+    # so once (worker/redis_retry.py), and then serves.
     worker.run()
     return 0
 
@@ -237,7 +250,9 @@ def _worker_check(settings: Settings) -> int:
     from shared import keys
     from shared.redis_conn import redis_settings
 
-    require_redis_url(settings)
+    url = require_redis_url(settings)
+    if problem := asyncio.run(redis_problem(url)):
+        raise StartupError(problem)
     # The worker refreshes its own key every 30 s (health_check_interval in worker/service.py).
     key = keys.worker_health(settings.queue_name, socket.gethostname())
     return asyncio.run(async_check_health(redis_settings(settings), key, settings.queue_name))
@@ -261,6 +276,7 @@ async def _dev(settings: Settings) -> None:
 
     # Open unless TURNSTREAM_AUTH says otherwise, so the README's examples run with no key.
     settings = settings.model_copy(update={"auth": bool(settings.auth)})
+    check_seed_keys(settings)
     embedded = EmbeddedRedis() if settings.redis_url is None else None
     if embedded is not None:
         patch_arq_for_fakeredis()
