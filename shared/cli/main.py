@@ -235,7 +235,7 @@ async def _mock(settings: Settings) -> None:
 
 
 def _worker(settings: Settings) -> int:
-    url = require_redis_url(settings)
+    require_redis_url(settings)
     asyncio.set_event_loop(new_event_loop())  # arq's Worker takes the current loop when it is built
     worker = _build_worker(settings)  # a bad agents module is reported before anything else
     # Not fatal when Redis is away: a worker started before Redis (or during an outage) waits for it, saying
