@@ -511,3 +511,46 @@ def test_env_file_is_ignored_by_git() -> None:
     root = Path(__file__).resolve().parent.parent
     ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=root, check=False)
     assert ignored.returncode == 0, ".env (documented for secrets) must be in .gitignore"
+
+
+async def test_tail_after_the_last_event_of_an_ended_response_says_so_and_succeeds(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    response_id = await _create(stack, "count to 3")
+    assert await _wait_finished(stack, response_id) == "completed"
+    last = _events(await _tail_api(stack, response_id, -1))[-1][0]
+    assert await _tail_api(stack, response_id, last) == []
+    note = capsys.readouterr().err
+    assert f"{response_id} ended (completed) at event {last}; nothing follows it" in note
+    assert "None" not in note
+    assert await _tail_redis(stack, response_id, last) == []
+    assert f"ended (completed) at event {last}" in capsys.readouterr().err
+
+
+async def test_tail_from_redis_past_the_last_event_is_refused(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    response_id = await _create(stack, "count to 2")
+    assert await _wait_finished(stack, response_id) == "completed"
+
+    async def direct() -> int | str | None:
+        redis = stack.embedded.client(stack.settings)
+        try:
+            await run_tail(stack.settings, response_id, 10_000, None, out=io.StringIO(), redis=redis)
+        except SystemExit as exc:
+            return exc.code
+        finally:
+            await redis.aclose()
+        return None
+
+    assert await stack.on_stack(direct()) == 2
+    assert "--after 10000 is past the last event" in capsys.readouterr().err
+
+
+def test_tail_piped_into_head_ends_quietly(stack: Stack, tmp_path: Path) -> None:
+    response_id = asyncio.run(_create(stack, "count to 400"))
+    asyncio.run(_wait_finished(stack, response_id))
+    script = f"{sys.executable} -m shared.cli tail {response_id} --url {stack.v1} | head -2"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert len(result.stdout.splitlines()) == 2
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode == 0

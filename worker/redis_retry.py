@@ -46,7 +46,7 @@ class Outage:
         if self.since is None:
             self.since = time.monotonic()
             log.warning(
-                "redis unavailable (%s: %s) during %s; retrying (TURNSTREAM_REDIS_URL names it)",
+                "cannot reach Redis (%s: %s) during %s; retrying; check TURNSTREAM_REDIS_URL if it lasts",
                 type(exc).__name__, exc, what,
             )
 

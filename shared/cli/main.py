@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shutil
 import socket
 import sys
@@ -94,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         if not interactive:
             _tell(settings, f"turnstream {command}: stopped")
+    except BrokenPipeError:
+        # The reader went away (`turnstream tail ID | head`): not an error. Python would still try to flush
+        # stdout at exit and print a traceback about it; point stdout at /dev/null first, as its docs advise.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _parser() -> argparse.ArgumentParser:

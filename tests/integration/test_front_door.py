@@ -18,9 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis as redis_lib
 from openai import OpenAI
 
-from tests.conftest import ROOT, RedisServer, Stack, free_port, wait_until
+from tests.conftest import ROOT, RedisServer, Stack, free_port, start_redis, wait_until
 
 README = (ROOT / "README.md").read_text()
 CLI = [sys.executable, "-P", "-m", "shared.cli"]
@@ -205,6 +206,88 @@ def test_worker_with_unreachable_redis_says_so_once_and_waits(tmp_path: Path, st
     warnings = [line for line in worker.err.splitlines() if "cannot reach Redis" in line]
     assert len(warnings) == 1 and "TURNSTREAM_REDIS_URL" in warnings[0], worker.err
     assert TRACEBACK not in worker.err
+    assert "retries remaining" not in worker.err  # arq's own connect countdown, which started over every time
+
+
+def test_worker_says_once_when_redis_comes_back(tmp_path: Path, start: object) -> None:
+    port = closed_port()
+    env = clean_env(TURNSTREAM_REDIS_URL=f"redis://127.0.0.1:{port}/0", TURNSTREAM_REDIS_RETRY_MAX_S="0.2")
+    worker = start("worker", env=env)  # type: ignore[operator]
+    wait_until(lambda: "cannot reach Redis" in worker.err, 30, "the worker's warning")
+    server = start_redis(tmp_path, port)
+    try:
+        wait_until(lambda: "worker ready" in worker.err, 30, "the worker, once Redis is up")
+    finally:
+        worker.stop()
+        server.proc.terminate()
+        server.proc.wait(timeout=10)
+    lines = worker.err.splitlines()
+    assert sum("cannot reach Redis" in line for line in lines) == 1, worker.err
+    assert sum("reachable again" in line for line in lines) == 1, worker.err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("keys", "list"), ("keys", "create", "--project", "p"), ("webhooks", "list", "--project", "p"),
+     ("worker", "--check")],
+    ids=["keys-list", "keys-create", "webhooks-list", "worker-check"],
+)
+def test_redis_commands_with_redis_away_say_so_in_one_line(tmp_path: Path, command: tuple[str, ...]) -> None:
+    result = run_cli(*command, env=clean_env(TURNSTREAM_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0"),
+                     cwd=tmp_path)
+    assert result.returncode == 1
+    line = one_line(result)
+    assert line.startswith(f"turnstream {command[0]}: cannot reach Redis at redis://127.0.0.1:")
+    assert "TURNSTREAM_REDIS_URL" in line
+
+
+@pytest.fixture
+def redis_with_password(tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--requirepass", "right"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: redis_lib.Redis(port=port, password="right").ping(), what="redis-server")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("command", [("keys", "list"), ("worker", "--check")], ids=["keys-list", "worker-check"])
+@pytest.mark.parametrize("password", ["wrong", None], ids=["wrong-password", "no-password"])
+def test_redis_commands_with_a_refused_password_name_the_setting(
+    tmp_path: Path, redis_with_password: int, command: tuple[str, ...], password: str | None
+) -> None:
+    auth = f":{password}@" if password else ""
+    env = clean_env(TURNSTREAM_REDIS_URL=f"redis://{auth}127.0.0.1:{redis_with_password}/0")
+    result = run_cli(*command, env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    line = one_line(result)
+    assert "refused the credentials" in line and "password in TURNSTREAM_REDIS_URL" in line
+    assert "wrong" not in line.split("(")[0]  # the URL is shown without its password
+
+
+@pytest.mark.parametrize("command", ["api", "worker", "keys"])
+def test_a_redis_url_without_a_scheme_is_named_with_the_fix(tmp_path: Path, command: str) -> None:
+    result = run_cli(command, *(["list"] if command == "keys" else []),
+                     env=clean_env(TURNSTREAM_REDIS_URL="localhost:6500"), cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line(result)
+    assert line.startswith(f"turnstream {command}: TURNSTREAM_REDIS_URL: 'localhost:6500' has no scheme")
+    assert "redis://localhost:6500/0" in line
+
+
+def test_a_seed_key_with_a_short_secret_is_named_in_characters(tmp_path: Path) -> None:
+    seeds = '[{"project": "a", "secret": "sk-ts-ok-' + "x" * 40 + '"}, {"project": "b", "secret": "short"}]'
+    env = clean_env(TURNSTREAM_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0", TURNSTREAM_API_KEYS=seeds)
+    result = run_cli("api", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line(result)  # nothing announced: stdout, where the banner goes, stayed empty
+    assert line.startswith("turnstream api: TURNSTREAM_API_KEYS: entry 1 'secret' has 5 characters")
+    assert "at least 32" in line and "items" not in line and "token_urlsafe" in line
 
 
 def test_api_starts_while_redis_is_away_and_says_so(tmp_path: Path, start: object) -> None:
