@@ -274,6 +274,16 @@ class _InProcessStop(logging.Filter):
         return True
 
 
+class _MockModelCalls(logging.Filter):
+    """In `dev` the mock model shares the process and its uvicorn access logger: a line per model call of
+    every turn would repeat what the turn's own lines say. The API answers that path with 404, never 200."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and len(args) == 5 and args[1:3] == ("POST", "/v1/chat/completions")
+                    and args[4] == 200)
+
+
 async def _dev(settings: Settings) -> None:
     from api.app import create_app
     from shared.mock.server import create_app as create_mock_app
@@ -293,6 +303,7 @@ async def _dev(settings: Settings) -> None:
         mock_sock = listen(settings.host, settings.mock_port, "the built-in mock model", _MOCK_PORT_FIX)
     worker = _build_worker(settings, await connect(settings, embedded), handle_signals=False)
     logging.getLogger("arq.worker").addFilter(_InProcessStop())
+    logging.getLogger("uvicorn.access").addFilter(_MockModelCalls())
     _print_dev_banner(settings, embedded is not None)
     tasks = [_serve(create_app(settings, embedded), api_sock), worker.async_run()]
     if mock_sock is not None:

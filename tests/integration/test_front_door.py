@@ -321,6 +321,26 @@ def test_dev_shows_where_it_listens_and_logs_each_request(tmp_path: Path, start:
     assert "-m shared.cli chat --url" in banner
 
 
+def test_dev_logs_a_turn_in_two_lines_and_starts_up_once(tmp_path: Path, start: object) -> None:
+    env = clean_env()
+    dev = start("dev", env=env)  # type: ignore[operator]
+    port = env["TURNSTREAM_PORT"]
+    wait_ready(f"http://127.0.0.1:{port}/readyz", dev)
+    wait_until(lambda: "worker ready" in dev.err, 10, "the worker")
+    before = len(dev.err.splitlines())
+    # Two model calls (the tool call, then the answer) and a tool run.
+    OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0).responses.create(
+        model="turnstream-mock", input="What is the weather in Bengaluru?"
+    )
+    wait_until(lambda: '"POST /v1/responses HTTP/1.1" 200' in dev.err, 10, "the access log line")
+    turn_lines = dev.err.splitlines()[before:]
+    assert len(turn_lines) == 2, turn_lines  # the turn's end, and the request's access line
+    assert "turn ended: completed" in turn_lines[0]
+    assert "httpx" not in dev.err and "chat/completions" not in dev.err
+    for line in ("Started server process", "Waiting for application startup", "Application startup complete"):
+        assert dev.err.count(line) == 1, dev.err
+
+
 def test_ctrl_c_stops_dev_with_a_plain_message(tmp_path: Path, start: object) -> None:
     env = clean_env()
     dev = start("dev", env=env)  # type: ignore[operator]
