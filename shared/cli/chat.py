@@ -48,6 +48,9 @@ def describe_api_error(exc: openai.APIError) -> str:
     message = body.get("message") if isinstance(body, dict) else None
     text = message if isinstance(message, str) and message else exc.message
     if isinstance(exc, openai.APIStatusError):
+        if exc.status_code == 401:
+            # The CLI sends TURNSTREAM_API_KEY: the one thing its user can change.
+            text = f"{text} Set TURNSTREAM_API_KEY to your key."
         return f"{exc.status_code} {text}"
     return text
 

@@ -226,7 +226,15 @@ async def _api(settings: Settings) -> None:
         # Not fatal: the API starts while Redis is away, answers 503 meanwhile and recovers by itself.
         logging.getLogger("turnstream").warning("%s; answering 503 until it is reachable", problem)
     sock = listen(settings.host, settings.port, "the API", _PORT_FIX)
-    _tell(settings, f"turnstream api: API on {_local_api(settings)}, Redis {redacted(url)}", banner=True)
+    if settings.auth is False:
+        access = "open: no API key checked (TURNSTREAM_AUTH=off)"
+    else:
+        access = (
+            "API keys required: make one with `turnstream keys create --project NAME` (same TURNSTREAM_REDIS_URL); "
+            "clients send it as a Bearer token (the openai SDK's api_key)"
+        )
+    _tell(settings, f"turnstream api: API on {_local_api(settings)}, Redis {redacted(url)}; access: {access}",
+          banner=True)
     await _serve(create_app(settings), sock)
 
 

@@ -22,6 +22,7 @@ import redis as redis_lib
 from openai import OpenAI
 
 from tests.conftest import ROOT, RedisServer, Stack, free_port, start_redis, wait_until
+from tests.integration.keyed_stack import KeyedStack
 
 README = (ROOT / "README.md").read_text()
 CLI = [sys.executable, "-P", "-m", "shared.cli"]
@@ -288,6 +289,28 @@ def test_a_seed_key_with_a_short_secret_is_named_in_characters(tmp_path: Path) -
     line = one_line(result)  # nothing announced: stdout, where the banner goes, stayed empty
     assert line.startswith("turnstream api: TURNSTREAM_API_KEYS: entry 1 'secret' has 5 characters")
     assert "at least 32" in line and "items" not in line and "token_urlsafe" in line
+
+
+def test_api_banner_says_keys_are_required_and_how_to_make_one(tmp_path: Path, start: object,
+                                                               redis_server: RedisServer) -> None:
+    env = clean_env(TURNSTREAM_REDIS_URL=redis_server.url)
+    api = start("api", env=env)  # type: ignore[operator]
+    wait_ready(f"http://127.0.0.1:{env['TURNSTREAM_PORT']}/readyz", api)
+    banner = api.out
+    assert "API keys required" in banner and "turnstream keys create --project NAME" in banner
+
+
+def test_a_missing_or_wrong_key_is_told_where_keys_come_from(keyed: KeyedStack, tmp_path: Path) -> None:
+    for headers in ({}, {"Authorization": "Bearer sk-ts-wrong"}):
+        answer = httpx.get(f"{keyed.base_url()}/models", headers=headers)
+        assert answer.status_code == 401
+        assert "turnstream keys create" in answer.json()["error"]["message"]
+    env = clean_env()
+    chat = subprocess.run([*CLI, "chat", "--url", keyed.base_url()], input="hi\n", env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+    assert chat.returncode == 1 and "TURNSTREAM_API_KEY" in chat.stdout + chat.stderr
+    tail = run_cli("tail", "resp_" + "0" * 48, "--url", keyed.base_url(), env=env, cwd=tmp_path)
+    assert tail.returncode == 1 and "401" in tail.stderr and "TURNSTREAM_API_KEY" in tail.stderr
 
 
 def test_api_starts_while_redis_is_away_and_says_so(tmp_path: Path, start: object) -> None:
