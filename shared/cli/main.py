@@ -312,7 +312,7 @@ async def _dev(settings: Settings) -> None:
     worker = _build_worker(settings, await connect(settings, embedded), handle_signals=False)
     logging.getLogger("arq.worker").addFilter(_InProcessStop())
     logging.getLogger("uvicorn.access").addFilter(_MockModelCalls())
-    _print_dev_banner(settings, embedded is not None)
+    _print_dev_banner(settings, embedded is not None, _example_model(settings))
     tasks = [_serve(create_app(settings, embedded), api_sock), worker.async_run()]
     if mock_sock is not None:
         tasks.append(_serve(create_mock_app(settings.mock_token_delay_ms, settings.mock_context_tokens), mock_sock))
@@ -322,7 +322,15 @@ async def _dev(settings: Settings) -> None:
         await worker.close()
 
 
-def _print_dev_banner(settings: Settings, embedded: bool) -> None:
+def _example_model(settings: Settings) -> str:
+    """The model the banner's example names: the default one if an agent serves it, else the first agent."""
+    from worker.agents import load_agents
+
+    names = [agent.name for agent in load_agents(settings.agents).all()]
+    return settings.default_model if settings.default_model in names or not names else names[0]
+
+
+def _print_dev_banner(settings: Settings, embedded: bool, model: str) -> None:
     base = f"http://{settings.host}:{settings.port}"
     where = "embedded in-process Redis (nothing persists)" if embedded else redacted(settings.redis_url or "")
     upstream = settings.openai_base_url or f"built-in mock model on :{settings.mock_port}"
@@ -332,12 +340,13 @@ def _print_dev_banner(settings: Settings, embedded: bool) -> None:
         _tell(settings, headline, banner=True)
         return
     me = _self_command()
+    chat_model = f" --model {model}" if model != settings.default_model else ""
     print(
         f"\nturnstream dev: API on {base}/v1, {where}, upstream {upstream}\n"
         f"  access: {access}\n"
         f"  try:  curl -s {base}/v1/responses -H 'Content-Type: application/json' "
-        "-d '{\"model\": \"turnstream-mock\", \"input\": \"My name is Ravi.\"}'\n"
-        f"  or:   {me} chat --url {base}/v1\n"
+        f"-d '{{\"model\": \"{model}\", \"input\": \"My name is Ravi.\"}}'\n"
+        f"  or:   {me} chat --url {base}/v1{chat_model}\n"
         f"  and:  {me} tail RESPONSE_ID --url {base}/v1\n",
         flush=True,
     )

@@ -142,6 +142,21 @@ def test_readme_agents_file_loads_by_module_name_from_the_working_directory(tmp_
     assert [json.loads(output) for output in outputs] == [{"id": "A-17", "status": "shipped"}]
 
 
+def test_dev_with_custom_agents_suggests_a_model_it_serves(tmp_path: Path, start: object) -> None:
+    (tmp_path / "myagents.py").write_text(readme_agents_file())
+    env = clean_env(TURNSTREAM_AGENTS="myagents")
+    dev = start("dev", env=env, cwd=tmp_path)  # type: ignore[operator]
+    base = f"http://127.0.0.1:{env['TURNSTREAM_PORT']}/v1"
+    wait_ready(f"{base}/models", dev)
+    assert "turnstream-mock" not in dev.out
+    example = next(line for line in dev.out.splitlines() if "curl" in line)
+    assert '"model": "support"' in example and "chat --url" in dev.out and "--model support" in dev.out
+    body = example.split("-d '", 1)[1].rstrip("'")
+    wait_until(lambda: "support" in {m["id"] for m in httpx.get(f"{base}/models").json()["data"]}, 20, "agents")
+    answer = httpx.post(f"{base}/responses", json=json.loads(body), timeout=30)
+    assert answer.status_code == 200, answer.text
+
+
 def test_agents_module_that_is_nowhere_gets_one_line_naming_the_fix(tmp_path: Path) -> None:
     result = run_cli("worker", env=clean_env(TURNSTREAM_AGENTS="nosuchagents", TURNSTREAM_REDIS_URL="redis://x"),
                      cwd=tmp_path)
