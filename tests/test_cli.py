@@ -471,17 +471,29 @@ async def test_tail_of_an_unknown_response_exits_1(stack: Stack, capsys: pytest.
 # --- the command itself -------------------------------------------------------------------------
 
 
-def test_help_lists_the_main_settings(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--help"], ["api", "--help"], ["dev", "--help"]):
+def test_help_lists_the_main_settings_once_on_top(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help(capsys, ["--help"])
+    for variable in ("TURNSTREAM_REDIS_URL", "OPENAI_BASE_URL", "TURNSTREAM_AGENTS", "TURNSTREAM_LOG_FORMAT"):
+        assert variable in text, variable
+    commands = ("dev", "api", "worker", "mock", "chat", "tail", "keys", "webhooks")
+    for argv in ([command, "--help"] for command in commands):
         with pytest.raises(SystemExit) as exited:
             main(argv)
         assert exited.value.code == 0
-        text = capsys.readouterr().out
-        for variable in ("TURNSTREAM_REDIS_URL", "OPENAI_BASE_URL", "TURNSTREAM_AGENTS", "TURNSTREAM_LOG_FORMAT"):
-            assert variable in text, (argv, variable)
+        sub_help = capsys.readouterr().out
+        assert "TURNSTREAM_LOG_FORMAT" not in sub_help, argv
+        if argv[0] not in ("keys", "webhooks"):  # those two talk to Redis only, and say so in their own help
+            assert "`turnstream --help` lists the main ones" in sub_help, argv
+        assert len(sub_help.splitlines()) < 20, argv
     main_help = _help(capsys, ["api", "--help"])
     assert "--host" in main_help and "--port" in main_help
     assert "--port" in _help(capsys, ["mock", "--help"])
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    assert _help(capsys, ["--version"]).strip() == f"turnstream {version('turnstream')}"
 
 
 def _help(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:

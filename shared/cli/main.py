@@ -52,6 +52,9 @@ settings come from the environment (or a .env file in the working directory); th
   TURNSTREAM_MOCK_PORT      built-in mock model port (8001)
 every setting: the Settings table in README.md"""
 
+# Each subcommand's help points at the block above instead of repeating it.
+SEE_SETTINGS = "settings come from the environment (TURNSTREAM_*, OPENAI_*); `turnstream --help` lists the main ones"
+
 _PORT_FIX = "set TURNSTREAM_PORT or pass --port"
 _MOCK_PORT_FIX = "set TURNSTREAM_MOCK_PORT"
 
@@ -109,10 +112,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog=SETTINGS_HELP,
         formatter_class=formatter,
     )
+    parser.add_argument("--version", action="version", version=f"turnstream {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, epilog=SETTINGS_HELP, formatter_class=formatter)
+        return sub.add_parser(name, help=help, description=help, epilog=SEE_SETTINGS, formatter_class=formatter)
 
     dev = command("dev", "API + worker + mock model in one process (embedded Redis unless a URL is set)")
     api = command("api", "serve the HTTP API")
@@ -138,6 +142,15 @@ def _parser() -> argparse.ArgumentParser:
     key_commands.add_parser(sub)
     webhooks.register(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("turnstream")
+    except PackageNotFoundError:  # a checkout run without installing it
+        return "unknown (not installed)"
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -466,6 +466,40 @@ def test_tail_with_unreachable_redis_names_both_ways(tmp_path: Path) -> None:
 # --- a real upstream -------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "hint"),
+    [
+        ("POST", "/v1/chat/completions", "POST /v1/responses"),
+        ("POST", "/chat/completions", "POST /v1/responses"),
+        ("POST", "/responses", "did you mean /v1/responses?"),
+        ("GET", "/models", "did you mean /v1/models?"),
+        ("GET", "/v1/nothing-here", "/v1/responses, /v1/conversations, /v1/models"),
+        ("GET", "/v2/responses", "under the base URL http://HOST:PORT/v1"),
+    ],
+    ids=["chat-completions", "chat-completions-without-v1", "responses-without-v1", "models-without-v1",
+         "unknown-v1-path", "unknown-version"],
+)
+def test_unserved_paths_get_an_openai_shaped_404_with_a_hint(stack: Stack, method: str, path: str, hint: str) -> None:
+    answer = httpx.request(method, stack.api_url + path, json={"model": "turnstream-mock", "input": "hi"})
+    assert answer.status_code == 404
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == "not_found"
+    assert hint in error["message"]
+
+
+def test_input_of_the_wrong_type_says_a_string_or_a_list(stack: Stack) -> None:
+    answer = httpx.post(f"{stack.base_url}/responses", json={"model": "turnstream-mock", "input": 5})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["param"] == "input"
+    assert error["message"] == "Invalid value for 'input': expected a string or a list of input items."
+
+
+def test_version_works_as_a_command(tmp_path: Path) -> None:
+    result = run_cli("--version", env=clean_env(), cwd=tmp_path)
+    assert result.returncode == 0 and re.fullmatch(r"turnstream \d+\.\d+\.\d+\n", result.stdout), result
+
+
 def test_unknown_model_error_names_the_settings_that_serve_it(stack: Stack) -> None:
     r = httpx.post(f"{stack.base_url}/responses", json={"model": "gpt-4.1-mini", "input": "hi"})
     assert r.status_code == 400
