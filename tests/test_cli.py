@@ -220,12 +220,42 @@ def test_chat_streams_answers_keeps_the_conversation_and_shows_tool_calls(stack:
     assert "bot> Nice to meet you, Ravi.\n" in text
     assert "bot> Your name is Ravi.\n" in text
     call = text.index('[calling get_weather({"city": "Bengaluru"})]\n')
-    done = text.index("[get_weather done]\n")
+    done = text.index("[get_weather → Bengaluru: 24°C")  # the tool's result, on its own line
     answer = text.index("bot> The weather in Bengaluru is Bengaluru: 24°C")
     assert call < done < answer
     # The call line stands alone: no empty `bot> ` before it, nothing glued after it.
     assert "bot> [calling" not in text and "bot> \n" not in text
     assert text.endswith("you> \n")  # the prompt that met end of input
+
+
+def test_chat_commands_start_resume_and_switch(stack: Stack) -> None:
+    first = _chat(stack, "My name is Ravi.\n")
+    earlier = first.splitlines()[0].split("conversation ")[1].split(".")[0]
+    text = _chat(stack, "\n".join([
+        "My name is Asha.",
+        "/new",
+        "What is my name?",  # a new conversation does not know
+        f"/resume {earlier}",
+        "What is my name?",
+        "/resume conv_" + "0" * 48,
+        "/model no-such-model",
+        "/model turnstream-mock-notools",
+        "What is the weather in Bengaluru?",  # an agent without tools answers without calling one
+        "/frobnicate",
+    ]) + "\n")
+    lines = text.splitlines()
+    new = next(line for line in lines if line.startswith("[new conversation conv_"))
+    assert earlier not in new
+    answers = [line for line in lines if line.startswith("bot> ")]
+    assert answers[0] == "bot> Nice to meet you, Asha."
+    assert "Ravi" not in answers[1] and "Asha" not in answers[1]
+    assert f"[resumed conversation {earlier}; last message (assistant): Nice to meet you, Ravi.]" in lines
+    assert answers[2] == "bot> Your name is Ravi."
+    assert f"[no conversation conv_{'0' * 48}; still in {earlier}]" in lines
+    assert any(line.startswith("[no model 'no-such-model'; served: ") and "turnstream-mock-notools" in line for line in lines)
+    switched = lines.index("[model turnstream-mock-notools]")
+    assert len(answers) == 4 and not any(line.startswith("[calling") for line in lines[switched:])
+    assert any(line.startswith("[unknown command '/frobnicate'; /new") for line in lines)
 
 
 def test_chat_skips_empty_lines_and_stops_at_quit(stack: Stack) -> None:
