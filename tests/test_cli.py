@@ -252,7 +252,8 @@ def test_chat_commands_start_resume_and_switch(stack: Stack) -> None:
     assert f"[resumed conversation {earlier}; last message (assistant): Nice to meet you, Ravi.]" in lines
     assert answers[2] == "bot> Your name is Ravi."
     assert f"[no conversation conv_{'0' * 48}; still in {earlier}]" in lines
-    assert any(line.startswith("[no model 'no-such-model'; served: ") and "turnstream-mock-notools" in line for line in lines)
+    refused = next(line for line in lines if line.startswith("[no model 'no-such-model'; served: "))
+    assert "turnstream-mock-notools" in refused
     switched = lines.index("[model turnstream-mock-notools]")
     assert len(answers) == 4 and not any(line.startswith("[calling") for line in lines[switched:])
     assert any(line.startswith("[unknown command '/frobnicate'; /new") for line in lines)
