@@ -121,11 +121,14 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
 
 async def _seed(store: KeyStore, seeds: Sequence[SeedKey]) -> None:
     """Applies the seeded keys; retried while Redis is away, since a node may start before it."""
+    failed = False
     while True:
         try:
             await store.seed(seeds)
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            log.warning("seeding API keys failed (%s); retrying", exc)
+            if not failed:  # one line per outage, not one a second
+                log.warning("seeding API keys failed (%s); retrying every second", exc)
+            failed = True
             await asyncio.sleep(1)
         else:
             log.info("seeded %d API keys", len(seeds))
