@@ -31,7 +31,7 @@ from api.schemas import CreateResponseBody
 from api.sse import KEEPALIVE, SSE_HEADERS, Frame, encode, ensure_capacity, last_event_id_after
 from api.subscription import Subscription
 from api.turns import accept, build_request
-from shared import keys
+from shared import keys, metrics
 from shared.events import StreamEvent
 from shared.records import conversation_items, load_conversation, load_response
 
@@ -157,6 +157,7 @@ class AGUIStream(Response):
         # From the start whatever `after_seq` is: the translator needs the earlier events to know each item.
         self._subscription = svc.fanout.subscribe(response_id, -1, [Frame(e, encode(e)) for e in written or ()])
         svc.fanout.open_streams += 1  # released when the stream ends, as for every SSE stream (the cap)
+        metrics.sse_stream_opened()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sub = self._subscription
@@ -172,6 +173,7 @@ class AGUIStream(Response):
             listener.cancel()
             await sub.aclose()
             self._fanout.open_streams -= 1
+            metrics.sse_stream_closed()
 
     def _frames(self, batch: list[Frame]) -> bytes:
         out = []

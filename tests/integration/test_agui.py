@@ -374,3 +374,13 @@ def test_readme_agui_curl_block_runs_verbatim(stack: Stack) -> None:
     posted, reattached = run_frames[: first_end + 1], run_frames[first_end + 1 :]
     assert "TOOL_CALL_RESULT" in types([e for _, e in posted])
     assert reattached == [f for f in posted if f[0] is not None and int(f[0]) > 5]
+
+
+def test_an_unknown_model_is_a_400_and_leaves_the_run_id_free(stack: Stack) -> None:
+    run_id, thread = f"run-{uuid.uuid4()}", f"t-{uuid.uuid4()}"
+    body = {"threadId": thread, "runId": run_id, "messages": [user("count to 1")]}
+    refused = httpx.post(f"{stack.base_url}/agui/no-such-model", json=body, timeout=30)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "model_not_found"
+    assert httpx.get(f"{stack.base_url}/agui/no-such-model/runs/{run_id}", timeout=30).status_code == 404
+    accepted, events = run(stack.base_url, thread, body["messages"], run_id=run_id)
+    assert accepted.status_code == 200 and text_of(events) == "1"
