@@ -42,7 +42,7 @@ class RunInput(RunAgentInput):
 
     tools: list[Tool] = Field(default_factory=list)
     context: list[Context] = Field(default_factory=list)
-    forwarded_props: Any = None
+    forwarded_props: Any = Field(default_factory=dict)
 
 
 def _digest(*parts: str) -> str:

@@ -122,7 +122,7 @@ def run_input(messages: list[dict[str, Any]], **extra: Any) -> RunInput:
 
 def test_run_input_takes_both_casings_and_defaults_what_agent_framework_leaves_out() -> None:
     snake = RunInput.model_validate({"thread_id": "t", "run_id": "r", "messages": []})
-    assert (snake.thread_id, snake.tools, snake.context, snake.forwarded_props) == ("t", [], [], None)
+    assert (snake.thread_id, snake.tools, snake.context, snake.forwarded_props) == ("t", [], [], {})
     with pytest.raises(ValueError):
         RunAgentInput.model_validate({"thread_id": "t", "run_id": "r", "messages": []})  # the protocol's own
 
