@@ -34,6 +34,7 @@ from redis.exceptions import WatchError
 
 from api.errors import APIError, invalid
 from shared import keys
+from shared.lua import scripts
 from shared.turn_accept import ClaimMark
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
@@ -42,33 +43,6 @@ _MAX_KEY_CHARS = 255
 _STALE_MS = 10_000  # a claim this old with nothing stored belongs to a request that died
 _PENDING_WAIT_S = 2.0  # how long a retry waits for the first request to finish storing
 _POLL_S = 0.025
-
-# KEYS: the claim. ARGV: body fingerprint, id to create, stale ms, ttl s.
-# Returns {'fresh'|'replay'|'pending', id} or {'conflict', ''}.
-_CLAIM = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local raw = redis.call('GET', KEYS[1])
-if raw then
-  local claim = cjson.decode(raw)
-  if claim['fingerprint'] ~= ARGV[1] then return {'conflict', ''} end
-  if claim['state'] == 'accepted' then return {'replay', claim['id']} end
-  if now - tonumber(claim['at']) < tonumber(ARGV[3]) then return {'pending', claim['id']} end
-end
-redis.call('SET', KEYS[1], cjson.encode({fingerprint = ARGV[1], id = ARGV[2], state = 'pending', at = now}),
-           'EX', ARGV[4])
-return {'fresh', ARGV[2]}
-"""
-
-# KEYS: the claim. ARGV: id. Frees a pending claim that is still this request's.
-_ABANDON = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local claim = cjson.decode(raw)
-if claim['id'] ~= ARGV[1] or claim['state'] ~= 'pending' then return 0 end
-return redis.call('DEL', KEYS[1])
-"""
-
 
 @dataclass
 class Claim:
@@ -98,7 +72,7 @@ class Claim:
 
     async def abandon(self) -> None:
         """The create failed before storing anything: a retry may create the object at once."""
-        await self.redis.eval(_ABANDON, 1, self.key, self.object_id)
+        await scripts(self.redis).abandon_idempotency_key(keys=[self.key], args=[self.object_id])
 
 
 async def claim(
@@ -110,7 +84,7 @@ async def claim(
     key = keys.idempotency(project, scope, hashlib.sha256(idempotency_key.encode()).hexdigest())
     canonical = json.dumps(body.model_dump(mode="json", exclude_unset=True), sort_keys=True, separators=(",", ":"))
     fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
-    script = redis.register_script(_CLAIM)
+    script = scripts(redis).claim_idempotency_key
     deadline = time.monotonic() + _PENDING_WAIT_S
     while True:
         state, object_id = await script(keys=[key], args=[fingerprint, new_id, _STALE_MS, ttl_s])

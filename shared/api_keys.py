@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints,
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.lua import scripts
 from shared.settings import Settings
 
 SECRET_PREFIX = "sk-ts-"
@@ -100,21 +101,6 @@ class DayUsage:
     output_tokens: int
 
 
-# KEYS: the digest index. ARGV: digest, new key id, key record prefix, project, name, rpm, max_concurrent, now.
-# A secret already known keeps its id, counters and creation time; only what the seed says changes.
-_SEED_KEY = """
-local id = redis.call('HGET', KEYS[1], ARGV[1])
-if not id then
-  id = ARGV[2]
-  redis.call('HSET', KEYS[1], ARGV[1], id)
-  redis.call('HSET', ARGV[3] .. id, 'id', id, 'digest', ARGV[1], 'created', ARGV[8], 'requests', 0)
-end
-redis.call('HSET', ARGV[3] .. id, 'project', ARGV[4], 'name', ARGV[5], 'rpm', ARGV[6], 'max_concurrent', ARGV[7],
-           'seeded', 1)
-return id
-"""
-
-
 class KeyStore:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
@@ -177,24 +163,29 @@ class KeyStore:
 
     async def seed(self, seeds: Sequence[SeedKey]) -> None:
         """Makes the seeded keys exactly `seeds`: creates or updates each, revokes seeded keys left out."""
-        script = self.redis.register_script(_SEED_KEY)
+        script = scripts(self.redis).seed_key
         wanted: set[str] = set()
         for seed in seeds:
             secret_digest = digest(seed.secret.get_secret_value())
             wanted.add(secret_digest)
-            await script(
-                keys=[keys.API_KEY_DIGESTS],
-                args=[
-                    secret_digest,
-                    _new_key_id(),
-                    keys.API_KEY_PREFIX,
-                    seed.project,
-                    seed.name,
-                    seed.rpm or self.settings.default_key_rpm,
-                    seed.max_concurrent or self.settings.default_key_max_concurrent,
-                    int(time.time()),
-                ],
-            )
+            known = await self.redis.hget(keys.API_KEY_DIGESTS, secret_digest)
+            key_id = known.decode() if known is not None else _new_key_id()
+            while True:  # again only if another seeder gave this secret an id in between
+                done, key_id = await script(
+                    keys=[keys.API_KEY_DIGESTS, keys.api_key(key_id)],
+                    args=[
+                        secret_digest,
+                        key_id,
+                        seed.project,
+                        seed.name,
+                        seed.rpm or self.settings.default_key_rpm,
+                        seed.max_concurrent or self.settings.default_key_max_concurrent,
+                        int(time.time()),
+                    ],
+                )
+                key_id = key_id.decode() if isinstance(key_id, bytes) else key_id
+                if int(done):
+                    break
         for key in await self.list_keys():
             if key.seeded and key.digest not in wanted:
                 await self.revoke(key.id)

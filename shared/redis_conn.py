@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import fakeredis
 from arq.connections import ArqRedis, RedisSettings
 from fakeredis.aioredis import FakeAsyncRedisMixin
@@ -45,13 +43,3 @@ def redis_settings(settings: Settings) -> RedisSettings:
     # the worker retries a connect itself (worker/redis_retry.py), logging once per outage.
     redis.conn_retries = 0
     return redis
-
-
-def patch_arq_for_fakeredis() -> None:
-    """arq logs INFO at worker start; fakeredis has no INFO command."""
-    import arq.worker
-
-    async def _no_info(redis: Any, log_func: Any) -> None:
-        log_func("redis: embedded fakeredis")
-
-    arq.worker.log_redis_info = _no_info

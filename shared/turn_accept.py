@@ -22,66 +22,10 @@ from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 
 from shared import events, keys
-from shared.models import DEFAULT_PROJECT
-from shared.queue import ENQUEUE_FN, MAX_WAKE_TOKENS, job_bytes
-from shared.rate_limits import LIVE_TURNS_FN, UNSTORED_GRACE_MS
-from shared.turn_state import APPEND_FN, LIVE_HEAD_FN, Retention
-
-# KEYS: 1 response, 2 events, 3 active turns, 4 queue, 5 arq job, 6 arq result, 7 queue wake,
-#       8 conversation, 9 conversation turns, 10 key in-flight set, 11 idempotency claim.
-# ARGV: 1 response id, 2 now ms, 3 project, 4 conversation id ('' = none), 5 lock policy,
-#       6 conversation ttl, 7 max concurrent ('' = no slot to take), 8 unstored grace ms, 9 max queue depth,
-#       10 the claim marked accepted ('' = no claim), 11 claim ttl, 12 response ttl, 13 stream maxlen,
-#       14 stream ttl, 15 job, 16 job ttl ms, 17 max wake tokens, 18 n events, then n (type, json) pairs,
-#       then the record's (field, value) pairs.
-# Returns {'accepted'} or {refusal} (see Refusal).
-_ACCEPT = (
-    APPEND_FN
-    + LIVE_HEAD_FN
-    + ENQUEUE_FN
-    + LIVE_TURNS_FN
-    + f"""
-local rid, now = ARGV[1], tonumber(ARGV[2])
-local in_conversation = ARGV[4] ~= ''
-if in_conversation then
-  local raw = redis.call('GET', KEYS[8])
-  if not raw or (cjson.decode(raw)['project'] or '{DEFAULT_PROJECT}') ~= ARGV[3] then
-    return {{'conversation_not_found'}}
-  end
-end
-if ARGV[10] ~= '' then
-  local claim = redis.call('GET', KEYS[11])
-  -- Taken over after this request stalled: the request that holds it now creates the turn.
-  if not claim or cjson.decode(claim)['id'] ~= rid then return {{'claim_lost'}} end
-end
-if ARGV[7] ~= '' and live_turns(KEYS[10], tonumber(ARGV[7]), now, tonumber(ARGV[8])) >= tonumber(ARGV[7]) then
-  return {{'concurrency'}}
-end
-if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[9]) then return {{'queue_full'}} end
-if in_conversation then
-  -- Dead heads are dropped whatever the policy (see live_head); under `reject` a live one refuses the turn.
-  local head = live_head(KEYS[9])
-  if head and ARGV[5] == 'reject' then return {{'conversation_locked'}} end
-end
-
-if ARGV[7] ~= '' then redis.call('ZADD', KEYS[10], now, rid) end
-local n = tonumber(ARGV[18])
-local record = {{}}
-for i = 19 + 2 * n, #ARGV do record[#record + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(record))
-redis.call('EXPIRE', KEYS[1], ARGV[12])
-redis.call('ZADD', KEYS[3], now, rid)
-if in_conversation then
-  redis.call('RPUSH', KEYS[9], rid)
-  redis.call('EXPIRE', KEYS[9], ARGV[6])
-end
-for i = 19, 18 + 2 * n, 2 do append(KEYS[1], KEYS[2], '0', ARGV[13], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[2], ARGV[14])
-if ARGV[10] ~= '' then redis.call('SET', KEYS[11], ARGV[10], 'EX', ARGV[11]) end
-enqueue(KEYS[5], KEYS[6], KEYS[4], KEYS[7], ARGV[15], ARGV[16], now, rid, ARGV[17])
-return {{'accepted'}}
-"""
-)
+from shared.lua import NO_WAIT, Durability, call, scripts
+from shared.queue import MAX_WAKE_TOKENS, job_bytes
+from shared.rate_limits import UNSTORED_GRACE_MS
+from shared.turn_state import Retention
 
 
 class Refusal(enum.StrEnum):
@@ -131,14 +75,22 @@ class NewTurn:
 
 
 class TurnAcceptor:
-    """The script, registered once per Redis client."""
+    """Accepts turns with the accept script (shared/lua/accept_turn.lua)."""
 
-    def __init__(self, redis: ArqRedis, retention: Retention, queue_name: str, max_queue_depth: int) -> None:
+    def __init__(
+        self,
+        redis: ArqRedis,
+        retention: Retention,
+        queue_name: str,
+        max_queue_depth: int,
+        durability: Durability = NO_WAIT,
+    ) -> None:
         self.redis = redis
+        self.durability = durability
         self.retention = retention
         self.queue_name = queue_name
         self.max_queue_depth = max_queue_depth
-        self._accept = redis.register_script(_ACCEPT)
+        self._accept = scripts(redis).accept_turn
 
     async def accept(self, turn: NewTurn, slot: Slot | None = None, claim: ClaimMark | None = None) -> Refusal | None:
         """Accepts the turn (None), or says why not."""
@@ -149,14 +101,16 @@ class TurnAcceptor:
             "" if slot is None else slot.max_concurrent, UNSTORED_GRACE_MS, self.max_queue_depth,
             "" if claim is None else claim.accepted, 0 if claim is None else claim.ttl_s,
             r.response_ttl_s, r.stream_maxlen, r.stream_ttl_s,
-            job_bytes(self.redis, rid, now), self.redis.expires_extra_ms, MAX_WAKE_TOKENS,
+            job_bytes(self.redis, rid, turn.conversation_id, now), self.redis.expires_extra_ms, MAX_WAKE_TOKENS,
             len(turn.first_events),
         ]  # fmt: skip
         for kind, body in turn.first_events:
             argv += [kind, body]
         for field, value in turn.record.items():
             argv += [field, value]
-        reply = await self._accept(
+        reply = await call(
+            self.redis,
+            self._accept,
             keys=[
                 keys.response(rid),
                 keys.events(rid),
@@ -171,6 +125,7 @@ class TurnAcceptor:
                 keys.idempotency("", "", "") if claim is None else claim.key,  # unused without a claim
             ],
             args=argv,
+            durability=self.durability,
         )
         answer = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         return None if answer == "accepted" else Refusal(answer)

@@ -19,145 +19,10 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from shared import events, keys, metrics, webhooks
-from shared.models import DEFAULT_PROJECT, TERMINAL_STATUSES_LUA, Status
-from shared.queue import FINISH_JOB_FN, JobClaim
-from shared.rate_limits import SETTLE_ACCOUNTS_FN
+from shared.lua import NO_WAIT, Durability, call, scripts
+from shared.models import DEFAULT_PROJECT, Status
+from shared.queue import JobClaim
 from shared.settings import Settings
-
-# Appends one event: the sequence number comes from the response hash, so writers never collide.
-APPEND_FN = """
-local function append(resp, stream, attempt, maxlen, etype, body)
-  local seq = redis.call('HINCRBY', resp, 'seq', 1)
-  local data = '{"sequence_number":' .. seq .. ',' .. string.sub(body, 2)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-1',
-             'seq', seq, 'type', etype, 'attempt', attempt, 'data', data)
-  return seq
-end
-"""
-
-# KEYS: response hash, events stream. ARGV: attempt, maxlen, ttl, batch id ('' = none), then (type, json) pairs.
-# Returns {last_seq, cancel_flag} or {-1} missing, {-2} stale attempt, {-3} already terminal.
-# A writer that lost the reply to a batch cannot know whether it was written; retrying it with the same
-# batch id is then a no-op instead of a second copy of every event (the last id is all that is needed:
-# one writer owns an attempt and writes its batches one at a time).
-APPEND_EVENTS = APPEND_FN + f"""
-local TERMINAL = {TERMINAL_STATUSES_LUA}
-local st = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'cancel', 'batch')
-if not st[1] then return {{-1}} end
-if st[2] ~= ARGV[1] then return {{-2}} end
-if TERMINAL[st[1]] then return {{-3}} end
-if ARGV[4] ~= '' and st[4] == ARGV[4] then
-  return {{tonumber(redis.call('HGET', KEYS[1], 'seq')), st[3] or ''}}
-end
-local seq = -1
-for i = 5, #ARGV, 2 do
-  seq = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[i], ARGV[i + 1])
-end
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'batch', ARGV[4]) end
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return {{seq, st[3] or ''}}
-"""
-
-# The first turn of a conversation's queue that can still hand over, or nil for none. Heads that finished
-# without leaving the queue, or whose record is gone (deleted, expired), never will: they are dropped on the
-# way, so they can never lock the conversation.
-LIVE_HEAD_FN = f"""
-local function live_head(turns)
-  local TERMINAL = {TERMINAL_STATUSES_LUA}
-  while true do
-    local head = redis.call('LINDEX', turns, 0)
-    if not head then return nil end
-    local st = redis.call('HGET', '{keys.RESPONSE_PREFIX}' .. head, 'status')
-    if st and not TERMINAL[st] then return head end
-    redis.call('LPOP', turns)
-  end
-end
-"""
-
-# KEYS: response hash, events stream. ARGV: maxlen, stream ttl, in_progress event type, response id,
-#       conversation key prefix, turns key suffix.
-# Returns {status_before, attempt, cancel_flag, request json, waiting, announced}; a missing record is
-# 'missing' and a finished one its status, neither started. One writer per conversation: a turn starts only
-# at the head of its conversation's queue, else the reply says it is waiting (see live_head). The conversation id is
-# a field of the record; an older record's is read from its request, which is never written back (cjson
-# would turn [] into {}).
-START_TURN = APPEND_FN + LIVE_HEAD_FN + f"""
-local TERMINAL = {TERMINAL_STATUSES_LUA}
-local resp = KEYS[1]
-local st = redis.call('HMGET', resp, 'status', 'attempt', 'cancel', 'request', 'progress', 'conversation')
-if not st[1] then return {{'missing', 0, '', '', 0, 0}} end
-local status, cancel, request = st[1], st[3] or '', st[4] or ''
-if TERMINAL[status] then return {{status, tonumber(st[2]) or 0, cancel, '', 0, 0}} end
-if request ~= '' then
-  -- The accept stores the conversation id as a field ('' for none); a record from an older API node has only
-  -- its request to read it from.
-  local cid = st[6]
-  if not cid then cid = cjson.decode(request)['conversation_id'] end
-  if type(cid) == 'string' and cid ~= '' then
-    local head = live_head(ARGV[5] .. cid .. ARGV[6])
-    if head and head ~= ARGV[4] then return {{status, tonumber(st[2]) or 0, cancel, request, 1, 0}} end
-  end
-end
-local attempt = redis.call('HINCRBY', resp, 'attempt', 1)
-redis.call('HSET', resp, 'status', 'in_progress')
--- A first run publishes the in_progress event the API encoded at accept, saving the worker that write. A
--- re-run writes its own, carrying the output it continues from; a turn cancelled meanwhile writes none.
-local announced = 0
-if st[5] then
-  if attempt == 1 and (cancel == '' or cancel == '0') then
-    append(resp, KEYS[2], tostring(attempt), ARGV[1], ARGV[3], st[5])
-    redis.call('EXPIRE', KEYS[2], ARGV[2])
-    announced = 1
-  end
-  redis.call('HDEL', resp, 'progress')  -- of no use once the turn has started
-end
-return {{status, attempt, cancel, request, 0, announced}}
-"""
-
-# KEYS: response hash, events stream, conversation items, conversation turns, conversation record, active turns,
-#       the project's webhook endpoints, webhook outbox, then the keys of the job the turn ran under
-#       (JobClaim.keys(); unused without a job).
-# ARGV: expected status, attempt ('' = any), maxlen, stream ttl, response ttl, conversation ttl,
-#       final status, response json, terminal type, terminal json, response id, wake key prefix,
-#       webhook outbox entry, job id ('' = none), claim token, number of pending events n, then n
-#       (type, json) pairs, then the conversation items to append.
-# Returns 1 when committed, 0 when the turn was not in the expected state (already committed): then nothing
-# is written and the job is left as it was.
-FINISH_TURN = APPEND_FN + SETTLE_ACCOUNTS_FN + FINISH_JOB_FN + """
-local resp, stream, items, turns, conv, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local st = redis.call('HMGET', resp, 'status', 'attempt')
-if st[1] ~= ARGV[1] then return 0 end
-if ARGV[2] ~= '' and st[2] ~= ARGV[2] then return 0 end
-local attempt, pending_end = st[2] or '0', 16 + 2 * tonumber(ARGV[16])
--- A conversation deleted mid-turn gains nothing (and is not resurrected).
-if redis.call('EXISTS', conv) == 1 then
-  for i = pending_end + 1, #ARGV do redis.call('RPUSH', items, ARGV[i]) end
-  redis.call('EXPIRE', items, ARGV[6])
-  redis.call('EXPIRE', conv, ARGV[6])
-end
-redis.call('HSET', resp, 'status', ARGV[7], 'response', ARGV[8])
-settle_accounts(resp, ARGV[11], ARGV[8])
--- What the turn's emitter had not written yet goes out here, in order, before the terminal event.
-for i = 17, pending_end, 2 do append(resp, stream, attempt, ARGV[3], ARGV[i], ARGV[i + 1]) end
-append(resp, stream, attempt, ARGV[3], ARGV[9], ARGV[10])
-redis.call('EXPIRE', resp, ARGV[5])
-redis.call('EXPIRE', stream, ARGV[4])
-redis.call('ZREM', active, ARGV[11])
--- Written with the commit, so a turn that committed is announced even if its worker dies right after.
-if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('LPUSH', KEYS[8], ARGV[13]) end
--- A turn that never had to wait leaves its wake token unread; it is of no use once the turn is over.
-redis.call('DEL', ARGV[12] .. ARGV[11])
-if redis.call('LREM', turns, 0, ARGV[11]) > 0 then
-  local nxt = redis.call('LINDEX', turns, 0)
-  if nxt then
-    redis.call('LPUSH', ARGV[12] .. nxt, '1')
-    redis.call('EXPIRE', ARGV[12] .. nxt, ARGV[6])
-  end
-end
--- The turn's job is over with its commit: finished here, its worker has no bookkeeping left to send.
-if ARGV[14] ~= '' then finish_job(KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], ARGV[14], ARGV[15]) end
-return 1
-"""
 
 # Keys for a commit that finishes no job: the script never touches them.
 _NO_JOB = JobClaim(queue_name="", job_id="", token="")
@@ -201,12 +66,14 @@ class Retention:
 class TurnState:
     """The scripts, registered once per Redis client."""
 
-    def __init__(self, redis: Redis, retention: Retention) -> None:
+    def __init__(self, redis: Redis, retention: Retention, durability: Durability = NO_WAIT) -> None:
         self.redis = redis
         self.retention = retention
-        self._append = redis.register_script(APPEND_EVENTS)
-        self._start = redis.register_script(START_TURN)
-        self._finish = redis.register_script(FINISH_TURN)
+        self.durability = durability  # for the commit
+        registered = scripts(redis)
+        self._append = registered.append_events
+        self._start = registered.start_turn
+        self._finish = registered.finish_turn
 
     async def append(self, response_id: str, attempt: int, batch: list[events.Event], batch_id: str = "") -> bool:
         """Writes events in one round trip; returns whether cancel was requested meanwhile.
@@ -234,7 +101,7 @@ class TurnState:
             replies = await pipe.execute(raise_on_error=False)
         if any(isinstance(r, NoScriptError) for r in replies):
             # A restarted Redis forgets its scripts: load it once and write the entries that were refused.
-            await self.redis.script_load(APPEND_EVENTS)
+            await self.redis.script_load(self._append.script)
             retried = [w for w, r in zip(writes, replies, strict=True) if isinstance(r, NoScriptError)]
             again = iter(await self.append_many(retried))
             replies = [next(again) if isinstance(r, NoScriptError) else r for r in replies]
@@ -252,19 +119,15 @@ class TurnState:
             argv += [event["type"], events.encode(event)]
         return argv
 
-    async def start(self, response_id: str) -> Started:
-        """Moves the turn to in_progress as a new attempt, unless it finished, is gone, or must wait."""
+    async def start(self, response_id: str, conversation_id: str | None) -> Started:
+        """Moves the turn to in_progress as a new attempt, unless it finished, is gone, or must wait.
+
+        `conversation_id` is the turn's own (its job carries it): the script needs its turn queue's key."""
         r = self.retention
+        conv = conversation_id or ""
         status, attempt, cancel, request, waiting, announced = await self._start(
-            keys=[keys.response(response_id), keys.events(response_id)],
-            args=[
-                r.stream_maxlen,
-                r.stream_ttl_s,
-                events.IN_PROGRESS,
-                response_id,
-                keys.CONVERSATION_PREFIX,
-                keys.TURNS_SUFFIX,
-            ],
+            keys=[keys.response(response_id), keys.events(response_id), keys.conversation_turns(conv)],
+            args=[r.stream_maxlen, r.stream_ttl_s, events.IN_PROGRESS, response_id, conv],
         )
         return Started(
             _text(status), int(attempt), _flag(cancel), _text(request) or None, bool(waiting), bool(announced)
@@ -283,6 +146,7 @@ class TurnState:
         response_ttl_s: int | None = None,
         stream_ttl_s: int | None = None,
         project: str = DEFAULT_PROJECT,
+        key_id: str | None = None,
         pending: Sequence[events.Event] = (),
         job: JobClaim | None = None,
     ) -> bool:
@@ -297,7 +161,9 @@ class TurnState:
         pending_args: list[str] = []
         for event in pending:
             pending_args += [event["type"], events.encode(event)]
-        committed = await self._finish(
+        committed = await call(
+            self.redis,
+            self._finish,
             keys=[
                 keys.response(response_id),
                 keys.events(response_id),
@@ -307,6 +173,9 @@ class TurnState:
                 keys.ACTIVE_TURNS,
                 keys.webhook_endpoints(project),
                 keys.WEBHOOK_OUTBOX,
+                keys.turn_wake(response_id),
+                keys.api_key_inflight(key_id or ""),  # unused without a key
+                keys.project_usage(project),
                 *(job or _NO_JOB).keys(),
             ],
             args=[
@@ -321,14 +190,15 @@ class TurnState:
                 terminal["type"],
                 events.encode(terminal),
                 response_id,
-                keys.TURN_WAKE_PREFIX,
                 webhooks.outbox_entry(project, response_id, final.value, response),
                 job.job_id if job else "",
                 job.token if job else "",
+                "1" if key_id else "",
                 len(pending),
                 *pending_args,
                 *(events.encode(item) for item in items),
             ],
+            durability=self.durability,
         )
         if committed:
             metrics.turn_finished(final.value, str(response.get("model", "")), project)

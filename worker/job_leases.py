@@ -22,51 +22,8 @@ from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.queue import FINISH_JOB_FN, JobClaim
-
-# KEYS: queue, running set. ARGV: now ms, max jobs, lease ms, in-progress prefix, token prefix.
-# Returns {job_id, score, token, ...} for each job claimed. Jobs whose lease lapsed (their worker died) go
-# back on the queue first; finding them reads only the expired end of the running set, not every lease.
-_CLAIM = """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 100)
-for _, id in ipairs(expired) do
-  if redis.call('EXISTS', ARGV[4] .. id) == 0 then
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('ZADD', KEYS[1], ARGV[1], id)
-  end
-end
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
-local out = {}
-for i = 1, #due, 2 do
-  local id = due[i]
-  local token = ARGV[5] .. id
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZADD', KEYS[2], tonumber(ARGV[1]) + tonumber(ARGV[3]), id)
-  redis.call('SET', ARGV[4] .. id, token, 'PX', ARGV[3])
-  table.insert(out, id)
-  table.insert(out, due[i + 1])
-  table.insert(out, token)
-end
-return out
-"""
-
-# KEYS: in-progress marker, running set. ARGV: job id, token, now ms, lease ms. Returns 1 if still ours.
-_RENEW = """
-if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('ZADD', KEYS[2], 'XX', tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
-return 1
-"""
-
-# arq's bookkeeping for a job that ran (its finish_job / finish_failed_job) and the lease's release, in one
-# round trip. KEYS: JobClaim.keys(), then the queue. ARGV: job id, token, finished ('1' or ''), requeue
-# score ('' = none). A job that is not finished goes back on the queue, if the lease was still ours.
-_FINISH = FINISH_JOB_FN + """
-if ARGV[3] == '1' then return finish_job(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2]) end
-if release_lease(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
-if ARGV[4] ~= '' then redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1]) end
-return 1
-"""
+from shared.lua import scripts
+from shared.queue import JobClaim
 
 
 def now_ms() -> int:
@@ -79,9 +36,10 @@ class JobLeases:
         self.queue = queue_name
         self.running = keys.running_jobs(queue_name)
         self.lease_ms = int(lease_s * 1000)
-        self._claim = redis.register_script(_CLAIM)
-        self._renew = redis.register_script(_RENEW)
-        self._finish = redis.register_script(_FINISH)
+        registered = scripts(redis)
+        self._claim = registered.claim_jobs
+        self._renew = registered.renew_lease
+        self._finish = registered.end_job
 
     async def claim(self, max_jobs: int, token_prefix: str) -> list[tuple[str, int, str]]:
         """Up to `max_jobs` due jobs, now leased to the caller: (job id, queue score, claim token)."""

@@ -14,13 +14,14 @@ from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from shared import keys, metrics, tracing
 from shared.logs import log_context
+from shared.lua import Durability
 from shared.queue import RUN_TURN
 from shared.redis_conn import redis_settings
 from shared.settings import Settings
 from shared.turn_state import Retention, TurnState
 from worker.agents import AgentRegistry, load_agents
+from worker.arq_worker import FastPickupWorker
 from worker.cancel_listener import CancelListener
-from worker.fast_pickup import FastPickupWorker
 from worker.redis_retry import TRANSIENT, Outage
 from worker.sweeper import Sweeper
 from worker.turn import TurnRunner
@@ -33,13 +34,15 @@ log = logging.getLogger(__name__)
 _JOB_TIMEOUT_S = 24 * 3600
 
 
-async def run_turn(ctx: dict[str, Any], response_id: str) -> str:
+async def run_turn(ctx: dict[str, Any], response_id: str, conversation_id: str | None = None) -> str:
+    """One turn's job. `conversation_id` is '' for a turn on its own; None only in a job enqueued by an older
+    API node, whose record then tells."""
     runner: TurnRunner = ctx["runner"]
     job_id: str = ctx["job_id"]
     token, _ = ctx["claims"].get(job_id, (None, 0))
     with log_context(response_id=response_id):
         try:
-            result = await runner.run(response_id, job_id, token)
+            result = await runner.run(response_id, conversation_id, job_id, token)
         except TRANSIENT as exc:
             # arq deletes a job whose function raised; a Redis outage is not the turn's failure, so the job
             # goes back on the queue instead and the re-run continues from what was streamed.
@@ -81,7 +84,7 @@ def build_worker(
         cancels = CancelListener(pool, outage)
         await cancels.start()
         client = upstream_client(settings)
-        state = TurnState(pool, Retention.from_settings(settings))
+        state = TurnState(pool, Retention.from_settings(settings), Durability.from_settings(settings))
         ctx["cancels"] = cancels
         ctx["client"] = client
         ctx["runner"] = TurnRunner(pool, settings, agents, client, cancels, outage, ctx["claims"])

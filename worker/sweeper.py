@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from arq.connections import ArqRedis
 
-from shared import keys
-from shared.models import TERMINAL_STATUSES_LUA, Status
+from shared import keys, response_record
+from shared.lua import scripts
+from shared.models import Status
 from shared.queue import enqueue_turn
-from shared.records import load_response
 from shared.response_object import build_response
 from shared.settings import Settings
 from shared.turn_state import TurnState
@@ -35,28 +35,6 @@ log = logging.getLogger(__name__)
 _BATCH = 200
 # A turn younger than this may still be between its record and its enqueue in the API.
 _GRACE_MS = 10_000
-
-
-# KEYS: active turns, queue. ARGV: response prefix, job prefix, in-progress prefix, now ms, grace ms, start, count.
-# Returns {scanned, removed, stranded ids...}; drops index entries of finished or vanished turns as it goes.
-_SCAN = f"""
-local TERMINAL = {TERMINAL_STATUSES_LUA}
-local ids = redis.call('ZRANGE', KEYS[1], ARGV[6], ARGV[6] + ARGV[7] - 1, 'WITHSCORES')
-local out = {{#ids / 2, 0}}
-for i = 1, #ids, 2 do
-  local id, accepted = ids[i], tonumber(ids[i + 1])
-  local st = redis.call('HGET', ARGV[1] .. id, 'status')
-  if not st or TERMINAL[st] then
-    redis.call('ZREM', KEYS[1], id)
-    out[2] = out[2] + 1
-  elseif accepted < tonumber(ARGV[4]) - tonumber(ARGV[5])
-      and redis.call('EXISTS', ARGV[3] .. id) == 0
-      and not (redis.call('EXISTS', ARGV[2] .. id) == 1 and redis.call('ZSCORE', KEYS[2], id)) then
-    table.insert(out, id)
-  end
-end
-return out
-"""
 
 
 @dataclass
@@ -73,7 +51,7 @@ class Sweeper:
         self.state = state
         self.outage = outage
         self.owner = uuid.uuid4().hex
-        self._scan = redis.register_script(_SCAN)
+        self._scan = scripts(redis).sweep_active_turns
 
     async def run_forever(self) -> None:
         while True:
@@ -104,8 +82,7 @@ class Sweeper:
             now_ms = int(time.time() * 1000)
             reply = await self._scan(
                 keys=[keys.ACTIVE_TURNS, self.settings.queue_name],
-                args=[keys.RESPONSE_PREFIX, keys.arq_job(""), keys.arq_in_progress(""), now_ms, _GRACE_MS, start,
-                      _BATCH],
+                args=[keys.arq_job(""), keys.arq_in_progress(""), now_ms, _GRACE_MS, start, _BATCH],
             )
             scanned, removed, stranded = int(reply[0]), int(reply[1]), [r.decode() for r in reply[2:]]
             report.scanned += scanned
@@ -120,10 +97,10 @@ class Sweeper:
 
     async def _rescue(self, response_id: str) -> bool:
         """Enqueues a stranded turn again, or fails it once it has used up its attempts. True if re-queued."""
-        record = await load_response(self.redis, response_id)
+        record = await response_record.load(self.redis, response_id)
         if record is None or record.status.terminal:
             return True
-        attempt = int(await self.redis.hget(keys.response(response_id), "attempt") or 0)
+        attempt = await response_record.attempt(self.redis, response_id)
         if record.status == Status.IN_PROGRESS and attempt >= self.settings.job_max_tries:
             outcome = gave_up(attempt)
             await self.state.finish(
@@ -135,11 +112,12 @@ class Sweeper:
                 conversation_id=record.request.conversation_id,
                 items=[],
                 project=record.request.project,
+                key_id=record.request.key_id,
             )
             return False
         # arq refuses a job id whose result it still keeps, and stops running one past its own try count;
         # the turn's attempt counter is what bounds re-runs here.
         await self.redis.delete(keys.arq_job(response_id), keys.arq_result(response_id), keys.arq_retry(response_id))
-        await enqueue_turn(self.redis, self.settings.queue_name, response_id)
+        await enqueue_turn(self.redis, self.settings.queue_name, response_id, record.request.conversation_id)
         log.info("sweeper: turn %s had no job; enqueued again", response_id)
         return True

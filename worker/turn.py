@@ -19,8 +19,9 @@ import openai
 from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
-from shared import events, keys
+from shared import events, keys, response_record
 from shared.logs import add_log_context
+from shared.lua import Durability
 from shared.models import PROMPT_TOO_LONG, Item, Status, TurnOutcome, TurnRequest
 from shared.queue import JobClaim
 from shared.response_object import build_response
@@ -56,32 +57,38 @@ class TurnRunner:
         self.redis = redis
         self.outage = outage
         self.settings = settings
-        self.state = TurnState(redis, Retention.from_settings(settings))
+        self.state = TurnState(redis, Retention.from_settings(settings), Durability.from_settings(settings))
         self.leases = JobLeases(redis, settings.queue_name, settings.lease_s)
         self.writes = AppendBatcher(self.state, settings.append_tick_ms / 1000)
         self.agents = agents
         self.client = client
         self.cancels = cancels
         # The worker's claims (job id -> token, score): a job whose commit finished it leaves them, so the
-        # worker sends no bookkeeping of its own for it (see worker/fast_pickup.py).
+        # worker sends no bookkeeping of its own for it (see worker/arq_worker.py).
         self.claims = claims
 
-    async def run(self, response_id: str, job_id: str | None = None, token: str | None = None) -> str:
+    async def run(
+        self, response_id: str, conversation_id: str | None, job_id: str | None = None, token: str | None = None
+    ) -> str:
         """Runs the turn; `job_id`/`token` name the claim whose lease this keeps alive while it runs, and
         whose job the turn's commit finishes (the worker then has nothing left to do for it)."""
         claim = JobClaim(self.settings.queue_name, job_id, token) if job_id and token else None
         lease = asyncio.create_task(self._renew_lease(claim)) if claim else None
         try:
-            return await self._run(response_id, claim)
+            return await self._run(response_id, conversation_id, claim)
         finally:
             if lease is not None:
                 lease.cancel()
 
-    async def _run(self, response_id: str, claim: JobClaim | None) -> str:
+    async def _run(self, response_id: str, conversation_id: str | None, claim: JobClaim | None) -> str:
         # Registered before the start transition, so a cancel published in between is not missed.
         handle = self.cancels.register(response_id)
         try:
-            started = await self._start(response_id)
+            if conversation_id is None:
+                conversation_id = await self.outage.call(
+                    lambda: response_record.conversation_of(self.redis, response_id), "turn start"
+                )
+            started = await self._start(response_id, conversation_id)
             if started.status_before not in (Status.QUEUED, Status.IN_PROGRESS):
                 return started.status_before
             assert started.request is not None
@@ -97,11 +104,11 @@ class TurnRunner:
         finally:
             self.cancels.unregister(response_id)
 
-    async def _start(self, response_id: str) -> Started:
+    async def _start(self, response_id: str, conversation_id: str | None) -> Started:
         """Starts the turn once it heads its conversation's queue (the start script checks that, and drops
         heads that can never hand over); a turn that finished while waiting (cancelled) comes back as such."""
         while True:
-            started = await self.outage.call(lambda: self.state.start(response_id), "turn start")
+            started = await self.outage.call(lambda: self.state.start(response_id, conversation_id), "turn start")
             if not started.waiting:
                 return started
             await self.outage.call(lambda: self._woken(response_id), "turn queue")
@@ -243,6 +250,7 @@ class TurnRunner:
                 response_ttl_s=unstored_ttl,
                 stream_ttl_s=unstored_ttl,
                 project=req.project,
+                key_id=req.key_id,
                 pending=pending,
                 job=claim,
             ),

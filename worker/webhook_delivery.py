@@ -23,34 +23,13 @@ import httpx
 from redis.asyncio import Redis
 
 from shared import keys, metrics, webhooks
+from shared.lua import scripts
 from shared.settings import Settings
 from worker.redis_retry import TRANSIENT, Outage
 
 log = logging.getLogger(__name__)
 
 _EXPAND_BATCH = 100
-
-# Pops the oldest outbox entry, if it is still `expected`, and creates its deliveries. KEYS: outbox, due.
-# ARGV: expected entry, now ms, then per delivery: its hash key, endpoint id, project, webhook id, body, its id.
-# Returns 1 when expanded, 0 when another worker got to it first.
-_EXPAND = """
-if redis.call('LINDEX', KEYS[1], -1) ~= ARGV[1] then return 0 end
-redis.call('RPOP', KEYS[1])
-for i = 3, #ARGV, 6 do
-  redis.call('HSET', ARGV[i], 'endpoint', ARGV[i + 1], 'project', ARGV[i + 2], 'webhook_id', ARGV[i + 3],
-             'body', ARGV[i + 4], 'attempts', 0, 'first_at', ARGV[2])
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[i + 5])
-end
-return 1
-"""
-
-# Claims up to ARGV[2] due deliveries for ARGV[3] ms. KEYS: due. ARGV: now ms, count, lease ms.
-_CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), id) end
-return due
-"""
-
 
 class WebhookDelivery:
     def __init__(
@@ -63,8 +42,9 @@ class WebhookDelivery:
         # The request may take its whole timeout; the lease covers that with room for the bookkeeping.
         self.lease_ms = int((2 * settings.webhook_timeout_s + 1) * 1000)
         self.inflight: set[asyncio.Task[None]] = set()
-        self._expand = redis.register_script(_EXPAND)
-        self._claim = redis.register_script(_CLAIM)
+        registered = scripts(redis)
+        self._expand = registered.expand_webhook
+        self._claim = registered.claim_webhooks
         self._http = http or httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False)
 
     async def run_forever(self) -> None:
@@ -106,14 +86,15 @@ class WebhookDelivery:
             if project not in endpoints:
                 endpoints[project] = await webhooks.list_endpoints(self.redis, project)
             args: list[Any] = [raw, _now_ms()]
+            deliveries: list[str] = []
             for event in entry["events"]:
                 body = json.dumps(event)
                 for endpoint in endpoints[project]:
                     if event["type"] in endpoint.events:
                         delivery_id = f"{event['id']}:{endpoint.id}"
-                        args += [keys.webhook_delivery(delivery_id), endpoint.id, project, event["id"], body,
-                                 delivery_id]
-            if not await self._expand(keys=[keys.WEBHOOK_OUTBOX, keys.WEBHOOK_DUE], args=args):
+                        deliveries.append(keys.webhook_delivery(delivery_id))
+                        args += [endpoint.id, project, event["id"], body, delivery_id]
+            if not await self._expand(keys=[keys.WEBHOOK_OUTBOX, keys.WEBHOOK_DUE, *deliveries], args=args):
                 return  # another worker is expanding the same entries: leave the rest to it
 
     async def _deliver(self, delivery_id: str) -> None:

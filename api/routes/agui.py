@@ -31,9 +31,8 @@ from api.schemas import CreateResponseBody
 from api.sse import KEEPALIVE, SSE_HEADERS, Frame, encode, ensure_capacity, last_event_id_after
 from api.subscription import Subscription
 from api.turns import accept, build_request
-from shared import keys, metrics
+from shared import conversation_record, keys, metrics, response_record
 from shared.events import StreamEvent
-from shared.records import conversation_items, load_conversation, load_response
 
 router = APIRouter(prefix="/v1/agui", tags=["agui"], route_class=JSONBodyRoute)
 
@@ -50,7 +49,7 @@ async def run_agent(model: str, body: RunInput, svc: ServicesDep, caller: Caller
         # The same runId again (a client retrying a lost answer): that run, from its start, not a second one.
         return AGUIStream(svc, known[0], RunTranslator(known[1], body.run_id))
     conversation_id = await _thread(svc, caller.project, body.thread_id)
-    held = Held.of(await conversation_items(svc.redis, conversation_id))
+    held = Held.of(await conversation_record.items(svc.redis, conversation_id))
     items = agui_input.new_items(body, conversation_id, held)
     if not items:
         raise invalid(
@@ -90,11 +89,11 @@ async def reattach(
 ) -> Response:
     """Re-attach to a run by its runId: its AG-UI events from the start, or after `Last-Event-ID`, then live."""
     known = await _run(svc, keys.agui_run(caller.project, _digest(run_id)))
-    record = await load_response(svc.redis, known[0]) if known is not None else None
+    record = await response_record.load(svc.redis, known[0]) if known is not None else None
     if known is None or record is None or record.request.project != caller.project or record.request.model != model:
         raise not_found("Run", run_id)
     after = last_event_id_after(last_event_id)
-    last_seq = int(await svc.redis.hget(keys.response(known[0]), "seq") or -1)
+    last_seq = await response_record.last_seq(svc.redis, known[0])
     if after > last_seq:
         raise invalid(f"'Last-Event-ID' is {after}, past this run's last event ({last_seq}).", "Last-Event-ID")
     ensure_capacity(svc.fanout)
@@ -123,12 +122,9 @@ async def _thread(svc: Services, project: str, thread_id: str) -> str:
         "created_at": int(time.time()),
         # Metadata values are at most 512 characters (OpenAI's limit); a longer thread id is left out.
         "metadata": {"agui_thread_id": thread_id} if len(thread_id) <= 512 else {},
-        "project": project,
     }
-    await svc.redis.set(
-        keys.conversation(conversation_id), json.dumps(conversation), nx=True, ex=svc.settings.conversation_ttl_s
-    )
-    stored = await load_conversation(svc.redis, conversation_id)
+    await conversation_record.create_if_absent(svc.redis, conversation, project, svc.settings.conversation_ttl_s)
+    stored = await conversation_record.load(svc.redis, conversation_id)
     if stored is None or stored.get("project") != project:  # deleted meanwhile; another project's is impossible
         raise not_found("Thread", thread_id)
     return conversation_id

@@ -17,7 +17,7 @@ from openai import AsyncOpenAI, omit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import response_record
 from shared.cli.chat import API_KEY, api_base_url, describe_api_error
 from shared.events import CREATED, IN_PROGRESS, QUEUED, TERMINAL_TYPES
 from shared.models import TERMINAL_STATUSES
@@ -66,13 +66,13 @@ async def _tail_redis(
             raise _fail(f"cannot connect to Redis: {exc}") from exc
     try:
         # tail() would otherwise wait forever on a stream that will never be written.
-        if not await redis.exists(keys.response(response_id), keys.events(response_id)):
+        if not await response_record.has_stream_or_record(redis, response_id):
             raise _fail(f"no response {response_id} (unknown, deleted, or expired)")
-        status, last_seq = await redis.hmget(keys.response(response_id), ["status", "seq"])
-        if last_seq is not None and after > int(last_seq):
-            raise _fail(f"--after {after} is past the last event of {response_id} ({int(last_seq)})", 2)
-        if status is not None and status.decode() in TERMINAL_STATUSES and after == int(last_seq or -1):
-            _nothing_after(response_id, after, status.decode())
+        ending = await response_record.ending(redis, response_id)
+        if ending.status is not None and after > ending.last_seq:
+            raise _fail(f"--after {after} is past the last event of {response_id} ({ending.last_seq})", 2)
+        if ending.status is not None and ending.status.terminal and after == ending.last_seq:
+            _nothing_after(response_id, after, ending.status.value)
             return
         async for event in tail(redis, response_id, after):
             printer.show(event.seq, event.type, event.attempt, event.json())

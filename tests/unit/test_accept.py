@@ -109,7 +109,7 @@ async def test_one_accept_writes_the_record_its_first_events_the_job_and_the_wak
     rid = req.response_id
     record = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.response(rid))).items()}
     assert (record["status"], record["attempt"], record["seq"], record["project"]) == ("queued", "0", "1", "p")
-    assert record["conversation"] == conversation_id  # the start script reads it instead of the request
+    assert record["conversation"] == conversation_id  # for jobs that do not carry it
     assert TurnRequest.model_validate_json(record["request"]) == req
     progress = json.loads(record["progress"])  # what the worker's start script writes as its first event
     assert progress["type"] == events.IN_PROGRESS and progress["response"]["status"] == "in_progress"
@@ -119,7 +119,7 @@ async def test_one_accept_writes_the_record_its_first_events_the_job_and_the_wak
     # A create's own stream sends these without reading them back: they must be the stored bytes.
     assert accepted.written == written
     job = deserialize_job(await redis.get(keys.arq_job(rid)))
-    assert (job.function, job.args) == (RUN_TURN, (rid,))
+    assert (job.function, job.args) == (RUN_TURN, (rid, conversation_id))  # the start script's keys
     assert await redis.zscore(SETTINGS.queue_name, rid) == job.enqueue_time.timestamp() * 1000
     assert await redis.lrange(keys.QUEUE_WAKE, 0, -1) == [b"1"]
     assert await redis.zscore(keys.ACTIVE_TURNS, rid) is not None

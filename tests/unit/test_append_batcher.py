@@ -46,7 +46,7 @@ async def started(redis: ArqRedis, state: TurnState) -> tuple[str, int]:
         keys.response(response_id),
         mapping={"status": Status.QUEUED.value, "attempt": 0, "seq": -1, "request": "{}", "response": "{}"},
     )
-    return response_id, (await state.start(response_id)).attempt
+    return response_id, (await state.start(response_id, None)).attempt
 
 
 async def test_deltas_of_many_turns_share_one_pipeline(redis: ArqRedis) -> None:

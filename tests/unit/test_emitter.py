@@ -55,7 +55,7 @@ async def turn() -> Turn:
         keys.response(response_id),
         mapping={"status": Status.QUEUED.value, "attempt": 0, "seq": -1, "request": "{}", "response": "{}"},
     )
-    started = await state.start(response_id)
+    started = await state.start(response_id, None)
     return Turn(redis, state, response_id, started.attempt)
 
 
@@ -255,7 +255,7 @@ async def test_on_cancel_fires_from_a_timed_flush(turn: Turn) -> None:
 async def test_failed_timed_flush_surfaces_on_next_emit_and_take(turn: Turn) -> None:
     await turn.emitter.emit(delta("a"))
     await turn.emitter.emit(delta("b"))
-    await turn.state.start(turn.response_id)  # a re-run takes the turn over
+    await turn.state.start(turn.response_id, None)  # a re-run takes the turn over
     await asyncio.sleep(WINDOW * 2)
 
     with pytest.raises(StaleTurn) as on_emit:

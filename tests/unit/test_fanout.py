@@ -38,7 +38,7 @@ class Harness:
             mapping={"status": Status.QUEUED.value, "attempt": 0, "seq": -1, "request": "{}", "response": "{}"},
         )
         await self.state.append(response_id, 0, [events.lifecycle(events.CREATED, {"id": response_id})])
-        await self.state.start(response_id)
+        await self.state.start(response_id, None)
         return response_id
 
     async def write(self, response_id: str, count: int, pause_s: float = 0.0) -> None:
@@ -221,7 +221,7 @@ async def test_a_rerun_is_delivered_with_its_attempt_number(harness: Harness) ->
     response_id = await harness.new_turn()
     subscriber = asyncio.create_task(harness.collect(response_id))
     await harness.write(response_id, 2)
-    await harness.state.start(response_id)
+    await harness.state.start(response_id, None)
     await harness.state.append(response_id, 2, [events.text_delta("msg_2", 0, "again")])
 
     async with asyncio.timeout(GUARD_S):

@@ -132,7 +132,7 @@ async def running_turn(redis: ArqRedis, leases: JobLeases, response_id: str) -> 
     [(_, _, token)] = await leases.claim(1, "w1:")
     await redis.set(keys.arq_retry(response_id), 1)
     state = TurnState(redis, Retention.from_settings(SETTINGS))
-    assert (await state.start(response_id)).attempt == 1
+    assert (await state.start(response_id, None)).attempt == 1
     return state, token
 
 
@@ -164,7 +164,7 @@ async def test_a_turns_commit_finishes_its_job_in_the_same_step(redis: ArqRedis)
 async def test_a_refused_commit_leaves_the_job_for_the_workers_own_bookkeeping(redis: ArqRedis) -> None:
     leases = JobLeases(redis, QUEUE, lease_s=15)
     state, token = await running_turn(redis, leases, "resp_a")
-    await state.start("resp_a")  # a newer attempt owns the turn
+    await state.start("resp_a", None)  # a newer attempt owns the turn
 
     assert await commit(state, "resp_a", 1, token) is False
 

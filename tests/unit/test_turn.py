@@ -24,8 +24,8 @@ from shared.stream_tail import read_after
 from shared.turn_state import TurnState
 from tests.queued_records import store_queued
 from worker.agents import Agent, AgentRegistry
+from worker.arq_worker import FastPickupWorker
 from worker.cancel_listener import CancelListener
-from worker.fast_pickup import FastPickupWorker
 from worker.job_leases import JobLeases
 from worker.redis_retry import Outage
 from worker.service import run_turn
@@ -93,7 +93,7 @@ async def accepted(redis: ArqRedis, *, progress: bool = True, conversation_id: s
     await store_queued(redis, req, current=progress)
     if conversation_id:
         await redis.rpush(keys.conversation_turns(conversation_id), req.response_id)
-    assert await enqueue_turn(redis, QUEUE, req.response_id)
+    assert await enqueue_turn(redis, QUEUE, req.response_id, req.conversation_id)
     return req
 
 
@@ -106,7 +106,7 @@ async def test_a_committed_turn_leaves_its_worker_no_job_bookkeeping(redis: ArqR
     req = await accepted(redis)
     job_id, token = await worker.claim()
 
-    assert await worker.runner.run(req.response_id, job_id, token) == "failed"
+    assert await worker.runner.run(req.response_id, req.conversation_id, job_id, token) == "failed"
 
     assert worker.arq.claims == {}
     assert not await redis.exists(keys.arq_in_progress(job_id), keys.arq_job(job_id), keys.arq_retry(job_id))
@@ -125,12 +125,13 @@ async def test_a_refused_commit_leaves_the_job_to_its_workers_bookkeeping(
     commit = state.finish
 
     async def taken_over_first(*args: Any, **kwargs: Any) -> bool:
-        await TurnState(redis, state.retention).start(req.response_id)  # a newer attempt owns the turn now
+        # A newer attempt owns the turn now.
+        await TurnState(redis, state.retention).start(req.response_id, req.conversation_id)
         return await commit(*args, **kwargs)
 
     monkeypatch.setattr(state, "finish", taken_over_first)
 
-    await worker.runner.run(req.response_id, job_id, token)
+    await worker.runner.run(req.response_id, req.conversation_id, job_id, token)
 
     assert job_id in worker.arq.claims
     assert await redis.get(keys.arq_in_progress(job_id)) == token.encode()
@@ -146,7 +147,7 @@ async def test_in_progress_is_published_once_whoever_writes_it(redis: ArqRedis, 
     req = await accepted(redis, progress=progress)
     job_id, token = await worker.claim()
 
-    await worker.runner.run(req.response_id, job_id, token)
+    await worker.runner.run(req.response_id, req.conversation_id, job_id, token)
 
     assert await stream_types(redis, req.response_id) == [events.IN_PROGRESS, events.FAILED]
 
@@ -154,10 +155,11 @@ async def test_in_progress_is_published_once_whoever_writes_it(redis: ArqRedis, 
 async def test_a_rerun_announces_itself_with_its_own_in_progress(redis: ArqRedis) -> None:
     worker = Worker(redis)
     req = await accepted(redis)
-    await TurnState(redis, worker.runner.state.retention).start(req.response_id)  # attempt 1 died after its start
+    # Attempt 1 died after its start.
+    await TurnState(redis, worker.runner.state.retention).start(req.response_id, req.conversation_id)
     job_id, token = await worker.claim()
 
-    await worker.runner.run(req.response_id, job_id, token)
+    await worker.runner.run(req.response_id, req.conversation_id, job_id, token)
 
     published = await read_after(redis, req.response_id, -1)
     assert [(e.type, e.attempt) for e in published] == [(events.IN_PROGRESS, 1), (events.IN_PROGRESS, 2),
@@ -180,9 +182,9 @@ async def test_a_turn_behind_another_in_its_conversation_starts_only_once_that_o
     second_job = second.response_id
     worker.arq.claims[second_job] = claimed[second_job]
     token = claimed[second_job][0]
-    assert (await state.start(first.response_id)).attempt == 1  # running on another worker
+    assert (await state.start(first.response_id, first.conversation_id)).attempt == 1  # running on another worker
 
-    second_run = asyncio.create_task(worker.runner.run(second.response_id, second_job, token))
+    second_run = asyncio.create_task(worker.runner.run(second.response_id, second.conversation_id, second_job, token))
     await asyncio.sleep(0.3)
 
     assert not second_run.done()

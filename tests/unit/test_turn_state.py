@@ -134,7 +134,7 @@ async def test_entry_data_is_the_event_json_with_sequence_number_added(redis: Ar
 async def test_append_records_the_writing_attempt_on_each_entry(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
     await state.append(req.response_id, 0, [events.lifecycle(events.CREATED, {"id": req.response_id})])
-    started = await state.start(req.response_id)
+    started = await state.start(req.response_id, req.conversation_id)
     await state.append(req.response_id, started.attempt, [delta("x")])
 
     assert [event.attempt for _, event in await stream(redis, req.response_id)] == [0, 1]
@@ -142,9 +142,9 @@ async def test_append_records_the_writing_attempt_on_each_entry(redis: ArqRedis,
 
 async def test_append_with_stale_attempt_is_refused_and_writes_nothing(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
     await state.append(req.response_id, 1, [delta("from attempt 1")])
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
 
     with pytest.raises(StaleTurn) as raised:
         await state.append(req.response_id, 1, [delta("zombie")])
@@ -156,7 +156,7 @@ async def test_append_with_stale_attempt_is_refused_and_writes_nothing(redis: Ar
 
 async def test_append_after_finish_is_refused_as_finished(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
     assert await finish(state, req, attempt=1)
 
     with pytest.raises(StaleTurn) as raised:
@@ -168,7 +168,7 @@ async def test_append_after_finish_is_refused_as_finished(redis: ArqRedis, state
 
 async def test_append_to_deleted_response_is_refused_as_missing(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
     await redis.delete(keys.response(req.response_id), keys.events(req.response_id))
 
     with pytest.raises(StaleTurn) as raised:
@@ -180,7 +180,7 @@ async def test_append_to_deleted_response_is_refused_as_missing(redis: ArqRedis,
 
 async def test_append_reports_whether_cancel_was_requested(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
     assert await state.append(req.response_id, 1, [delta("a")]) is False
 
     await redis.hset(keys.response(req.response_id), "cancel", "1")
@@ -217,7 +217,7 @@ async def test_append_of_empty_batch_writes_nothing_and_does_not_raise(redis: Ar
 async def test_start_moves_queued_turn_to_in_progress_as_attempt_one(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
 
-    started = await state.start(req.response_id)
+    started = await state.start(req.response_id, req.conversation_id)
 
     assert started.status_before == "queued"
     assert started.attempt == 1
@@ -228,9 +228,9 @@ async def test_start_moves_queued_turn_to_in_progress_as_attempt_one(redis: ArqR
 
 async def test_second_start_is_a_rerun_with_attempt_two(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
 
-    rerun = await state.start(req.response_id)
+    rerun = await state.start(req.response_id, req.conversation_id)
 
     assert rerun.status_before == "in_progress"
     assert rerun.attempt == 2
@@ -239,10 +239,10 @@ async def test_second_start_is_a_rerun_with_attempt_two(redis: ArqRedis, state: 
 
 async def test_start_of_finished_turn_changes_nothing(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
     await finish(state, req, attempt=1)
 
-    again = await state.start(req.response_id)
+    again = await state.start(req.response_id, req.conversation_id)
 
     assert again.status_before == "completed"
     assert again.attempt == 1
@@ -250,7 +250,7 @@ async def test_start_of_finished_turn_changes_nothing(redis: ArqRedis, state: Tu
 
 
 async def test_start_of_missing_response_reports_missing(state: TurnState) -> None:
-    started = await state.start("resp_gone")
+    started = await state.start("resp_gone", None)
 
     assert started.status_before == "missing"
     assert started.attempt == 0
@@ -260,7 +260,7 @@ async def test_start_reports_a_cancel_requested_while_queued(redis: ArqRedis, st
     req = await store_queued(redis)
     await redis.hset(keys.response(req.response_id), "cancel", "1")
 
-    started = await state.start(req.response_id)
+    started = await state.start(req.response_id, req.conversation_id)
 
     assert started.cancel_requested is True
 
@@ -269,7 +269,7 @@ async def test_first_start_publishes_the_in_progress_event_stored_at_accept(redi
     req = await store_queued(redis, progress=True)
     await state.append(req.response_id, 0, [events.lifecycle(events.CREATED, {"id": req.response_id})])
 
-    started = await state.start(req.response_id)
+    started = await state.start(req.response_id, req.conversation_id)
 
     assert (started.attempt, started.announced, started.waiting) == (1, True, False)
     assert started.request == req.model_dump_json()
@@ -282,9 +282,9 @@ async def test_first_start_publishes_the_in_progress_event_stored_at_accept(redi
 
 async def test_a_rerun_start_publishes_no_stored_in_progress_event(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis, progress=True)
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
 
-    rerun = await state.start(req.response_id)
+    rerun = await state.start(req.response_id, req.conversation_id)
 
     assert (rerun.attempt, rerun.announced) == (2, False)
     assert [event.type for _, event in await stream(redis, req.response_id)] == [events.IN_PROGRESS]
@@ -295,7 +295,7 @@ async def test_start_of_a_record_without_a_stored_in_progress_event_publishes_no
 ) -> None:
     req = await store_queued(redis)
 
-    started = await state.start(req.response_id)
+    started = await state.start(req.response_id, req.conversation_id)
 
     assert (started.attempt, started.announced) == (1, False)
     assert await redis.xlen(keys.events(req.response_id)) == 0
@@ -307,7 +307,7 @@ async def test_start_of_a_turn_cancelled_while_queued_publishes_no_in_progress(
     req = await store_queued(redis, progress=True)
     await redis.hset(keys.response(req.response_id), "cancel", "1")
 
-    started = await state.start(req.response_id)
+    started = await state.start(req.response_id, req.conversation_id)
 
     assert (started.cancel_requested, started.announced) == (True, False)
     assert await redis.xlen(keys.events(req.response_id)) == 0
@@ -322,9 +322,9 @@ async def test_a_turn_behind_an_unfinished_one_in_its_conversation_waits_unstart
     for req in (first, second):
         await queue_turn(redis, conversation_id, req.response_id)
     if head_status == Status.IN_PROGRESS:
-        await state.start(first.response_id)
+        await state.start(first.response_id, first.conversation_id)
 
-    waiting = await state.start(second.response_id)
+    waiting = await state.start(second.response_id, second.conversation_id)
 
     assert (waiting.waiting, waiting.status_before, waiting.attempt) == (True, "queued", 0)
     assert waiting.request == second.model_dump_json()
@@ -340,11 +340,11 @@ async def test_a_turn_starts_once_the_turn_ahead_of_it_finished(redis: ArqRedis,
     first, second = [await store_queued(redis, conversation_id) for _ in range(2)]
     for req in (first, second):
         await queue_turn(redis, conversation_id, req.response_id)
-    await state.start(first.response_id)
-    assert (await state.start(second.response_id)).waiting
+    await state.start(first.response_id, first.conversation_id)
+    assert (await state.start(second.response_id, second.conversation_id)).waiting
 
     assert await finish(state, first, attempt=1)
-    started = await state.start(second.response_id)
+    started = await state.start(second.response_id, second.conversation_id)
 
     assert (started.waiting, started.attempt) == (False, 1)
     assert await status_of(redis, second.response_id) == "in_progress"
@@ -360,7 +360,7 @@ async def test_start_drops_heads_of_its_conversation_that_finished_or_vanished(
     # Finished without its commit reaching the queue (a record rewritten by hand, an old version's commit).
     await redis.hset(keys.response(finished_head.response_id), "status", Status.FAILED.value)
 
-    started = await state.start(mine.response_id)
+    started = await state.start(mine.response_id, mine.conversation_id)
 
     assert (started.waiting, started.attempt) == (False, 1)
     assert await redis.lrange(keys.conversation_turns(conversation_id), 0, -1) == [mine.response_id.encode()]
@@ -372,10 +372,10 @@ async def test_only_the_requests_own_conversation_id_counts_not_a_metadata_value
     conversation_id = await create_conversation(redis)
     running = await store_queued(redis, conversation_id)
     await queue_turn(redis, conversation_id, running.response_id)
-    await state.start(running.response_id)
+    await state.start(running.response_id, running.conversation_id)
     unrelated = await store_queued(redis, metadata={"conversation_id": conversation_id})
 
-    started = await state.start(unrelated.response_id)
+    started = await state.start(unrelated.response_id, unrelated.conversation_id)
 
     assert (started.waiting, started.attempt) == (False, 1)
 
@@ -386,7 +386,7 @@ async def test_only_the_requests_own_conversation_id_counts_not_a_metadata_value
 async def test_finish_stores_final_status_response_and_terminal_event(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
     await state.append(req.response_id, 0, [events.lifecycle(events.CREATED, {"id": req.response_id})])
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
     await state.append(req.response_id, 1, [delta("hello")])
 
     assert await finish(state, req, attempt=1) is True
@@ -407,7 +407,7 @@ async def test_finish_writes_the_pending_events_in_order_just_before_the_termina
     redis: ArqRedis, state: TurnState
 ) -> None:
     req = await store_queued(redis)
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
     await state.append(req.response_id, 1, [delta("a")])
     pending = [delta("b"), events.text_done("msg_1", 0, "ab"), events.content_part_done("msg_1", 0, "ab")]
 
@@ -430,8 +430,8 @@ async def test_finish_writes_the_pending_events_in_order_just_before_the_termina
 
 async def test_a_refused_finish_writes_none_of_its_pending_events(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
-    await state.start(req.response_id)
-    await state.start(req.response_id)  # a re-run took the turn over
+    await state.start(req.response_id, req.conversation_id)
+    await state.start(req.response_id, req.conversation_id)  # a re-run took the turn over
 
     assert await finish(state, req, attempt=1, pending=[delta("zombie")]) is False
 
@@ -440,7 +440,7 @@ async def test_a_refused_finish_writes_none_of_its_pending_events(redis: ArqRedi
 
 async def test_finish_sets_response_and_stream_ttls(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
 
     await state.finish(
         req.response_id,
@@ -461,7 +461,7 @@ async def test_finish_twice_commits_once(redis: ArqRedis, state: TurnState) -> N
     conversation_id = await create_conversation(redis)
     req = await store_queued(redis, conversation_id)
     await queue_turn(redis, conversation_id, req.response_id)
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
     items = [events.message_item("msg_a", "answer", "completed")]
 
     first = await finish(state, req, attempt=1, items=items)
@@ -477,8 +477,8 @@ async def test_finish_twice_commits_once(redis: ArqRedis, state: TurnState) -> N
 async def test_finish_by_older_attempt_is_refused(redis: ArqRedis, state: TurnState) -> None:
     conversation_id = await create_conversation(redis)
     req = await store_queued(redis, conversation_id)
-    await state.start(req.response_id)
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
+    await state.start(req.response_id, req.conversation_id)
 
     refused = await finish(state, req, attempt=1, items=[events.message_item("msg_old", "zombie", "completed")])
 
@@ -499,12 +499,12 @@ async def test_cancel_before_pickup_finishes_a_queued_turn(redis: ArqRedis, stat
     (_, terminal), = await stream(redis, req.response_id)
     assert terminal.type == events.INCOMPLETE
     assert terminal.json()["response"]["status"] == "cancelled"
-    assert (await state.start(req.response_id)).status_before == "cancelled"
+    assert (await state.start(req.response_id, req.conversation_id)).status_before == "cancelled"
 
 
 async def test_cancel_before_pickup_is_refused_once_the_turn_started(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
 
     committed = await finish(state, req, attempt=None, expect=Status.QUEUED, final=Status.CANCELLED)
 
@@ -518,7 +518,7 @@ async def test_finish_pops_the_turn_and_wakes_the_next_one(redis: ArqRedis, stat
     first, second, third = [await store_queued(redis, conversation_id) for _ in range(3)]
     for req in (first, second, third):
         await queue_turn(redis, conversation_id, req.response_id)
-    await state.start(first.response_id)
+    await state.start(first.response_id, first.conversation_id)
 
     assert await finish(state, first, attempt=1)
 
@@ -533,7 +533,7 @@ async def test_finish_of_the_last_turn_leaves_no_turns_and_wakes_nobody(redis: A
     conversation_id = await create_conversation(redis)
     req = await store_queued(redis, conversation_id)
     await queue_turn(redis, conversation_id, req.response_id)
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
 
     assert await finish(state, req, attempt=1)
 
@@ -546,10 +546,10 @@ async def test_finished_turns_leave_no_wake_tokens_behind(redis: ArqRedis, state
     first, second, third = [await store_queued(redis, conversation_id) for _ in range(3)]
     for req in (first, second, third):
         await queue_turn(redis, conversation_id, req.response_id)
-    await state.start(first.response_id)
+    await state.start(first.response_id, first.conversation_id)
     assert await finish(state, third, attempt=None, expect=Status.QUEUED, final=Status.CANCELLED)
     assert await finish(state, first, attempt=1)
-    await state.start(second.response_id)  # picked up late: it heads the queue and never waits
+    await state.start(second.response_id, second.conversation_id)  # picked up late: it heads the queue and never waits
 
     assert await finish(state, second, attempt=1)
 
@@ -562,7 +562,7 @@ async def test_finish_appends_items_to_the_conversation_in_order_and_refreshes_i
 ) -> None:
     conversation_id = await create_conversation(redis)
     req = await store_queued(redis, conversation_id)
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
     items = [
         *req.input,
         events.function_call_item("fc_1", "call_1", "lookup", "{}", "completed"),
@@ -583,7 +583,7 @@ async def test_conversation_deleted_before_finish_gets_no_items_and_is_not_recre
     conversation_id = await create_conversation(redis)
     req = await store_queued(redis, conversation_id)
     await queue_turn(redis, conversation_id, req.response_id)
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
     await redis.delete(keys.conversation(conversation_id), keys.conversation_items(conversation_id))
 
     committed = await finish(state, req, attempt=1, items=[events.message_item("msg_x", "orphan", "completed")])
@@ -603,7 +603,7 @@ def test_retention_reads_its_limits_from_settings() -> None:
 
 async def test_append_retried_with_the_same_batch_id_is_written_once(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
-    started = await state.start(req.response_id)
+    started = await state.start(req.response_id, req.conversation_id)
     batch = [delta("a"), delta("b")]
 
     await state.append(req.response_id, started.attempt, batch, "1:1")
@@ -617,7 +617,7 @@ async def test_append_retried_with_the_same_batch_id_is_written_once(redis: ArqR
 async def test_finish_removes_the_turn_from_the_active_index(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
     await redis.zadd(keys.ACTIVE_TURNS, {req.response_id: 1})
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
 
     await finish(state, req, attempt=1)
 
@@ -626,9 +626,9 @@ async def test_finish_removes_the_turn_from_the_active_index(redis: ArqRedis, st
 
 async def test_append_many_writes_each_turn_and_reports_each_outcome(redis: ArqRedis, state: TurnState) -> None:
     running = await store_queued(redis)
-    attempt = (await state.start(running.response_id)).attempt
+    attempt = (await state.start(running.response_id, running.conversation_id)).attempt
     finished = await store_queued(redis)
-    await state.start(finished.response_id)
+    await state.start(finished.response_id, finished.conversation_id)
     await finish(state, finished, attempt=1)
 
     outcomes = await state.append_many(
@@ -645,7 +645,7 @@ async def test_append_many_reloads_the_script_a_restarted_redis_forgot() -> None
     redis = EmbeddedRedis().client(Settings())
     state = TurnState(redis, RETENTION)
     req = await store_queued(redis)
-    attempt = (await state.start(req.response_id)).attempt
+    attempt = (await state.start(req.response_id, req.conversation_id)).attempt
     await redis.script_flush()
 
     assert await state.append_many([(req.response_id, attempt, [delta("a")], "1:1")]) == [False]

@@ -89,7 +89,7 @@ async def _finished_turn(redis: ArqRedis, final: Status = Status.COMPLETED) -> t
     state = TurnState(redis, RETENTION)
     req = TurnRequest(response_id=ids.response_id(), model="m", input=[])
     await redis.hset(keys.response(req.response_id), mapping={"status": "queued", "attempt": 0, "seq": -1})
-    await state.start(req.response_id)
+    await state.start(req.response_id, req.conversation_id)
     await state.append(req.response_id, 1, [events.text_delta("msg_1", 0, "hi")])
 
     async def commit() -> bool:

@@ -1,0 +1,49 @@
+-- Accepts a turn: every check and every write of the accept in one atomic step (see shared/turn_accept.py).
+-- Returns {'accepted'} or {refusal} (see Refusal); a refused turn leaves nothing written.
+local resp, stream, active, queue, job_key, result_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local queue_wake, conv, turns, inflight, claim_key = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local rid, now, project, conversation_id, lock_policy = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local conversation_ttl, max_concurrent, grace_ms, max_queue_depth = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local claim_accepted, claim_ttl, response_ttl, maxlen, stream_ttl = ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local job, job_ttl_ms, max_wake, n_events = ARGV[15], ARGV[16], ARGV[17], tonumber(ARGV[18])
+local FIRST_EVENT = 19  -- n_events (type, json) pairs, then the record's (field, value) pairs
+local events_end = FIRST_EVENT - 1 + 2 * n_events
+
+local in_conversation = conversation_id ~= ''
+if in_conversation then
+  local raw = redis.call('GET', conv)
+  if not raw or (cjson.decode(raw)['project'] or DEFAULT_PROJECT) ~= project then
+    return {'conversation_not_found'}
+  end
+end
+if claim_accepted ~= '' then
+  local claim = redis.call('GET', claim_key)
+  -- Taken over after this request stalled: the request that holds it now creates the turn.
+  if not claim or cjson.decode(claim)['id'] ~= rid then return {'claim_lost'} end
+end
+if max_concurrent ~= '' and live_turns(inflight, tonumber(max_concurrent), now, tonumber(grace_ms))
+    >= tonumber(max_concurrent) then
+  return {'concurrency'}
+end
+if redis.call('ZCARD', queue) >= tonumber(max_queue_depth) then return {'queue_full'} end
+if in_conversation then
+  -- Dead heads are dropped whatever the policy (see live_head); under `reject` a live one refuses the turn.
+  local head = live_head(turns)
+  if head and lock_policy == 'reject' then return {'conversation_locked'} end
+end
+
+if max_concurrent ~= '' then redis.call('ZADD', inflight, now, rid) end
+local record = {}
+for i = events_end + 1, #ARGV do record[#record + 1] = ARGV[i] end
+redis.call('HSET', resp, unpack(record))
+redis.call('EXPIRE', resp, response_ttl)
+redis.call('ZADD', active, now, rid)
+if in_conversation then
+  redis.call('RPUSH', turns, rid)
+  redis.call('EXPIRE', turns, conversation_ttl)
+end
+for i = FIRST_EVENT, events_end, 2 do append(resp, stream, '0', maxlen, ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', stream, stream_ttl)
+if claim_accepted ~= '' then redis.call('SET', claim_key, claim_accepted, 'EX', claim_ttl) end
+enqueue(job_key, result_key, queue, queue_wake, job, job_ttl_ms, now, rid, max_wake)
+return {'accepted'}

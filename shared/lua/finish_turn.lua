@@ -1,0 +1,47 @@
+-- Commits a turn's end, once: the final status and Response, its items to the conversation, the pending
+-- events and the terminal event, its accounts, its webhook outbox entry, the wake of the conversation's next
+-- turn, and the finish of the job it ran under. Returns 1 when committed, 0 when the turn was not in the
+-- expected state (already committed): then nothing is written and the job is left as it was.
+local resp, stream, items, turns, conv, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local endpoints, outbox, own_wake, inflight, usage = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local marker, running, retry, job = KEYS[12], KEYS[13], KEYS[14], KEYS[15]  -- JobClaim.keys()
+local expect, attempt_expected, maxlen, stream_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local response_ttl, conversation_ttl, final, response_json = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local terminal_type, terminal_json, rid, outbox_entry = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local job_id, token, has_slot, n_pending = ARGV[13], ARGV[14], ARGV[15] == '1', tonumber(ARGV[16])
+local FIRST_PENDING = 17  -- n_pending (type, json) pairs, then the conversation items to append
+local pending_end = FIRST_PENDING - 1 + 2 * n_pending
+
+local st = redis.call('HMGET', resp, 'status', 'attempt')
+if st[1] ~= expect then return 0 end
+if attempt_expected ~= '' and st[2] ~= attempt_expected then return 0 end
+local attempt = st[2] or '0'
+-- A conversation deleted mid-turn gains nothing (and is not resurrected).
+if redis.call('EXISTS', conv) == 1 then
+  for i = pending_end + 1, #ARGV do redis.call('RPUSH', items, ARGV[i]) end
+  redis.call('EXPIRE', items, conversation_ttl)
+  redis.call('EXPIRE', conv, conversation_ttl)
+end
+redis.call('HSET', resp, 'status', final, 'response', response_json)
+settle_accounts(inflight, usage, has_slot, rid, response_json)
+-- What the turn's emitter had not written yet goes out here, in order, before the terminal event.
+for i = FIRST_PENDING, pending_end, 2 do append(resp, stream, attempt, maxlen, ARGV[i], ARGV[i + 1]) end
+append(resp, stream, attempt, maxlen, terminal_type, terminal_json)
+redis.call('EXPIRE', resp, response_ttl)
+redis.call('EXPIRE', stream, stream_ttl)
+redis.call('ZREM', active, rid)
+-- Written with the commit, so a turn that committed is announced even if its worker dies right after.
+if redis.call('EXISTS', endpoints) == 1 then redis.call('LPUSH', outbox, outbox_entry) end
+-- A turn that never had to wait leaves its wake token unread; it is of no use once the turn is over.
+redis.call('DEL', own_wake)
+if redis.call('LREM', turns, 0, rid) > 0 then
+  local nxt = redis.call('LINDEX', turns, 0)
+  if nxt then
+    -- The next turn's wake list is named by the queue's member (see the loader on keys named by members).
+    redis.call('LPUSH', TURN_WAKE_PREFIX .. nxt, '1')
+    redis.call('EXPIRE', TURN_WAKE_PREFIX .. nxt, conversation_ttl)
+  end
+end
+-- The turn's job is over with its commit: finished here, its worker has no bookkeeping left to send.
+if job_id ~= '' then finish_job(marker, running, retry, job, job_id, token) end
+return 1

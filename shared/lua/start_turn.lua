@@ -1,0 +1,31 @@
+-- Moves a turn to in_progress as a new attempt, unless it finished, is gone, or must wait for its
+-- conversation. Returns {status_before, attempt, cancel_flag, request json, waiting, announced}; a missing
+-- record is 'missing' and a finished one its status, neither started. One writer per conversation: a turn
+-- starts only at the head of its conversation's queue, else the reply says it is waiting (see live_head).
+local resp, stream, turns = KEYS[1], KEYS[2], KEYS[3]
+local maxlen, ttl, in_progress_type, rid, conversation_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+
+local st = redis.call('HMGET', resp, 'status', 'attempt', 'cancel', 'request', 'progress', 'conversation')
+if not st[1] then return {'missing', 0, '', '', 0, 0} end
+local status, cancel, request = st[1], st[3] or '', st[4] or ''
+if TERMINAL[status] then return {status, tonumber(st[2]) or 0, cancel, '', 0, 0} end
+-- The caller names the conversation (its turns queue is KEYS[3]); a record without one (a turn on its own)
+-- has '' in the field, and the caller passes ''.
+if conversation_id ~= '' then
+  local head = live_head(turns)
+  if head and head ~= rid then return {status, tonumber(st[2]) or 0, cancel, request, 1, 0} end
+end
+local attempt = redis.call('HINCRBY', resp, 'attempt', 1)
+redis.call('HSET', resp, 'status', 'in_progress')
+-- A first run publishes the in_progress event the API encoded at accept, saving the worker that write. A
+-- re-run writes its own, carrying the output it continues from; a turn cancelled meanwhile writes none.
+local announced = 0
+if st[5] then
+  if attempt == 1 and (cancel == '' or cancel == '0') then
+    append(resp, stream, tostring(attempt), maxlen, in_progress_type, st[5])
+    redis.call('EXPIRE', stream, ttl)
+    announced = 1
+  end
+  redis.call('HDEL', resp, 'progress')  -- of no use once the turn has started
+end
+return {status, attempt, cancel, request, 0, announced}
