@@ -117,6 +117,27 @@ def arq_retry(job_id: str) -> str:
 
 
 
+# --- upstream model health (worker/upstreams.py, worker/upstream_retry.py) ----------------------
+
+
+def upstream_failures(upstream: str) -> str:
+    """STRING: recent failed calls to one upstream, fleet-wide; expires a window after the last one, and a
+    retried call that it answers clears it."""
+    return f"{PREFIX}upstream-failures:{upstream}"
+
+
+def upstream_cooldown(upstream: str) -> str:
+    """STRING: set (with a TTL of the cooldown) while the upstream is skipped by every worker's new turns."""
+    return f"{PREFIX}upstream-cooldown:{upstream}"
+
+
+def upstream_retry(response_id: str) -> str:
+    """HASH: a turn's retry state across the waits it spends back on the queue: first_failure_ms, failures,
+    upstream (index of the one in use), tried (what failed so far, for the final error), deferrals (waits
+    spent on the queue) and deferred_attempt (the attempt that last went back to wait)."""
+    return f"{PREFIX}upstream-retry:{response_id}"
+
+
 # HASH: agent name -> AgentCard JSON, published by workers at start so any API node can list and validate models.
 AGENTS = f"{PREFIX}agents"
 

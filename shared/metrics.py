@@ -87,6 +87,23 @@ UPSTREAM_ERRORS = Counter(
     ["status"],
 )
 
+UPSTREAM_RETRIES = Counter(
+    "turnstream_upstream_retries",
+    "Waits before calling an upstream again, by upstream and what failed (HTTP status, connection, timeout, cut).",
+    ["upstream", "reason"],
+)
+UPSTREAM_COOLDOWNS = Counter(
+    "turnstream_upstream_cooldowns", "Times an upstream was put in cooldown for the whole fleet.", ["upstream"]
+)
+UPSTREAM_FALLBACKS = Counter(
+    "turnstream_upstream_fallbacks",
+    "Turns that moved on to a further upstream, by the upstream moved to.",
+    ["upstream"],
+)
+UPSTREAM_SERVED = Counter(
+    "turnstream_upstream_turns_served", "Turns whose last model call an upstream answered.", ["upstream"]
+)
+
 # --- tools ---------------------------------------------------------------------------------------
 
 TOOL_CALLS = Counter("turnstream_tool_calls", "Server tool executions.", ["tool"])

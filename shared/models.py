@@ -126,6 +126,8 @@ class TurnOutcome(BaseModel):
     usage: Usage | None = None
     error: dict[str, str] | None = None  # {"code", "message"}
     incomplete_reason: str | None = None
+    # The upstream that answered the last model call, for agents with fallbacks (Response metadata).
+    upstream: str | None = None
 
 
 class AgentCard(BaseModel):

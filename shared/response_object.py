@@ -58,13 +58,23 @@ def build_response(
         "text": req.text,
         "truncation": req.truncation,
         "usage": outcome.usage.to_openai() if outcome and outcome.usage else None,
-        "metadata": req.metadata,
+        "metadata": _metadata(req, outcome),
         "store": req.store,
         "service_tier": req.service_tier or DEFAULT_SERVICE_TIER,
         "safety_identifier": req.safety_identifier,
         "prompt_cache_key": req.prompt_cache_key,
         "user": req.user,
     }
+
+
+# The Response metadata key naming the upstream that served a turn of an agent with fallback upstreams.
+UPSTREAM_METADATA_KEY = "turnstream_upstream"
+
+
+def _metadata(req: TurnRequest, outcome: TurnOutcome | None) -> dict[str, str]:
+    if outcome is None or outcome.upstream is None:
+        return req.metadata
+    return {**req.metadata, UPSTREAM_METADATA_KEY: outcome.upstream}
 
 
 def _or(value: float | None, default: float) -> float:

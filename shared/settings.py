@@ -100,6 +100,22 @@ class Settings(BaseSettings):
     # How a re-run asks the model to continue a message its dead attempt left half-written: "instruction"
     # (the partial message plus a system instruction, works everywhere) or "continue_final_message" (vLLM).
     upstream_continuation: Literal["instruction", "continue_final_message"] = "instruction"
+    # --- Upstream retries and fallbacks (README "When the model provider fails") ---------------------
+    # How long one turn may spend retrying its upstream(s), from its first failure; an agent may set its own.
+    upstream_retry_budget_s: float = Field(default=120.0, gt=0)
+    # Backoff without a Retry-After: base * 2^(failures - 1), capped, each wait a random 50-100% of that.
+    upstream_retry_base_s: float = Field(default=0.5, gt=0)
+    upstream_retry_max_s: float = Field(default=20.0, gt=0)
+    # A wait longer than this does not hold the worker's slot: the turn goes back to the queue, due then.
+    upstream_retry_inline_max_s: float = Field(default=5.0, ge=0)
+    # Failed calls to one upstream within a turn before the turn moves on to the agent's next upstream.
+    upstream_attempts_before_fallback: int = Field(default=3, ge=1)
+    # An upstream failing this many times (fleet-wide, each within the window of the last, with no retried
+    # call answered in between) cools down for a while:
+    # every worker then starts its turns on the agent's next upstream.
+    upstream_cooldown_failures: int = Field(default=3, ge=1)
+    upstream_cooldown_window_s: float = Field(default=60.0, gt=0)
+    upstream_cooldown_s: float = Field(default=30.0, gt=0)
 
     # --- Logs -------------------------------------------------------------------------------
     # "json": one object per line with the turn's ids, for log shippers; "human" for terminals.

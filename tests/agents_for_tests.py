@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from worker.agents import Agent
+from worker.agents import Agent, Upstream
 from worker.default_agents import get_time, get_weather
 from worker.tools import current_call, tool
 
@@ -72,5 +72,18 @@ AGENTS = [
         context_budget_tokens=1500,
         compact_threshold_tokens=600,
         truncation="auto",
+    ),
+    # Gives up on a failing upstream after two seconds of retries.
+    Agent(name="impatient", model="turnstream-mock", instructions="Answer briefly.", retry_budget_s=2.0),
+    # Falls back to the upstream at TURNSTREAM_TEST_FALLBACK_URL (the tests' mock) when its own fails.
+    Agent(
+        name="with-fallback",
+        model="turnstream-mock",
+        instructions="Answer briefly.",
+        fallbacks=(
+            Upstream(
+                os.environ.get("TURNSTREAM_TEST_FALLBACK_URL", "http://127.0.0.1:9/v1"), "turnstream-mock", name="spare"
+            ),
+        ),
     ),
 ]

@@ -135,6 +135,9 @@ TEST_SETTINGS = {
     "TURNSTREAM_FIRST_TOKEN_TIMEOUT_S": "10",
     "TURNSTREAM_BODY_READ_TIMEOUT_S": "2",
     "TURNSTREAM_MOCK_CONTEXT_TOKENS": "4000",
+    # Shorter than the first backoff (0.25-0.5 s): a failing upstream fails the turn at once, as these tests
+    # expect; tests/integration/test_upstream_retries.py runs stacks with real budgets.
+    "TURNSTREAM_UPSTREAM_RETRY_BUDGET_S": "0.2",
 }
 
 

@@ -425,3 +425,50 @@ def test_images_and_files_are_described_and_the_echo_directive_returns_the_body(
     )
     echoed = client.chat.completions.create(model="m", messages=[_user("[echo-request]")], user="u")
     assert json.loads(echoed.choices[0].message.content or "")["user"] == "u"
+
+
+def test_fail_cues_answer_the_first_requests_with_the_status_and_retry_after(client: OpenAI) -> None:
+    messages = [_user("hello [fail=429x2][retry-after=1][retry-after-ms=250] fail-cue")]
+    for _ in range(2):
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.chat.completions.create(model="m", messages=messages)
+        assert caught.value.response.headers["retry-after"] == "1"
+        assert caught.value.response.headers["retry-after-ms"] == "250"
+        assert caught.value.code == "rate_limit_exceeded"
+    # The third request carrying the same message is answered, and the cues are not part of the answer.
+    answer = client.chat.completions.create(model="m", messages=messages)
+    assert answer.choices[0].message.content == "You said: hello fail-cue"
+
+
+def test_a_cut_cue_breaks_the_stream_after_that_many_words_once(client: OpenAI) -> None:
+    messages = [_user("count to 30 [cut-after=10] cut-cue")]
+    received: list[str] = []
+    with pytest.raises(openai.APIError):
+        for chunk in client.chat.completions.create(model="m", messages=messages, stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                received.append(chunk.choices[0].delta.content)
+    assert "".join(received).split() == [str(i) for i in range(1, 11)]
+    whole = _stream_chunks(client, messages)
+    assert "".join(c.choices[0].delta.content or "" for c in whole if c.choices).split()[-1] == "30"
+
+
+def test_a_silent_cue_sends_headers_and_then_nothing(mock_server: _Server) -> None:
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi [silent] silent-cue"}]}
+    url = f"{mock_server.base_url}/chat/completions"
+    with httpx.stream("POST", url, json=body, timeout=httpx.Timeout(10, read=0.5)) as response:
+        assert response.status_code == 200
+        with pytest.raises(httpx.ReadTimeout):
+            next(response.iter_raw())  # nothing within the client's read timeout
+            pytest.fail("the silent request sent a byte")
+    again = httpx.post(f"{mock_server.base_url}/chat/completions", json={**body, "stream": False}, timeout=10)
+    assert again.json()["choices"][0]["message"]["content"] == "You said: hi silent-cue"
+
+
+def test_a_no_continue_cue_refuses_only_continuations(client: OpenAI) -> None:
+    asked = _user("count to 5 [no-continue] refuse-cue")
+    assert client.chat.completions.create(model="m", messages=[asked]).choices[0].message.content == "1 2 3 4 5"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="m",
+            messages=[asked, {"role": "assistant", "content": "1 2 "}, {"role": "system", "content": "Go on."}],
+        )

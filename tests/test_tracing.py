@@ -48,6 +48,7 @@ def traced_stack(exporter: InMemorySpanExporter) -> Iterator[Stack]:
         port=api_sock.getsockname()[1],
         mock_port=mock_port,
         openai_base_url=f"http://127.0.0.1:{mock_port}/v1",
+        upstream_retry_budget_s=0.2,  # a failing upstream fails the turn without retries
     )
     thread = _StackThread(settings, api_sock, mock_sock)
     thread.start()

@@ -6,6 +6,12 @@ while `TurnOutput` collects the items the turn will commit to the conversation w
 A re-run (the previous attempt's worker died) starts from what that attempt streamed (worker/resume.py):
 finished items stay, tool results already streamed are not produced again, and the round that was cut
 off is continued into the same items: the model is shown its partial answer and asked to go on from there.
+
+A model call that fails in a way worth retrying (worker/upstream_retry.py) is continued the same way within
+the attempt: what it streamed stays, reasoning or a refusal it left open is closed with what it had, and the
+next call (after a wait, or on the agent's next upstream) goes on from the partial message under the same
+item id, or regenerates the open tool calls' arguments, of which only the part beyond what was streamed is
+sent. No delta is ever sent twice.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import openai
 from openai import AsyncOpenAI
 
-from shared import events, ids
+from shared import events, ids, metrics
 from shared.models import Item, Status, TurnOutcome, TurnRequest, Usage
 from worker.agents import Agent
 from worker.chat_stream import Chunk, chat_chunks
@@ -28,6 +35,7 @@ from worker.tools import Tool, ToolCall
 from worker.turn_output import TurnOutput
 from worker.turn_telemetry import TurnTelemetry
 from worker.upstream_request import chat_request
+from worker.upstream_retry import Backoff, TurnRetries, classify
 
 Continuation = Literal["instruction", "continue_final_message"]
 
@@ -42,6 +50,8 @@ CONTINUE_INSTRUCTION = (
 class Limits:
     first_token_timeout_s: float
     max_output_bytes: int
+    # A retry wait longer than this sends the turn back to the queue instead of holding its worker.
+    retry_inline_max_s: float = 5.0
 
 
 @dataclass
@@ -86,6 +96,16 @@ class _Cut:
     calls: list[_Call]
 
 
+@dataclass
+class _Live:
+    """The round being streamed, as far as it went: what a failed call leaves to the next one."""
+
+    rnd: _Round
+    parts: dict[events.PartKind, _Part]
+    calls: dict[int, _Call]
+    resumed_calls: list[_Call]
+
+
 class AgentTurn:
     def __init__(
         self,
@@ -100,6 +120,7 @@ class AgentTurn:
         resumed: Resumed | None = None,
         continuation: Continuation = "instruction",
         telemetry: TurnTelemetry | None = None,
+        retries: TurnRetries | None = None,
     ) -> None:
         self.req = req
         self.agent = agent
@@ -123,6 +144,10 @@ class AgentTurn:
         self.base = history + req.input
         self.messages: list[Message] = to_messages(self.instructions, self.base)
         self.usage = Usage()
+        # Without retries (benchmarks, tools that call a client directly) a failed call fails the turn.
+        self.retries = retries
+        self._live: _Live | None = None
+        self.served_by: str | None = None  # the upstream that answered the turn's last model call
 
     async def run(self) -> TurnOutcome:
         round_no, first = await self._resume()
@@ -130,7 +155,9 @@ class AgentTurn:
             return first
         cut = first
         while True:
-            rnd = await self._stream_round(cut)
+            rnd = await self._round(cut)
+            if isinstance(rnd, TurnOutcome):
+                return rnd
             cut = None
             outcome = await self._after_round(rnd, round_no)
             if outcome is not None:
@@ -160,11 +187,17 @@ class AgentTurn:
         return None
 
     def _end(self, status: Status, incomplete_reason: str | None = None) -> TurnOutcome:
+        upstream = None
+        if self.served_by is not None:
+            metrics.UPSTREAM_SERVED.labels(self.served_by).inc()
+            # Named in the Response only for agents that can fall back: for the others it is always the same.
+            upstream = self.served_by if self.agent.fallbacks else None
         return TurnOutcome(
             status=status,
             output=self.settled_output(),
             usage=self.usage,
             incomplete_reason=incomplete_reason,
+            upstream=upstream,
         )
 
     def settled_output(self) -> list[Item]:
@@ -252,6 +285,55 @@ class AgentTurn:
                 return item["id"], index
         return None
 
+    # --- retrying the model ------------------------------------------------------------------------
+
+    async def _round(self, cut: _Cut | None) -> _Round | TurnOutcome:
+        """One model round; a failed call is retried (continuing what it streamed) while the retries allow."""
+        if self.retries is None:
+            return await self._stream_round(cut)
+        while True:
+            try:
+                rnd = await self._stream_round(cut)
+            except (openai.APIError, TimeoutError) as exc:
+                failure = classify(exc, self.limits.first_token_timeout_s)
+                continued = await self._cut_short()
+                if failure is None:
+                    if cut is not None and isinstance(exc, openai.APIStatusError):
+                        # The upstream refuses to go on from a partial answer: the turn ends with what was
+                        # streamed (the open message marked incomplete, as a turn stopped by a limit leaves it).
+                        return self._end(Status.INCOMPLETE, incomplete_reason="upstream_error")
+                    raise
+                cut = continued
+                delay = await self.retries.failed(failure)
+                if delay > self.limits.retry_inline_max_s:
+                    raise Backoff(delay) from exc  # the next attempt continues from what the stream holds
+                await asyncio.sleep(delay)
+                continue
+            self.served_by = self.retries.route.name
+            if self.retries.retrying:
+                await self.retries.served()
+            return rnd
+
+    async def _cut_short(self) -> _Cut | None:
+        """What the failed call had streamed, as the cut-off round the next call continues (None: start over).
+
+        An open reasoning item or refusal is closed with what it has and not continued, as in a re-run.
+        """
+        live, self._live = self._live, None
+        if live is None:
+            return None
+        await self._close(live.parts, "reasoning", "refusal")
+        text = live.parts.get("text")
+        calls = {id(c): c for c in [*live.resumed_calls, *live.calls.values()]}
+        ordered = sorted(calls.values(), key=lambda c: c.index)
+        for call in ordered:
+            # Its arguments are regenerated by the next call; only the part past what was streamed is sent.
+            call.resumed, call.regenerated = True, ""
+        if not live.rnd.text and not ordered:
+            return None
+        message = (text.item_id, text.index) if text else None
+        return _Cut(text=live.rnd.text, message=message, calls=ordered)
+
     # --- streaming from the model ---------------------------------------------------------------
 
     def _request(self, cut: _Cut | None) -> dict[str, Any]:
@@ -261,6 +343,8 @@ class AgentTurn:
             if self.continuation == "instruction":
                 messages.append({"role": "system", "content": CONTINUE_INSTRUCTION})
         kwargs = chat_request(self.req, self.agent, messages, self.chat_tools, self.output.items)
+        if self.retries is not None:
+            kwargs["model"] = self.retries.route.model
         if cut is not None and cut.text and self.continuation == "continue_final_message":
             # vLLM's (and compatible servers') native way to extend the last assistant message.
             kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
@@ -276,10 +360,16 @@ class AgentTurn:
         answering = cut is not None  # reasoning is only taken before the answer
         resumed_calls = cut.calls if cut else []
         calls: dict[int, _Call] = {}
+        self._live = _Live(rnd, parts, calls, resumed_calls)
+        client, upstream_name = self.client, None
+        if self.retries is not None:
+            route = self.retries.route
+            client, upstream_name = route.client, route.name
+            self.telemetry.agent(route.model)
         first_token = asyncio.timeout(self.limits.first_token_timeout_s)
-        async with self.telemetry.model_call() as upstream, first_token as deadline:
+        async with self.telemetry.model_call(upstream_name) as upstream, first_token as deadline:
             # Breaking out of this loop closes the HTTP stream, so a cancelled turn stops costing tokens at once.
-            async for chunk in chat_chunks(self.client, self._request(cut)):
+            async for chunk in chat_chunks(client, self._request(cut)):
                 deadline.reschedule(None)
                 if upstream.waiting:
                     upstream.first_chunk(chunk)
@@ -331,6 +421,7 @@ class AgentTurn:
                 if choice.get("finish_reason"):
                     rnd.finish_reason = choice["finish_reason"]
             upstream.done(rnd.usage, rnd.finish_reason)
+        self._live = None
         if not rnd.over_budget:
             await self._close(parts, "reasoning", "refusal", "text")
         # Calls a dead attempt opened stay in the turn even if the model did not produce them again:

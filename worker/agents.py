@@ -18,8 +18,9 @@ from types import ModuleType
 from typing import Any, Literal
 
 from worker.tools import Tool, ToolSet
+from worker.upstreams import Upstream
 
-__all__ = ["Agent", "AgentRegistry", "load_agents"]
+__all__ = ["Agent", "AgentRegistry", "Upstream", "load_agents"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class Agent:
     truncation: Literal["auto", "disabled"] = "disabled"
     # History past this many estimated tokens is summarised into a compaction item (None: never).
     compact_threshold_tokens: int | None = None
+    # Further upstreams, tried in order when the worker's own fails past its share of retries or cools down.
+    fallbacks: tuple[Upstream, ...] = ()
+    # This agent's retry budget per turn, in seconds (None: TURNSTREAM_UPSTREAM_RETRY_BUDGET_S).
+    retry_budget_s: float | None = None
     toolset: ToolSet = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -58,6 +63,13 @@ class Agent:
             raise ValueError(f"{where}: compact_threshold_tokens must be >= 1, got {self.compact_threshold_tokens}")
         if self.truncation not in ("auto", "disabled"):
             raise ValueError(f"{where}: truncation must be 'auto' or 'disabled', got {self.truncation!r}")
+        if self.retry_budget_s is not None and not self.retry_budget_s > 0:
+            raise ValueError(f"{where}: retry_budget_s must be positive, got {self.retry_budget_s}")
+        fallbacks = tuple(self.fallbacks)
+        for upstream in fallbacks:
+            if not isinstance(upstream, Upstream):
+                raise ValueError(f"{where}: fallbacks must be Upstream(...) entries, got {upstream!r}")
+        object.__setattr__(self, "fallbacks", fallbacks)
         # A list is an easy slip in a profile module; a tuple keeps the frozen agent truly immutable.
         tools = tuple(self.tools)
         try:

@@ -15,6 +15,9 @@ with `job_completion_wait`) and its key names; it replaces arq's polling, claimi
 | `close`                  | arq's, tolerating a Redis that is away                                      |
 | `log_redis_info` (module)| one INFO read, not arq's INFO+DBSIZE pipeline (fakeredis has no INFO)       |
 
+arq counts every run of a job against `max_tries`; a turn that goes back on the queue to wait out its
+upstream's Retry-After takes that run back (`not_a_try`).
+
 Where turnstream writes arq's data itself: the job record and its queue entry (shared/queue.py, with
 arq's `serialize_job`, in the accept and enqueue scripts), arq's key names (shared/keys.py, from
 `arq.constants`), and arq's finish bookkeeping (`finish_job` in shared/lua/lib.lua). arq's job aborts stay
@@ -47,6 +50,7 @@ from typing import Any
 
 from arq.connections import create_pool
 from arq.worker import Worker
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from shared import keys, metrics
@@ -54,6 +58,11 @@ from worker.job_leases import JobLeases, now_ms
 from worker.redis_retry import TRANSIENT, Outage
 
 log = logging.getLogger(__name__)
+
+
+async def not_a_try(redis: Redis, job_id: str) -> None:
+    """The job's current run does not count against arq's max_tries (arq incremented its counter at start)."""
+    await redis.decr(keys.arq_retry(job_id))
 
 
 class FastPickupWorker(Worker):

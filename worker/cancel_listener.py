@@ -4,6 +4,10 @@ One pub/sub subscription per process (not per turn). A turn registers before it 
 published between its start and its registration cannot slip through. Pub/sub forgets what it sent while
 a subscriber was away, so after every (re)subscription the sticky `cancel` field of each registered turn
 is read back; the same field is also seen on every event flush.
+
+A turn waiting out an upstream's Retry-After back on the queue runs nowhere: a cancel for a turn this
+process does not run moves its job's due time to now (if it lay ahead), so the first worker free starts it,
+sees the cancel and commits it at once instead of after the wait.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 
+from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
 from shared import keys, response_record
@@ -32,8 +37,10 @@ class CancelHandle:
 
 
 class CancelListener:
-    def __init__(self, redis: Redis, outage: Outage) -> None:
+    def __init__(self, redis: Redis, outage: Outage, queue_name: str | None = None) -> None:
         self._redis = redis
+        self._queue = queue_name
+        self._hurried: set[asyncio.Task[None]] = set()
         self._outage = outage
         self._handles: dict[str, CancelHandle] = {}
         self._task: asyncio.Task[None] | None = None
@@ -70,9 +77,14 @@ class CancelListener:
                         if message.get("type") != "message":
                             continue
                         data = message["data"]
-                        handle = self._handles.get(data.decode() if isinstance(data, bytes) else data)
+                        response_id = data.decode() if isinstance(data, bytes) else data
+                        handle = self._handles.get(response_id)
                         if handle is not None:
                             handle.request()
+                        elif self._queue is not None:
+                            task = asyncio.create_task(self._due_now(response_id))
+                            self._hurried.add(task)
+                            task.add_done_callback(self._hurried.discard)
             except asyncio.CancelledError:
                 raise
             except TRANSIENT as exc:
@@ -82,6 +94,12 @@ class CancelListener:
             except Exception:
                 log.warning("cancel subscription lost; resubscribing", exc_info=True)
                 await asyncio.sleep(1)
+
+    async def _due_now(self, response_id: str) -> None:
+        """A job due later (a turn waiting for its upstream) becomes due now; any other is left as it is."""
+        assert self._queue is not None
+        with contextlib.suppress(*TRANSIENT):
+            await self._redis.zadd(self._queue, {response_id: timestamp_ms()}, xx=True, lt=True)
 
     async def _catch_up(self) -> None:
         """Honours cancels published while this process was not subscribed."""

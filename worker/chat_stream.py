@@ -2,8 +2,9 @@
 
 The SDK's own stream builds a pydantic model per chunk (~155 µs of CPU per chunk measured here, 96 µs of
 it in `construct_type`); orjson parses the same line in a few µs, and a turn reads every chunk. The SDK
-still does everything else: building and authenticating the request, connect retries, and its typed
-errors (`APIStatusError` and friends) for a non-2xx answer, raised before the first line is read.
+still does everything else: building and authenticating the request, and its typed
+errors (`APIStatusError` and friends) for a non-2xx answer, raised before the first line is read. Its
+own retries are off (worker/upstreams.py): the turn retries, and can continue a cut stream (worker/upstream_retry.py).
 
 Chat Completions streams put one JSON object on each `data:` line and end with `data: [DONE]` (OpenAI,
 Azure, vLLM, Ollama, llama.cpp); other SSE fields and comments carry nothing a turn needs.
@@ -20,6 +21,10 @@ import orjson
 from openai import APIConnectionError, APIError, AsyncOpenAI
 
 Chunk = dict[str, Any]
+
+
+class StreamCut(APIConnectionError):
+    """The connection broke off after the stream began: what was streamed stands, the rest is missing."""
 
 _DRAIN_S = 1.0  # a server that keeps the body open after [DONE] is not waited for longer than this
 
@@ -46,7 +51,7 @@ async def chat_chunks(client: AsyncOpenAI, request: dict[str, Any]) -> AsyncIter
             except Exception as exc:
                 # A connection cut mid-stream surfaces as the SDK's HTTP client's own error; report it the
                 # way the SDK reports a connection that failed before the stream began.
-                raise APIConnectionError(
+                raise StreamCut(
                     message=f"the upstream stream broke off ({type(exc).__name__})",
                     request=response.http_response.request,
                 ) from exc

@@ -10,7 +10,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 from arq.worker import Retry, func
-from openai import AsyncOpenAI, DefaultAioHttpClient
+from openai import AsyncOpenAI
 
 from shared import keys, metrics, tracing
 from shared.logs import log_context
@@ -20,12 +20,13 @@ from shared.redis_conn import redis_settings
 from shared.settings import Settings
 from shared.turn_state import Retention, TurnState
 from worker.agents import AgentRegistry, load_agents
-from worker.arq_worker import FastPickupWorker
+from worker.arq_worker import FastPickupWorker, not_a_try
 from worker.cancel_listener import CancelListener
 from worker.redis_retry import TRANSIENT, Outage
 from worker.sweeper import Sweeper
-from worker.turn import TurnRunner
+from worker.turn import Deferred, TurnRunner
 from worker.upstream_diagnostics import check_upstream_models
+from worker.upstreams import make_client
 from worker.webhook_delivery import WebhookDelivery
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ async def run_turn(ctx: dict[str, Any], response_id: str, conversation_id: str |
             # arq deletes a job whose function raised; a Redis outage is not the turn's failure, so the job
             # goes back on the queue instead and the re-run continues from what was streamed.
             raise Retry(defer=1) from exc
+        except Deferred as wait:
+            # Back on the queue, due when the upstream's wait ends.
+            await not_a_try(runner.redis, job_id)
+            raise Retry(defer=wait.delay_s) from wait
         log.info("turn ended: %s", result)
         return result
 
@@ -60,13 +65,8 @@ async def publish_agents(redis: ArqRedis, agents: AgentRegistry) -> None:
 
 
 def upstream_client(settings: Settings) -> AsyncOpenAI:
-    """The openai SDK client every turn of this process calls the model with (one connection pool)."""
-    return AsyncOpenAI(
-        base_url=settings.upstream_base_url,
-        api_key=settings.openai_api_key.get_secret_value(),
-        timeout=settings.upstream_timeout_s,
-        http_client=DefaultAioHttpClient() if settings.upstream_http_client == "aiohttp" else None,
-    )
+    """The openai SDK client every turn of this process calls its upstream with (one connection pool)."""
+    return make_client(settings, settings.upstream_base_url, settings.openai_api_key.get_secret_value())
 
 
 def build_worker(
@@ -81,7 +81,7 @@ def build_worker(
         if settings.worker_metrics_port:
             ctx["metrics"] = metrics.serve(settings.host, settings.worker_metrics_port)
         await outage.call(lambda: publish_agents(pool, agents), "agent publish")
-        cancels = CancelListener(pool, outage)
+        cancels = CancelListener(pool, outage, settings.queue_name)
         await cancels.start()
         client = upstream_client(settings)
         state = TurnState(pool, Retention.from_settings(settings), Durability.from_settings(settings))
@@ -105,6 +105,7 @@ def build_worker(
             await asyncio.gather(ctx["webhooks"], return_exceptions=True)
             await ctx["cancels"].stop()
             await ctx["client"].close()
+            await ctx["runner"].upstreams.close()
 
     return FastPickupWorker(
         functions=[func(run_turn, name=RUN_TURN, max_tries=settings.job_max_tries + 1, timeout=_JOB_TIMEOUT_S)],

@@ -39,8 +39,18 @@ from worker.redis_retry import TRANSIENT, Outage
 from worker.resume import Resumed, fold
 from worker.turn_telemetry import TurnTelemetry
 from worker.upstream_diagnostics import describe_upstream_error
+from worker.upstream_retry import Backoff, Exhausted, TurnRetries, deferrals, deferred_attempt
+from worker.upstreams import UpstreamPool
 
 log = logging.getLogger(__name__)
+
+
+class Deferred(Exception):
+    """The turn waits for its upstream back on the queue: its job is to be run again in `delay_s`."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(f"deferred {delay_s:.1f}s")
+        self.delay_s = delay_s
 
 
 class TurnRunner:
@@ -62,6 +72,7 @@ class TurnRunner:
         self.writes = AppendBatcher(self.state, settings.append_tick_ms / 1000)
         self.agents = agents
         self.client = client
+        self.upstreams = UpstreamPool(redis, settings, client)
         self.cancels = cancels
         # The worker's claims (job id -> token, score): a job whose commit finished it leaves them, so the
         # worker sends no bookkeeping of its own for it (see worker/arq_worker.py).
@@ -98,8 +109,11 @@ class TurnRunner:
                 await self._commit(req, started.attempt, TurnOutcome(status=Status.CANCELLED), claim)
                 return Status.CANCELLED.value
             if started.attempt > self.settings.job_max_tries:
-                await self._commit(req, started.attempt, gave_up(started.attempt - 1), claim)
-                return Status.FAILED.value
+                # Attempts that went back on the queue to wait for the upstream are not worker deaths.
+                waits = await self.outage.call(lambda: deferrals(self.redis, response_id), "retry state")
+                if started.attempt - waits > self.settings.job_max_tries:
+                    await self._commit(req, started.attempt, gave_up(started.attempt - 1 - waits), claim)
+                    return Status.FAILED.value
             return await self._execute(req, started.attempt, handle, claim, announced=started.announced)
         finally:
             self.cancels.unregister(response_id)
@@ -121,7 +135,11 @@ class TurnRunner:
         self, req: TurnRequest, attempt: int, handle: CancelHandle, claim: JobClaim | None, *, announced: bool
     ) -> str:
         resumed = await self._resumed(req.response_id, attempt)
-        with TurnTelemetry(req, attempt, resumed=bool(resumed)).attempt_span() as telemetry:
+        rerun = attempt > 1
+        if rerun:
+            waited = await self.outage.call(lambda: deferred_attempt(self.redis, req.response_id), "retry state")
+            rerun = waited != attempt - 1
+        with TurnTelemetry(req, attempt, resumed=bool(resumed), rerun=rerun).attempt_span() as telemetry:
             return await self._execute_attempt(req, attempt, handle, claim, resumed, telemetry, announced=announced)
 
     async def _execute_attempt(
@@ -154,7 +172,20 @@ class TurnRunner:
                 if req.compact_only:
                     outcome = await context_window.compacted_context(req, agent, history, self.settings, self.client)
                 else:
-                    limits = Limits(self.settings.first_token_timeout_s, self.settings.max_output_bytes)
+                    limits = Limits(
+                        self.settings.first_token_timeout_s,
+                        self.settings.max_output_bytes,
+                        self.settings.upstream_retry_inline_max_s,
+                    )
+                    retries = TurnRetries(
+                        self.redis,
+                        self.upstreams,
+                        self.settings,
+                        self.upstreams.routes(agent.model, agent.fallbacks),
+                        req.response_id,
+                        budget_s=agent.retry_budget_s,
+                    )
+                    await self.outage.call(lambda: retries.start(resumed=attempt > 1), "retry state")
                     turn = AgentTurn(
                         req,
                         agent,
@@ -166,8 +197,17 @@ class TurnRunner:
                         resumed=resumed,
                         continuation=self.settings.upstream_continuation,
                         telemetry=telemetry,
+                        retries=retries,
                     )
-                    outcome = await self._outcome(turn, handle)
+                    try:
+                        outcome = await self._outcome(turn, handle)
+                    except Backoff as backoff:
+                        # Written now: the attempt that runs after the wait continues from the stream.
+                        await emitter.flush()
+                        emitter.discard()
+                        await self.outage.call(lambda: retries.deferred(attempt), "retry state")
+                        log.info("turn %s waits %.1fs for its upstream on the queue", req.response_id, backoff.delay_s)
+                        raise Deferred(backoff.delay_s) from backoff
             telemetry.ended(outcome)
             if outcome.status == Status.CANCELLED:
                 emitter.discard()
@@ -207,6 +247,10 @@ class TurnRunner:
                 else f"no output from the model within {self.settings.first_token_timeout_s:g}s"
             )
             return failed(which)
+        except Exhausted as exc:
+            return TurnOutcome(status=Status.FAILED, error={"code": exc.code, "message": exc.message})
+        except Backoff:
+            raise
         except openai.APIStatusError as exc:
             if context_window.is_context_overflow(exc):
                 message = f"context_length_exceeded: {exc.message} (send truncation: \"auto\" to window the history)"

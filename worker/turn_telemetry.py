@@ -23,9 +23,11 @@ _PROVIDER = "openai"  # the wire protocol upstream speaks: OpenAI-compatible Cha
 
 
 class TurnTelemetry:
-    def __init__(self, req: TurnRequest, attempt: int, *, resumed: bool = False) -> None:
+    def __init__(self, req: TurnRequest, attempt: int, *, resumed: bool = False, rerun: bool | None = None) -> None:
         self.req = req
         self.attempt = attempt
+        # An attempt after a wait for the upstream on the queue is no re-run: its previous one did not die.
+        self.rerun = attempt > 1 if rerun is None else rerun
         self.project = req.project
         self.span: tracing.AnySpan = tracing.NO_SPAN
         self.upstream_model = req.model
@@ -45,7 +47,7 @@ class TurnTelemetry:
     def attempt_span(self) -> Iterator[TurnTelemetry]:
         """The attempt's `invoke_agent` span, a child of the API request that accepted the turn."""
         req = self.req
-        if self.attempt > 1:
+        if self.rerun:
             metrics.TURN_RERUNS.labels(req.model, self.project).inc()
         self.span = tracing.start_span(
             f"invoke_agent {req.model}",
@@ -91,8 +93,9 @@ class TurnTelemetry:
             self._first_output_pending = False
             self._ttft.observe(max(0.0, time.time() - self.req.accepted_at_ms / 1000))
 
-    def model_call(self) -> ModelCall:
-        return ModelCall(self)
+    def model_call(self, upstream: str | None = None) -> ModelCall:
+        """`upstream` names the endpoint called (worker/upstreams.py), when the turn may use several."""
+        return ModelCall(self, upstream)
 
     async def run_tool(self, tool: Tool, arguments: str, *, timeout_s: float, call: ToolCall) -> ToolResult:
         """Runs a server tool inside its `execute_tool` span (current, so the tool's own spans nest under it)."""
@@ -128,8 +131,9 @@ class ModelCall:
 
     waiting = True  # for the first chunk; the agent loop checks this per chunk and nothing else
 
-    def __init__(self, turn: TurnTelemetry) -> None:
+    def __init__(self, turn: TurnTelemetry, upstream: str | None = None) -> None:
         self.turn = turn
+        self.upstream = upstream
         self.started = time.perf_counter()
         self.first_at = 0.0
         self.response_id: str | None = None
@@ -147,6 +151,7 @@ class ModelCall:
                 "gen_ai.provider.name": _PROVIDER,
                 "gen_ai.request.model": turn.upstream_model,
                 "gen_ai.conversation.id": turn.req.conversation_id,
+                "turnstream.upstream": self.upstream,
             },
         )
         return self

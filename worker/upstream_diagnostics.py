@@ -36,12 +36,34 @@ def describe_upstream_error(exc: openai.APIError) -> str:
     if isinstance(exc, openai.APIStatusError):
         hint = _base_url_hint(exc.status_code, exc.request.url)
         return f"upstream model error {exc.status_code} from {url}: {exc.message}{hint}"
+    if refused(exc):
+        # The aiohttp transport reports a refused connection as "Request timed out.".
+        return f"connection refused to {_base(exc.request.url)}"
     return f"upstream model error at {url}: {exc.message}"
+
+
+def refused(exc: BaseException) -> bool:
+    """True when the error comes from a refused connection (the aiohttp transport calls it a timeout)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _base(url: object) -> str:
+    """The base URL a request went to: its URL without the endpoint's own path (/chat/completions)."""
+    shown = shown_url(url)
+    for endpoint in ("/chat/completions", "/models"):
+        if shown.endswith(endpoint):
+            return shown[: -len(endpoint)]
+    return shown
 
 
 async def check_upstream_models(client: AsyncOpenAI, agents: AgentRegistry) -> None:
     """Warns once, at start-up, when the upstream does not list a model an agent runs on."""
-    base = shown_url(client.base_url)
+    base = shown_url(client.base_url).rstrip("/")
     try:
         page = await client.with_options(timeout=_MODELS_CHECK_TIMEOUT_S, max_retries=0).models.list()
         listed = {model.id async for model in page}
@@ -50,7 +72,10 @@ async def check_upstream_models(client: AsyncOpenAI, agents: AgentRegistry) -> N
         log.warning("upstream %s: listing its models answered %d%s", base, exc.status_code, hint)
         return
     except openai.APIError as exc:
-        log.warning("upstream %s is not reachable yet (%s); turns fail until it is", base, exc.message)
+        if refused(exc):
+            log.warning("upstream %s refuses connections; turns fail (or fall back) until it answers", base)
+        else:
+            log.warning("upstream %s is not reachable yet (%s); turns fail until it is", base, exc.message)
         return
     missing = [agent for agent in agents if agent.model not in listed]
     if missing:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.ids import call_id
-from shared.mock import attachments
+from shared.mock import attachments, faults
 
 MAX_COUNT = 5000
 
@@ -158,6 +158,16 @@ def decide(
     text = reply.text or ""
     rest = text[len(partial) :] if text.startswith(partial) else text
     return Reply(text=rest or None, tool_calls=reply.tool_calls)
+
+
+def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The last user message as sent, cues included."""
+    return _last_user_raw_text(messages)
+
+
+def is_continuation(messages: Sequence[Mapping[str, Any]], continue_final_message: bool) -> bool:
+    """True when the request asks to go on from a cut-off answer."""
+    return _continuation(messages, continue_final_message)[0] is not None
 
 
 def _continuation(
@@ -381,6 +391,6 @@ def _last_user_raw_text(messages: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _strip_directives(text: str) -> str:
-    for pattern in (_DELAY_RE, _FAIL_MIDSTREAM_RE, _FAIL_RE, _ECHO_REQUEST_RE, _THINK_RE, _REFUSE_RE):
+    for pattern in (_DELAY_RE, _FAIL_MIDSTREAM_RE, _FAIL_RE, _ECHO_REQUEST_RE, _THINK_RE, _REFUSE_RE, *faults.PATTERNS):
         text = pattern.sub("", text)
     return re.sub(r"[ \t]{2,}", " ", text).strip()

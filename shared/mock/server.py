@@ -25,12 +25,15 @@ from shared.mock.brain import (
     Reply,
     count_tokens,
     decide,
+    is_continuation,
+    last_user_text,
     offered_tool_names,
     parse_directives,
     prompt_tokens,
     reasoning,
     tokenize,
 )
+from shared.mock.faults import FaultCues
 
 MODEL_ID = "turnstream-mock"
 _MODEL_CREATED = 1_700_000_000
@@ -39,6 +42,8 @@ _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 _FRAGMENT_SIZES = (4, 7, 5, 8, 6)
 # [fail-midstream] breaks the stream after this many content or argument chunks.
 _MIDSTREAM_FAIL_AFTER = 3
+# [silent] holds a stream open without a byte for this long, unless the client gives up first.
+_SILENT_S = 300.0
 
 
 class MockUpstreamFailure(RuntimeError):
@@ -93,6 +98,7 @@ def create_app(token_delay_ms: float = 15.0, context_tokens: int = 128_000) -> F
     app.add_middleware(_DropOnMidstreamFailure)
     # Streams currently producing; lets tests prove a client disconnect really stops generation.
     app.state.active_streams = 0
+    cues = FaultCues()
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -115,6 +121,10 @@ def create_app(token_delay_ms: float = 15.0, context_tokens: int = 128_000) -> F
         directives = parse_directives(chat.messages)
         if directives.fail or (directives.fail_midstream and not chat.stream):
             return _error_response(500, "mock upstream failure", "server_error", None)
+        continuing = is_continuation(chat.messages, chat.body.get("continue_final_message") is True)
+        fault = cues.next(last_user_text(chat.messages), continuation=continuing)
+        if fault.status is not None:
+            return JSONResponse(fault.body(), status_code=fault.status, headers=fault.headers)
         plan = _plan(chat, directives)
         delay_ms = directives.delay_ms if directives.delay_ms is not None else token_delay_ms
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
@@ -122,7 +132,8 @@ def create_app(token_delay_ms: float = 15.0, context_tokens: int = 128_000) -> F
         if not chat.stream:
             return JSONResponse(_completion(chat, plan, completion_id, created))
         delay_s = delay_ms / 1000.0
-        chunks = _stream(app, chat, plan, completion_id, created, delay_s, directives.fail_midstream)
+        fail_after = _MIDSTREAM_FAIL_AFTER if directives.fail_midstream else fault.cut_after
+        chunks = _silence() if fault.silent else _stream(app, chat, plan, completion_id, created, delay_s, fail_after)
         return StreamingResponse(
             chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
@@ -270,8 +281,9 @@ async def _stream(
     completion_id: str,
     created: int,
     delay_s: float,
-    fail_midstream: bool,
+    fail_after: int | None,
 ) -> AsyncIterator[str]:
+    """The completion's chunks; with `fail_after`, the stream breaks off after that many content pieces."""
     def chunk(delta: Mapping[str, Any], finish_reason: str | None = None) -> str:
         data: dict[str, Any] = {
             "id": completion_id,
@@ -303,12 +315,12 @@ async def _stream(
     try:
         yield chunk({"role": "assistant", "content": None if plan.reply.tool_calls else ""})
         for sent, delta in enumerate(pieces):
-            if fail_midstream and sent >= _MIDSTREAM_FAIL_AFTER:
+            if fail_after is not None and sent >= fail_after:
                 raise MockUpstreamFailure("mock upstream failure mid-stream")
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
             yield chunk(delta)
-        if fail_midstream:
+        if fail_after is not None:
             raise MockUpstreamFailure("mock upstream failure mid-stream")
         yield chunk({}, plan.finish_reason)
         if chat.include_usage:
@@ -325,6 +337,13 @@ async def _stream(
         yield "data: [DONE]\n\n"
     finally:
         app.state.active_streams -= 1
+
+
+async def _silence() -> AsyncIterator[str]:
+    """A stream whose headers were sent and that then says nothing (a provider that hangs)."""
+    await asyncio.sleep(_SILENT_S)
+    return
+    yield  # an async generator that yields nothing
 
 
 def _compact(data: Mapping[str, Any]) -> str:
