@@ -100,13 +100,7 @@ def check_seed_keys(settings: Settings) -> None:
 def _seed_error(error: Any) -> str:
     loc = [str(part) for part in error["loc"]]
     where = f"entry {loc[0]}" + (f" '{'.'.join(loc[1:])}'" if len(loc) > 1 else "") if loc else "the list"
-    if error["type"] == "too_short" and loc[-1:] == ["secret"]:
-        return (
-            f"{where} has {len(str(error['input']))} characters; a secret needs at least "
-            f"{error['ctx']['min_length']} (make one: python -c 'import secrets; "
-            "print(\"sk-ts-\" + secrets.token_urlsafe(32))')"
-        )
-    return f"{where}: {error['msg']}"
+    return f"{where}: {str(error['msg']).removeprefix('Value error, ')}"
 
 
 def listen(host: str, port: int, what: str, fix: str) -> socket.socket:

@@ -302,7 +302,7 @@ def test_a_seed_key_with_a_short_secret_is_named_in_characters(tmp_path: Path) -
     result = run_cli("api", env=env, cwd=tmp_path)
     assert result.returncode == 2
     line = one_line(result)  # nothing announced: stdout, where the banner goes, stayed empty
-    assert line.startswith("turnstream api: TURNSTREAM_API_KEYS: entry 1 'secret' has 5 characters")
+    assert line.startswith("turnstream api: TURNSTREAM_API_KEYS: entry 1 'secret': the secret has 5 characters")
     assert "at least 32" in line and "items" not in line and "token_urlsafe" in line
 
 
