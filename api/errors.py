@@ -153,7 +153,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RedisTimeoutError)
     async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
         metrics.REDIS_ERRORS.inc()
-        log.warning("redis unavailable: %s", exc)
+        services = getattr(request.app.state, "services", None)
+        if services is not None:
+            services.fanout.redis_failed(exc)  # one line per outage, however many requests it refuses
+        else:
+            log.warning("redis unavailable: %s", exc)
         return _render(store_unavailable())
 
     @app.exception_handler(Exception)

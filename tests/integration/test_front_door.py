@@ -306,6 +306,29 @@ def test_a_seed_key_with_a_short_secret_is_named_in_characters(tmp_path: Path) -
     assert "at least 32" in line and "items" not in line and "token_urlsafe" in line
 
 
+def test_api_logs_a_redis_outage_once_however_many_requests_it_refuses(tmp_path: Path, start: object) -> None:
+    server = start_redis(tmp_path)
+    env = clean_env(TURNSTREAM_REDIS_URL=server.url, TURNSTREAM_AUTH="off")
+    api = start("api", env=env)  # type: ignore[operator]
+    root = f"http://127.0.0.1:{env['TURNSTREAM_PORT']}"
+    wait_ready(f"{root}/readyz", api)
+    server.proc.terminate()
+    server.proc.wait(timeout=10)
+    for _ in range(5):
+        assert httpx.get(f"{root}/v1/models", timeout=10).status_code == 503
+    time.sleep(2.5)  # the fan-out's reader retries every second meanwhile
+    server = start_redis(tmp_path, server.port)
+    try:
+        wait_until(lambda: "Redis reachable again" in api.err, 30, "the recovery line")
+        assert httpx.get(f"{root}/v1/models", timeout=10).status_code == 200
+        lines = api.err.splitlines()
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=10)
+    assert sum("cannot reach Redis" in line for line in lines) == 1, api.err
+    assert sum("Redis reachable again" in line for line in lines) == 1, api.err
+
+
 def test_api_banner_says_keys_are_required_and_how_to_make_one(tmp_path: Path, start: object,
                                                                redis_server: RedisServer) -> None:
     env = clean_env(TURNSTREAM_REDIS_URL=redis_server.url)

@@ -629,4 +629,4 @@ async def test_a_redis_outage_is_logged_once_when_it_begins_and_once_when_it_end
             await fanout.stop()
     lines = [r.getMessage() for r in caplog.records if r.name == "api.fanout"]
     assert len(lines) == 2, lines
-    assert lines[0].startswith("fan-out cannot read Redis (Error 111") and "reads Redis again after" in lines[1]
+    assert lines[0].startswith("cannot reach Redis (Error 111") and lines[1].startswith("Redis reachable again after")
