@@ -9,6 +9,7 @@ $(BIN)/turnstream: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps 'agent-framework-ag-ui>=1.7,<2'  # see the dev extras in pyproject.toml
 	touch $(BIN)/turnstream
 
 install: $(BIN)/turnstream

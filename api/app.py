@@ -24,7 +24,7 @@ from api.auth import RequestBudgetHeaders, authenticate
 from api.deps import Services
 from api.disconnect import DisconnectCancels
 from api.fanout import Fanout
-from api.routes import compact, conversations, metrics, playground, responses, system, websocket
+from api.routes import agui, compact, conversations, metrics, playground, responses, system, websocket
 from api.sse import ExposeConnection
 from shared import tracing
 from shared.api_keys import KeyStore, SeedKey, seed_from_settings
@@ -124,6 +124,7 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
     app.include_router(conversations.router)
     app.include_router(system.router)
     app.include_router(websocket.router)
+    app.include_router(agui.router)
     app.include_router(metrics.router)
     app.include_router(playground.router)
     app.mount(playground.ASSETS_PATH, playground.assets(), name="playground")
@@ -132,11 +133,14 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
 
 async def _seed(store: KeyStore, seeds: Sequence[SeedKey]) -> None:
     """Applies the seeded keys; retried while Redis is away, since a node may start before it."""
+    failed = False
     while True:
         try:
             await store.seed(seeds)
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            log.warning("seeding API keys failed (%s); retrying", exc)
+            if not failed:  # one line per outage, not one a second
+                log.warning("seeding API keys failed (%s); retrying every second", exc)
+            failed = True
             await asyncio.sleep(1)
         else:
             log.info("seeded %d API keys", len(seeds))

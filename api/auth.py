@@ -48,11 +48,11 @@ async def authenticate(request: HTTPConnection, svc: ServicesDep) -> Caller:
     if secret is None:
         raise _unauthorized(
             "You didn't provide an API key. Send it in an Authorization header using Bearer auth "
-            "(Authorization: Bearer YOUR_KEY)."
+            f"(Authorization: Bearer YOUR_KEY). {MAKE_A_KEY}"
         )
     found = await svc.limiter.authorize(digest(secret))
     if found is None:
-        raise _unauthorized("Incorrect API key provided.")
+        raise _unauthorized(f"Incorrect API key provided. {MAKE_A_KEY}")
     setattr(request.state, _BUDGET, found.budget)
     if not found.allowed:
         retry_s = max(1, math.ceil(found.budget.retry_after_ms / 1000))
@@ -68,6 +68,9 @@ async def authenticate(request: HTTPConnection, svc: ServicesDep) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
+
+# Where keys come from, for whoever reads a 401: the service's operator makes them.
+MAKE_A_KEY = "Keys are made with `turnstream keys create --project NAME` on a machine that reaches the API's Redis."
 
 
 def _bearer(header: str | None) -> str | None:

@@ -110,7 +110,29 @@ def from_validation(exc: ValidationError | RequestValidationError) -> APIError:
         return invalid(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
     if kind == "extra_forbidden":
         return invalid(f"Unknown parameter: '{param}'.", param, "unknown_parameter")
-    return invalid(f"Invalid value for '{param}': {first.get('msg', 'invalid')}.", param)
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    return invalid(f"Invalid value for '{param}': {message}.", param)
+
+
+# The first path segment of every /v1 resource, to recognise a URL that left out /v1.
+_V1_RESOURCES = ("responses", "conversations", "models", "agui")
+_SERVED = "/v1/responses, /v1/conversations, /v1/models and /v1/agui/{model}"
+
+
+def unknown_path(method: str, path: str) -> str:
+    """What a request for a path no route serves is told: the likely mistake, and what is served."""
+    if path.rstrip("/").endswith("/chat/completions"):
+        return (
+            f"turnstream does not serve Chat Completions ({method} {path}); it serves the Responses API: "
+            "POST /v1/responses (the openai SDK's client.responses.create)."
+        )
+    first = path.strip("/").split("/", 1)[0]
+    if first in _V1_RESOURCES:
+        return (
+            f"Unknown path '{path}': every route is under /v1 (did you mean /v1{path}?). "
+            "Point the SDK's base_url at http://HOST:PORT/v1."
+        )
+    return f"Unknown path '{path}' ({method}). This server serves {_SERVED}, under the base URL http://HOST:PORT/v1."
 
 
 def _render(err: APIError) -> JSONResponse:
@@ -133,6 +155,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404 and exc.detail == "Not Found":  # the router's: no route has this path
+            return _render(APIError(404, unknown_path(request.method, request.url.path), code="not_found"))
         code = "not_found" if exc.status_code == 404 else None
         return _render(APIError(exc.status_code, str(exc.detail), code=code))
 
@@ -140,7 +164,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RedisTimeoutError)
     async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
         metrics.REDIS_ERRORS.inc()
-        log.warning("redis unavailable: %s", exc)
+        services = getattr(request.app.state, "services", None)
+        if services is not None:
+            services.fanout.redis_failed(exc)  # one line per outage, however many requests it refuses
+        else:
+            log.warning("redis unavailable: %s", exc)
         return _render(store_unavailable())
 
     @app.exception_handler(Exception)

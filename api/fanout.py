@@ -87,6 +87,7 @@ class Fanout:
         self._waking: asyncio.Task[None] | None = None
         self._wake_due = False
         self._poll_s = poll_s
+        self._down_since: float | None = None  # when the current Redis outage began, as this process saw it
         self.keepalive_s = keepalive_s
         self.stall_timeout_s = stall_timeout_s
         self.max_streams = max_streams
@@ -230,6 +231,18 @@ class Fanout:
             if not watch.subscribers:
                 del self._watches[key]
 
+    def redis_failed(self, exc: BaseException) -> None:
+        """Notes a failed Redis call of this process: logged when an outage begins, not on every call."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("cannot reach Redis (%s); answering 503 until it is back", exc)
+
+    def _redis_back(self) -> None:
+        # The reader's blocking read is the one call that runs all the time: its first success ends the outage.
+        if self._down_since is not None:
+            log.warning("Redis reachable again after %.1fs", time.monotonic() - self._down_since)
+            self._down_since = None
+
     async def _read_forever(self) -> None:
         while True:
             try:
@@ -237,12 +250,14 @@ class Fanout:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                # Redis is away: a line per retry says so; a traceback per second would bury it.
-                log.warning("fan-out cannot read Redis (%s); retrying", exc)
+                self.redis_failed(exc)
                 await asyncio.sleep(self._poll_s)
+                continue
             except Exception:
                 log.warning("fan-out read failed; retrying", exc_info=True)
                 await asyncio.sleep(self._poll_s)
+                continue
+            self._redis_back()
 
     async def _read_once(self) -> None:
         streams = {self._wake_key: self._wake_position}

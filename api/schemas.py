@@ -61,6 +61,14 @@ class CreateResponseBody(BaseModel):
     # Accepted: turnstream never pads events with an obfuscation field, whatever it says.
     stream_options: dict[str, Any] | None = None
 
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input_shape(cls, value: Any) -> Any:
+        # Otherwise the union's first member speaks alone: "should be a valid string", though a list is fine too.
+        if not isinstance(value, str | list):
+            raise ValueError("expected a string or a list of input items")
+        return value
+
     @field_validator("metadata")
     @classmethod
     def _metadata_size(cls, value: Metadata | None) -> Metadata | None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, TypeAdapter, field_validator
 from redis.asyncio import Redis
 
 from shared import keys
@@ -70,10 +70,22 @@ class SeedKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     project: ProjectName
-    secret: SecretStr = Field(min_length=_MIN_SEED_SECRET_CHARS)
+    secret: SecretStr
     name: str = Field(default="", max_length=64)
     rpm: int | None = Field(default=None, ge=1)
     max_concurrent: int | None = Field(default=None, ge=1)
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, secret: SecretStr) -> SecretStr:
+        # pydantic's own message would count "items"; a secret is counted in characters.
+        length = len(secret.get_secret_value())
+        if length < _MIN_SEED_SECRET_CHARS:
+            raise ValueError(
+                f"the secret has {length} characters; it needs at least {_MIN_SEED_SECRET_CHARS} (make one: "
+                """python -c 'import secrets; print("sk-ts-" + secrets.token_urlsafe(32))')"""
+            )
+        return secret
 
 
 _SEEDS = TypeAdapter(list[SeedKey])

@@ -87,6 +87,11 @@ def create_in(pipe: Pipeline, conversation: dict[str, Any], project: str, items:
         pipe.expire(keys.conversation_items(conversation_id), ttl_s)
 
 
+async def create_if_absent(redis: Redis, conversation: dict[str, Any], project: str, ttl_s: int) -> None:
+    """Creates an empty conversation under an id the caller derived (an AG-UI thread's); one that exists is kept."""
+    await redis.set(keys.conversation(conversation["id"]), stored(conversation, project), nx=True, ex=ttl_s)
+
+
 async def replace(redis: Redis, conversation: dict[str, Any], project: str) -> None:
     """Writes the conversation object back (its metadata changed); its TTL is kept."""
     await redis.set(keys.conversation(conversation["id"]), stored(conversation, project), keepttl=True)

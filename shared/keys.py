@@ -232,6 +232,12 @@ def idempotency(project: str, scope: str, key_digest: str) -> str:
     return f"{PREFIX}idempotency:{project}:{scope}:{key_digest}"
 
 
+def agui_run(project: str, run_digest: str) -> str:
+    """STRING: the response id of an AG-UI run, by its project and the sha256 of the client's own runId (any
+    string, so it is hashed, never part of a key as it is); kept as long as the response."""
+    return f"{PREFIX}agui-run:{project}:{run_digest}"
+
+
 def webhook_endpoints(project: str) -> str:
     """HASH: endpoint id -> endpoint JSON (url, events, secret) of one project's webhooks."""
     return f"{PREFIX}webhooks:{project}"

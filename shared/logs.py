@@ -117,6 +117,53 @@ def configure_logging(fmt: LogFormat, level: int = logging.INFO, stream: TextIO 
         logger.handlers.clear()
         logger.propagate = True
         logger.setLevel(logging.NOTSET)
+    # A line per upstream HTTP request (the openai SDK's transports) says nothing the turn's own lines do not.
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    arq_worker = logging.getLogger("arq.worker")
+    if not any(isinstance(f, ArqJobLines) for f in arq_worker.filters):
+        arq_worker.addFilter(ArqJobLines())
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, OnceEach) for f in uvicorn_error.filters):
+        uvicorn_error.addFilter(OnceEach())
+
+
+class ArqJobLines(logging.Filter):
+    """Drops arq's lines per job start and end and per health record: the worker logs each turn's end itself
+    ("turn ended: completed"), with the turn's identifiers."""
+
+    _PREFIXES = ("%6.2fs → ", "%6.2fs ← ", "recording health")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self._PREFIXES)
+
+
+class OnceEach(logging.Filter):
+    """Passes each distinct lifecycle line once: `dev` runs two uvicorn servers (API and mock model) in one
+    process, and each would say "Started server process", "Application startup complete" and so on."""
+
+    _LIFECYCLE = (
+        "Started server process",
+        "Waiting for application",
+        "Application startup complete",
+        "Shutting down",
+        "Application shutdown complete",
+        "Finished server process",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if not message.startswith(self._LIFECYCLE):
+            return True
+        line = record.getMessage()
+        if line in self._seen:
+            return False
+        self._seen.add(line)
+        return True
 
 
 class LogContextMiddleware:

@@ -38,4 +38,8 @@ async def connect(settings: Settings, embedded: EmbeddedRedis | None = None) -> 
 
 def redis_settings(settings: Settings) -> RedisSettings:
     assert settings.redis_url is not None
-    return RedisSettings.from_dsn(settings.redis_url)
+    redis = RedisSettings.from_dsn(settings.redis_url)
+    # arq's own connect retries log a countdown ("5 retries remaining...") that starts over on every attempt;
+    # the worker retries a connect itself (worker/redis_retry.py), logging once per outage.
+    redis.conn_retries = 0
+    return redis

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TURNSTREAM_", env_file=".env", extra="ignore")
@@ -21,6 +23,19 @@ class Settings(BaseSettings):
     # narrows the writes a failover can lose. 0 = answer once the primary has it (Redis' own default).
     redis_wait_replicas: int = Field(default=0, ge=0)
     redis_wait_timeout_ms: int = Field(default=100, ge=1)  # then the answer goes out anyway, counted
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str | None) -> str | None:
+        # redis-py and arq would each fail later with a traceback of their own; say it once, here.
+        if value == "":
+            return None  # Compose and Kubernetes pass an unset optional value as an empty string
+        if value is not None and not value.startswith(_REDIS_SCHEMES):
+            raise ValueError(
+                f"{value!r} has no scheme; it must start with redis://, rediss:// or unix:// "
+                f"(e.g. redis://{value.split('/')[0] or '127.0.0.1:6379'}/0)"
+            )
+        return value
 
     # --- Upstream model ----------------------------------------------------------------------
     # Unset base URL means the built-in mock model served by `turnstream dev` (or `turnstream mock`).

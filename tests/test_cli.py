@@ -216,12 +216,43 @@ def test_chat_streams_answers_keeps_the_conversation_and_shows_tool_calls(stack:
     assert "bot> Nice to meet you, Ravi.\n" in text
     assert "bot> Your name is Ravi.\n" in text
     call = text.index('[calling get_weather({"city": "Bengaluru"})]\n')
-    done = text.index("[get_weather done]\n")
+    done = text.index("[get_weather → Bengaluru: 24°C")  # the tool's result, on its own line
     answer = text.index("bot> The weather in Bengaluru is Bengaluru: 24°C")
     assert call < done < answer
     # The call line stands alone: no empty `bot> ` before it, nothing glued after it.
     assert "bot> [calling" not in text and "bot> \n" not in text
     assert text.endswith("you> \n")  # the prompt that met end of input
+
+
+def test_chat_commands_start_resume_and_switch(stack: Stack) -> None:
+    first = _chat(stack, "My name is Ravi.\n")
+    earlier = first.splitlines()[0].split("conversation ")[1].split(".")[0]
+    text = _chat(stack, "\n".join([
+        "My name is Asha.",
+        "/new",
+        "What is my name?",  # a new conversation does not know
+        f"/resume {earlier}",
+        "What is my name?",
+        "/resume conv_" + "0" * 48,
+        "/model no-such-model",
+        "/model turnstream-mock-notools",
+        "What is the weather in Bengaluru?",  # an agent without tools answers without calling one
+        "/frobnicate",
+    ]) + "\n")
+    lines = text.splitlines()
+    new = next(line for line in lines if line.startswith("[new conversation conv_"))
+    assert earlier not in new
+    answers = [line for line in lines if line.startswith("bot> ")]
+    assert answers[0] == "bot> Nice to meet you, Asha."
+    assert "Ravi" not in answers[1] and "Asha" not in answers[1]
+    assert f"[resumed conversation {earlier}; last message (assistant): Nice to meet you, Ravi.]" in lines
+    assert answers[2] == "bot> Your name is Ravi."
+    assert f"[no conversation conv_{'0' * 48}; still in {earlier}]" in lines
+    refused = next(line for line in lines if line.startswith("[no model 'no-such-model'; served: "))
+    assert "turnstream-mock-notools" in refused
+    switched = lines.index("[model turnstream-mock-notools]")
+    assert len(answers) == 4 and not any(line.startswith("[calling") for line in lines[switched:])
+    assert any(line.startswith("[unknown command '/frobnicate'; /new") for line in lines)
 
 
 def test_chat_skips_empty_lines_and_stops_at_quit(stack: Stack) -> None:
@@ -467,17 +498,29 @@ async def test_tail_of_an_unknown_response_exits_1(stack: Stack, capsys: pytest.
 # --- the command itself -------------------------------------------------------------------------
 
 
-def test_help_lists_the_main_settings(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--help"], ["api", "--help"], ["dev", "--help"]):
+def test_help_lists_the_main_settings_once_on_top(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help(capsys, ["--help"])
+    for variable in ("TURNSTREAM_REDIS_URL", "OPENAI_BASE_URL", "TURNSTREAM_AGENTS", "TURNSTREAM_LOG_FORMAT"):
+        assert variable in text, variable
+    commands = ("dev", "api", "worker", "mock", "chat", "tail", "keys", "webhooks")
+    for argv in ([command, "--help"] for command in commands):
         with pytest.raises(SystemExit) as exited:
             main(argv)
         assert exited.value.code == 0
-        text = capsys.readouterr().out
-        for variable in ("TURNSTREAM_REDIS_URL", "OPENAI_BASE_URL", "TURNSTREAM_AGENTS", "TURNSTREAM_LOG_FORMAT"):
-            assert variable in text, (argv, variable)
+        sub_help = capsys.readouterr().out
+        assert "TURNSTREAM_LOG_FORMAT" not in sub_help, argv
+        if argv[0] not in ("keys", "webhooks"):  # those two talk to Redis only, and say so in their own help
+            assert "`turnstream --help` lists the main ones" in sub_help, argv
+        assert len(sub_help.splitlines()) < 20, argv
     main_help = _help(capsys, ["api", "--help"])
     assert "--host" in main_help and "--port" in main_help
     assert "--port" in _help(capsys, ["mock", "--help"])
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    assert _help(capsys, ["--version"]).strip() == f"turnstream {version('turnstream')}"
 
 
 def _help(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
@@ -507,3 +550,46 @@ def test_env_file_is_ignored_by_git() -> None:
     root = Path(__file__).resolve().parent.parent
     ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=root, check=False)
     assert ignored.returncode == 0, ".env (documented for secrets) must be in .gitignore"
+
+
+async def test_tail_after_the_last_event_of_an_ended_response_says_so_and_succeeds(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    response_id = await _create(stack, "count to 3")
+    assert await _wait_finished(stack, response_id) == "completed"
+    last = _events(await _tail_api(stack, response_id, -1))[-1][0]
+    assert await _tail_api(stack, response_id, last) == []
+    note = capsys.readouterr().err
+    assert f"{response_id} ended (completed) at event {last}; nothing follows it" in note
+    assert "None" not in note
+    assert await _tail_redis(stack, response_id, last) == []
+    assert f"ended (completed) at event {last}" in capsys.readouterr().err
+
+
+async def test_tail_from_redis_past_the_last_event_is_refused(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    response_id = await _create(stack, "count to 2")
+    assert await _wait_finished(stack, response_id) == "completed"
+
+    async def direct() -> int | str | None:
+        redis = stack.embedded.client(stack.settings)
+        try:
+            await run_tail(stack.settings, response_id, 10_000, None, out=io.StringIO(), redis=redis)
+        except SystemExit as exc:
+            return exc.code
+        finally:
+            await redis.aclose()
+        return None
+
+    assert await stack.on_stack(direct()) == 2
+    assert "--after 10000 is past the last event" in capsys.readouterr().err
+
+
+def test_tail_piped_into_head_ends_quietly(stack: Stack, tmp_path: Path) -> None:
+    response_id = asyncio.run(_create(stack, "count to 400"))
+    asyncio.run(_wait_finished(stack, response_id))
+    script = f"{sys.executable} -m shared.cli tail {response_id} --url {stack.v1} | head -2"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert len(result.stdout.splitlines()) == 2
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode == 0

@@ -45,7 +45,10 @@ class Outage:
         metrics.REDIS_ERRORS.inc()
         if self.since is None:
             self.since = time.monotonic()
-            log.warning("redis unavailable (%s: %s) during %s; retrying", type(exc).__name__, exc, what)
+            log.warning(
+                "cannot reach Redis (%s: %s) during %s; retrying; check TURNSTREAM_REDIS_URL if it lasts",
+                type(exc).__name__, exc, what,
+            )
 
     def recovered(self) -> None:
         if self.since is not None:

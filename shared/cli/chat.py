@@ -35,6 +35,11 @@ QUIT = "/quit"
 PROMPT = "you> "
 BOT = "bot> "
 _DIM, _RESET = "\x1b[2m", "\x1b[0m"
+_MAX_RESULT_CHARS = 200  # a tool result longer than this is shown cut, on one line
+COMMANDS = (
+    "/new: start a new conversation · /resume ID: continue a conversation · /model NAME: switch model · "
+    "/quit (or Ctrl-D): leave"
+)
 
 
 def api_base_url(url: str) -> str:
@@ -49,6 +54,9 @@ def describe_api_error(exc: openai.APIError) -> str:
     message = body.get("message") if isinstance(body, dict) else None
     text = message if isinstance(message, str) and message else exc.message
     if isinstance(exc, openai.APIStatusError):
+        if exc.status_code == 401:
+            # The CLI sends TURNSTREAM_API_KEY: the one thing its user can change.
+            text = f"{text} Set TURNSTREAM_API_KEY to your key."
         return f"{exc.status_code} {text}"
     return text
 
@@ -129,7 +137,7 @@ class _Turn:
             elif isinstance(item, ResponseFunctionToolCallOutputItem):
                 name = self.tool_names.get(item.call_id or "", "tool")
                 failure = _tool_error(item.output)
-                p.note(f"[{name} failed: {failure}]" if failure else f"[{name} done]", dim=True)
+                p.note(f"[{name} failed: {failure}]" if failure else f"[{name} → {_clip(item.output)}]", dim=True)
         elif isinstance(event, ResponseCompletedEvent):
             if not self.shown:
                 p.note("[no output]", dim=True)
@@ -146,6 +154,12 @@ class _Turn:
                 p.note(f"[incomplete: {(details.reason if details else None) or 'unknown reason'}]")
             return True
         return False
+
+
+def _clip(output: object, limit: int = _MAX_RESULT_CHARS) -> str:
+    text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
+    text = " ".join(text.split())  # one line, whatever the tool returned
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _tool_error(output: object) -> str | None:
@@ -183,22 +197,75 @@ def run_chat(
             importlib.import_module("readline")
 
     with OpenAI(base_url=api_base_url(base_url), api_key=api_key or API_KEY) as client:
+        session = _Session(client, model, printer)
         try:
             conversation = client.conversations.create()
         except openai.APIError as exc:
             printer.note(f"[error: cannot start a conversation at {base_url}: {describe_api_error(exc)}]")
             raise SystemExit(1) from exc
+        session.conversation_id = conversation.id
         printer.note(f"turnstream chat: model {model}, conversation {conversation.id}. Ctrl-D to quit.")
+        printer.note(COMMANDS, dim=True)
         while True:
             line = _read_line(input_stream, printer, interactive)
             if line is None or line.strip() == QUIT:
                 return
-            if line.strip():
-                asked = _run_turn(client, model, conversation.id, line.strip(), printer)
+            line = line.strip()
+            if line.startswith("/"):
+                session.command(line)
+            elif line:
+                asked = _run_turn(client, session.model, session.conversation_id, line, printer)
                 # A tool that needs approval: ask, and answer in the next turn (which then goes on).
                 while asked:
                     answers = [_approval(request, input_stream, printer, interactive) for request in asked]
-                    asked = _run_turn(client, model, conversation.id, answers, printer)
+                    asked = _run_turn(client, session.model, session.conversation_id, answers, printer)
+
+class _Session:
+    """The model and conversation the next turn goes to, and the commands that change them."""
+
+    def __init__(self, client: OpenAI, model: str, printer: _Printer) -> None:
+        self.client = client
+        self.model = model
+        self.printer = printer
+        self.conversation_id = ""
+
+    def command(self, line: str) -> None:
+        name, _, argument = line.partition(" ")
+        argument = argument.strip()
+        try:
+            if name == "/new" and not argument:
+                self.conversation_id = self.client.conversations.create().id
+                self.printer.note(f"[new conversation {self.conversation_id}]")
+            elif name == "/resume" and argument:
+                self._resume(argument)
+            elif name == "/model" and argument:
+                self._switch_model(argument)
+            else:
+                self.printer.note(f"[unknown command {line!r}; {COMMANDS}]")
+        except openai.APIError as exc:
+            self.printer.note(f"[error: {describe_api_error(exc)}]")
+
+    def _resume(self, conversation_id: str) -> None:
+        try:
+            self.client.conversations.retrieve(conversation_id)
+        except openai.NotFoundError:
+            self.printer.note(f"[no conversation {conversation_id}; still in {self.conversation_id}]")
+            return
+        self.conversation_id = conversation_id
+        last = self.client.conversations.items.list(conversation_id, order="desc", limit=1).data
+        said = ""
+        if last and last[0].type == "message":
+            text = "".join(getattr(part, "text", "") or "" for part in last[0].content)
+            said = f"; last message ({last[0].role}): {_clip(text, 80)}"
+        self.printer.note(f"[resumed conversation {conversation_id}{said}]")
+
+    def _switch_model(self, model: str) -> None:
+        served = sorted(m.id for m in self.client.models.list())
+        if served and model not in served:
+            self.printer.note(f"[no model {model!r}; served: {', '.join(served)}]")
+            return
+        self.model = model
+        self.printer.note(f"[model {model}]")
 
 
 def _read_line(input_stream: TextIO, printer: _Printer, interactive: bool) -> str | None:

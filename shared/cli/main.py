@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shutil
 import socket
 import sys
@@ -20,7 +21,16 @@ from pydantic import ValidationError
 
 from shared.cli import keys as key_commands
 from shared.cli import status, webhooks
-from shared.cli.startup import StartupError, announce, listen, redacted, redis_problem, require_redis_url
+from shared.cli.startup import (
+    StartupError,
+    announce,
+    check_seed_keys,
+    listen,
+    redacted,
+    redis_errors,
+    redis_problem,
+    require_redis_url,
+)
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 
@@ -41,6 +51,9 @@ settings come from the environment (or a .env file in the working directory); th
   TURNSTREAM_LOG_FORMAT     human (default) or json: one object per line
   TURNSTREAM_MOCK_PORT      built-in mock model port (8001)
 every setting: the Settings table in README.md"""
+
+# Each subcommand's help points at the block above instead of repeating it.
+SEE_SETTINGS = "settings come from the environment (TURNSTREAM_*, OPENAI_*); `turnstream --help` lists the main ones"
 
 _PORT_FIX = "set TURNSTREAM_PORT or pass --port"
 _MOCK_PORT_FIX = "set TURNSTREAM_MOCK_PORT"
@@ -85,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         if not interactive:
             _tell(settings, f"turnstream {command}: stopped")
+    except BrokenPipeError:
+        # The reader went away (`turnstream tail ID | head`): not an error. Python would still try to flush
+        # stdout at exit and print a traceback about it; point stdout at /dev/null first, as its docs advise.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,10 +112,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog=SETTINGS_HELP,
         formatter_class=formatter,
     )
+    parser.add_argument("--version", action="version", version=f"turnstream {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, epilog=SETTINGS_HELP, formatter_class=formatter)
+        return sub.add_parser(name, help=help, description=help, epilog=SEE_SETTINGS, formatter_class=formatter)
 
     dev = command("dev", "API + worker + mock model in one process (embedded Redis unless a URL is set)")
     api = command("api", "serve the HTTP API")
@@ -127,6 +145,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("turnstream")
+    except PackageNotFoundError:  # a checkout run without installing it
+        return "unknown (not installed)"
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         name: value for name in ("host", "port", "mock_port") if (value := getattr(args, name, None)) is not None
@@ -137,7 +164,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _setting_error(error: Any) -> str:
     name = "_".join(str(part) for part in error["loc"]).upper()
-    return f"TURNSTREAM_{name}: {error['msg']}"
+    return f"TURNSTREAM_{name}: {error['msg'].removeprefix('Value error, ')}"
 
 
 def _exit(command: str, message: str, code: int) -> NoReturn:
@@ -158,8 +185,11 @@ def _run(command: str, args: argparse.Namespace, settings: Settings) -> None:
         run(_dev(settings))
     elif command == "api":
         run(_api(settings))
+    elif command == "worker" and args.check:
+        with redis_errors(settings.redis_url):
+            sys.exit(_worker_check(settings))
     elif command == "worker":
-        sys.exit(_worker_check(settings) if args.check else _worker(settings))
+        sys.exit(_worker(settings))
     elif command == "mock":
         run(_mock(settings))
     elif command == "chat":
@@ -171,9 +201,11 @@ def _run(command: str, args: argparse.Namespace, settings: Settings) -> None:
 
         run(run_tail(settings, args.response_id, args.after, args.url))
     elif command == "keys":
-        sys.exit(key_commands.run(settings, args))
+        with redis_errors(settings.redis_url):
+            sys.exit(key_commands.run(settings, args))
     elif command in ("webhooks", "status"):
-        sys.exit(args.handler(settings, args))
+        with redis_errors(settings.redis_url):
+            sys.exit(args.handler(settings, args))
 
 
 def _local_api(settings: Settings) -> str:
@@ -202,12 +234,21 @@ async def _api(settings: Settings) -> None:
     from api.app import create_app
 
     url = require_redis_url(settings)
+    check_seed_keys(settings)
     problem = await redis_problem(url)
     if problem:
         # Not fatal: the API starts while Redis is away, answers 503 meanwhile and recovers by itself.
         logging.getLogger("turnstream").warning("%s; answering 503 until it is reachable", problem)
     sock = listen(settings.host, settings.port, "the API", _PORT_FIX)
-    _tell(settings, f"turnstream api: API on {_local_api(settings)}, Redis {redacted(url)}", banner=True)
+    if settings.auth is False:
+        access = "open: no API key checked (TURNSTREAM_AUTH=off)"
+    else:
+        access = (
+            "API keys required: make one with `turnstream keys create --project NAME` (same TURNSTREAM_REDIS_URL); "
+            "clients send it as a Bearer token (the openai SDK's api_key)"
+        )
+    _tell(settings, f"turnstream api: API on {_local_api(settings)}, Redis {redacted(url)}; access: {access}",
+          banner=True)
     await _serve(create_app(settings), sock)
 
 
@@ -221,13 +262,11 @@ async def _mock(settings: Settings) -> None:
 
 
 def _worker(settings: Settings) -> int:
-    url = require_redis_url(settings)
+    require_redis_url(settings)
     asyncio.set_event_loop(new_event_loop())  # arq's Worker takes the current loop when it is built
     worker = _build_worker(settings)  # a bad agents module is reported before anything else
-    problem = asyncio.run(redis_problem(url))
-    if problem:
-        # Not fatal: a worker started before Redis (or during an outage) waits for it and then serves.
-        logging.getLogger("turnstream").warning("%s; waiting for it", problem)
+    # Not fatal when Redis is away: a worker started before Redis (or during an outage) waits for it, saying
+    # so once (worker/redis_retry.py), and then serves.
     worker.run()
     return 0
 
@@ -238,7 +277,9 @@ def _worker_check(settings: Settings) -> int:
     from shared import keys
     from shared.redis_conn import redis_settings
 
-    require_redis_url(settings)
+    url = require_redis_url(settings)
+    if problem := asyncio.run(redis_problem(url)):
+        raise StartupError(problem)
     # The worker refreshes its own key every 30 s (health_check_interval in worker/service.py).
     key = keys.worker_health(settings.queue_name, socket.gethostname())
     return asyncio.run(async_check_health(redis_settings(settings), key, settings.queue_name))
@@ -255,6 +296,16 @@ class _InProcessStop(logging.Filter):
         return True
 
 
+class _MockModelCalls(logging.Filter):
+    """In `dev` the mock model shares the process and its uvicorn access logger: a line per model call of
+    every turn would repeat what the turn's own lines say. The API answers that path with 404, never 200."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and len(args) == 5 and args[1:3] == ("POST", "/v1/chat/completions")
+                    and args[4] == 200)
+
+
 async def _dev(settings: Settings) -> None:
     from api.app import create_app
     from shared.mock.server import create_app as create_mock_app
@@ -262,6 +313,7 @@ async def _dev(settings: Settings) -> None:
 
     # Open unless TURNSTREAM_AUTH says otherwise, so the README's examples run with no key.
     settings = settings.model_copy(update={"auth": bool(settings.auth)})
+    check_seed_keys(settings)
     embedded = EmbeddedRedis() if settings.redis_url is None else None
     if embedded is None and (problem := await redis_problem(settings.redis_url or "")):
         raise StartupError(problem)
@@ -271,7 +323,8 @@ async def _dev(settings: Settings) -> None:
         mock_sock = listen(settings.host, settings.mock_port, "the built-in mock model", _MOCK_PORT_FIX)
     worker = _build_worker(settings, await connect(settings, embedded), handle_signals=False)
     logging.getLogger("arq.worker").addFilter(_InProcessStop())
-    _print_dev_banner(settings, embedded is not None)
+    logging.getLogger("uvicorn.access").addFilter(_MockModelCalls())
+    _print_dev_banner(settings, embedded is not None, _example_model(settings))
     tasks = [_serve(create_app(settings, embedded), api_sock), worker.async_run()]
     if mock_sock is not None:
         tasks.append(_serve(create_mock_app(settings.mock_token_delay_ms, settings.mock_context_tokens), mock_sock))
@@ -281,7 +334,15 @@ async def _dev(settings: Settings) -> None:
         await worker.close()
 
 
-def _print_dev_banner(settings: Settings, embedded: bool) -> None:
+def _example_model(settings: Settings) -> str:
+    """The model the banner's example names: the default one if an agent serves it, else the first agent."""
+    from worker.agents import load_agents
+
+    names = [agent.name for agent in load_agents(settings.agents).all()]
+    return settings.default_model if settings.default_model in names or not names else names[0]
+
+
+def _print_dev_banner(settings: Settings, embedded: bool, model: str) -> None:
     base = f"http://{settings.host}:{settings.port}"
     where = "embedded in-process Redis (nothing persists)" if embedded else redacted(settings.redis_url or "")
     upstream = settings.openai_base_url or f"built-in mock model on :{settings.mock_port}"
@@ -291,12 +352,13 @@ def _print_dev_banner(settings: Settings, embedded: bool) -> None:
         _tell(settings, headline, banner=True)
         return
     me = _self_command()
+    chat_model = f" --model {model}" if model != settings.default_model else ""
     print(
         f"\nturnstream dev: API on {base}/v1, {where}, upstream {upstream}\n"
         f"  access: {access}\n"
         f"  try:  curl -s {base}/v1/responses -H 'Content-Type: application/json' "
-        "-d '{\"model\": \"turnstream-mock\", \"input\": \"My name is Ravi.\"}'\n"
-        f"  or:   {me} chat --url {base}/v1\n"
+        f"-d '{{\"model\": \"{model}\", \"input\": \"My name is Ravi.\"}}'\n"
+        f"  or:   {me} chat --url {base}/v1{chat_model}\n"
         f"  and:  {me} tail RESPONSE_ID --url {base}/v1\n",
         flush=True,
     )

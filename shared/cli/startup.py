@@ -6,11 +6,16 @@ import asyncio
 import errno
 import logging
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
+from shared.api_keys import seed_from_settings
 from shared.settings import Settings
 
 log = logging.getLogger("uvicorn.error")
@@ -48,6 +53,23 @@ def require_redis_url(settings: Settings) -> str:
     return settings.redis_url
 
 
+def redis_failure(url: str, exc: BaseException) -> str:
+    """One line saying why Redis at `url` refused or failed, and which setting to check."""
+    text = (str(exc) or type(exc).__name__).rstrip(".")
+    if isinstance(exc, AuthenticationError) or text.startswith(("NOAUTH", "WRONGPASS", "invalid username-password")):
+        return f"Redis at {redacted(url)} refused the credentials ({text}); check the password in TURNSTREAM_REDIS_URL"
+    return f"cannot reach Redis at {redacted(url)} ({text}); check TURNSTREAM_REDIS_URL"
+
+
+@contextmanager
+def redis_errors(url: str | None) -> Iterator[None]:
+    """A command that only talks to Redis reports a Redis failure as one line (a StartupError), not a traceback."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StartupError(redis_failure(url or "", exc)) from None
+
+
 async def redis_problem(url: str) -> str | None:
     """Why Redis cannot be reached at `url`, or None when it answers."""
     client: Redis = Redis.from_url(url, socket_connect_timeout=_REDIS_PING_TIMEOUT_S)
@@ -55,10 +77,30 @@ async def redis_problem(url: str) -> str | None:
         async with asyncio.timeout(_REDIS_PING_TIMEOUT_S):
             await client.ping()
     except (RedisError, OSError, TimeoutError) as exc:
-        return f"cannot reach Redis at {redacted(url)} ({str(exc) or type(exc).__name__}); check TURNSTREAM_REDIS_URL"
+        return redis_failure(url, exc)
     finally:
         await client.aclose()
     return None
+
+
+def check_seed_keys(settings: Settings) -> None:
+    """A malformed TURNSTREAM_API_KEYS list, said in one line naming the entry and the fix, before anything starts."""
+    source = " / ".join(
+        name for name, value in (("TURNSTREAM_API_KEYS", settings.api_keys), ("TURNSTREAM_API_KEYS_FILE",
+                                 settings.api_keys_file)) if value is not None
+    )
+    try:
+        seed_from_settings(settings)
+    except OSError as exc:
+        raise StartupError(f"TURNSTREAM_API_KEYS_FILE={settings.api_keys_file}: {exc.strerror or exc}", 2) from None
+    except ValidationError as exc:
+        raise StartupError(f"{source}: {'; '.join(_seed_error(e) for e in exc.errors())}", 2) from None
+
+
+def _seed_error(error: Any) -> str:
+    loc = [str(part) for part in error["loc"]]
+    where = f"entry {loc[0]}" + (f" '{'.'.join(loc[1:])}'" if len(loc) > 1 else "") if loc else "the list"
+    return f"{where}: {str(error['msg']).removeprefix('Value error, ')}"
 
 
 def listen(host: str, port: int, what: str, fix: str) -> socket.socket:

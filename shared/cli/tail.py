@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from shared import response_record
 from shared.cli.chat import API_KEY, api_base_url, describe_api_error
 from shared.events import CREATED, IN_PROGRESS, QUEUED, TERMINAL_TYPES
+from shared.models import TERMINAL_STATUSES
 from shared.redis_conn import connect
 from shared.settings import Settings
 from shared.stream_tail import tail
@@ -67,6 +68,12 @@ async def _tail_redis(
         # tail() would otherwise wait forever on a stream that will never be written.
         if not await response_record.has_stream_or_record(redis, response_id):
             raise _fail(f"no response {response_id} (unknown, deleted, or expired)")
+        ending = await response_record.ending(redis, response_id)
+        if ending.status is not None and after > ending.last_seq:
+            raise _fail(f"--after {after} is past the last event of {response_id} ({ending.last_seq})", 2)
+        if ending.status is not None and ending.status.terminal and after == ending.last_seq:
+            _nothing_after(response_id, after, ending.status.value)
+            return
         async for event in tail(redis, response_id, after):
             printer.show(event.seq, event.type, event.attempt, event.json())
     except RedisError as exc:
@@ -93,6 +100,12 @@ async def _tail_api(url: str, api_key: str, response_id: str, after: int, printe
                     printer.show(event.sequence_number, event.type, attempts.see(event.type), data)
                     if event.type in TERMINAL_TYPES:
                         return
+            if printer.last_seq is None and after >= 0:
+                # Nothing came after --after: fine if the response had already ended there.
+                response = await client.responses.retrieve(response_id)
+                if response.status in TERMINAL_STATUSES:
+                    _nothing_after(response_id, after, str(response.status))
+                    return
         except openai.APIConnectionError as exc:
             if printer.last_seq is not None:
                 raise _fail(f"lost the API at {url}; resume with --after {printer.last_seq}") from exc
@@ -103,7 +116,12 @@ async def _tail_api(url: str, api_key: str, response_id: str, after: int, printe
         except openai.APIError as exc:
             resume = f"; resume with --after {printer.last_seq}" if printer.last_seq is not None else ""
             raise _fail(f"{describe_api_error(exc)}{resume}") from exc
-    raise _fail(f"the stream ended before a terminal event; resume with --after {printer.last_seq}")
+    last = printer.last_seq if printer.last_seq is not None else after
+    raise _fail(f"the stream ended before a terminal event; resume with --after {last}")
+
+
+def _nothing_after(response_id: str, after: int, status: str) -> None:
+    print(f"turnstream tail: {response_id} ended ({status}) at event {after}; nothing follows it", file=sys.stderr)
 
 
 class _AttemptCounter:

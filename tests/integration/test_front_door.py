@@ -18,9 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis as redis_lib
 from openai import OpenAI
 
-from tests.conftest import ROOT, RedisServer, Stack, free_port, wait_until
+from tests.conftest import ROOT, RedisServer, Stack, free_port, start_redis, wait_until
+from tests.integration.keyed_stack import KeyedStack
 
 README = (ROOT / "README.md").read_text()
 CLI = [sys.executable, "-P", "-m", "shared.cli"]
@@ -140,6 +142,21 @@ def test_readme_agents_file_loads_by_module_name_from_the_working_directory(tmp_
     assert [json.loads(output) for output in outputs] == [{"id": "A-17", "status": "shipped"}]
 
 
+def test_dev_with_custom_agents_suggests_a_model_it_serves(tmp_path: Path, start: object) -> None:
+    (tmp_path / "myagents.py").write_text(readme_agents_file())
+    env = clean_env(TURNSTREAM_AGENTS="myagents")
+    dev = start("dev", env=env, cwd=tmp_path)  # type: ignore[operator]
+    base = f"http://127.0.0.1:{env['TURNSTREAM_PORT']}/v1"
+    wait_ready(f"{base}/models", dev)
+    assert "turnstream-mock" not in dev.out
+    example = next(line for line in dev.out.splitlines() if "curl" in line)
+    assert '"model": "support"' in example and "chat --url" in dev.out and "--model support" in dev.out
+    body = example.split("-d '", 1)[1].rstrip("'")
+    wait_until(lambda: "support" in {m["id"] for m in httpx.get(f"{base}/models").json()["data"]}, 20, "agents")
+    answer = httpx.post(f"{base}/responses", json=json.loads(body), timeout=30)
+    assert answer.status_code == 200, answer.text
+
+
 def test_agents_module_that_is_nowhere_gets_one_line_naming_the_fix(tmp_path: Path) -> None:
     result = run_cli("worker", env=clean_env(TURNSTREAM_AGENTS="nosuchagents", TURNSTREAM_REDIS_URL="redis://x"),
                      cwd=tmp_path)
@@ -205,6 +222,133 @@ def test_worker_with_unreachable_redis_says_so_once_and_waits(tmp_path: Path, st
     warnings = [line for line in worker.err.splitlines() if "cannot reach Redis" in line]
     assert len(warnings) == 1 and "TURNSTREAM_REDIS_URL" in warnings[0], worker.err
     assert TRACEBACK not in worker.err
+    assert "retries remaining" not in worker.err  # arq's own connect countdown, which started over every time
+
+
+def test_worker_says_once_when_redis_comes_back(tmp_path: Path, start: object) -> None:
+    port = closed_port()
+    env = clean_env(TURNSTREAM_REDIS_URL=f"redis://127.0.0.1:{port}/0", TURNSTREAM_REDIS_RETRY_MAX_S="0.2")
+    worker = start("worker", env=env)  # type: ignore[operator]
+    wait_until(lambda: "cannot reach Redis" in worker.err, 30, "the worker's warning")
+    server = start_redis(tmp_path, port)
+    try:
+        wait_until(lambda: "worker ready" in worker.err, 30, "the worker, once Redis is up")
+    finally:
+        worker.stop()
+        server.proc.terminate()
+        server.proc.wait(timeout=10)
+    lines = worker.err.splitlines()
+    assert sum("cannot reach Redis" in line for line in lines) == 1, worker.err
+    assert sum("reachable again" in line for line in lines) == 1, worker.err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("keys", "list"), ("keys", "create", "--project", "p"), ("webhooks", "list", "--project", "p"),
+     ("worker", "--check")],
+    ids=["keys-list", "keys-create", "webhooks-list", "worker-check"],
+)
+def test_redis_commands_with_redis_away_say_so_in_one_line(tmp_path: Path, command: tuple[str, ...]) -> None:
+    result = run_cli(*command, env=clean_env(TURNSTREAM_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0"),
+                     cwd=tmp_path)
+    assert result.returncode == 1
+    line = one_line(result)
+    assert line.startswith(f"turnstream {command[0]}: cannot reach Redis at redis://127.0.0.1:")
+    assert "TURNSTREAM_REDIS_URL" in line
+
+
+@pytest.fixture
+def redis_with_password(tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--requirepass", "right"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: redis_lib.Redis(port=port, password="right").ping(), what="redis-server")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("command", [("keys", "list"), ("worker", "--check")], ids=["keys-list", "worker-check"])
+@pytest.mark.parametrize("password", ["wrong", None], ids=["wrong-password", "no-password"])
+def test_redis_commands_with_a_refused_password_name_the_setting(
+    tmp_path: Path, redis_with_password: int, command: tuple[str, ...], password: str | None
+) -> None:
+    auth = f":{password}@" if password else ""
+    env = clean_env(TURNSTREAM_REDIS_URL=f"redis://{auth}127.0.0.1:{redis_with_password}/0")
+    result = run_cli(*command, env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    line = one_line(result)
+    assert "refused the credentials" in line and "password in TURNSTREAM_REDIS_URL" in line
+    assert "wrong" not in line.split("(")[0]  # the URL is shown without its password
+
+
+@pytest.mark.parametrize("command", ["api", "worker", "keys"])
+def test_a_redis_url_without_a_scheme_is_named_with_the_fix(tmp_path: Path, command: str) -> None:
+    result = run_cli(command, *(["list"] if command == "keys" else []),
+                     env=clean_env(TURNSTREAM_REDIS_URL="localhost:6500"), cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line(result)
+    assert line.startswith(f"turnstream {command}: TURNSTREAM_REDIS_URL: 'localhost:6500' has no scheme")
+    assert "redis://localhost:6500/0" in line
+
+
+def test_a_seed_key_with_a_short_secret_is_named_in_characters(tmp_path: Path) -> None:
+    seeds = '[{"project": "a", "secret": "sk-ts-ok-' + "x" * 40 + '"}, {"project": "b", "secret": "short"}]'
+    env = clean_env(TURNSTREAM_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0", TURNSTREAM_API_KEYS=seeds)
+    result = run_cli("api", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line(result)  # nothing announced: stdout, where the banner goes, stayed empty
+    assert line.startswith("turnstream api: TURNSTREAM_API_KEYS: entry 1 'secret': the secret has 5 characters")
+    assert "at least 32" in line and "items" not in line and "token_urlsafe" in line
+
+
+def test_api_logs_a_redis_outage_once_however_many_requests_it_refuses(tmp_path: Path, start: object) -> None:
+    server = start_redis(tmp_path)
+    env = clean_env(TURNSTREAM_REDIS_URL=server.url, TURNSTREAM_AUTH="off")
+    api = start("api", env=env)  # type: ignore[operator]
+    root = f"http://127.0.0.1:{env['TURNSTREAM_PORT']}"
+    wait_ready(f"{root}/readyz?exclude=workers", api)
+    server.proc.terminate()
+    server.proc.wait(timeout=10)
+    for _ in range(5):
+        assert httpx.get(f"{root}/v1/models", timeout=10).status_code == 503
+    time.sleep(2.5)  # the fan-out's reader retries every second meanwhile
+    server = start_redis(tmp_path, server.port)
+    try:
+        wait_until(lambda: "Redis reachable again" in api.err, 30, "the recovery line")
+        assert httpx.get(f"{root}/v1/models", timeout=10).status_code == 200
+        lines = api.err.splitlines()
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=10)
+    assert sum("cannot reach Redis" in line for line in lines) == 1, api.err
+    assert sum("Redis reachable again" in line for line in lines) == 1, api.err
+
+
+def test_api_banner_says_keys_are_required_and_how_to_make_one(tmp_path: Path, start: object,
+                                                               redis_server: RedisServer) -> None:
+    env = clean_env(TURNSTREAM_REDIS_URL=redis_server.url)
+    api = start("api", env=env)  # type: ignore[operator]
+    wait_ready(f"http://127.0.0.1:{env['TURNSTREAM_PORT']}/readyz?exclude=workers", api)
+    banner = api.out
+    assert "API keys required" in banner and "turnstream keys create --project NAME" in banner
+
+
+def test_a_missing_or_wrong_key_is_told_where_keys_come_from(keyed: KeyedStack, tmp_path: Path) -> None:
+    for headers in ({}, {"Authorization": "Bearer sk-ts-wrong"}):
+        answer = httpx.get(f"{keyed.base_url()}/models", headers=headers)
+        assert answer.status_code == 401
+        assert "turnstream keys create" in answer.json()["error"]["message"]
+    env = clean_env()
+    chat = subprocess.run([*CLI, "chat", "--url", keyed.base_url()], input="hi\n", env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+    assert chat.returncode == 1 and "TURNSTREAM_API_KEY" in chat.stdout + chat.stderr
+    tail = run_cli("tail", "resp_" + "0" * 48, "--url", keyed.base_url(), env=env, cwd=tmp_path)
+    assert tail.returncode == 1 and "401" in tail.stderr and "TURNSTREAM_API_KEY" in tail.stderr
 
 
 def test_api_starts_while_redis_is_away_and_says_so(tmp_path: Path, start: object) -> None:
@@ -236,6 +380,26 @@ def test_dev_shows_where_it_listens_and_logs_each_request(tmp_path: Path, start:
     assert f"API on http://127.0.0.1:{port}/v1" in banner
     # The banner's commands run as typed here: `python -m shared.cli`, not a `turnstream` that is not on PATH.
     assert "-m shared.cli chat --url" in banner
+
+
+def test_dev_logs_a_turn_in_two_lines_and_starts_up_once(tmp_path: Path, start: object) -> None:
+    env = clean_env()
+    dev = start("dev", env=env)  # type: ignore[operator]
+    port = env["TURNSTREAM_PORT"]
+    wait_ready(f"http://127.0.0.1:{port}/readyz", dev)
+    wait_until(lambda: "worker ready" in dev.err, 10, "the worker")
+    before = len(dev.err.splitlines())
+    # Two model calls (the tool call, then the answer) and a tool run.
+    OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0).responses.create(
+        model="turnstream-mock", input="What is the weather in Bengaluru?"
+    )
+    wait_until(lambda: '"POST /v1/responses HTTP/1.1" 200' in dev.err, 10, "the access log line")
+    turn_lines = dev.err.splitlines()[before:]
+    assert len(turn_lines) == 2, turn_lines  # the turn's end, and the request's access line
+    assert "turn ended: completed" in turn_lines[0]
+    assert "httpx" not in dev.err and "chat/completions" not in dev.err
+    for line in ("Started server process", "Waiting for application startup", "Application startup complete"):
+        assert dev.err.count(line) == 1, dev.err
 
 
 def test_ctrl_c_stops_dev_with_a_plain_message(tmp_path: Path, start: object) -> None:
@@ -324,6 +488,40 @@ def test_tail_with_unreachable_redis_names_both_ways(tmp_path: Path) -> None:
 
 
 # --- a real upstream -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "hint"),
+    [
+        ("POST", "/v1/chat/completions", "POST /v1/responses"),
+        ("POST", "/chat/completions", "POST /v1/responses"),
+        ("POST", "/responses", "did you mean /v1/responses?"),
+        ("GET", "/models", "did you mean /v1/models?"),
+        ("GET", "/v1/nothing-here", "/v1/responses, /v1/conversations, /v1/models"),
+        ("GET", "/v2/responses", "under the base URL http://HOST:PORT/v1"),
+    ],
+    ids=["chat-completions", "chat-completions-without-v1", "responses-without-v1", "models-without-v1",
+         "unknown-v1-path", "unknown-version"],
+)
+def test_unserved_paths_get_an_openai_shaped_404_with_a_hint(stack: Stack, method: str, path: str, hint: str) -> None:
+    answer = httpx.request(method, stack.api_url + path, json={"model": "turnstream-mock", "input": "hi"})
+    assert answer.status_code == 404
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == "not_found"
+    assert hint in error["message"]
+
+
+def test_input_of_the_wrong_type_says_a_string_or_a_list(stack: Stack) -> None:
+    answer = httpx.post(f"{stack.base_url}/responses", json={"model": "turnstream-mock", "input": 5})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["param"] == "input"
+    assert error["message"] == "Invalid value for 'input': expected a string or a list of input items."
+
+
+def test_version_works_as_a_command(tmp_path: Path) -> None:
+    result = run_cli("--version", env=clean_env(), cwd=tmp_path)
+    assert result.returncode == 0 and re.fullmatch(r"turnstream \d+\.\d+\.\d+\n", result.stdout), result
 
 
 def test_unknown_model_error_names_the_settings_that_serve_it(stack: Stack) -> None:

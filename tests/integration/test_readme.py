@@ -25,6 +25,7 @@ EXPECTED_OUTPUT = {
     "conversation-feed": "response.completed",
     "approval": 'completed mcp_approval_request slow_tool {"seconds": 0.1}\nmcp_call Tool slow_tool returned: '
     "waited 0.1s.",
+    "agui": "Your name is Ravi.",
 }
 # Examples that need a stack of their own, and the test that runs each.
 RUN_ELSEWHERE = {"upstream-faults": "tests/integration/test_upstream_retries.py"}

@@ -250,12 +250,12 @@ def test_the_readme_webhooks_block_runs_verbatim(hook_stack: Stack, tmp_path: Pa
     command = tmp_path / "turnstream"
     command.write_text(f'#!/bin/sh\nexec {sys.executable} -c "from shared.cli import main; main()" "$@"\n')
     command.chmod(0o755)
-    listed_id = '"$(turnstream webhooks list | cut -d" " -f1)"'
-    script = block.replace("turnstream webhooks remove we_...", f"turnstream webhooks remove {listed_id}")
+    listed_id = '"$(turnstream webhooks list --project team-a | cut -d" " -f1)"'
+    script = block.replace("team-a we_...", f"team-a {listed_id}")
     env = {**hook_stack.env, "PATH": f"{tmp_path}:{hook_stack.env.get('PATH', '')}"}
     done = subprocess.run(["bash", "-e", "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     endpoint_id = done.stdout.split()[1]
-    assert endpoint_id.startswith("we_")
+    assert endpoint_id.startswith("we_") and "(project team-a)" in done.stdout  # where keyed clients' turns are
     assert f"{endpoint_id}  https://example.com/hooks/turnstream  response.completed response.failed" in done.stdout
     assert done.stdout.rstrip().endswith(f"removed {endpoint_id}")

@@ -593,3 +593,40 @@ async def test_a_creators_stream_joining_a_watch_already_reading_catches_up_from
     # Nothing live will follow: only reading Redis gets the creator's stream to its end.
     assert_complete(await creators_subscription(harness, response_id), 0, 11)
     await other.aclose()
+
+
+class _Outage:
+    """A reader whose reads fail `failures` times (Redis away), then block briefly and return nothing."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.reads = 0
+        self.recovered = asyncio.Event()
+
+    async def xread(self, *args: Any, **kwargs: Any) -> list[Any]:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        self.reads += 1
+        if self.reads <= self.failures:
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        if self.reads > self.failures + 3:
+            self.recovered.set()
+        await asyncio.sleep(0.01)
+        return []
+
+
+async def test_a_redis_outage_is_logged_once_when_it_begins_and_once_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reader = _Outage(failures=8)
+    fanout = Fanout(EmbeddedRedis().client(SETTINGS), reader, poll_s=0.001)  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="api.fanout"):
+        await fanout.start()
+        try:
+            async with asyncio.timeout(GUARD_S):
+                await reader.recovered.wait()
+        finally:
+            await fanout.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "api.fanout"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("cannot reach Redis (Error 111") and lines[1].startswith("Redis reachable again after")
