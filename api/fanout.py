@@ -30,8 +30,9 @@ from redis.exceptions import RedisError
 from api.sse import Frame, encode, http_chunk
 from api.subscription import Subscription
 from shared import events, keys, metrics
-from shared.events import StreamEvent, decode_entry
+from shared.events import StreamEvent
 from shared.models import TERMINAL_STATUSES
+from shared.stored_form import decode_entries, unpack_json
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +131,10 @@ class Fanout:
         """Up to a page of stored frames after `after_seq`, and whether there may be more."""
         start = f"{after_seq + 1}-0"
         entries = await self._redis.xrange(keys.events(response_id), min=start, max="+", count=_PAGE)
-        frames = []
+        frames: list[Frame] = []
         for _, entry in entries:
-            event = decode_entry(entry)
-            frames.append(Frame(event, encode(event)))
+            for event in decode_entries(entry, frames[-1].event.seq if frames else after_seq):
+                frames.append(Frame(event, encode(event)))
         return frames, len(entries) == _PAGE
 
     async def ended_after(self, response_id: str, seq: int) -> tuple[bool, Frame | None]:
@@ -147,7 +148,7 @@ class Fanout:
         last = int(last_seq or -1)
         if last <= seq or response is None or await self._redis.exists(keys.events(response_id)):
             return True, None
-        body = {**json.loads(response), "status": status.decode()}
+        body = {**json.loads(unpack_json(response)), "status": status.decode()}
         terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[status.decode()], body)
         event = StreamEvent(last, terminal["type"], 0, json.dumps({**terminal, "sequence_number": last}))
         return True, Frame(event, encode(event))
@@ -239,12 +240,16 @@ class Fanout:
             watch = self._watches.get(key)
             if watch is None:
                 continue
+            # A finished turn's compact entry holds all of it; what this watch has read before is dropped.
+            seen = int(watch.position.partition("-")[0]) if watch.position != "0-0" else -1
             watch.position = last_id
             watch.last_event = now
             frames = []
             for _, entry in entries:
-                event = decode_entry(entry)
-                frames.append(Frame(event, encode(event)))
+                for event in decode_entries(entry, seen):
+                    frames.append(Frame(event, encode(event)))
+            if not frames:
+                continue
             chunk = http_chunk(frames)
             for sub in watch.subscribers:
                 sub.push(frames, chunk, now)

@@ -22,6 +22,7 @@ from shared.models import DEFAULT_PROJECT, AgentCard, Status, TurnRequest
 from shared.rate_limits import turn_accounting
 from shared.records import load_response
 from shared.response_object import build_response
+from shared.stored_form import unpack_json
 from shared.turn_accept import NewTurn, Refusal, Slot
 
 
@@ -101,7 +102,7 @@ async def is_stored_response(svc: Services, response_id: str, project: str) -> b
     if status is None or request is None or (owner.decode() if owner else DEFAULT_PROJECT) != project:
         return False
     # A store=false response is never a base for another turn, as with OpenAI.
-    return TurnRequest.model_validate_json(request).store
+    return TurnRequest.model_validate_json(unpack_json(request)).store
 
 
 async def agent_card(svc: Services, model: str) -> AgentCard | None:

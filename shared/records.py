@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.models import DEFAULT_PROJECT, Item, Status, TurnRequest
+from shared.stored_form import unpack_json
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,12 @@ async def load_response(redis: Redis, response_id: str) -> ResponseRecord | None
     )
     if status is None or request is None or response is None:
         return None
-    body = json.loads(response)
+    body = json.loads(unpack_json(response))
     # The Response body is rewritten only when the turn finishes; the status field moves on its own.
     body["status"] = status.decode()
     return ResponseRecord(
         status=Status(status.decode()),
-        request=TurnRequest.model_validate_json(request),
+        request=TurnRequest.model_validate_json(unpack_json(request)),
         response=body,
         cancel_requested=bool(cancel),
     )
@@ -45,7 +46,7 @@ async def conversation_of(redis: Redis, response_id: str) -> str | None:
         return conversation.decode() or None
     if request is None:
         return None
-    return TurnRequest.model_validate_json(request).conversation_id
+    return TurnRequest.model_validate_json(unpack_json(request)).conversation_id
 
 
 async def load_conversation(redis: Redis, conversation_id: str) -> dict[str, Any] | None:

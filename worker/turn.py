@@ -99,7 +99,7 @@ class TurnRunner:
             if started.attempt > self.settings.job_max_tries:
                 await self._commit(req, started.attempt, gave_up(started.attempt - 1), claim)
                 return Status.FAILED.value
-            return await self._execute(req, started.attempt, handle, claim, announced=started.announced)
+            return await self._execute(req, started, handle, claim)
         finally:
             self.cancels.unregister(response_id)
 
@@ -116,12 +116,20 @@ class TurnRunner:
         """Waits for the turn ahead to wake this one as it commits; the timeout covers a wake that was lost."""
         await self.redis.blpop([keys.turn_wake(response_id)], timeout=1)
 
-    async def _execute(
-        self, req: TurnRequest, attempt: int, handle: CancelHandle, claim: JobClaim | None, *, announced: bool
-    ) -> str:
-        resumed = await self._resumed(req.response_id, attempt)
+    async def _execute(self, req: TurnRequest, started: Started, handle: CancelHandle, claim: JobClaim | None) -> str:
+        attempt = started.attempt
+        # What the stream holds as this attempt starts: a first run's start sent it back (with compact
+        # retention), a re-run reads it to continue what earlier attempts streamed.
+        before: list[events.StreamEvent] | None
+        if attempt > 1:
+            before = await self.outage.call(lambda: read_after(self.redis, req.response_id, -1), "stream read")
+            resumed = fold(before)
+        else:
+            before, resumed = started.entries, Resumed()
         with TurnTelemetry(req, attempt, resumed=bool(resumed)).attempt_span() as telemetry:
-            return await self._execute_attempt(req, attempt, handle, claim, resumed, telemetry, announced=announced)
+            return await self._execute_attempt(
+                req, attempt, handle, claim, resumed, telemetry, announced=started.announced, before=before
+            )
 
     async def _execute_attempt(
         self,
@@ -133,6 +141,7 @@ class TurnRunner:
         telemetry: TurnTelemetry,
         *,
         announced: bool,
+        before: list[events.StreamEvent] | None,
     ) -> str:
         emitter = Emitter(
             self.writes, req.response_id, attempt, self.settings.coalesce_ms / 1000, handle.request, self.outage
@@ -177,15 +186,9 @@ class TurnRunner:
             log.info("turn %s attempt %d stopped: %s", req.response_id, attempt, stale)
             emitter.discard()
             return "stale"
-        await self._commit(req, attempt, outcome, claim, pending)
+        stream = emitter.stream(before) if before is not None else None
+        await self._commit(req, attempt, outcome, claim, pending, stream)
         return outcome.status.value
-
-    async def _resumed(self, response_id: str, attempt: int) -> Resumed:
-        """What earlier attempts streamed; empty for a first run."""
-        if attempt <= 1:
-            return Resumed()
-        stream = await self.outage.call(lambda: read_after(self.redis, response_id, -1), "stream read")
-        return fold(stream)
 
     async def _outcome(self, turn: AgentTurn, handle: CancelHandle) -> TurnOutcome:
         task = asyncio.create_task(turn.run())
@@ -226,8 +229,10 @@ class TurnRunner:
         outcome: TurnOutcome,
         claim: JobClaim | None,
         pending: Sequence[events.Event] = (),
+        stream: list[events.StreamEvent] | None = None,
     ) -> None:
-        """Commits the turn with its `pending` events; a commit finishes the `claim`'s job in the same step."""
+        """Commits the turn with its `pending` events; a commit finishes the `claim`'s job in the same step.
+        `stream`: every entry the turn's stream holds, when this attempt knows them all (see TurnState.finish)."""
         response = build_response(req, outcome.status, outcome)
         items: list[Item] = []
         # store=false reads the conversation but adds nothing to it.
@@ -251,6 +256,7 @@ class TurnRunner:
                 project=req.project,
                 pending=pending,
                 job=claim,
+                stream=stream,
             ),
             "turn commit",
         )

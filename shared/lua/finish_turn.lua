@@ -8,8 +8,12 @@ local marker, running, retry, job, abort = KEYS[10], KEYS[11], KEYS[12], KEYS[13
 local expect, attempt_expected, maxlen, stream_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local response_ttl, conversation_ttl, final, response_json = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local terminal_type, terminal_json, rid, outbox_entry = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-local job_id, token, n_pending = ARGV[13], ARGV[14], tonumber(ARGV[15])
-local FIRST_PENDING = 16  -- n_pending (type, json) pairs, then the conversation items to append
+local job_id, token, input_tokens, output_tokens = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
+-- The whole stream, terminal event included, as one compressed entry (shared/stored_form.py), or ''; and the
+-- sequence number of the last entry the committing attempt knows the stream to hold.
+local compact, known_seq = ARGV[17], ARGV[18]
+local n_pending = tonumber(ARGV[19])
+local FIRST_PENDING = 20  -- n_pending (type, json) pairs, then the conversation items to append
 local pending_end = FIRST_PENDING - 1 + 2 * n_pending
 
 local st = redis.call('HMGET', resp, 'status', 'attempt')
@@ -23,10 +27,21 @@ if redis.call('EXISTS', conv) == 1 then
   redis.call('EXPIRE', conv, conversation_ttl)
 end
 redis.call('HSET', resp, 'status', final, 'response', response_json)
-settle_accounts(resp, rid, response_json)
--- What the turn's emitter had not written yet goes out here, in order, before the terminal event.
-for i = FIRST_PENDING, pending_end, 2 do append(resp, stream, attempt, maxlen, ARGV[i], ARGV[i + 1]) end
-append(resp, stream, attempt, maxlen, terminal_type, terminal_json)
+settle_accounts(resp, rid, input_tokens, output_tokens)
+-- The compact entry stands for the stream only if the stream holds every entry up to what the attempt knows
+-- (none trimmed, none it did not write or read): same count, same last sequence number.
+if compact ~= '' and redis.call('HGET', resp, 'seq') == known_seq
+    and redis.call('XLEN', stream) == tonumber(known_seq) + 1 then
+  local last = redis.call('HINCRBY', resp, 'seq', n_pending + 1)
+  -- One script, so a reader sees either every plain entry or the compact one, whose id (the last event's)
+  -- is past any position a reader of the plain entries can hold.
+  redis.call('DEL', stream)
+  redis.call('XADD', stream, last .. '-1', 'seq', last, 'events', compact)
+else
+  -- What the turn's emitter had not written yet goes out here, in order, before the terminal event.
+  for i = FIRST_PENDING, pending_end, 2 do append(resp, stream, attempt, maxlen, ARGV[i], ARGV[i + 1]) end
+  append(resp, stream, attempt, maxlen, terminal_type, terminal_json)
+end
 redis.call('EXPIRE', resp, response_ttl)
 redis.call('EXPIRE', stream, stream_ttl)
 redis.call('ZREM', active, rid)

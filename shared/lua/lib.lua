@@ -79,16 +79,16 @@ end
 
 -- Called as a turn commits: frees its API key's slot and adds its usage to its project's day. The response
 -- hash names the keys (fields `inflight`, `usage`), so every path that ends a turn settles it without
--- knowing about keys. The Response JSON is decoded once per turn, here.
-local function settle_accounts(resp, response_id, response_json)
+-- knowing about keys. The caller passes the token counts of its Response's usage ('' when it has none), so
+-- no script decodes a Response.
+local function settle_accounts(resp, response_id, input_tokens, output_tokens)
   local acct = redis.call('HMGET', resp, 'inflight', 'usage')
   if acct[1] then redis.call('ZREM', acct[1], response_id) end
   if not acct[2] then return end
   local day = math.floor(tonumber(redis.call('TIME')[1]) / 86400)
   redis.call('HINCRBY', acct[2], day .. ':turns', 1)
-  local usage = cjson.decode(response_json)['usage']
-  if type(usage) == 'table' then
-    redis.call('HINCRBY', acct[2], day .. ':input_tokens', tonumber(usage['input_tokens']) or 0)
-    redis.call('HINCRBY', acct[2], day .. ':output_tokens', tonumber(usage['output_tokens']) or 0)
+  if input_tokens ~= '' then
+    redis.call('HINCRBY', acct[2], day .. ':input_tokens', tonumber(input_tokens) or 0)
+    redis.call('HINCRBY', acct[2], day .. ':output_tokens', tonumber(output_tokens) or 0)
   end
 end
