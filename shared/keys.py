@@ -34,6 +34,12 @@ def events(response_id: str) -> str:
     return f"{PREFIX}events:{response_id}"
 
 
+def events_scratch(response_id: str) -> str:
+    """STREAM: exists only inside the commit script, which builds a finished turn's compact entry here and
+    COPYs it over the turn's stream: a stream's first XADD reserves 4 KB, a copy only what it holds."""
+    return f"{PREFIX}events-scratch:{response_id}"
+
+
 CONVERSATION_PREFIX = f"{PREFIX}conversation:"
 
 

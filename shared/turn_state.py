@@ -201,6 +201,7 @@ class TurnState:
                 keys.WEBHOOK_OUTBOX,
                 keys.turn_wake(response_id),
                 *(job or _NO_JOB).keys(),
+                keys.events_scratch(response_id),
             ],
             args=[
                 expect.value,

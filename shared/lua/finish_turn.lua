@@ -5,6 +5,7 @@
 local resp, stream, items, turns, conv, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local endpoints, outbox, own_wake = KEYS[7], KEYS[8], KEYS[9]
 local marker, running, retry, job, abort = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]  -- JobClaim.keys()
+local scratch = KEYS[15]  -- where the compact entry is built (see below)
 local expect, attempt_expected, maxlen, stream_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local response_ttl, conversation_ttl, final, response_json = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local terminal_type, terminal_json, rid, outbox_entry = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
@@ -34,9 +35,13 @@ if compact ~= '' and redis.call('HGET', resp, 'seq') == known_seq
     and redis.call('XLEN', stream) == tonumber(known_seq) + 1 then
   local last = redis.call('HINCRBY', resp, 'seq', n_pending + 1)
   -- One script, so a reader sees either every plain entry or the compact one, whose id (the last event's)
-  -- is past any position a reader of the plain entries can hold.
-  redis.call('DEL', stream)
-  redis.call('XADD', stream, last .. '-1', 'seq', last, 'events', compact)
+  -- is past any position a reader of the plain entries can hold; a blocked XREAD is woken by the new key.
+  -- Built in a scratch key and copied: a stream's first XADD reserves a 4 KB node, more than a short turn's
+  -- whole entry, while a copy allocates what the node holds.
+  redis.call('DEL', stream, scratch)
+  redis.call('XADD', scratch, last .. '-1', 'seq', last, 'events', compact)
+  redis.call('COPY', scratch, stream)
+  redis.call('DEL', scratch)
 else
   -- What the turn's emitter had not written yet goes out here, in order, before the terminal event.
   for i = FIRST_PENDING, pending_end, 2 do append(resp, stream, attempt, maxlen, ARGV[i], ARGV[i + 1]) end

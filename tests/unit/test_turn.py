@@ -155,7 +155,8 @@ async def test_in_progress_is_published_once_whoever_writes_it(redis: ArqRedis, 
 async def test_a_rerun_announces_itself_with_its_own_in_progress(redis: ArqRedis) -> None:
     worker = Worker(redis)
     req = await accepted(redis)
-    await TurnState(redis, worker.runner.state.retention).start(req.response_id, req.conversation_id)  # attempt 1 died after its start
+    # Attempt 1 died after its start.
+    await TurnState(redis, worker.runner.state.retention).start(req.response_id, req.conversation_id)
     job_id, token = await worker.claim()
 
     await worker.runner.run(req.response_id, req.conversation_id, job_id, token)
