@@ -98,6 +98,7 @@ async def test_an_accepted_turn_returns_exactly_the_response_it_stored(redis: Ar
 
     stored = await redis.hget(keys.response(req.response_id), "response")
     assert json.loads(returned) == json.loads(unpack_json(stored))
+    assert stored[:1] != b"{"  # kept compressed (shared/stored_form.py); what is returned is the JSON
     assert json.loads(returned)["status"] == "queued"
 
 
