@@ -7,6 +7,8 @@ Stream entry (one per event), id "<sequence_number>-1":
              lower attempt streamed and rebuild from the new attempt's events
     data     the event JSON, exactly what the SSE `data:` line carries (includes sequence_number)
 
+A finished turn's stream is usually one compact entry holding all of these (shared/stored_form.py).
+
 Builders here return the event without `sequence_number`; Redis splices it in when the entry is written.
 """
 

@@ -16,7 +16,7 @@ RESPONSE_PREFIX = f"{PREFIX}response:"
 
 def response(response_id: str) -> str:
     """HASH: status, attempt, seq (last sequence number), batch (last event batch written), cancel,
-    request (JSON), response (JSON), progress (the turn's `response.in_progress` event, encoded at accept
+    request (JSON), response (JSON) (each zlib-compressed unless it starts with "{", shared/stored_form.py), progress (the turn's `response.in_progress` event, encoded at accept
     for the worker to publish as it starts the turn; records of older API nodes lack it)."""
     return f"{RESPONSE_PREFIX}{response_id}"
 
@@ -30,7 +30,8 @@ SWEEPER_LOCK = f"{PREFIX}sweeper-lock"
 
 
 def events(response_id: str) -> str:
-    """STREAM: the response's events; entry id is "<sequence_number>-1"."""
+    """STREAM: the response's events; entry id is "<sequence_number>-1". Once the turn commits, usually one
+    compact entry of them all, id that of the last (shared/stored_form.py)."""
     return f"{PREFIX}events:{response_id}"
 
 
