@@ -16,8 +16,9 @@ RESPONSE_PREFIX = f"{PREFIX}response:"
 
 def response(response_id: str) -> str:
     """HASH: status, attempt, seq (last sequence number), batch (last event batch written), cancel,
-    request (JSON), response (JSON) (each zlib-compressed unless it starts with "{", shared/stored_form.py), progress (the turn's `response.in_progress` event, encoded at accept
-    for the worker to publish as it starts the turn; records of older API nodes lack it)."""
+    request (JSON), response (JSON) (each zlib-compressed unless it starts with "{": shared/stored_form.py),
+    progress (the turn's `response.in_progress` event, encoded at accept for the worker to publish as it starts
+    the turn; records of older API nodes lack it)."""
     return f"{RESPONSE_PREFIX}{response_id}"
 
 
