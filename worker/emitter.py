@@ -40,7 +40,10 @@ class Emitter:
         window_s: float,
         on_cancel_requested: Callable[[], None],
         outage: Outage,
+        *,
+        keep_written: bool = False,
     ) -> None:
+        """`keep_written`: record every event written, for `stream()`."""
         self._state = state
         self._response_id = response_id
         self._attempt = attempt
@@ -54,8 +57,9 @@ class Emitter:
         self._opened: set[str] = set()  # items whose opening is written or buffered, awaiting a first delta
         self._error: BaseException | None = None
         self.writes = 0
-        # Every event this emitter wrote, in order: with what the stream held before, the whole stream,
-        # which the commit compacts (shared/turn_state.py). Only what Redis acknowledged is here.
+        # Every event this emitter wrote, in order, when kept: with what the stream held before, the whole
+        # stream, which the commit compacts (shared/turn_state.py). Only what Redis acknowledged is here.
+        self._keep_written = keep_written
         self.written: list[events.Event] = []
 
     async def emit(self, event: events.Event) -> None:
@@ -120,7 +124,8 @@ class Emitter:
             cancel = await self._outage.call(
                 lambda: self._state.append(self._response_id, self._attempt, batch, batch_id), "event append"
             )
-            self.written += batch
+            if self._keep_written:
+                self.written += batch
             if cancel:
                 self._on_cancel()
 

@@ -143,8 +143,16 @@ class TurnRunner:
         announced: bool,
         before: list[events.StreamEvent] | None,
     ) -> str:
+        # With compact retention, the commit gets the whole stream as this attempt knows it.
+        known = before if self.state.retention.compact else None
         emitter = Emitter(
-            self.writes, req.response_id, attempt, self.settings.coalesce_ms / 1000, handle.request, self.outage
+            self.writes,
+            req.response_id,
+            attempt,
+            self.settings.coalesce_ms / 1000,
+            handle.request,
+            self.outage,
+            keep_written=known is not None,
         )
         pending: list[events.Event] = []
         try:
@@ -186,8 +194,7 @@ class TurnRunner:
             log.info("turn %s attempt %d stopped: %s", req.response_id, attempt, stale)
             emitter.discard()
             return "stale"
-        stream = emitter.stream(before) if before is not None else None
-        await self._commit(req, attempt, outcome, claim, pending, stream)
+        await self._commit(req, attempt, outcome, claim, pending, None if known is None else emitter.stream(known))
         return outcome.status.value
 
     async def _outcome(self, turn: AgentTurn, handle: CancelHandle) -> TurnOutcome:

@@ -40,8 +40,8 @@ if compact ~= '' and redis.call('HGET', resp, 'seq') == known_seq
   -- whole entry, while a copy allocates what the node holds.
   redis.call('DEL', stream, scratch)
   redis.call('XADD', scratch, last .. '-1', 'seq', last, 'events', compact)
-  redis.call('COPY', scratch, stream)
-  redis.call('DEL', scratch)
+  -- COPY came with Redis 6.2: before it, the entry keeps the node its XADD made.
+  if redis.pcall('COPY', scratch, stream) == 1 then redis.call('DEL', scratch) else redis.call('RENAME', scratch, stream) end
 else
   -- What the turn's emitter had not written yet goes out here, in order, before the terminal event.
   for i = FIRST_PENDING, pending_end, 2 do append(resp, stream, attempt, maxlen, ARGV[i], ARGV[i + 1]) end
