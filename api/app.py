@@ -28,6 +28,7 @@ from api.sse import ExposeConnection
 from shared import tracing
 from shared.api_keys import KeyStore, SeedKey, seed_from_settings
 from shared.logs import LogContextMiddleware, configure_logging
+from shared.lua import Durability
 from shared.rate_limits import Limiter
 from shared.redis_conn import EmbeddedRedis, connect
 from shared.settings import Settings, get_settings
@@ -75,9 +76,13 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
         app.state.services = Services(
             settings=settings,
             redis=redis,
-            state=TurnState(redis, Retention.from_settings(settings)),
+            state=TurnState(redis, Retention.from_settings(settings), Durability.from_settings(settings)),
             acceptor=TurnAcceptor(
-                redis, Retention.from_settings(settings), settings.queue_name, settings.max_queue_depth
+                redis,
+                Retention.from_settings(settings),
+                settings.queue_name,
+                settings.max_queue_depth,
+                Durability.from_settings(settings),
             ),
             agents=AgentDirectory(redis, passthrough=settings.allow_model_passthrough),
             fanout=fanout,

@@ -2,6 +2,7 @@
 
 APIError
  ├─ invalid input ........ 400 invalid_request_error (names the param)
+ ├─ previous_response_not_found 400 (a previous_response_id that cannot be used, for any reason)
  ├─ invalid_api_key ...... 401 (missing, wrong or revoked key: api/auth.py)
  ├─ not found ............ 404 invalid_request_error (also every malformed id, and another project's object)
  ├─ request_timeout ...... 408 (the body did not arrive in time; the connection is closed)
@@ -60,6 +61,13 @@ def invalid(message: str, param: str | None = None, code: str = "invalid_value")
 
 def not_found(kind: str, ident: str, param: str | None = None) -> APIError:
     return APIError(404, f"{kind} with id '{ident}' not found.", param=param, code="not_found")
+
+
+def previous_response_not_found(previous: str, reason: str = "") -> APIError:
+    # 400 with its own code, as OpenAI and the Open Responses WebSocket section answer: clients recover from
+    # it by sending the whole context again. Missing, malformed, another project's and unstored ids alike.
+    message = f"Previous response with id '{previous}' not found.{' ' + reason if reason else ''}"
+    return APIError(400, message, param="previous_response_id", code="previous_response_not_found")
 
 
 def store_unavailable() -> APIError:

@@ -29,10 +29,9 @@ from redis.exceptions import RedisError
 
 from api.sse import Frame, encode, http_chunk
 from api.subscription import Subscription
-from shared import events, keys, metrics
+from shared import events, keys, metrics, response_record
 from shared.events import StreamEvent
-from shared.models import TERMINAL_STATUSES
-from shared.stored_form import decode_entries, unpack_json
+from shared.stored_form import decode_entries
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +139,16 @@ class Fanout:
     async def ended_after(self, response_id: str, seq: int) -> tuple[bool, Frame | None]:
         """Whether nothing will ever follow `seq`; and the terminal frame, when the stream expired before
         the response did and `seq` is before its end (it is rebuilt from the stored Response)."""
-        status, last_seq, response = await self._redis.hmget(keys.response(response_id), ["status", "seq", "response"])
-        if status is None:
+        end = await response_record.ending(self._redis, response_id)
+        if end.status is None:
             return True, None  # deleted or expired: no event will ever come
-        if status.decode() not in TERMINAL_STATUSES:
+        if not end.status.terminal:
             return False, None
-        last = int(last_seq or -1)
-        if last <= seq or response is None or await self._redis.exists(keys.events(response_id)):
+        last = end.last_seq
+        if last <= seq or end.response_json is None or await self._redis.exists(keys.events(response_id)):
             return True, None
-        body = {**json.loads(unpack_json(response)), "status": status.decode()}
-        terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[status.decode()], body)
+        body = {**json.loads(end.response_json), "status": end.status.value}
+        terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[end.status.value], body)
         event = StreamEvent(last, terminal["type"], 0, json.dumps({**terminal, "sequence_number": last}))
         return True, Frame(event, encode(event))
 
@@ -283,7 +282,7 @@ class Fanout:
         # wait forever. One check per quiet response, not per subscriber.
         pipe = self._redis.pipeline(transaction=False)
         for watch in quiet:
-            pipe.exists(keys.response(watch.response_id))
+            response_record.exists_in(pipe, watch.response_id)
         try:
             found = await pipe.execute()
         except Exception:  # Redis away: the next round tries again

@@ -11,22 +11,24 @@ from pydantic_core import PydanticSerializationError
 
 from api import request_options as options
 from api.auth import Caller
+from api.continuation import Remembered, previous_context
 from api.deps import Services
 from api.errors import APIError, invalid, not_found
 from api.idempotency import Claim, in_use
 from api.schemas import CreateResponseBody, function_tools, normalise_input
-from shared import events, ids, keys, metrics, tracing
+from shared import events, ids, metrics, response_record, tracing
 from shared.events import StreamEvent
 from shared.logs import add_log_context
-from shared.models import DEFAULT_PROJECT, AgentCard, Status, TurnRequest
-from shared.rate_limits import turn_accounting
-from shared.records import load_response
+from shared.models import AgentCard, Status, TurnOutcome, TurnRequest
 from shared.response_object import build_response
-from shared.stored_form import unpack_json
+from shared.response_record import ResponseRecord
 from shared.turn_accept import NewTurn, Refusal, Slot
 
 
-async def build_request(svc: Services, body: CreateResponseBody, caller: Caller) -> TurnRequest:
+async def build_request(
+    svc: Services, body: CreateResponseBody, caller: Caller, remembered: Remembered | None = None
+) -> TurnRequest:
+    """The validated turn; `remembered` is a WebSocket's connection-local state (api/continuation.py)."""
     settings = svc.settings
     conversation_id = body.conversation_id
     if conversation_id and body.previous_response_id:
@@ -45,8 +47,9 @@ async def build_request(svc: Services, body: CreateResponseBody, caller: Caller)
     if conversation_id is not None and not ids.is_id(conversation_id, ids.CONVERSATION):
         raise not_found("Conversation", conversation_id, "conversation")
     previous = body.previous_response_id
-    if previous is not None and not await is_stored_response(svc, previous, caller.project):
-        raise not_found("Previous response", previous, "previous_response_id")
+    context = None
+    if previous is not None:
+        context = await previous_context(svc, previous, body.store is not False, caller.project, remembered)
     items = normalise_input(body.input)
     if len(items) > settings.max_input_items:
         raise invalid(f"'input' has {len(items)} items; the limit is {settings.max_input_items}.", "input")
@@ -64,6 +67,7 @@ async def build_request(svc: Services, body: CreateResponseBody, caller: Caller)
         input=items,
         conversation_id=conversation_id,
         previous_response_id=body.previous_response_id,
+        context=context,
         tools=tools,
         tool_choice=choice,
         parallel_tool_calls=True if body.parallel_tool_calls is None else body.parallel_tool_calls,
@@ -92,17 +96,6 @@ async def build_request(svc: Services, body: CreateResponseBody, caller: Caller)
         compact_threshold=compact_threshold,
         traceparent=tracing.current_traceparent(),
     )
-
-
-async def is_stored_response(svc: Services, response_id: str, project: str) -> bool:
-    """Whether `response_id` names a stored response of `project` that a new turn may build on."""
-    if not ids.is_id(response_id, ids.RESPONSE):
-        return False
-    status, owner, request = await svc.redis.hmget(keys.response(response_id), ["status", "project", "request"])
-    if status is None or request is None or (owner.decode() if owner else DEFAULT_PROJECT) != project:
-        return False
-    # A store=false response is never a base for another turn, as with OpenAI.
-    return TurnRequest.model_validate_json(unpack_json(request)).store
 
 
 async def agent_card(svc: Services, model: str) -> AgentCard | None:
@@ -171,16 +164,9 @@ def _render(req: TurnRequest) -> NewTurn:
         project=req.project,
         conversation_id=req.conversation_id,
         conversation_lock=req.conversation_lock,
-        record={
-            "status": Status.QUEUED.value,
-            "attempt": 0,
-            "seq": -1,
-            "request": request_json,
-            "response": response_json,
-            "progress": progress,
-            "conversation": req.conversation_id or "",  # for the start script, which then needs no JSON decode
-            **turn_accounting(req),
-        },
+        record=response_record.new_record(
+            req, response_json=response_json, request_json=request_json, progress=progress
+        ),
         first_events=encoded,
     )
 
@@ -224,7 +210,29 @@ async def wait_final(svc: Services, response_id: str, timeout_s: float) -> dict[
                     break
     except TimeoutError:
         pass
-    record = await load_response(svc.redis, response_id)
+    record = await response_record.load(svc.redis, response_id)
     if record is None:
         raise not_found("Response", response_id)
     return record.response
+
+
+async def cancel(svc: Services, response_id: str, record: ResponseRecord) -> dict[str, Any] | None:
+    """Cancels a turn: a queued one at once (returns its cancelled Response); a running one's worker is asked
+    to stop (returns None; its terminal event follows within a second). A finished one is left as it is."""
+    if record.status == Status.QUEUED:
+        cancelled = build_response(record.request, Status.CANCELLED, TurnOutcome(status=Status.CANCELLED))
+        if await svc.state.finish(
+            response_id,
+            expect=Status.QUEUED,
+            attempt=None,
+            final=Status.CANCELLED,
+            response=cancelled,
+            conversation_id=record.request.conversation_id,
+            items=[],
+            project=record.request.project,
+            key_id=record.request.key_id,
+        ):
+            return cancelled
+    if not record.status.terminal:
+        await response_record.request_cancel(svc.redis, response_id)
+    return None

@@ -6,7 +6,7 @@ Reading or writing these keys directly skips API keys and projects: it is infras
 
 from __future__ import annotations
 
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 
 PREFIX = "turnstream:"
 
@@ -123,9 +123,6 @@ def arq_retry(job_id: str) -> str:
     """arq's run counter for a job; arq gives up on a job past its max_tries."""
     return f"{retry_key_prefix}{job_id}"
 
-
-# ZSET: arq's abort requests (job id -> when); a finished job's entry is dropped with it.
-ARQ_ABORT_JOBS = abort_jobs_ss
 
 
 # HASH: agent name -> AgentCard JSON, published by workers at start so any API node can list and validate models.

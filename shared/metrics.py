@@ -111,6 +111,10 @@ SLOW_READER_DISCONNECTS = Counter(
 
 REDIS_ERRORS = Counter("turnstream_redis_errors", "Redis calls that failed with a connection-level error.")
 REDIS_RECONNECTS = Counter("turnstream_redis_reconnects", "Redis reachable again after an outage.")
+REDIS_WAIT_SHORT = Counter(
+    "turnstream_redis_wait_short",
+    "Accepts and commits that fewer replicas than TURNSTREAM_REDIS_WAIT_REPLICAS acknowledged in time.",
+)
 
 # --- webhooks ------------------------------------------------------------------------------------
 

@@ -54,6 +54,10 @@ class TurnRequest(BaseModel):
     input: list[Item]
     conversation_id: str | None = None
     previous_response_id: str | None = None
+    # The context of previous_response_id, carried from a WebSocket's connection-local state when the previous
+    # response was store:false (its record is not a base): its history, input and output, oldest first. The
+    # worker sends it instead of reading the chain from Redis. None: read the stored chain, as over HTTP.
+    context: list[Item] | None = None
     tools: list[Item] = Field(default_factory=list)  # client function tools, Responses format
     tool_choice: str | Item = "auto"
     parallel_tool_calls: bool = True

@@ -36,13 +36,12 @@ class JobClaim:
     token: str
 
     def keys(self) -> list[str]:
-        """In-progress marker, running set, arq's run counter, job record and abort set, as finish_job takes them."""
+        """In-progress marker, running set, arq's run counter and job record, as finish_job takes them."""
         return [
             keys.arq_in_progress(self.job_id),
             keys.running_jobs(self.queue_name),
             keys.arq_retry(self.job_id),
             keys.arq_job(self.job_id),
-            keys.ARQ_ABORT_JOBS,
         ]
 
 

@@ -18,7 +18,6 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.lua import scripts
-from shared.models import TurnRequest
 
 WINDOW_MS = 60_000
 
@@ -90,14 +89,6 @@ class Limiter:
             args=[digest, key_id, WINDOW_MS],
         )
         return None if int(reply[0]) == 0 else list(reply)
-
-
-def turn_accounting(req: TurnRequest) -> dict[str, str]:
-    """Fields of the response hash: whose turn it is, and what the commit settles when it ends."""
-    fields = {"project": req.project, "usage": keys.project_usage(req.project)}
-    if req.key_id is not None:
-        fields["inflight"] = keys.api_key_inflight(req.key_id)
-    return fields
 
 
 def _text(value: bytes | str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import fakeredis
 from arq.connections import ArqRedis, RedisSettings
 from fakeredis.aioredis import FakeAsyncRedisMixin
@@ -41,13 +39,3 @@ async def connect(settings: Settings, embedded: EmbeddedRedis | None = None) -> 
 def redis_settings(settings: Settings) -> RedisSettings:
     assert settings.redis_url is not None
     return RedisSettings.from_dsn(settings.redis_url)
-
-
-def patch_arq_for_fakeredis() -> None:
-    """arq logs INFO at worker start; fakeredis has no INFO command."""
-    import arq.worker
-
-    async def _no_info(redis: Any, log_func: Any) -> None:
-        log_func("redis: embedded fakeredis")
-
-    arq.worker.log_redis_info = _no_info

@@ -17,6 +17,10 @@ class Settings(BaseSettings):
     # Unset means the embedded in-process fakeredis, which only `turnstream dev` can use.
     redis_url: str | None = None
     queue_name: str = "turnstream:queue"
+    # Replicas that must acknowledge a turn's accept and its commit before the service answers (Redis WAIT):
+    # narrows the writes a failover can lose. 0 = answer once the primary has it (Redis' own default).
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout_ms: int = Field(default=100, ge=1)  # then the answer goes out anyway, counted
 
     # --- Upstream model ----------------------------------------------------------------------
     # Unset base URL means the built-in mock model served by `turnstream dev` (or `turnstream mock`).
@@ -98,6 +102,11 @@ class Settings(BaseSettings):
     # A client whose socket stays full this long (it stopped reading) is dropped; it can resume later.
     sse_stall_timeout_s: float = 30.0
     sync_wait_timeout_s: float = 660.0  # how long a non-stream, non-background request waits
+    # WebSocket mode: a socket's age limit (the Open Responses standard's 60 minutes), after which it ends with
+    # websocket_connection_limit_reached once its in-flight response is done; and how many creates may wait
+    # behind the one in flight before more are refused.
+    websocket_max_connection_s: float = Field(default=3600.0, gt=0)
+    websocket_max_queued_creates: int = Field(default=16, ge=1)
 
     # --- Keys and projects (README "Keys and projects") -----------------------------------------
     # on: every /v1 route needs `Authorization: Bearer <key>`; off: open, one project, for a deployment

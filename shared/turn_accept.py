@@ -22,14 +22,15 @@ from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 
 from shared import events, keys
-from shared.lua import scripts
+from shared.lua import NO_WAIT, Durability, call, scripts
 from shared.queue import MAX_WAKE_TOKENS, job_bytes
 from shared.rate_limits import UNSTORED_GRACE_MS
+from shared.response_record import Field
 from shared.stored_form import pack_json
 from shared.turn_state import Retention
 
 # The record's JSON values, stored compressed (shared/stored_form.py).
-_JSON_FIELDS = frozenset({"request", "response"})
+_JSON_FIELDS = frozenset({Field.REQUEST, Field.RESPONSE})
 
 
 class Refusal(enum.StrEnum):
@@ -81,8 +82,16 @@ class NewTurn:
 class TurnAcceptor:
     """Accepts turns with the accept script (shared/lua/accept_turn.lua)."""
 
-    def __init__(self, redis: ArqRedis, retention: Retention, queue_name: str, max_queue_depth: int) -> None:
+    def __init__(
+        self,
+        redis: ArqRedis,
+        retention: Retention,
+        queue_name: str,
+        max_queue_depth: int,
+        durability: Durability = NO_WAIT,
+    ) -> None:
         self.redis = redis
+        self.durability = durability
         self.retention = retention
         self.queue_name = queue_name
         self.max_queue_depth = max_queue_depth
@@ -104,7 +113,9 @@ class TurnAcceptor:
             argv += [kind, body]
         for field, value in turn.record.items():
             argv += [field, pack_json(str(value)) if r.compact and field in _JSON_FIELDS else value]
-        reply = await self._accept(
+        reply = await call(
+            self.redis,
+            self._accept,
             keys=[
                 keys.response(rid),
                 keys.events(rid),
@@ -119,6 +130,7 @@ class TurnAcceptor:
                 keys.idempotency("", "", "") if claim is None else claim.key,  # unused without a claim
             ],
             args=argv,
+            durability=self.durability,
         )
         answer = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         return None if answer == "accepted" else Refusal(answer)

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from shared import events, keys, metrics, webhooks
-from shared.lua import scripts
+from shared.lua import NO_WAIT, Durability, call, scripts
 from shared.models import DEFAULT_PROJECT, Status
 from shared.queue import JobClaim
 from shared.settings import Settings
@@ -72,9 +72,10 @@ class Retention:
 class TurnState:
     """The scripts, registered once per Redis client."""
 
-    def __init__(self, redis: Redis, retention: Retention) -> None:
+    def __init__(self, redis: Redis, retention: Retention, durability: Durability = NO_WAIT) -> None:
         self.redis = redis
         self.retention = retention
+        self.durability = durability  # for the commit
         registered = scripts(redis)
         self._append = registered.append_events
         self._start = registered.start_turn
@@ -158,6 +159,7 @@ class TurnState:
         response_ttl_s: int | None = None,
         stream_ttl_s: int | None = None,
         project: str = DEFAULT_PROJECT,
+        key_id: str | None = None,
         pending: Sequence[events.Event] = (),
         job: JobClaim | None = None,
         stream: Sequence[events.StreamEvent] | None = None,
@@ -189,7 +191,9 @@ class TurnState:
             if isinstance(usage, dict)
             else ["", ""]
         )
-        committed = await self._finish(
+        committed = await call(
+            self.redis,
+            self._finish,
             keys=[
                 keys.response(response_id),
                 keys.events(response_id),
@@ -200,6 +204,8 @@ class TurnState:
                 keys.webhook_endpoints(project),
                 keys.WEBHOOK_OUTBOX,
                 keys.turn_wake(response_id),
+                keys.api_key_inflight(key_id or ""),  # unused without a key
+                keys.project_usage(project),
                 *(job or _NO_JOB).keys(),
                 keys.events_scratch(response_id),
             ],
@@ -218,6 +224,7 @@ class TurnState:
                 webhooks.outbox_entry(project, response_id, final.value, response),
                 job.job_id if job else "",
                 job.token if job else "",
+                "1" if key_id else "",
                 *tokens,
                 compact,
                 known_seq,
@@ -225,6 +232,7 @@ class TurnState:
                 *pending_args,
                 *(events.encode(item) for item in items),
             ],
+            durability=self.durability,
         )
         if committed:
             metrics.turn_finished(final.value, str(response.get("model", "")), project)

@@ -21,21 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import arq.worker
 import httpx
 import pytest
 import uvicorn
 
 from api.app import create_app
-from shared import events, keys
+from shared import events, keys, response_record
 from shared.cli.chat import run_chat
 from shared.cli.main import _self_command, main
 from shared.cli.tail import run_tail
 from shared.mock.server import MODEL_ID
 from shared.mock.server import create_app as create_mock_app
 from shared.models import Status, TurnOutcome
-from shared.records import load_response
-from shared.redis_conn import EmbeddedRedis, connect, patch_arq_for_fakeredis
+from shared.redis_conn import EmbeddedRedis, connect
 from shared.response_object import build_response
 from shared.settings import Settings
 from shared.stream_tail import read_after
@@ -171,8 +169,6 @@ async def _published_agents(stack: Stack) -> list[str]:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    original_log_redis_info = arq.worker.log_redis_info
-    patch_arq_for_fakeredis()
     api_sock, mock_sock = _listening_socket(), _listening_socket()
     api_port, mock_port = api_sock.getsockname()[1], mock_sock.getsockname()[1]
     settings = Settings(
@@ -199,7 +195,6 @@ def stack() -> Iterator[Stack]:
         thread.stop()
         api_sock.close()
         mock_sock.close()
-        arq.worker.log_redis_info = original_log_redis_info
     assert not thread.is_alive(), "the stack did not shut down"
 
 
@@ -388,7 +383,7 @@ async def _take_over_after_first_delta(stack: Stack, response_id: str) -> None:
         state = TurnState(redis, Retention.from_settings(stack.settings))
         started = await state.start(response_id, None)  # from here on attempt 1's writes are refused
         assert started.attempt == 2
-        record = await load_response(redis, response_id)
+        record = await response_record.load(redis, response_id)
         assert record is not None
         req = record.request
         item = events.message_item("msg_rerun", "", "in_progress")

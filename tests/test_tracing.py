@@ -40,12 +40,6 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 
 @pytest.fixture(scope="module")
 def traced_stack(exporter: InMemorySpanExporter) -> Iterator[Stack]:
-    import arq.worker
-
-    from shared.redis_conn import patch_arq_for_fakeredis
-
-    original = arq.worker.log_redis_info
-    patch_arq_for_fakeredis()
     api_sock, mock_sock = _listening_socket(), _listening_socket()
     mock_port = mock_sock.getsockname()[1]
     settings = Settings(
@@ -67,7 +61,6 @@ def traced_stack(exporter: InMemorySpanExporter) -> Iterator[Stack]:
         thread.stop()
         api_sock.close()
         mock_sock.close()
-        arq.worker.log_redis_info = original
 
 
 def _spans_of_trace(exporter: InMemorySpanExporter, trace_id: int, names: set[str]) -> list[ReadableSpan]:
@@ -192,10 +185,10 @@ def test_the_turn_stores_its_trace_context_only_while_tracing_is_on(
 
 
 async def _load(stack: Stack, response_id: str) -> Any:
-    from shared.records import load_response
+    from shared import response_record
 
     redis = stack.embedded.client(stack.settings)
     try:
-        return await load_response(redis, response_id)
+        return await response_record.load(redis, response_id)
     finally:
         await redis.aclose()

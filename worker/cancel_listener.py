@@ -14,7 +14,7 @@ import logging
 
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import keys, response_record
 from worker.redis_retry import TRANSIENT, Outage
 
 log = logging.getLogger(__name__)
@@ -86,5 +86,5 @@ class CancelListener:
     async def _catch_up(self) -> None:
         """Honours cancels published while this process was not subscribed."""
         for response_id, handle in list(self._handles.items()):
-            if await self._redis.hget(keys.response(response_id), "cancel"):
+            if await response_record.cancel_requested(self._redis, response_id):
                 handle.request()

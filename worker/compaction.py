@@ -15,7 +15,6 @@ The item's format is in shared/compaction_item.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, cast
@@ -23,7 +22,7 @@ from typing import Any, cast
 from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
-from shared import compaction_item, keys
+from shared import compaction_item, conversation_record
 from shared.models import Item, TurnRequest, Usage
 from worker.agents import Agent
 from worker.prompt import SUMMARY_PREFIX, exchanges, to_messages
@@ -60,23 +59,17 @@ async def load_view(redis: Redis, conversation_id: str, tail: int | None, ttl_s:
 
     `tail` bounds how many of the newest items are read (None: all since the compaction).
     """
-    key = keys.conversation_compaction(conversation_id)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.get(key)
-        pipe.expire(key, ttl_s)  # lives as long as the conversation, whose TTL every turn renews
-        raw, _ = await pipe.execute()
-    if raw is None:
+    pointer = await conversation_record.compaction_pointer(redis, conversation_id, ttl_s)
+    if pointer is None:
         return None
-    pointer = json.loads(raw)
-    start = pointer["kept_from"]
-    rows = await redis.lrange(keys.conversation_items(conversation_id), start, -1)
+    start = pointer.kept_from
+    rows = await conversation_record.items(redis, conversation_id, start, -1)
     first = max(0, len(rows) - tail) if tail is not None else 0
-    compaction = json.loads(rows[pointer["index"] - start])
-    items: list[Item] = [compaction]
-    positions = [pointer["index"]]
+    items: list[Item] = [rows[pointer.index - start]]
+    positions = [pointer.index]
     for offset in range(first, len(rows)):
-        if start + offset != pointer["index"]:
-            items.append(json.loads(rows[offset]))
+        if start + offset != pointer.index:
+            items.append(rows[offset])
             positions.append(start + offset)
     return View(items, positions)
 
@@ -108,14 +101,9 @@ async def compact(
         log.warning("compacting conversation %s failed; the turn goes on uncompacted", conversation_id)
         return None
     item = compaction_item.new(summary)
-    items_key = keys.conversation_items(conversation_id)
-    index = await redis.llen(items_key)
-    pointer = {"index": index, "kept_from": view.positions[cut] if keep else index}
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.rpush(items_key, json.dumps(item))
-        pipe.set(keys.conversation_compaction(conversation_id), json.dumps(pointer), ex=ttl_s)
-        await pipe.execute()
-    return View([item, *view.items[cut:]], [index, *view.positions[cut:]])
+    kept_from = view.positions[cut] if keep else None
+    pointer = await conversation_record.append_compaction(redis, conversation_id, item, kept_from, ttl_s)
+    return View([item, *view.items[cut:]], [pointer.index, *view.positions[cut:]])
 
 
 async def summarise(

@@ -16,9 +16,8 @@ import openai
 from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
-from shared import compaction_item, keys
+from shared import compaction_item, conversation_record, response_record
 from shared.models import Item, Status, TurnOutcome, TurnRequest
-from shared.records import conversation_items, response_chain_items
 from shared.settings import Settings
 from worker import compaction
 from worker.agents import Agent
@@ -28,8 +27,6 @@ _CHARS_PER_TOKEN = 4
 _ITEM_OVERHEAD = 4  # role and separators each message costs upstream
 # OpenAI's prices for an image: a flat 85 tokens at low detail, 765 for a typical 1024-px image otherwise.
 _IMAGE_TOKENS = {"low": 85, "high": 765, "auto": 765}
-# "disabled" sends every earlier turn of a previous_response_id chain; retention bounds how many there are.
-_WHOLE_CHAIN = 1_000_000
 
 
 def estimate_tokens(item: Item) -> int:
@@ -81,21 +78,17 @@ def fit(items: list[Item], tokens: list[int], budget: int, keep: frozenset[str] 
 
 async def conversation_estimates(redis: Redis, conversation_id: str, items: list[Item], ttl_s: int) -> list[int]:
     """Each item's estimate from the conversation's hash; items not in it yet are estimated and stored."""
-    key = keys.conversation_item_tokens(conversation_id)
-    stored = await redis.hmget(key, [str(i.get("id")) for i in items]) if items else []
+    stored = await conversation_record.token_estimates(redis, conversation_id, [str(i.get("id")) for i in items])
     estimates: list[int] = []
     fresh: dict[str, int] = {}
-    for item, raw in zip(items, stored, strict=True):
-        if raw is None:
+    for item, known in zip(items, stored, strict=True):
+        if known is None:
             fresh[str(item.get("id"))] = estimate = estimate_tokens(item)
         else:
-            estimate = int(raw)
+            estimate = known
         estimates.append(estimate)
     if fresh:
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping=fresh)
-            pipe.expire(key, ttl_s)  # goes with the conversation, whose TTL every turn renews
-            await pipe.execute()
+        await conversation_record.store_token_estimates(redis, conversation_id, fresh, ttl_s)
     return estimates
 
 
@@ -109,10 +102,15 @@ async def history(
             return items
         tokens = await conversation_estimates(redis, req.conversation_id, items, settings.conversation_ttl_s)
     elif req.previous_response_id:
-        if req.truncation == "disabled":
-            return await response_chain_items(redis, req.previous_response_id, _WHOLE_CHAIN, req.project)
         limit = settings.history_max_items
-        items = window(await response_chain_items(redis, req.previous_response_id, limit, req.project), limit)
+        if req.context is not None:
+            chain = req.context  # a store:false chain, carried from the API's WebSocket state
+        else:
+            depth = response_record.WHOLE_CHAIN if req.truncation == "disabled" else limit
+            chain = await response_record.chain_items(redis, req.previous_response_id, depth, req.project)
+        if req.truncation == "disabled":
+            return chain
+        items = window(chain, limit)
         tokens = [estimate_tokens(i) for i in items]
     else:
         return []
@@ -131,9 +129,9 @@ async def _conversation_history(
     view = await compaction.load_view(redis, conversation, limit, ttl)
     if view is None:
         if threshold is None and limit is not None:
-            return window(await conversation_items(redis, conversation, -limit, -1), limit)
+            return window(await conversation_record.items(redis, conversation, -limit, -1), limit)
         # Read whole: "disabled" sends it all, and a first compaction must see the first turn's facts.
-        rows = await conversation_items(redis, conversation)
+        rows = await conversation_record.items(redis, conversation)
         view = compaction.View(rows, list(range(len(rows))))
     if threshold is not None:
         tokens = await conversation_estimates(redis, conversation, view.items, ttl)

@@ -14,13 +14,14 @@ from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from shared import keys, metrics, tracing
 from shared.logs import log_context
+from shared.lua import Durability
 from shared.queue import RUN_TURN
 from shared.redis_conn import redis_settings
 from shared.settings import Settings
 from shared.turn_state import Retention, TurnState
 from worker.agents import AgentRegistry, load_agents
+from worker.arq_worker import FastPickupWorker
 from worker.cancel_listener import CancelListener
-from worker.fast_pickup import FastPickupWorker
 from worker.redis_retry import TRANSIENT, Outage
 from worker.sweeper import Sweeper
 from worker.turn import TurnRunner
@@ -83,7 +84,7 @@ def build_worker(
         cancels = CancelListener(pool, outage)
         await cancels.start()
         client = upstream_client(settings)
-        state = TurnState(pool, Retention.from_settings(settings))
+        state = TurnState(pool, Retention.from_settings(settings), Durability.from_settings(settings))
         ctx["cancels"] = cancels
         ctx["client"] = client
         ctx["runner"] = TurnRunner(pool, settings, agents, client, cancels, outage, ctx["claims"])

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 
 from arq.connections import ArqRedis
 
-from shared import keys
+from shared import keys, response_record
 from shared.lua import scripts
 from shared.models import Status
 from shared.queue import enqueue_turn
-from shared.records import load_response
 from shared.response_object import build_response
 from shared.settings import Settings
 from shared.turn_state import TurnState
@@ -98,10 +97,10 @@ class Sweeper:
 
     async def _rescue(self, response_id: str) -> bool:
         """Enqueues a stranded turn again, or fails it once it has used up its attempts. True if re-queued."""
-        record = await load_response(self.redis, response_id)
+        record = await response_record.load(self.redis, response_id)
         if record is None or record.status.terminal:
             return True
-        attempt = int(await self.redis.hget(keys.response(response_id), "attempt") or 0)
+        attempt = await response_record.attempt(self.redis, response_id)
         if record.status == Status.IN_PROGRESS and attempt >= self.settings.job_max_tries:
             outcome = gave_up(attempt)
             await self.state.finish(
@@ -113,6 +112,7 @@ class Sweeper:
                 conversation_id=record.request.conversation_id,
                 items=[],
                 project=record.request.project,
+                key_id=record.request.key_id,
             )
             return False
         # arq refuses a job id whose result it still keeps, and stops running one past its own try count;

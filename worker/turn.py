@@ -19,8 +19,9 @@ import openai
 from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
-from shared import events, keys, records
+from shared import events, keys, response_record
 from shared.logs import add_log_context
+from shared.lua import Durability
 from shared.models import PROMPT_TOO_LONG, Item, Status, TurnOutcome, TurnRequest
 from shared.queue import JobClaim
 from shared.response_object import build_response
@@ -56,14 +57,14 @@ class TurnRunner:
         self.redis = redis
         self.outage = outage
         self.settings = settings
-        self.state = TurnState(redis, Retention.from_settings(settings))
+        self.state = TurnState(redis, Retention.from_settings(settings), Durability.from_settings(settings))
         self.leases = JobLeases(redis, settings.queue_name, settings.lease_s)
         self.writes = AppendBatcher(self.state, settings.append_tick_ms / 1000)
         self.agents = agents
         self.client = client
         self.cancels = cancels
         # The worker's claims (job id -> token, score): a job whose commit finished it leaves them, so the
-        # worker sends no bookkeeping of its own for it (see worker/fast_pickup.py).
+        # worker sends no bookkeeping of its own for it (see worker/arq_worker.py).
         self.claims = claims
 
     async def run(
@@ -85,7 +86,7 @@ class TurnRunner:
         try:
             if conversation_id is None:
                 conversation_id = await self.outage.call(
-                    lambda: records.conversation_of(self.redis, response_id), "turn start"
+                    lambda: response_record.conversation_of(self.redis, response_id), "turn start"
                 )
             started = await self._start(response_id, conversation_id)
             if started.status_before not in (Status.QUEUED, Status.IN_PROGRESS):
@@ -261,6 +262,7 @@ class TurnRunner:
                 response_ttl_s=unstored_ttl,
                 stream_ttl_s=unstored_ttl,
                 project=req.project,
+                key_id=req.key_id,
                 pending=pending,
                 job=claim,
                 stream=stream,

@@ -13,11 +13,12 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import CallerDep
+from api.continuation import is_stored_response
 from api.deps import ServicesDep
-from api.errors import APIError, invalid, not_found
+from api.errors import APIError, invalid, previous_response_not_found
 from api.json_body import JSONBodyRoute
 from api.schemas import normalise_input
-from api.turns import accept, agent_card, is_stored_response, wait_final
+from api.turns import accept, agent_card, wait_final
 from shared import ids
 from shared.models import Status, TurnRequest, Usage
 
@@ -43,7 +44,7 @@ async def compact_response(body: CompactBody, svc: ServicesDep, caller: CallerDe
     previous = body.previous_response_id
     # Another project's response (or a malformed id) is answered exactly as a missing one.
     if previous is not None and not await is_stored_response(svc, previous, caller.project):
-        raise not_found("Previous response", previous, "previous_response_id")
+        raise previous_response_not_found(previous)
     req = TurnRequest(
         response_id=ids.response_id(),
         model=body.model,

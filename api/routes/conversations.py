@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -16,9 +15,8 @@ from api.idempotency import IdempotencyKey
 from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateConversationBody, UpdateConversationBody, normalise_input
-from shared import ids, keys
+from shared import conversation_record, ids
 from shared.models import DEFAULT_PROJECT
-from shared.records import conversation_items, load_conversation
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"], route_class=JSONBodyRoute)
 
@@ -52,10 +50,7 @@ async def create_conversation(
     async with idempotency.settled(once), svc.redis.pipeline(transaction=True) as pipe:
         if once is not None:
             await once.guard(pipe)
-        pipe.set(keys.conversation(conversation_id), _stored(conversation, caller.project), ex=ttl)
-        if items:
-            pipe.rpush(keys.conversation_items(conversation_id), *(json.dumps(i) for i in items))
-            pipe.expire(keys.conversation_items(conversation_id), ttl)
+        conversation_record.create_in(pipe, conversation, caller.project, items, ttl)
         await pipe.execute()
     return conversation
 
@@ -73,7 +68,7 @@ async def update_conversation(
     """Replace a conversation's metadata."""
     conversation = await _conversation(svc, conversation_id, caller.project)
     conversation["metadata"] = body.metadata
-    await svc.redis.set(keys.conversation(conversation_id), _stored(conversation, caller.project), keepttl=True)
+    await conversation_record.replace(svc.redis, conversation, caller.project)
     return conversation
 
 
@@ -81,12 +76,7 @@ async def update_conversation(
 async def delete_conversation(conversation_id: str, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Delete a conversation and its items; responses that used it stay retrievable."""
     await _conversation(svc, conversation_id, caller.project)
-    await svc.redis.delete(
-        keys.conversation(conversation_id),
-        keys.conversation_items(conversation_id),
-        keys.conversation_item_tokens(conversation_id),
-        keys.conversation_compaction(conversation_id),
-    )
+    await conversation_record.delete(svc.redis, conversation_id)
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
 
@@ -99,7 +89,7 @@ async def list_items(
 ) -> dict[str, Any]:
     """List a conversation's items, newest first by default."""
     await _conversation(svc, conversation_id, caller.project)
-    return paginate(await conversation_items(svc.redis, conversation_id), page)
+    return paginate(await conversation_record.items(svc.redis, conversation_id), page)
 
 
 @router.get("/{conversation_id}/items/{item_id}")
@@ -107,7 +97,7 @@ async def get_item(conversation_id: str, item_id: str, svc: ServicesDep, caller:
     """Retrieve one item of a conversation."""
     await _conversation(svc, conversation_id, caller.project)
     if ids.is_item_id(item_id):
-        for item in await conversation_items(svc.redis, conversation_id):
+        for item in await conversation_record.items(svc.redis, conversation_id):
             if item.get("id") == item_id:
                 return item
     raise not_found("Item", item_id)
@@ -117,11 +107,8 @@ async def _conversation(svc: ServicesDep, conversation_id: str, project: str) ->
     """The conversation as clients see it; another project's is answered exactly as a missing one."""
     # A malformed id is as absent as an unknown one, and never reaches Redis as (part of) a key.
     valid = ids.is_id(conversation_id, ids.CONVERSATION)
-    conversation = await load_conversation(svc.redis, conversation_id) if valid else None
+    conversation = await conversation_record.load(svc.redis, conversation_id) if valid else None
     if conversation is None or conversation.pop("project", DEFAULT_PROJECT) != project:
         raise not_found("Conversation", conversation_id)
     return conversation
 
-
-def _stored(conversation: dict[str, Any], project: str) -> str:
-    return json.dumps({**conversation, "project": project})

@@ -17,12 +17,11 @@ from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateResponseBody
 from api.sse import SSEResponse, ensure_capacity
-from api.turns import Accepted, accept, build_request, wait_final
-from shared import ids, keys
+from api.turns import Accepted, accept, build_request, cancel, wait_final
+from shared import ids, response_record
 from shared.events import MAX_SEQUENCE_NUMBER
-from shared.models import PROMPT_TOO_LONG, Status, TurnOutcome
-from shared.records import ResponseRecord, load_response
-from shared.response_object import build_response
+from shared.models import PROMPT_TOO_LONG, Status
+from shared.response_record import ResponseRecord
 
 router = APIRouter(prefix="/v1/responses", tags=["responses"], route_class=JSONBodyRoute)
 
@@ -77,7 +76,7 @@ async def get_response(
     else:
         after, param = _last_event_id(last_event_id), "Last-Event-ID"
     # Past the newest event would wait for a sequence number that is never written: refuse it up front.
-    last_seq = int(await svc.redis.hget(keys.response(response_id), "seq") or -1)
+    last_seq = await response_record.last_seq(svc.redis, response_id)
     if after > last_seq:
         raise invalid(f"'{param}' is {after}, past this response's last event ({last_seq}).", param)
     ensure_capacity(svc.fanout)
@@ -88,22 +87,10 @@ async def get_response(
 async def cancel_response(response_id: str, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Cancel a response; idempotent, honoured before pickup, and returns the Response."""
     record = await _record(svc, response_id, caller.project)
-    if record.status == Status.QUEUED:
-        cancelled = build_response(record.request, Status.CANCELLED, TurnOutcome(status=Status.CANCELLED))
-        if await svc.state.finish(
-            response_id,
-            expect=Status.QUEUED,
-            attempt=None,
-            final=Status.CANCELLED,
-            response=cancelled,
-            conversation_id=record.request.conversation_id,
-            items=[],
-            project=record.request.project,
-        ):
-            return cancelled
+    cancelled = await cancel(svc, response_id, record)
+    if cancelled is not None:
+        return cancelled
     if not record.status.terminal:
-        await svc.redis.hset(keys.response(response_id), "cancel", "1")
-        await svc.redis.publish(keys.CANCEL_CHANNEL, response_id)
         return await wait_final(svc, response_id, _CANCEL_WAIT_S)
     return record.response
 
@@ -112,11 +99,7 @@ async def cancel_response(response_id: str, svc: ServicesDep, caller: CallerDep)
 async def delete_response(response_id: str, svc: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Delete a stored response; a running turn is cancelled and its writes are refused from then on."""
     record = await _record(svc, response_id, caller.project)
-    if not record.status.terminal:
-        await svc.redis.publish(keys.CANCEL_CHANNEL, response_id)
-    await svc.redis.delete(keys.response(response_id), keys.events(response_id))
-    if record.request.conversation_id and not record.status.terminal:
-        await svc.redis.lrem(keys.conversation_turns(record.request.conversation_id), 0, response_id)
+    await response_record.delete(svc.redis, response_id, record)
     return {"id": response_id, "object": "response.deleted", "deleted": True}
 
 
@@ -171,7 +154,7 @@ def _last_event_id(header: str | None) -> int:
 async def _record(svc: Services, response_id: str, project: str, *, unstored: bool = False) -> ResponseRecord:
     """A response as clients may see it: a malformed id, another project's response, or (unless `unstored`)
     a store=false response is answered exactly as a missing one."""
-    record = await load_response(svc.redis, response_id) if ids.is_id(response_id, ids.RESPONSE) else None
+    record = await response_record.load(svc.redis, response_id) if ids.is_id(response_id, ids.RESPONSE) else None
     if record is None or record.request.project != project or not (unstored or record.request.store):
         raise not_found("Response", response_id)
     return record

@@ -27,7 +27,7 @@ from shared.settings import Settings, get_settings
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
 
-    from worker.fast_pickup import FastPickupWorker
+    from worker.arq_worker import FastPickupWorker
 
 SETTINGS_HELP = """\
 settings come from the environment (or a .env file in the working directory); the main ones:
@@ -257,14 +257,12 @@ class _InProcessStop(logging.Filter):
 async def _dev(settings: Settings) -> None:
     from api.app import create_app
     from shared.mock.server import create_app as create_mock_app
-    from shared.redis_conn import EmbeddedRedis, connect, patch_arq_for_fakeredis
+    from shared.redis_conn import EmbeddedRedis, connect
 
     # Open unless TURNSTREAM_AUTH says otherwise, so the README's examples run with no key.
     settings = settings.model_copy(update={"auth": bool(settings.auth)})
     embedded = EmbeddedRedis() if settings.redis_url is None else None
-    if embedded is not None:
-        patch_arq_for_fakeredis()
-    elif problem := await redis_problem(settings.redis_url or ""):
+    if embedded is None and (problem := await redis_problem(settings.redis_url or "")):
         raise StartupError(problem)
     api_sock = listen(settings.host, settings.port, "the API", _PORT_FIX)
     mock_sock = None

@@ -17,7 +17,7 @@ from openai import AsyncOpenAI, omit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import response_record
 from shared.cli.chat import API_KEY, api_base_url, describe_api_error
 from shared.events import CREATED, IN_PROGRESS, QUEUED, TERMINAL_TYPES
 from shared.redis_conn import connect
@@ -65,7 +65,7 @@ async def _tail_redis(
             raise _fail(f"cannot connect to Redis: {exc}") from exc
     try:
         # tail() would otherwise wait forever on a stream that will never be written.
-        if not await redis.exists(keys.response(response_id), keys.events(response_id)):
+        if not await response_record.has_stream_or_record(redis, response_id):
             raise _fail(f"no response {response_id} (unknown, deleted, or expired)")
         async for event in tail(redis, response_id, after):
             printer.show(event.seq, event.type, event.attempt, event.json())

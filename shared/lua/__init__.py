@@ -13,6 +13,7 @@ list of the next turn. Those are found only inside the script, atomically with t
 
 from __future__ import annotations
 
+import logging
 import weakref
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -20,9 +21,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
-from shared import keys
+from shared import keys, metrics
 from shared.models import DEFAULT_PROJECT, TERMINAL_STATUSES
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def _constants() -> str:
@@ -63,6 +68,55 @@ class Scripts:
 
 
 _registered: weakref.WeakKeyDictionary[Any, Scripts] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class Durability:
+    """How many replicas must have a write before the service answers for it (TURNSTREAM_REDIS_WAIT_REPLICAS).
+
+    Redis replicates asynchronously: a write the primary acknowledged can be lost if it dies before a
+    replica has it and the replica is promoted. WAIT narrows that window for the writes that matter most —
+    a turn's accept (the client is told its turn exists) and its commit (its answer is final) — at the cost
+    of a replica round trip each. It is not strong consistency: a WAIT that times out is counted and logged,
+    and the answer still goes out, since the write itself succeeded on the primary.
+    """
+
+    replicas: int = 0
+    timeout_ms: int = 100
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Durability:
+        return cls(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+
+
+NO_WAIT = Durability()
+
+
+async def call(
+    redis: Redis, script: AsyncScript, keys: list[Any], args: list[Any], durability: Durability = NO_WAIT
+) -> Any:
+    """Runs `script`; with `durability.replicas`, then WAITs for them on the same connection (a WAIT covers the
+    writes of the connection it is sent on; sent through the pool on its own it would prove nothing)."""
+    if durability.replicas <= 0:
+        return await script(keys=keys, args=args)
+    for _ in range(2):
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", durability.replicas, durability.timeout_ms)
+            reply, acknowledged = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, NoScriptError):
+            await redis.script_load(script.script)  # a restarted Redis forgot it; nothing was written
+            continue
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(acknowledged, Exception) or int(acknowledged) < durability.replicas:
+            metrics.REDIS_WAIT_SHORT.inc()
+            log.warning(
+                "a write reached %s of %d replicas within %d ms (TURNSTREAM_REDIS_WAIT_REPLICAS)",
+                acknowledged, durability.replicas, durability.timeout_ms,
+            )
+        return reply
+    raise NoScriptError("the script could not be loaded")
 
 
 def scripts(redis: Redis) -> Scripts:

@@ -3,18 +3,19 @@
 -- turn, and the finish of the job it ran under. Returns 1 when committed, 0 when the turn was not in the
 -- expected state (already committed): then nothing is written and the job is left as it was.
 local resp, stream, items, turns, conv, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local endpoints, outbox, own_wake = KEYS[7], KEYS[8], KEYS[9]
-local marker, running, retry, job, abort = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]  -- JobClaim.keys()
-local scratch = KEYS[15]  -- where the compact entry is built (see below)
+local endpoints, outbox, own_wake, inflight, usage = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local marker, running, retry, job = KEYS[12], KEYS[13], KEYS[14], KEYS[15]  -- JobClaim.keys()
+local scratch = KEYS[16]  -- where the compact entry is built (see below)
 local expect, attempt_expected, maxlen, stream_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local response_ttl, conversation_ttl, final, response_json = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local terminal_type, terminal_json, rid, outbox_entry = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-local job_id, token, input_tokens, output_tokens = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
+local job_id, token, has_slot = ARGV[13], ARGV[14], ARGV[15] == '1'
+local input_tokens, output_tokens = ARGV[16], ARGV[17]  -- the Response's usage ('' for none)
 -- The whole stream, terminal event included, as one compressed entry (shared/stored_form.py), or ''; and the
 -- sequence number of the last entry the committing attempt knows the stream to hold.
-local compact, known_seq = ARGV[17], ARGV[18]
-local n_pending = tonumber(ARGV[19])
-local FIRST_PENDING = 20  -- n_pending (type, json) pairs, then the conversation items to append
+local compact, known_seq = ARGV[18], ARGV[19]
+local n_pending = tonumber(ARGV[20])
+local FIRST_PENDING = 21  -- n_pending (type, json) pairs, then the conversation items to append
 local pending_end = FIRST_PENDING - 1 + 2 * n_pending
 
 local st = redis.call('HMGET', resp, 'status', 'attempt')
@@ -28,7 +29,7 @@ if redis.call('EXISTS', conv) == 1 then
   redis.call('EXPIRE', conv, conversation_ttl)
 end
 redis.call('HSET', resp, 'status', final, 'response', response_json)
-settle_accounts(resp, rid, input_tokens, output_tokens)
+settle_accounts(inflight, usage, has_slot, rid, input_tokens, output_tokens)
 -- The compact entry stands for the stream only if the stream holds every entry up to what the attempt knows
 -- (none trimmed, none it did not write or read): same count, same last sequence number.
 if compact ~= '' and redis.call('HGET', resp, 'seq') == known_seq
@@ -63,5 +64,5 @@ if redis.call('LREM', turns, 0, rid) > 0 then
   end
 end
 -- The turn's job is over with its commit: finished here, its worker has no bookkeeping left to send.
-if job_id ~= '' then finish_job(marker, running, retry, job, abort, job_id, token) end
+if job_id ~= '' then finish_job(marker, running, retry, job, job_id, token) end
 return 1

@@ -45,11 +45,11 @@ local function release_lease(marker, running, job_id, token)
 end
 
 -- What arq's finish_job does for a job that ran (its run counter and record go, so nothing runs it again;
--- an abort request for it is dropped; no result is kept, nothing reads them), then the release of its lease.
--- Keys as `JobClaim.keys()`.
-local function finish_job(marker, running, retry, job, abort, job_id, token)
+-- no result is kept, nothing reads them), then the release of its lease. Keys as `JobClaim.keys()`. arq's
+-- abort set is left alone: the workers run with arq's aborts off, so nothing ever writes it (and it is one
+-- fixed key for every job, which no script working within one job's keys may touch).
+local function finish_job(marker, running, retry, job, job_id, token)
   redis.call('DEL', retry, job)
-  redis.call('ZREM', abort, job_id)
   return release_lease(marker, running, job_id, token)
 end
 
@@ -77,18 +77,15 @@ local function live_turns(inflight, limit, now, grace_ms)
   return live
 end
 
--- Called as a turn commits: frees its API key's slot and adds its usage to its project's day. The response
--- hash names the keys (fields `inflight`, `usage`), so every path that ends a turn settles it without
--- knowing about keys. The caller passes the token counts of its Response's usage ('' when it has none), so
--- no script decodes a Response.
-local function settle_accounts(resp, response_id, input_tokens, output_tokens)
-  local acct = redis.call('HMGET', resp, 'inflight', 'usage')
-  if acct[1] then redis.call('ZREM', acct[1], response_id) end
-  if not acct[2] then return end
+-- Called as a turn commits: frees its API key's slot (`inflight` is that key's set; a turn of no key holds
+-- none and leaves it alone) and adds its usage to its project's day. The caller passes the token counts of
+-- its Response's usage ('' when it has none), so no script decodes a Response (it may be stored compressed).
+local function settle_accounts(inflight, usage_key, has_slot, response_id, input_tokens, output_tokens)
+  if has_slot then redis.call('ZREM', inflight, response_id) end
   local day = math.floor(tonumber(redis.call('TIME')[1]) / 86400)
-  redis.call('HINCRBY', acct[2], day .. ':turns', 1)
+  redis.call('HINCRBY', usage_key, day .. ':turns', 1)
   if input_tokens ~= '' then
-    redis.call('HINCRBY', acct[2], day .. ':input_tokens', tonumber(input_tokens) or 0)
-    redis.call('HINCRBY', acct[2], day .. ':output_tokens', tonumber(output_tokens) or 0)
+    redis.call('HINCRBY', usage_key, day .. ':input_tokens', tonumber(input_tokens) or 0)
+    redis.call('HINCRBY', usage_key, day .. ':output_tokens', tonumber(output_tokens) or 0)
   end
 end

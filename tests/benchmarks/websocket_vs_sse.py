@@ -8,10 +8,15 @@ repeat until 20 calls have been made, then one last turn answers. That is 21 tur
     sse-raw   httpx POST per turn, SSE lines parsed by hand with json.loads (no SDK models)
     ws        one WebSocket for the whole loop, response.create per turn, json.loads per event
 
+With --parallel N, N loops run at once in each mode: the SSE modes share one client (its connection
+pool), and each WebSocket loop opens a socket of its own, the socket-per-run pattern a socket's one
+response at a time calls for. Figures are per turn of one loop, so they include the loops' contention.
+
 Loops alternate between modes so machine noise hits each alike. The mock model runs with no token delay,
 so a turn's time is turnstream's own overhead (enqueue, pickup, stream) plus the transport's.
 
-    .venv/bin/python tests/benchmarks/websocket_vs_sse.py [--loops 8] [--calls 20] [--token-delay-ms 0]
+    .venv/bin/python tests/benchmarks/websocket_vs_sse.py [--loops 8] [--calls 20] [--parallel 1]
+        [--token-delay-ms 0]
 
 Not a pytest test: its numbers depend on the machine.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import signal
@@ -116,21 +122,27 @@ async def benchmark(stack: Stack, args: argparse.Namespace) -> dict[str, list[fl
     async with (
         openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0) as client,
         httpx.AsyncClient(base_url=base, timeout=60) as http,
-        connect(base.replace("http://", "ws://") + "/v1/responses") as ws,
+        contextlib.AsyncExitStack() as sockets,
     ):
-        modes = {"sse-sdk": sse_sdk(client), "sse-raw": sse_raw(http), "ws": websocket(ws)}
-        for turn in modes.values():  # warm-up: connections, imports, caches
-            await agent_loop(turn, 2)
+        url = base.replace("http://", "ws://") + "/v1/responses"
+        runs = [await sockets.enter_async_context(connect(url)) for _ in range(args.parallel)]
+        modes: dict[str, list[TurnFn]] = {
+            "sse-sdk": [sse_sdk(client)] * args.parallel,
+            "sse-raw": [sse_raw(http)] * args.parallel,
+            "ws": [websocket(ws) for ws in runs],  # a socket per run
+        }
+        for turns in modes.values():  # warm-up: connections, imports, caches
+            await asyncio.gather(*(agent_loop(turn, 2) for turn in turns))
         for _ in range(args.loops):
-            for mode, turn in modes.items():
-                seconds = await agent_loop(turn, args.calls)
-                per_turn[mode].append(seconds * 1000 / (args.calls + 1))
+            for mode, turns in modes.items():
+                seconds = await asyncio.gather(*(agent_loop(turn, args.calls) for turn in turns))
+                per_turn[mode] += [s * 1000 / (args.calls + 1) for s in seconds]
     return per_turn
 
 
 def report(per_turn: dict[str, list[float]], args: argparse.Namespace) -> None:
-    print(f"{args.calls}-tool-call client loop ({args.calls + 1} turns), {args.loops} loops per mode, "
-          f"mock token delay {args.token_delay_ms:g} ms, {args.workers} worker(s)")
+    print(f"{args.calls}-tool-call client loop ({args.calls + 1} turns), {args.loops} x {args.parallel} loops per "
+          f"mode ({args.parallel} at once), mock token delay {args.token_delay_ms:g} ms, {args.workers} worker(s)")
     print(f"{'mode':<9} {'ms/turn p50':>12} {'min':>8} {'max':>8} {'loop p50 (ms)':>14}")
     for mode, values in per_turn.items():
         p50 = statistics.median(values)
@@ -144,6 +156,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loops", type=int, default=8, help="timed loops per mode")
     parser.add_argument("--calls", type=int, default=20, help="tool calls per loop")
+    parser.add_argument("--parallel", type=int, default=1, help="loops at once per mode (a socket each)")
     parser.add_argument("--token-delay-ms", type=float, default=0.0, help="mock model delay before each token")
     parser.add_argument("--workers", type=int, choices=(1, 2), default=1, help="worker processes")
     args = parser.parse_args()

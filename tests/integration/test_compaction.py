@@ -134,7 +134,7 @@ def test_compact_needs_something_to_compact(stack: Stack) -> None:
     for body, status, param in (
         ({"model": "plain"}, 400, "input"),
         ({"model": "gpt-nope", "input": "hi"}, 400, "model"),
-        ({"model": "plain", "previous_response_id": "resp_missing"}, 404, "previous_response_id"),
+        ({"model": "plain", "previous_response_id": "resp_missing"}, 400, "previous_response_id"),
         ({"model": "plain", "input": "hi", "stream": True}, 400, "stream"),
     ):
         reply = httpx.post(f"{stack.base_url}/responses/compact", json=body)

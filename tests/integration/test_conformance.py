@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from openai import OpenAI
 
@@ -373,3 +374,22 @@ def test_the_validator_rejects_what_the_spec_rejects() -> None:
     frame = json.dumps({"type": "response.in_progress", "sequence_number": 0, "response": {}})
     with pytest.raises(AssertionError, match="event name differs"):
         Conformance().sse(f"id: 0\nevent: response.created\ndata: {frame}\n\ndata: [DONE]\n\n")
+
+
+def test_every_unusable_previous_response_id_is_previous_response_not_found(
+    http: httpx.Client, client: OpenAI
+) -> None:
+    unstored = _create(http, Conformance(), input="My name is Ravi.", store=False)
+    # Unknown, malformed, and unstored (store:false is continued only on the WebSocket that made it).
+    for previous in ("resp_" + "0" * 48, "resp_nope", unstored["id"]):
+        for route, body in (("/responses", {"input": "hi"}), ("/responses/compact", {})):
+            reply = http.post(route, json={"model": M, "previous_response_id": previous, **body})
+            assert reply.status_code == 400, reply.text
+            assert reply.json() == {"error": {
+                "message": reply.json()["error"]["message"], "type": "invalid_request_error",
+                "param": "previous_response_id", "code": "previous_response_not_found",
+            }}
+            assert previous in reply.json()["error"]["message"]
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model=M, input="hi", previous_response_id="resp_" + "0" * 48)
+    assert (raised.value.code, raised.value.param) == ("previous_response_not_found", "previous_response_id")

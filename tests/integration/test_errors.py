@@ -39,7 +39,7 @@ BAD_CREATES: list[tuple[str, Any, int, str | None]] = [
     ("background without store", {"model": M, "input": "hi", "background": True, "store": False}, 400, "background"),
     ("bad lock policy", {"model": M, "input": "hi", "conversation_lock": "sometimes"}, 400, "conversation_lock"),
     ("unknown conversation", {"model": M, "input": "hi", "conversation": "conv_missing"}, 404, "conversation"),
-    ("unknown previous response", {"model": M, "input": "hi", "previous_response_id": "resp_missing"}, 404,
+    ("unknown previous response", {"model": M, "input": "hi", "previous_response_id": "resp_missing"}, 400,
      "previous_response_id"),
 ]
 

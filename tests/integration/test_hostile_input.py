@@ -181,10 +181,10 @@ def test_a_key_like_conversation_in_a_body_is_a_404_and_writes_nothing(
     assert response_records(rds) == records_before
 
 
-def test_a_malformed_previous_response_id_is_a_404(stack: Stack, finished_id: str) -> None:
+def test_a_malformed_previous_response_id_is_previous_response_not_found(stack: Stack, finished_id: str) -> None:
     for bad in (finished_id + ":x", finished_id.upper(), "resp_*"):
         r = httpx.post(f"{stack.base_url}/responses", json={"model": M, "input": "hi", "previous_response_id": bad})
-        assert openai_error(r, 404, "previous_response_id")["code"] == "not_found"
+        assert openai_error(r, 400, "previous_response_id")["code"] == "previous_response_not_found"
 
 
 @pytest.mark.parametrize("suffix", [":x", "*", "0"])

@@ -114,7 +114,7 @@ def test_simultaneous_retries_create_one_response(keyed: KeyedStack, secret: str
 
 def test_a_create_that_failed_frees_its_key_for_a_corrected_retry(client: OpenAI) -> None:
     headers = _key()
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError):
         client.responses.create(model=M, input="hi", previous_response_id="resp_" + "0" * 48, extra_headers=headers)
     # The failed attempt stored nothing: the key is free, even for another body.
     assert client.responses.create(model=M, input="hi", extra_headers=headers).status == "completed"

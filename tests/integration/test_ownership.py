@@ -17,8 +17,8 @@ from openai import OpenAI
 
 from shared import ids, keys
 from shared.models import TurnRequest
-from shared.records import response_chain_items
 from shared.redis_conn import connect
+from shared.response_record import chain_items
 from shared.settings import Settings
 from tests.integration.conftest import wait_for
 from tests.integration.keyed_stack import KeyedStack, M, http
@@ -104,14 +104,15 @@ def _with_ids_blanked(answer: Any, o: Owned) -> str:
 
 @pytest.mark.parametrize(("owner", "intruder"), [("team-a", "team-b"), ("team-b", "team-a")])
 @pytest.mark.parametrize("node", [0, 1])
-def test_another_project_gets_exactly_the_404_of_a_missing_id_on_every_route(
+def test_another_project_gets_exactly_the_answer_of_a_missing_id_on_every_route(
     keyed: KeyedStack, projects: dict[str, Owned], owner: str, intruder: str, node: int
 ) -> None:
     theirs, missing = projects[owner], _missing(projects[owner])
     with http(keyed.api_urls[node], projects[intruder].secret) as client:
         for foreign, absent in zip(_requests(theirs), _requests(missing), strict=True):
             got, expected = _answer(client, foreign), _answer(client, absent)
-            assert got[0] == 404, (foreign, got)
+            # A previous_response_id that cannot be used is a 400 of its own code (as with OpenAI), never a 404.
+            assert got[0] == (400 if "previous_response_id" in (foreign[2] or {}) else 404), (foreign, got)
             assert _with_ids_blanked(got, theirs) == _with_ids_blanked(expected, missing), foreign
     _assert_untouched(keyed, theirs, owner)
 
@@ -128,7 +129,6 @@ def test_another_project_gets_not_found_through_the_sdk(
         lambda c: c.responses.cancel(theirs.running),
         lambda c: c.responses.delete(theirs.done),
         lambda c: c.responses.input_items.list(theirs.done),
-        lambda c: c.responses.create(model=M, input="What is my name?", previous_response_id=theirs.done),
         lambda c: c.responses.create(model=M, input="What is my name?", conversation=theirs.conversation),
         lambda c: c.conversations.retrieve(theirs.conversation),
         lambda c: c.conversations.update(theirs.conversation, metadata={"owner": "intruder"}),
@@ -141,6 +141,9 @@ def test_another_project_gets_not_found_through_the_sdk(
             with pytest.raises(openai.NotFoundError) as caught:
                 call(client)
             assert caught.value.code == "not_found"
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(model=M, input="What is my name?", previous_response_id=theirs.done)
+        assert refused.value.code == "previous_response_not_found"
     _assert_untouched(keyed, theirs, owner)
 
 
@@ -177,8 +180,8 @@ def test_the_history_loader_stops_at_a_response_of_another_project(keyed: KeyedS
             foreign = await _store_turn(redis_client, "team-a", "secret plans", None)
             own = await _store_turn(redis_client, "team-b", "hello", foreign)
             return (
-                await response_chain_items(redis_client, own, 10, "team-b"),
-                await response_chain_items(redis_client, own, 10, "team-a"),
+                await chain_items(redis_client, own, 10, "team-b"),
+                await chain_items(redis_client, own, 10, "team-a"),
             )
         finally:
             await redis_client.aclose()

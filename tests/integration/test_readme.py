@@ -20,7 +20,7 @@ EXPECTED_OUTPUT = {
     "multi-turn": "Your name is Ravi.",
     "background": "completed 1 2 3 4 5 6 7 8 9",
     "tools": "[calling get_weather({\"city\": \"Bengaluru\"})]",
-    "websocket": "response.output_text.delta",
+    "websocket": "Your name is Ravi.",
 }
 USE_IT = re.search(r"<!-- shell: use-it -->\n```sh\n(.*?)```", README, re.S)
 

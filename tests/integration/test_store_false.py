@@ -1,4 +1,5 @@
-"""`store: false`: the creating request gets the whole turn; afterwards nothing of it can be fetched or built on."""
+"""`store: false`: the creating request gets the whole turn; afterwards nothing of it can be fetched or built on
+over HTTP (a WebSocket continues one from its own memory: test_websocket_continuation.py)."""
 
 from __future__ import annotations
 
@@ -56,10 +57,10 @@ def test_an_unstored_response_cannot_be_fetched_resumed_cancelled_or_deleted(sta
 def test_an_unstored_response_cannot_be_a_previous_response(client: OpenAI) -> None:
     unstored = client.responses.create(model=M, input="My name is Ravi.", store=False)
 
-    with pytest.raises(openai.NotFoundError) as raised:
+    with pytest.raises(openai.BadRequestError) as raised:
         client.responses.create(model=M, input="What is my name?", previous_response_id=unstored.id)
 
-    assert raised.value.param == "previous_response_id"
+    assert (raised.value.param, raised.value.code) == ("previous_response_id", "previous_response_not_found")
 
 
 def test_an_unstored_response_keeps_its_working_state_only_briefly(client: OpenAI, rds: redis.Redis) -> None:

@@ -1,10 +1,10 @@
-"""WebSocket mode on /v1/responses with a real WebSocket client: many turns on one socket, tool loops,
-concurrency across conversations, errors as the spec's error event, resume after a dropped socket."""
+"""WebSocket mode on /v1/responses with a real WebSocket client: many turns on one socket, one at a time, tool
+loops, errors as the spec's error event, resume after a dropped socket. The standard's continuation and
+connection-limit rules are in test_websocket_continuation.py."""
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
@@ -90,35 +90,52 @@ def test_sequential_turns_on_one_socket_share_a_conversation(ws: ClientConnectio
     assert answer["output"][0]["content"][0]["text"] == "Your name is Asha."
 
 
-def test_concurrent_turns_on_different_conversations_interleave_on_one_socket(
-    ws: ClientConnection, stack: Stack
-) -> None:
+def test_two_creates_on_one_socket_run_one_after_the_other(ws: ClientConnection, stack: Stack) -> None:
     check = Conformance()
     asks = {"count to 40 [delay=5ms]": 40, "count to 25 [delay=5ms]": 25}
-    for ask in asks:
+    for ask in asks:  # back to back, on different conversations: nothing but the socket orders them
         conversation = httpx.post(f"{stack.base_url}/conversations", json={}).json()["id"]
         _send(ws, input=ask, conversation=conversation)
-    by_response: dict[str, list[Json]] = defaultdict(list)
-    order: list[str] = []
-    while sum(1 for events in by_response.values() if events[-1]["type"] in TERMINAL) < 2:
+    first, second = _turn(ws, check), _turn(ws, check)
+    # _turn read each response whole, so every event of the first arrived before any of the second.
+    assert first[0]["response"]["id"] != second[0]["response"]["id"]
+    for events, n in zip((first, second), asks.values(), strict=True):
+        text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+        assert text == " ".join(str(i) for i in range(1, n + 1))
+
+
+def test_response_cancel_stops_the_response_in_flight_and_drops_the_creates_waiting(ws: ClientConnection) -> None:
+    check = Conformance()
+    _send(ws, input="count to 2000 [delay=5ms]")
+    created = _receive(ws, check)
+    assert created["type"] == "response.created"
+    _send(ws, input="count to 3")
+    _send(ws, input="count to 4")
+    ws.send(json.dumps({"type": "response.cancel"}))
+    rest = _turn_after(ws, check, created)
+    assert rest[-1]["response"]["status"] == "cancelled"
+    for _ in range(2):
+        dropped = _receive(ws)
+        assert_spec_valid("WebSocketErrorEvent", dropped)
+        assert (dropped["status"], dropped["error"]["code"]) == (400, "cancelled")
+    # The socket goes on with the next create.
+    _send(ws, input="count to 2")
+    assert _turn(ws, check)[-1]["response"]["output"][0]["content"][0]["text"] == "1 2"
+
+
+def _turn_after(ws: ClientConnection, check: Conformance, first: Json) -> list[Json]:
+    events = [first]
+    while events[-1]["type"] not in TERMINAL:
         event = _receive(ws, check)
-        by_response[event["response_id"]].append(event)
-        order.append(event["response_id"])
-    assert len(by_response) == 2
-    texts = []
-    for events in by_response.values():
-        assert_consecutive([e["sequence_number"] for e in events])
-        texts.append("".join(e["delta"] for e in events if e["type"] == "response.output_text.delta"))
-    assert sorted(texts) == sorted(" ".join(str(i) for i in range(1, n + 1)) for n in asks.values())
-    # The creates were answered in order: the first response.created belongs to the first create.
-    first_created = next(e for e in by_response[order[0]] if e["type"] == "response.created")
-    assert first_created["response"]["id"] == order[0]
+        assert event["response_id"] == first["response"]["id"], event
+        events.append(event)
+    return events[1:]
 
 
 ERRORS: list[tuple[str, str, int, str | None]] = [
     ("not json", "{oops", 400, None),
     ("not an object", "[1]", 400, None),
-    ("unknown type", json.dumps({"type": "response.cancel"}), 400, "type"),
+    ("unknown type", json.dumps({"type": "session.update"}), 400, "type"),
     ("stream is http only", json.dumps({"type": "response.create", "model": M, "input": "hi", "stream": True}),
      400, "stream"),
     ("background is http only",
@@ -127,7 +144,7 @@ ERRORS: list[tuple[str, str, int, str | None]] = [
     ("missing input", json.dumps({"type": "response.create", "model": M}), 400, "input"),
     ("unknown previous response",
      json.dumps({"type": "response.create", "model": M, "input": "hi", "previous_response_id": "resp_nope"}),
-     404, "previous_response_id"),
+     400, "previous_response_id"),
 ]
 
 

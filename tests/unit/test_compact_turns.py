@@ -13,7 +13,7 @@ import zlib
 import pytest
 from arq.connections import ArqRedis
 
-from shared import events, ids, keys, records
+from shared import events, ids, keys, response_record
 from shared.events import StreamEvent
 from shared.models import Status, TurnRequest
 from shared.response_object import build_response
@@ -59,7 +59,9 @@ async def write_deltas(state: TurnState, req: TurnRequest, known: list[StreamEve
         known.append(StreamEvent(seq, event["type"], 1, events.numbered(seq, events.encode(event))))
 
 
-async def commit(state: TurnState, req: TurnRequest, known: list[StreamEvent] | None, pending: int = 2) -> dict:
+async def commit(
+    state: TurnState, req: TurnRequest, known: list[StreamEvent] | None, pending: int = 2, project: str = "default"
+) -> dict:
     response = build_response(req, Status.COMPLETED)
     response["usage"] = {"input_tokens": 3, "output_tokens": 5, "total_tokens": 8}
     assert await state.finish(
@@ -72,6 +74,7 @@ async def commit(state: TurnState, req: TurnRequest, known: list[StreamEvent] | 
         items=[],
         pending=[delta(f"tail{i} ") for i in range(pending)],
         stream=known,
+        project=project,
     )
     return response
 
@@ -195,13 +198,13 @@ async def test_the_record_reads_back_the_same_compressed_or_plain(redis: ArqRedi
     req, known = await started_turn(redis, state)
     response = await commit(state, req, known)
 
-    record = await records.load_response(redis, req.response_id)
+    record = await response_record.load(redis, req.response_id)
     assert record is not None and record.response == response and record.request == req
-    assert await records.conversation_of(redis, req.response_id) is None
+    assert await response_record.conversation_of(redis, req.response_id) is None
     # A record written before compression (or with it turned off) reads the same.
     plain = {"request": req.model_dump_json(), "response": json.dumps(response)}
     await redis.hset(keys.response(req.response_id), mapping=plain)
-    again = await records.load_response(redis, req.response_id)
+    again = await response_record.load(redis, req.response_id)
     assert again is not None and again.response == response and again.request == req
 
 
@@ -209,8 +212,7 @@ async def test_the_commit_settles_the_usage_it_is_given_without_decoding_the_res
     redis: ArqRedis, state: TurnState
 ) -> None:
     req, known = await started_turn(redis, state)
-    await redis.hset(keys.response(req.response_id), "usage", keys.project_usage("p"))
-    await commit(state, req, known)
+    await commit(state, req, known, project="p")
 
     usage = {k.decode().split(":", 1)[1]: int(v) for k, v in (await redis.hgetall(keys.project_usage("p"))).items()}
     assert usage == {"turns": 1, "input_tokens": 3, "output_tokens": 5}

@@ -10,8 +10,11 @@ import openai
 import pytest
 
 from shared import compaction_item, events, keys
+from shared.models import TurnRequest
+from shared.settings import Settings
+from worker.agents import Agent
 from worker.compaction import _chunks
-from worker.context_window import conversation_estimates, estimate_tokens, fit, is_context_overflow
+from worker.context_window import conversation_estimates, estimate_tokens, fit, history, is_context_overflow
 from worker.prompt import exchanges
 
 
@@ -109,3 +112,18 @@ def test_a_compaction_item_carries_its_summary_opaquely() -> None:
     assert "Ravi" not in item["encrypted_content"]
     assert compaction_item.summary_of(item) == "The user said: My name is Ravi."
     assert compaction_item.summary_of({"encrypted_content": "gAAAAB-not-ours"}) is None
+
+
+@pytest.mark.parametrize("truncation", ["disabled", "auto"])
+async def test_a_carried_context_is_the_history_and_redis_is_not_read(truncation: str) -> None:
+    # A WebSocket's store:false chain: the API carries the context; the chain's records may be gone already.
+    redis = fakeredis.FakeAsyncRedis()
+    context = [user("My name is Asha."), user("x" * 40, "msg_2"), user("What is my name?", "msg_3")]
+    req = TurnRequest(response_id="resp_1", model="m", input=[user("again")], previous_response_id="resp_0",
+                      context=context, store=False, truncation=truncation)  # type: ignore[arg-type]
+    settings = Settings(history_max_items=2)
+    agent = Agent(name="m", model="m")
+
+    sent = await history(redis, req, agent, settings, openai.AsyncOpenAI(api_key="x", base_url="http://unused"))
+
+    assert sent == (context if truncation == "disabled" else context[-2:])

@@ -11,7 +11,7 @@ from api.auth import _bearer, duration
 from shared import ids, keys
 from shared.api_keys import KeyStore, SeedKey, digest
 from shared.models import Status, TurnOutcome, TurnRequest, Usage
-from shared.rate_limits import Limiter, turn_accounting
+from shared.rate_limits import Limiter
 from shared.redis_conn import EmbeddedRedis
 from shared.response_object import build_response
 from shared.settings import Settings
@@ -51,13 +51,14 @@ async def test_a_finished_turn_frees_its_slot_and_counts_its_tokens_once(redis: 
     key, _ = await KeyStore(redis, SETTINGS).create("p", max_concurrent=1)
     req = TurnRequest(response_id=ids.response_id(), model="m", input=[], project="p", key_id=key.id)
     await redis.hset(keys.response(req.response_id), mapping={"status": "in_progress", "attempt": 1,
-                                                              **turn_accounting(req)})
+                                                              "project": "p"})
     await redis.zadd(keys.api_key_inflight(key.id), {req.response_id: 0})  # the slot its accept took
     state = TurnState(redis, Retention(600, 600, 600, 1000))
     outcome = TurnOutcome(status=Status.COMPLETED, usage=Usage(input_tokens=7, output_tokens=5))
     for _ in range(2):  # the second commit (a re-run's) is refused and counts nothing
         await state.finish(req.response_id, expect=Status.IN_PROGRESS, attempt=1, final=Status.COMPLETED,
-                           response=build_response(req, Status.COMPLETED, outcome), conversation_id=None, items=[])
+                           response=build_response(req, Status.COMPLETED, outcome), conversation_id=None, items=[],
+                           project="p", key_id=key.id)
     assert await redis.zcard(keys.api_key_inflight(key.id)) == 0
     [today] = await KeyStore(redis, SETTINGS).usage("p", 1)
     assert (today.turns, today.input_tokens, today.output_tokens) == (1, 7, 5)

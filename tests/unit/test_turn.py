@@ -24,8 +24,8 @@ from shared.stream_tail import read_after
 from shared.turn_state import Retention, TurnState
 from tests.queued_records import store_queued
 from worker.agents import Agent, AgentRegistry
+from worker.arq_worker import FastPickupWorker
 from worker.cancel_listener import CancelListener
-from worker.fast_pickup import FastPickupWorker
 from worker.job_leases import JobLeases
 from worker.redis_retry import Outage
 from worker.service import run_turn

@@ -1,4 +1,25 @@
-"""An arq worker that wakes on enqueue instead of sleeping between polls, and rides out Redis outages.
+"""arq, as turnstream runs it: the one module that knows arq's internals.
+
+turnstream keeps arq's job format, its worker's job running (timeouts, retries, `Retry(defer=...)`, shutdown
+with `job_completion_wait`) and its key names; it replaces arq's polling, claiming and bookkeeping. What arq's
+`Worker` does, and what this class does instead:
+
+| arq's method             | here                                                                       |
+|--------------------------|----------------------------------------------------------------------------|
+| `main`                   | waits for Redis instead of failing at start; then `_poll_iteration` forever |
+| `_poll_iteration`        | claims due jobs into leases (worker/job_leases.py), then blocks on a wake   |
+| `start_jobs`             | not called: `_claim_and_start` starts what the claim returned             |
+| `run_job`                | arq's, wrapped: a Redis outage in its bookkeeping does not stop the worker  |
+| `finish_job`             | releases the lease or re-queues, in one script; nothing if the commit did   |
+| `finish_failed_job`      | the same, finished                                                          |
+| `close`                  | arq's, tolerating a Redis that is away                                      |
+| `log_redis_info` (module)| one INFO read, not arq's INFO+DBSIZE pipeline (fakeredis has no INFO)       |
+
+Where turnstream writes arq's data itself: the job record and its queue entry (shared/queue.py, with
+arq's `serialize_job`, in the accept and enqueue scripts), arq's key names (shared/keys.py, from
+`arq.constants`), and arq's finish bookkeeping (`finish_job` in shared/lua/lib.lua). arq's job aborts stay
+off (`allow_abort_jobs`): a turn's cancel is its own (worker/cancel_listener.py), so arq's one fixed abort
+set is never written. Nothing else in the service imports arq's worker.
 
 Pickup: arq polls its queue every `poll_delay` (0.5 s by default), which adds ~250 ms to every first token.
 Here the API pushes a token to a wake list on every enqueue and an idle worker BLPOPs it, so pickup takes a
@@ -24,9 +45,9 @@ import logging
 import uuid
 from typing import Any
 
-import arq.worker
 from arq.connections import create_pool
 from arq.worker import Worker
+from redis.exceptions import ResponseError
 
 from shared import keys, metrics
 from worker.job_leases import JobLeases, now_ms
@@ -65,14 +86,26 @@ class FastPickupWorker(Worker):
                 "worker start",
             )
         log.info("starting worker for %d functions: %s", len(self.functions), ", ".join(self.functions))
-        # Looked up on the module at call time: the embedded dev mode replaces it (fakeredis has no INFO).
-        await self.outage.call(lambda: arq.worker.log_redis_info(self.pool, log.info), "worker start")
+        await self.outage.call(self._log_redis_info, "worker start")
         self.ctx["redis"] = self.pool
         self.leases = JobLeases(self.pool, self.queue_name, self.lease_s)
         if self.on_startup:
             await self.on_startup(self.ctx)
         while True:
             await self._poll_iteration()
+
+    async def _log_redis_info(self) -> None:
+        """What arq logs at start, read with one INFO: arq pipelines INFO and DBSIZE, which the embedded dev
+        mode's fakeredis does not have."""
+        try:
+            info = await self.pool.info()
+        except ResponseError:
+            log.info("redis: embedded fakeredis")
+            return
+        log.info(
+            "redis_version=%s mem_usage=%s clients_connected=%s",
+            info.get("redis_version", "?"), info.get("used_memory_human", "?"), info.get("connected_clients", "?"),
+        )
 
     async def _poll_iteration(self) -> None:
         try:
