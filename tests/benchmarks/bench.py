@@ -433,12 +433,14 @@ async def round_trip_section(bench: Bench, stack: latency.Stack) -> None:
 
 async def stack_section(bench: Bench) -> None:
     a = bench.args
+    storage = {"TURNSTREAM_COMPACT_FINISHED_TURNS": "true" if a.storage == "compact" else "false"}
     with worker_cpu.raw_upstream(5, 0) as upstream:
         stack = latency.Stack(
             token_delay_ms=0, workers=2, poll_only=False, upstream_url=upstream, launcher=bench.launcher,
             # Room for every long turn with the short ones beside them.
             worker_env={"TURNSTREAM_MAX_JOBS": str(a.long_turns // 2 + 50),
-                        "TURNSTREAM_MAX_OUTPUT_BYTES": "10000000"},
+                        "TURNSTREAM_MAX_OUTPUT_BYTES": "10000000", **storage},
+            api_env=storage,
         )
         try:
             stack.start()
@@ -580,6 +582,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cpu-chunks", type=int, default=200)
     parser.add_argument("--cpu-repeats", type=int, default=3)
     parser.add_argument("--fanout-seconds", type=float, default=15.0)
+    parser.add_argument("--storage", choices=("compact", "plain"), default="compact",
+                        help="how the stack section's services store finished turns")
     parser.add_argument("--memory-short", type=int, default=500, help="short turns of the memory section")
     parser.add_argument("--memory-streamed", type=int, default=50, help="streamed turns of the memory section")
     args = parser.parse_args(argv)
