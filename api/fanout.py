@@ -240,7 +240,7 @@ class Fanout:
             if watch is None:
                 continue
             # A finished turn's compact entry holds all of it; what this watch has read before is dropped.
-            seen = int(watch.position.partition("-")[0]) if watch.position != "0-0" else -1
+            seen = events.seq_at(watch.position)
             watch.position = last_id
             watch.last_event = now
             frames = []

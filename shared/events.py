@@ -68,6 +68,13 @@ def entry_id(seq: int) -> str:
     return f"{seq}-1"
 
 
+def seq_at(position: str) -> int:
+    """The last sequence number a reader at stream position `position` (an entry id) has seen: "N-1" is event
+    N's entry; anything below it ("0-0" for the start) comes before event N."""
+    seq, _, part = position.rpartition("-")
+    return int(seq) if int(part) >= 1 else int(seq) - 1
+
+
 def encode(event: Event) -> str:
     # Compact and starting with '{"type":' so Redis can splice the sequence number in front. orjson writes
     # UTF-8 as is and keeps key order; it is several times cheaper than json.dumps per delta.

@@ -225,3 +225,11 @@ def test_stored_json_values_read_back_whether_compressed_or_not() -> None:
     assert unpack_json(pack_json(text)) == text
     assert unpack_json(text.encode()) == text
     assert unpack_json(b"") == ""
+
+
+@pytest.mark.parametrize(
+    ("position", "seen"), [("0-0", -1), ("0-1", 0), ("57-1", 57), ("-1-1", -1), ("5-0", 4)], ids=str
+)
+def test_a_stream_position_tells_the_last_event_a_reader_there_has_seen(position: str, seen: int) -> None:
+    # What a reader keeps of a compact entry it reads from that position: the events after `seen`.
+    assert events.seq_at(position) == seen
