@@ -4,12 +4,14 @@ For each storage form it starts a redis-server, the mock model, an API and a wor
 own_stack), then runs the workload: 500 short turns over 100 conversations, then 50 streamed turns of 200
 words (`count to 200`, one on each of 50 of those conversations). Redis' `used_memory` is read (after
 the turns have all finished) before and after each phase; the delta over the phase's turn count is the
-figure (client buffers left out: they belong to connections, not turns). A breakdown by key kind (MEMORY
-USAGE of every key) shows where the bytes are.
+figure, client buffers left out (they belong to connections, not turns), and so is the first turn of each
+conversation (it also makes the conversation's keys). A breakdown by key kind (MEMORY USAGE of every key)
+shows where the bytes are.
 
     .venv/bin/python tests/benchmarks/memory_per_turn.py [--short 500] [--conversations 100] [--streamed 50]
 
-`TURNSTREAM_COMPACT_FINISHED_TURNS=false` is today's-form switch the "as streamed" column runs with.
+The "as streamed" column runs with `TURNSTREAM_COMPACT_FINISHED_TURNS=false`: one stream entry per event
+and plain JSON in the record, the form every turn had before compaction.
 Not a pytest test: the figures depend on the Redis version and allocator.
 """
 
