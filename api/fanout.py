@@ -33,7 +33,8 @@ from redis.exceptions import RedisError
 from api.sse import Frame, encode, http_chunk
 from api.subscription import Subscription
 from shared import events, ids, keys, metrics, response_record
-from shared.events import StreamEvent, decode_entry
+from shared.events import StreamEvent
+from shared.stored_form import decode_entries
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,10 @@ class Fanout:
         """Up to a page of stored frames after `after_seq`, and whether there may be more."""
         start = f"{after_seq + 1}-0"
         entries = await self._redis.xrange(stream_key(response_id), min=start, max="+", count=_PAGE)
-        frames = []
+        frames: list[Frame] = []
         for _, entry in entries:
-            event = decode_entry(entry)
-            frames.append(Frame(event, encode(event)))
+            for event in decode_entries(entry, frames[-1].event.seq if frames else after_seq):
+                frames.append(Frame(event, encode(event)))
         return frames, len(entries) == _PAGE
 
     async def ended_after(self, response_id: str, seq: int) -> tuple[bool, Frame | None]:
@@ -274,12 +275,16 @@ class Fanout:
             watch = self._watches.get(key)
             if watch is None:
                 continue
+            # A finished turn's compact entry holds all of it; what this watch has read before is dropped.
+            seen = events.seq_at(watch.position)
             watch.position = last_id
             watch.last_event = now
             frames = []
             for _, entry in entries:
-                event = decode_entry(entry)
-                frames.append(Frame(event, encode(event)))
+                for event in decode_entries(entry, seen):
+                    frames.append(Frame(event, encode(event)))
+            if not frames:
+                continue
             chunk = http_chunk(frames)
             for sub in watch.subscribers:
                 sub.push(frames, chunk, now)

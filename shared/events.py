@@ -7,6 +7,8 @@ Stream entry (one per event), id "<sequence_number>-1":
              lower attempt streamed and rebuild from the new attempt's events
     data     the event JSON, exactly what the SSE `data:` line carries (includes sequence_number)
 
+A finished turn's stream is usually one compact entry holding all of these (shared/stored_form.py).
+
 Builders here return the event without `sequence_number`; Redis splices it in when the entry is written.
 """
 
@@ -64,6 +66,13 @@ def decode_entry(fields: dict[bytes, bytes] | dict[str, str]) -> StreamEvent:
 
 def entry_id(seq: int) -> str:
     return f"{seq}-1"
+
+
+def seq_at(position: str) -> int:
+    """The last sequence number a reader at stream position `position` (an entry id) has seen: "N-1" is event
+    N's entry; anything below it ("0-0" for the start) comes before event N."""
+    seq, _, part = position.rpartition("-")
+    return int(seq) if int(part) >= 1 else int(seq) - 1
 
 
 def encode(event: Event) -> str:

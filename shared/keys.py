@@ -16,12 +16,13 @@ RESPONSE_PREFIX = f"{PREFIX}response:"
 
 def response(response_id: str) -> str:
     """HASH: status, attempt, seq (last sequence number), batch (last event batch written), cancel,
-    request (JSON), response (JSON), progress (the turn's `response.in_progress` event, encoded at accept
-    for the worker to publish as it starts the turn; records of older API nodes lack it); for a turn in a
-    conversation: cancelled and cancelled_hook (its cancelled Response and webhook entry, rendered at accept
-    for an `interrupt`/`rollback` accept that stops it before pickup; dropped once it starts), rollback (set
-    by a `rollback` accept: its commit adds nothing to the conversation), feed and feed_seq (its
-    conversation's feed and the feed's counter, when stored: see conversation_feed)."""
+    request (JSON), response (JSON) (each zlib-compressed unless it starts with "{": shared/stored_form.py),
+    progress (the turn's `response.in_progress` event, encoded at accept for the worker to publish as it starts
+    the turn; records of older API nodes lack it); for a turn in a conversation: cancelled and cancelled_hook
+    (its cancelled Response and webhook entry, rendered at accept for an `interrupt`/`rollback` accept that
+    stops it before pickup; dropped once it starts), rollback (set by a `rollback` accept: its commit adds
+    nothing to the conversation), feed and feed_seq (its conversation's feed and the feed's counter, when
+    stored: see conversation_feed)."""
     return f"{RESPONSE_PREFIX}{response_id}"
 
 
@@ -37,8 +38,15 @@ EVENTS_PREFIX = f"{PREFIX}events:"
 
 
 def events(response_id: str) -> str:
-    """STREAM: the response's events; entry id is "<sequence_number>-1"."""
+    """STREAM: the response's events; entry id is "<sequence_number>-1". Once the turn commits, usually one
+    compact entry of them all, id that of the last (shared/stored_form.py)."""
     return f"{EVENTS_PREFIX}{response_id}"
+
+
+def events_scratch(response_id: str) -> str:
+    """STREAM: exists only inside the commit script, which builds a finished turn's compact entry here and
+    COPYs it over the turn's stream: a stream's first XADD reserves 4 KB, a copy only what it holds."""
+    return f"{PREFIX}events-scratch:{response_id}"
 
 
 CONVERSATION_PREFIX = f"{PREFIX}conversation:"

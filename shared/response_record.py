@@ -17,6 +17,7 @@ from redis.asyncio.client import Pipeline
 
 from shared import keys
 from shared.models import DEFAULT_PROJECT, Item, Status, TurnRequest
+from shared.stored_form import unpack_json
 
 
 class Field(enum.StrEnum):
@@ -27,6 +28,7 @@ class Field(enum.StrEnum):
     SEQ = "seq"  # the last event's sequence number (-1 before any)
     BATCH = "batch"  # the id of the last event batch written, so a retried batch is written once
     CANCEL = "cancel"  # "1" once a cancel was requested
+    # These two are stored compressed unless their first byte is "{" (shared/stored_form.py); read them here.
     REQUEST = "request"  # the TurnRequest (JSON), as the API validated it
     RESPONSE = "response"  # the Response (JSON): as accepted, then as finished
     PROGRESS = "progress"  # the encoded `response.in_progress` event the start script publishes; then dropped
@@ -84,12 +86,12 @@ async def load(redis: Redis, response_id: str) -> ResponseRecord | None:
     )
     if status is None or request is None or response is None:
         return None
-    body = json.loads(response)
+    body = json.loads(unpack_json(response))
     # The Response body is rewritten only when the turn finishes; the status field moves on its own.
     body["status"] = status.decode()
     return ResponseRecord(
         status=Status(status.decode()),
-        request=TurnRequest.model_validate_json(request),
+        request=TurnRequest.model_validate_json(unpack_json(request)),
         response=body,
         cancel_requested=bool(cancel),
     )
@@ -103,7 +105,7 @@ async def is_base_for(redis: Redis, response_id: str, project: str) -> bool:
     if status is None or request is None or (owner.decode() if owner else DEFAULT_PROJECT) != project:
         return False
     # A store=false response is never a base for another turn, as with OpenAI.
-    return TurnRequest.model_validate_json(request).store
+    return TurnRequest.model_validate_json(unpack_json(request)).store
 
 
 async def conversation_of(redis: Redis, response_id: str) -> str | None:
@@ -114,7 +116,7 @@ async def conversation_of(redis: Redis, response_id: str) -> str | None:
         return conversation.decode() or None
     if request is None:
         return None
-    return TurnRequest.model_validate_json(request).conversation_id
+    return TurnRequest.model_validate_json(unpack_json(request)).conversation_id
 
 
 async def last_seq(redis: Redis, response_id: str) -> int:
@@ -132,12 +134,16 @@ class Ending:
 
     status: Status | None  # None: deleted or expired
     last_seq: int
-    response_json: bytes | None
+    response_json: str | None
 
 
 async def ending(redis: Redis, response_id: str) -> Ending:
     status, seq, response = await redis.hmget(keys.response(response_id), [Field.STATUS, Field.SEQ, Field.RESPONSE])
-    return Ending(Status(status.decode()) if status is not None else None, int(seq or -1), response)
+    return Ending(
+        Status(status.decode()) if status is not None else None,
+        int(seq or -1),
+        unpack_json(response) if response is not None else None,
+    )
 
 
 def exists_in(pipe: Pipeline, response_id: str) -> None:

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     unstored_response_ttl_s: int = 300
     conversation_ttl_s: int = 30 * 86_400  # refreshed on every turn
     stream_maxlen: int = 20_000  # approximate MAXLEN per response stream
+    # A finished turn's stream is kept as one compressed entry and its record's Request/Response JSON
+    # compressed (README, "The Redis stream contract"): about a quarter of the memory. false writes the
+    # form every entry had before; readers read both.
+    compact_finished_turns: bool = True
 
     # --- Worker -------------------------------------------------------------------------------
     max_jobs: int = 50

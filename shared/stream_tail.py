@@ -3,6 +3,9 @@
 `read_after` is what every reader starts with; `tail` adds a blocking follow and is what `turnstream tail`
 and an out-of-process gateway use. The API's fan-out (api/fanout.py) reads the same entries a page at a
 time plus one shared XREAD per process.
+
+A finished turn's stream may be one compact entry holding every event (shared/stored_form.py), its entry
+id that of the last event: a read after any earlier event returns it, and the reader keeps what follows.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.events import StreamEvent, decode_entry
+from shared.events import StreamEvent
+from shared.stored_form import decode_entries
 
 BATCH = 500
 
@@ -23,7 +27,8 @@ async def read_after(redis: Redis, response_id: str, after_seq: int) -> list[Str
     start = f"{after_seq + 1}-0"
     while True:
         entries = await redis.xrange(keys.events(response_id), min=start, max="+", count=BATCH)
-        out.extend(decode_entry(fields) for _, fields in entries)
+        for _, fields in entries:
+            out.extend(decode_entries(fields, out[-1].seq if out else after_seq))
         if len(entries) < BATCH:
             return out
         last_id = entries[-1][0].decode() if isinstance(entries[-1][0], bytes) else entries[-1][0]
@@ -48,8 +53,8 @@ async def tail(
         reply = await redis.xread({stream: f"{last}-1" if last >= 0 else "0-0"}, block=block_ms, count=BATCH)
         for _, entries in reply or []:
             for _, fields in entries:
-                event = decode_entry(fields)
-                yield event
-                last = event.seq
-                if event.terminal:
-                    return
+                for event in decode_entries(fields, last):
+                    yield event
+                    last = event.seq
+                    if event.terminal:
+                        return

@@ -27,7 +27,12 @@ from shared import events, keys
 from shared.lua import NO_WAIT, Durability, call, scripts
 from shared.queue import MAX_WAKE_TOKENS, job_bytes
 from shared.rate_limits import UNSTORED_GRACE_MS
+from shared.response_record import Field
+from shared.stored_form import pack_json
 from shared.turn_state import Retention
+
+# The record's JSON values, stored compressed (shared/stored_form.py).
+_JSON_FIELDS = frozenset({Field.REQUEST, Field.RESPONSE})
 
 
 class Refusal(enum.StrEnum):
@@ -118,7 +123,7 @@ class TurnAcceptor:
         for kind, body in turn.first_events:
             argv += [kind, body]
         for field, value in turn.record.items():
-            argv += [field, value]
+            argv += [field, pack_json(str(value)) if r.compact and field in _JSON_FIELDS else value]
         reply = await call(
             self.redis,
             self._accept,

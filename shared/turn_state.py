@@ -23,6 +23,7 @@ from shared.lua import NO_WAIT, Durability, call, scripts
 from shared.models import DEFAULT_PROJECT, Status
 from shared.queue import JobClaim
 from shared.settings import Settings
+from shared.stored_form import pack_events, pack_json, unpack_json
 
 # Keys for a commit that finishes no job: the script never touches them.
 _NO_JOB = JobClaim(queue_name="", job_id="", token="")
@@ -44,6 +45,8 @@ class Started:
     request: str | None = None  # the stored TurnRequest JSON; None for a missing or finished turn
     waiting: bool = False  # another unfinished turn heads its conversation: nothing was started
     announced: bool = False  # its response.in_progress event was written with the start
+    # A first run's stream as the start left it (asked for with `entries=True`): every entry, in order.
+    entries: list[events.StreamEvent] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class Retention:
     response_ttl_s: int
     conversation_ttl_s: int
     stream_maxlen: int
+    # A finished turn's stream as one compact entry, its Request/Response JSON compressed (shared/stored_form.py).
+    compact: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Retention:
@@ -60,6 +65,7 @@ class Retention:
             response_ttl_s=settings.response_ttl_s,
             conversation_ttl_s=settings.conversation_ttl_s,
             stream_maxlen=settings.stream_maxlen,
+            compact=settings.compact_finished_turns,
         )
 
 
@@ -122,15 +128,22 @@ class TurnState:
     async def start(self, response_id: str, conversation_id: str | None) -> Started:
         """Moves the turn to in_progress as a new attempt, unless it finished, is gone, or must wait.
 
-        `conversation_id` is the turn's own (its job carries it): the script needs its turn queue's key."""
+        `conversation_id` is the turn's own (its job carries it): the script needs its turn queue's key.
+        With compact retention a first run also gets its stream's entries, for `finish(stream=...)`."""
         r = self.retention
         conv = conversation_id or ""
-        status, attempt, cancel, request, waiting, announced = await self._start(
+        status, attempt, cancel, request, waiting, announced, entries = await self._start(
             keys=[keys.response(response_id), keys.events(response_id), keys.conversation_turns(conv)],
-            args=[r.stream_maxlen, r.stream_ttl_s, events.IN_PROGRESS, response_id, conv],
+            args=[r.stream_maxlen, r.stream_ttl_s, events.IN_PROGRESS, response_id, conv, "1" if r.compact else ""],
         )
         return Started(
-            _text(status), int(attempt), _flag(cancel), _text(request) or None, bool(waiting), bool(announced)
+            _text(status),
+            int(attempt),
+            _flag(cancel),
+            unpack_json(request) or None,
+            bool(waiting),
+            bool(announced),
+            [events.decode_entry(fields) for _, fields in _entry_pairs(entries)] if entries else None,
         )
 
     async def finish(
@@ -149,11 +162,16 @@ class TurnState:
         key_id: str | None = None,
         pending: Sequence[events.Event] = (),
         job: JobClaim | None = None,
+        stream: Sequence[events.StreamEvent] | None = None,
     ) -> bool:
         """Commits the turn's end, once: True if committed, False if it was not in the expected state.
 
         `pending` events are written just before the terminal event; the `job` the turn ran under is
-        finished with the commit (and left alone when the commit is refused).
+        finished with the commit (and left alone when the commit is refused). `stream` is every entry the
+        turn's stream holds, as the committing attempt knows it (it wrote them or read them): given that and
+        compact retention, the stream is replaced by one compact entry of all of it, terminal event
+        included, when Redis confirms the stream holds exactly that many entries up to the same sequence
+        number (the attempt fences every other writer off, so same count means same entries).
         """
         terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[final.value], response)
         conv = conversation_id or ""
@@ -161,6 +179,18 @@ class TurnState:
         pending_args: list[str] = []
         for event in pending:
             pending_args += [event["type"], events.encode(event)]
+        response_json, terminal_json = events.encode(response), events.encode(terminal)
+        compact, known_seq = b"", ""
+        # Only a stream known whole (sequence numbers 0 to n-1: none trimmed) can stand for the real one.
+        if r.compact and stream and attempt is not None and stream[0].seq == 0 and stream[-1].seq == len(stream) - 1:
+            pairs = [*zip(pending_args[::2], pending_args[1::2], strict=True), (terminal["type"], terminal_json)]
+            compact, known_seq = _compact_stream(stream, attempt, pairs), str(len(stream) - 1)
+        usage = response.get("usage")
+        tokens = (
+            [int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)]
+            if isinstance(usage, dict)
+            else ["", ""]
+        )
         committed = await call(
             self.redis,
             self._finish,
@@ -177,6 +207,7 @@ class TurnState:
                 keys.api_key_inflight(key_id or ""),  # unused without a key
                 keys.project_usage(project),
                 *(job or _NO_JOB).keys(),
+                keys.events_scratch(response_id),
             ],
             args=[
                 expect.value,
@@ -186,14 +217,17 @@ class TurnState:
                 response_ttl_s or r.response_ttl_s,
                 r.conversation_ttl_s,
                 final.value,
-                events.encode(response),
+                pack_json(response_json) if r.compact else response_json,
                 terminal["type"],
-                events.encode(terminal),
+                terminal_json,
                 response_id,
                 webhooks.outbox_entry(project, response_id, final.value, response),
                 job.job_id if job else "",
                 job.token if job else "",
                 "1" if key_id else "",
+                *tokens,
+                compact,
+                known_seq,
                 len(pending),
                 *pending_args,
                 *(events.encode(item) for item in items),
@@ -203,6 +237,21 @@ class TurnState:
         if committed:
             metrics.turn_finished(final.value, str(response.get("model", "")), project)
         return bool(committed)
+
+
+def _compact_stream(stream: Sequence[events.StreamEvent], attempt: int, tail: list[tuple[str, str]]) -> bytes:
+    """The compact entry's blob: the stream, then the `tail` (type, encoded event) the commit writes,
+    numbered on from it as the commit script numbers them, under the committing attempt."""
+    written = [
+        events.StreamEvent(seq, kind, attempt, events.numbered(seq, body))
+        for seq, (kind, body) in enumerate(tail, start=len(stream))
+    ]
+    return pack_events([*stream, *written])
+
+
+def _entry_pairs(entries: list[Any]) -> list[tuple[Any, dict[bytes, bytes]]]:
+    """XRANGE as Lua returns it (each entry an id and a flat field list) as redis-py's XRANGE gives it."""
+    return [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in entries]
 
 
 def _appended(result: list[Any]) -> bool:

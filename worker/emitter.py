@@ -40,7 +40,10 @@ class Emitter:
         window_s: float,
         on_cancel_requested: Callable[[], None],
         outage: Outage,
+        *,
+        keep_written: bool = False,
     ) -> None:
+        """`keep_written`: record every event written, for `stream()`."""
         self._state = state
         self._response_id = response_id
         self._attempt = attempt
@@ -54,6 +57,10 @@ class Emitter:
         self._opened: set[str] = set()  # items whose opening is written or buffered, awaiting a first delta
         self._error: BaseException | None = None
         self.writes = 0
+        # Every event this emitter wrote, in order, when kept: with what the stream held before, the whole
+        # stream, which the commit compacts (shared/turn_state.py). Only what Redis acknowledged is here.
+        self._keep_written = keep_written
+        self.written: list[events.Event] = []
 
     async def emit(self, event: events.Event) -> None:
         if self._error is not None:
@@ -117,6 +124,8 @@ class Emitter:
             cancel = await self._outage.call(
                 lambda: self._state.append(self._response_id, self._attempt, batch, batch_id), "event append"
             )
+            if self._keep_written:
+                self.written += batch
             if cancel:
                 self._on_cancel()
 
@@ -130,6 +139,16 @@ class Emitter:
                 raise self._error
             pending, self._buffer = self._buffer, []
         return pending
+
+    def stream(self, before: list[events.StreamEvent]) -> list[events.StreamEvent]:
+        """The stream as this attempt knows it: what it held `before` the first write, then what it wrote."""
+        return [
+            *before,
+            *(
+                events.StreamEvent(seq, event["type"], self._attempt, events.numbered(seq, events.encode(event)))
+                for seq, event in enumerate(self.written, start=len(before))
+            ),
+        ]
 
     def discard(self) -> None:
         self._cancel_timer()

@@ -109,7 +109,10 @@ class TurnRunner:
             add_log_context(attempt=started.attempt, conversation_id=req.conversation_id)
             if started.cancel_requested:
                 # Cancelled (or interrupted) while no worker held it: keep what a dead attempt produced.
-                resumed = await self._resumed(req.response_id, started.attempt)
+                resumed = Resumed()
+                if started.attempt > 1:
+                    stream = await self.outage.call(lambda: read_after(self.redis, response_id, -1), "stream read")
+                    resumed = fold(stream)
                 client_tools = frozenset(t["name"] for t in req.tools if t.get("type") == "function")
                 output = stopped_output(resumed, client_tools)
                 await self._commit(req, started.attempt, TurnOutcome(status=Status.CANCELLED, output=output), claim)
@@ -120,7 +123,7 @@ class TurnRunner:
                 if started.attempt - waits > self.settings.job_max_tries:
                     await self._commit(req, started.attempt, gave_up(started.attempt - 1 - waits), claim)
                     return Status.FAILED.value
-            return await self._execute(req, started.attempt, handle, claim, announced=started.announced)
+            return await self._execute(req, started, handle, claim)
         finally:
             self.cancels.unregister(response_id)
 
@@ -137,16 +140,25 @@ class TurnRunner:
         """Waits for the turn ahead to wake this one as it commits; the timeout covers a wake that was lost."""
         await self.redis.blpop([keys.turn_wake(response_id)], timeout=1)
 
-    async def _execute(
-        self, req: TurnRequest, attempt: int, handle: CancelHandle, claim: JobClaim | None, *, announced: bool
-    ) -> str:
-        resumed = await self._resumed(req.response_id, attempt)
+    async def _execute(self, req: TurnRequest, started: Started, handle: CancelHandle, claim: JobClaim | None) -> str:
+        attempt = started.attempt
+        # What the stream holds as this attempt starts: a first run's start sent it back (with compact
+        # retention), a re-run reads it to continue what earlier attempts streamed.
+        before: list[events.StreamEvent] | None
+        if attempt > 1:
+            before = await self.outage.call(lambda: read_after(self.redis, req.response_id, -1), "stream read")
+            resumed = fold(before)
+        else:
+            before, resumed = started.entries, Resumed()
         rerun = attempt > 1
         if rerun:
+            # A pickup after a wait on the queue for the upstream is not a re-run after a worker died.
             waited = await self.outage.call(lambda: deferred_attempt(self.redis, req.response_id), "retry state")
             rerun = waited != attempt - 1
         with TurnTelemetry(req, attempt, resumed=bool(resumed), rerun=rerun).attempt_span() as telemetry:
-            return await self._execute_attempt(req, attempt, handle, claim, resumed, telemetry, announced=announced)
+            return await self._execute_attempt(
+                req, attempt, handle, claim, resumed, telemetry, announced=started.announced, before=before
+            )
 
     async def _execute_attempt(
         self,
@@ -158,9 +170,18 @@ class TurnRunner:
         telemetry: TurnTelemetry,
         *,
         announced: bool,
+        before: list[events.StreamEvent] | None,
     ) -> str:
+        # With compact retention, the commit gets the whole stream as this attempt knows it.
+        known = before if self.state.retention.compact else None
         emitter = Emitter(
-            self.writes, req.response_id, attempt, self.settings.coalesce_ms / 1000, handle.request, self.outage
+            self.writes,
+            req.response_id,
+            attempt,
+            self.settings.coalesce_ms / 1000,
+            handle.request,
+            self.outage,
+            keep_written=known is not None,
         )
         pending: list[events.Event] = []
         try:
@@ -225,15 +246,8 @@ class TurnRunner:
             log.info("turn %s attempt %d stopped: %s", req.response_id, attempt, stale)
             emitter.discard()
             return "stale"
-        await self._commit(req, attempt, outcome, claim, pending)
+        await self._commit(req, attempt, outcome, claim, pending, None if known is None else emitter.stream(known))
         return outcome.status.value
-
-    async def _resumed(self, response_id: str, attempt: int) -> Resumed:
-        """What earlier attempts streamed; empty for a first run."""
-        if attempt <= 1:
-            return Resumed()
-        stream = await self.outage.call(lambda: read_after(self.redis, response_id, -1), "stream read")
-        return fold(stream)
 
     async def _outcome(self, turn: AgentTurn, handle: CancelHandle) -> TurnOutcome:
         task = asyncio.create_task(turn.run())
@@ -278,8 +292,10 @@ class TurnRunner:
         outcome: TurnOutcome,
         claim: JobClaim | None,
         pending: Sequence[events.Event] = (),
+        stream: list[events.StreamEvent] | None = None,
     ) -> None:
-        """Commits the turn with its `pending` events; a commit finishes the `claim`'s job in the same step."""
+        """Commits the turn with its `pending` events; a commit finishes the `claim`'s job in the same step.
+        `stream`: every entry the turn's stream holds, when this attempt knows them all (see TurnState.finish)."""
         response = build_response(req, outcome.status, outcome)
         items: list[Item] = []
         # store=false reads the conversation but adds nothing to it.
@@ -304,6 +320,7 @@ class TurnRunner:
                 key_id=req.key_id,
                 pending=pending,
                 job=claim,
+                stream=stream,
             ),
             "turn commit",
         )

@@ -10,18 +10,28 @@ local function feed_append(feed, counter, rid, attempt, maxlen, etype, data)
              'response_id', rid, 'data', '{"response_id":"' .. rid .. '",' .. string.sub(data, 2))
 end
 
--- Appends one event: the sequence number comes from the response hash, so writers never collide. A turn
--- whose record names a conversation feed (fields `feed`, `feed_seq`: keys named by the record, see the
--- loader) also appends it there, in the same step, so the feed holds exactly what the response's stream holds.
-local function append(resp, stream, attempt, maxlen, etype, body)
-  local seq = redis.call('HINCRBY', resp, 'seq', 1)
-  local data = '{"sequence_number":' .. seq .. ',' .. string.sub(body, 2)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-1',
-             'seq', seq, 'type', etype, 'attempt', attempt, 'data', data)
+-- A turn whose record names a conversation feed (fields `feed`, `feed_seq`: keys named by the record, see the
+-- loader) copies each event it writes there, in the same step, so the feed holds exactly what the response's
+-- stream holds. `data` is the event as numbered in the response's stream.
+local function to_feed(resp, attempt, maxlen, etype, data)
   local feed = redis.call('HMGET', resp, 'feed', 'feed_seq')
   if feed[1] then
     feed_append(feed[1], feed[2], string.sub(resp, #RESPONSE_PREFIX + 1), attempt, maxlen, etype, data)
   end
+end
+
+-- The event JSON numbered `seq`, as a stream entry's data carries it.
+local function numbered(seq, body)
+  return '{"sequence_number":' .. seq .. ',' .. string.sub(body, 2)
+end
+
+-- Appends one event: the sequence number comes from the response hash, so writers never collide.
+local function append(resp, stream, attempt, maxlen, etype, body)
+  local seq = redis.call('HINCRBY', resp, 'seq', 1)
+  local data = numbered(seq, body)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-1',
+             'seq', seq, 'type', etype, 'attempt', attempt, 'data', data)
+  to_feed(resp, attempt, maxlen, etype, data)
   return seq
 end
 
@@ -103,16 +113,15 @@ local function live_turns(inflight, limit, now, grace_ms)
 end
 
 -- Called as a turn commits: frees its API key's slot (`inflight` is that key's set; a turn of no key holds
--- none and leaves it alone) and adds its usage to its project's day. The Response JSON is decoded once per
--- turn, here.
-local function settle_accounts(inflight, usage_key, has_slot, response_id, response_json)
+-- none and leaves it alone) and adds its usage to its project's day. The caller passes the token counts of
+-- its Response's usage ('' when it has none), so no script decodes a Response (it may be stored compressed).
+local function settle_accounts(inflight, usage_key, has_slot, response_id, input_tokens, output_tokens)
   if has_slot then redis.call('ZREM', inflight, response_id) end
   local day = math.floor(tonumber(redis.call('TIME')[1]) / 86400)
   redis.call('HINCRBY', usage_key, day .. ':turns', 1)
-  local usage = cjson.decode(response_json)['usage']
-  if type(usage) == 'table' then
-    redis.call('HINCRBY', usage_key, day .. ':input_tokens', tonumber(usage['input_tokens']) or 0)
-    redis.call('HINCRBY', usage_key, day .. ':output_tokens', tonumber(usage['output_tokens']) or 0)
+  if input_tokens ~= '' then
+    redis.call('HINCRBY', usage_key, day .. ':input_tokens', tonumber(input_tokens) or 0)
+    redis.call('HINCRBY', usage_key, day .. ':output_tokens', tonumber(output_tokens) or 0)
   end
 end
 
@@ -125,7 +134,7 @@ end
 local function cancel_queued(resp, rid, turns, active, endpoints, outbox, usage, maxlen, stream_ttl, response_ttl)
   local f = redis.call('HMGET', resp, 'cancelled', 'cancelled_hook')
   redis.call('HSET', resp, 'status', 'cancelled', 'response', f[1])
-  settle_accounts(nil, usage, false, rid, f[1])
+  settle_accounts(nil, usage, false, rid, '', '')  -- cancelled before pickup: no usage
   local stream = EVENTS_PREFIX .. rid
   local terminal = '{"type":"' .. CANCELLED_EVENT .. '","response":' .. f[1] .. '}'
   append(resp, stream, '0', maxlen, CANCELLED_EVENT, terminal)

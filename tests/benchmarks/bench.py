@@ -6,7 +6,9 @@ Sections (each reuses the script that measures it on its own):
      Redis round trips per turn by phase, added time to first token at 1 turn and beside 50 streaming turns,
      service CPU per short turn at a 50-turn burst, a short turn beside 300 long ones vs beside 2;
   3. Redis commands per poll with 2 and 300 running jobs (the real claim script, on a quiet Redis);
-  4. SSE fan-out: 2,000 tails on one API process at 10k deliveries/s (fanout.py).
+  4. SSE fan-out: 2,000 tails on one API process at 10k deliveries/s (fanout.py);
+  5. Redis memory per finished short turn and 200-word streamed turn, stored compact and as streamed
+     (memory_per_turn.py).
 
     .venv/bin/python tests/benchmarks/bench.py [--quick] [--skip cpu fanout ...]
 
@@ -36,19 +38,19 @@ from typing import Any
 import fanout
 import httpx
 import latency
+import memory_per_turn
 import openai
 import redis.asyncio as aioredis
 import uvloop
 import worker_cpu
 from arq.connections import ArqRedis
 
-from shared import keys
+from shared import keys, lua
 from shared.queue import RUN_TURN
-from worker import sweeper, webhook_delivery
-from worker.job_leases import _CLAIM, JobLeases
+from worker.job_leases import JobLeases
 
 SHORT = "chunks=5 spacing=0"  # a short turn: five chunks back to back
-SECTIONS = ("cpu", "stack", "poll", "fanout")
+SECTIONS = ("cpu", "stack", "poll", "fanout", "memory")
 
 # Runs a service with a send hook on redis-py's connections: SIGUSR2 starts recording every round trip
 # (one send_packed_command: a command or a whole pipeline), the next SIGUSR2 writes them to the file.
@@ -363,14 +365,15 @@ def _evalsha(script: str) -> str:
 # What a worker's own timers send whatever the turns do: the webhook outbox poll and the sweeper's lock and
 # scan (each on its interval), and the idle poll (a claim, then the wait on the wake list).
 _BACKGROUND = {
-    f"LRANGE {keys.WEBHOOK_OUTBOX}", _evalsha(webhook_delivery._EXPAND), _evalsha(webhook_delivery._CLAIM),
-    f"SET {keys.SWEEPER_LOCK}", f"GET {keys.SWEEPER_LOCK}", f"PEXPIRE {keys.SWEEPER_LOCK}", _evalsha(sweeper._SCAN),
+    f"LRANGE {keys.WEBHOOK_OUTBOX}", _evalsha(lua.source("expand_webhook")), _evalsha(lua.source("claim_webhooks")),
+    f"SET {keys.SWEEPER_LOCK}", f"GET {keys.SWEEPER_LOCK}", f"PEXPIRE {keys.SWEEPER_LOCK}",
+    _evalsha(lua.source("sweep_active_turns")),
     f"BLPOP {keys.QUEUE_WAKE}",
 }
 
 
 def split_phases(rows: dict[str, list[dict[str, Any]]]) -> Phases:
-    claim = _evalsha(_CLAIM)
+    claim = _evalsha(lua.source("claim_jobs"))
     accept = [r for r in rows["api"] if not any(c.startswith("XREAD") for c in r["cmds"])]
     accepted_at = accept[-1]["t"]
     ran = [rows[n] for n in rows if n != "api" and any(r["delta"] for r in rows[n])]
@@ -430,12 +433,14 @@ async def round_trip_section(bench: Bench, stack: latency.Stack) -> None:
 
 async def stack_section(bench: Bench) -> None:
     a = bench.args
+    storage = {"TURNSTREAM_COMPACT_FINISHED_TURNS": "true" if a.storage == "compact" else "false"}
     with worker_cpu.raw_upstream(5, 0) as upstream:
         stack = latency.Stack(
             token_delay_ms=0, workers=2, poll_only=False, upstream_url=upstream, launcher=bench.launcher,
             # Room for every long turn with the short ones beside them.
             worker_env={"TURNSTREAM_MAX_JOBS": str(a.long_turns // 2 + 50),
-                        "TURNSTREAM_MAX_OUTPUT_BYTES": "10000000"},
+                        "TURNSTREAM_MAX_OUTPUT_BYTES": "10000000", **storage},
+            api_env=storage,
         )
         try:
             stack.start()
@@ -532,6 +537,26 @@ async def fanout_section(bench: Bench) -> None:
     bench.figure("fan-out API Redis connections", ", ".join(map(str, sorted(conns))), "constant", len(conns) == 1)
 
 
+# --- 5. memory per stored turn ------------------------------------------------------------------------------
+
+
+def memory_section(bench: Bench) -> None:
+    a = bench.args
+    argv = ["--short", str(a.memory_short), "--conversations", str(a.memory_short // 5),
+            "--streamed", str(a.memory_streamed)]
+    args = memory_per_turn.parse_args(argv)
+    say(f"\n== Redis memory per finished turn ({a.memory_short} short turns over {a.memory_short // 5} "
+        f"conversations, then {a.memory_streamed} streamed 200-word turns; own stack per storage form)")
+    forms = {"as streamed": memory_per_turn.measure(False, args), "compact": memory_per_turn.measure(True, args)}
+    memory_per_turn.report(forms, ["memory_per_turn.py", *argv])
+    plain, compact = forms["as streamed"], forms["compact"]
+    for name, attr, target in (("short", "short_b", memory_per_turn.TARGET_SHORT_B),
+                               ("200-word streamed", "streamed_b", memory_per_turn.TARGET_STREAMED_B)):
+        value, before = getattr(compact, attr), getattr(plain, attr)
+        bench.figure(f"Redis memory per finished {name} turn (as streamed)", f"{value:,.0f} B ({before:,.0f} B)",
+                     f"<= {target:,} B", value <= target)
+
+
 # --- the run -------------------------------------------------------------------------------------------------
 
 
@@ -557,10 +582,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cpu-chunks", type=int, default=200)
     parser.add_argument("--cpu-repeats", type=int, default=3)
     parser.add_argument("--fanout-seconds", type=float, default=15.0)
+    parser.add_argument("--storage", choices=("compact", "plain"), default="compact",
+                        help="how the stack section's services store finished turns")
+    parser.add_argument("--memory-short", type=int, default=500, help="short turns of the memory section")
+    parser.add_argument("--memory-streamed", type=int, default=50, help="streamed turns of the memory section")
     args = parser.parse_args(argv)
     if args.quick:
         args.turns, args.bursts, args.crowd_samples, args.traced_turns = 60, 2, 10, 3
         args.cpu_turns, args.cpu_chunks, args.cpu_repeats, args.fanout_seconds = 20, 100, 1, 6.0
+        args.memory_short, args.memory_streamed = 200, 20
     return args
 
 
@@ -582,6 +612,8 @@ def main() -> int:
             uvloop.run(poll_section(bench))
         if "fanout" not in skip:
             uvloop.run(fanout_section(bench))
+        if "memory" not in skip:
+            memory_section(bench)
     except KeyboardInterrupt:
         return 130
     summary(bench)

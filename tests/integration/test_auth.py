@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ import pytest
 import redis
 
 from shared import ids
+from shared.stored_form import COMPACT_FIELD, decode_entries, unpack_json
 from tests.conftest import ROOT, wait_until
 from tests.integration.keyed_stack import KeyedStack, M, http
 
@@ -184,7 +186,8 @@ def _dump(r: redis.Redis, key: bytes) -> bytes:
     if kind == "string":
         return r.get(key) or b""
     if kind == "hash":
-        return b" ".join(k + b"=" + v for k, v in r.hgetall(key).items())
+        # A finished turn's request and response are stored compressed: read as any reader would.
+        return b" ".join(k + b"=" + _plain(v) for k, v in r.hgetall(key).items())
     if kind == "list":
         return b" ".join(r.lrange(key, 0, -1))
     if kind == "set":
@@ -192,8 +195,23 @@ def _dump(r: redis.Redis, key: bytes) -> bytes:
     if kind == "zset":
         return b" ".join(m for m, _ in r.zrange(key, 0, -1, withscores=True))
     if kind == "stream":
-        return b" ".join(b" ".join(k + b"=" + v for k, v in fields.items()) for _, fields in r.xrange(key))
+        return b" ".join(_entry(fields) for _, fields in r.xrange(key))
     return b""
+
+
+def _entry(fields: dict[bytes, bytes]) -> bytes:
+    raw = b" ".join(k + b"=" + v for k, v in fields.items())
+    if COMPACT_FIELD.encode() not in fields:
+        return raw
+    # A finished turn's stream is one compressed entry of all its events: expanded, as a reader reads it.
+    return raw + b" " + b" ".join(e.data.encode() for e in decode_entries(fields))
+
+
+def _plain(value: bytes) -> bytes:
+    try:
+        return unpack_json(value).encode()
+    except (zlib.error, UnicodeDecodeError):
+        return value
 
 
 def test_the_readme_keys_example_runs(keyed: KeyedStack) -> None:

@@ -21,7 +21,7 @@ import redis
 from openai import OpenAI
 
 from shared import keys
-from shared.events import decode_entry
+from shared.stored_form import decode_entries
 from tests.conftest import Stack, start_redis, wait_until
 from tests.integration.own_stack import own_stack
 
@@ -113,7 +113,7 @@ def _assert_exactly_once(client: OpenAI, stack: Stack, load: list[tuple[str, str
             ("assistant", _numbers(SECOND)),
         ]
         # What an SSE client or gateway concatenates from the stream equals the answer: no text twice.
-        streamed = [decode_entry(f).json() for _, f in r.xrange(keys.events(first))]
+        streamed = [e.json() for _, f in r.xrange(keys.events(first)) for e in decode_entries(f)]
         deltas = "".join(e["delta"] for e in streamed if e["type"] == "response.output_text.delta")
         assert deltas == _numbers(FIRST)
         assert [e["sequence_number"] for e in streamed] == list(range(len(streamed)))
@@ -240,7 +240,7 @@ def test_rerun_never_runs_a_streamed_tool_again(client: OpenAI, fault_stack: Sta
     added = [e.output_index for e in events if e.type == "response.output_item.added"]
     assert added == list(range(len(stored.output)))  # no item opened twice
     assert len(log.read_text().split()) == 1  # the tool ran once
-    attempts = {int(decode_entry(f).attempt) for _, f in r.xrange(keys.events(final.id))}
+    attempts = {e.attempt for _, f in r.xrange(keys.events(final.id)) for e in decode_entries(f)}
     assert attempts >= {1, 2}  # it really was re-run
 
 

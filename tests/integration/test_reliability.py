@@ -10,8 +10,8 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from openai import OpenAI
 
 from shared import keys
-from shared.events import decode_entry
 from shared.queue import RUN_TURN
+from shared.stored_form import decode_entries
 from tests.conftest import Stack
 from tests.integration.conftest import TERMINAL, assert_consecutive, validated, wait_for
 
@@ -19,7 +19,8 @@ from tests.integration.conftest import TERMINAL, assert_consecutive, validated, 
 def _entries(rds: redis.Redis, response_id: str) -> list[tuple[int, str, int]]:
     return [
         (e.seq, e.type, e.attempt)
-        for e in (decode_entry(fields) for _, fields in rds.xrange(keys.events(response_id)))
+        for _, fields in rds.xrange(keys.events(response_id))
+        for e in decode_entries(fields)
     ]
 
 

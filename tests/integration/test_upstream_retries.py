@@ -21,7 +21,7 @@ import redis
 from openai import OpenAI
 
 from shared import keys
-from shared.events import decode_entry
+from shared.stored_form import decode_entries
 from tests.conftest import Stack, free_port, wait_until
 from tests.integration.conftest import wait_for
 from tests.integration.own_stack import own_stack
@@ -62,7 +62,7 @@ def _numbers(n: int) -> str:
 
 def _events(stack: Stack, response_id: str) -> list[tuple[str, dict[str, object]]]:
     entries = redis.Redis(port=stack.redis.port).xrange(keys.events(response_id))
-    return [(e.type, e.json()) for e in (decode_entry(f) for _, f in entries)]
+    return [(e.type, e.json()) for _, f in entries for e in decode_entries(f)]
 
 
 def _logs(stack: Stack) -> str:

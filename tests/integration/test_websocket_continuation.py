@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import ClientConnection, connect
 
 from shared import keys
+from shared.stored_form import unpack_json
 from tests.conftest import Stack, free_port, wait_until
 from tests.integration.conftest import assert_consecutive
 from tests.openresponses_spec import Conformance, assert_spec_valid
@@ -130,7 +131,7 @@ def test_a_stored_latest_response_is_continued_without_its_context_in_the_job(
     asked = _answer(ws)
     assert _text(asked) == "Your name is Asha."
     # A stored chain is read from Redis by the worker, so the job carries no copy of it.
-    request = json.loads(rds.hget(keys.response(asked["id"]), "request") or "{}")
+    request = json.loads(unpack_json(rds.hget(keys.response(asked["id"]), "request") or b"{}"))
     assert request["context"] is None and request["previous_response_id"] == told["id"]
 
 

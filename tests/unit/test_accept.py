@@ -22,6 +22,7 @@ from shared.queue import RUN_TURN
 from shared.rate_limits import Limiter
 from shared.redis_conn import EmbeddedRedis
 from shared.settings import Settings
+from shared.stored_form import unpack_json
 from shared.stream_tail import read_after
 from shared.turn_accept import TurnAcceptor
 from shared.turn_state import Retention, TurnState
@@ -96,7 +97,8 @@ async def test_an_accepted_turn_returns_exactly_the_response_it_stored(redis: Ar
     returned = (await accept(services(redis), req, OPEN)).response_json
 
     stored = await redis.hget(keys.response(req.response_id), "response")
-    assert json.loads(returned) == json.loads(stored)
+    assert json.loads(returned) == json.loads(unpack_json(stored))
+    assert stored[:1] != b"{"  # kept compressed (shared/stored_form.py); what is returned is the JSON
     assert json.loads(returned)["status"] == "queued"
 
 
@@ -107,7 +109,8 @@ async def test_one_accept_writes_the_record_its_first_events_the_job_and_the_wak
     accepted = await accept(services(redis), req, KEYED)
 
     rid = req.response_id
-    record = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.response(rid))).items()}
+    stored = await redis.hgetall(keys.response(rid))
+    record = {k.decode(): unpack_json(v) if k in (b"request", b"response") else v.decode() for k, v in stored.items()}
     assert (record["status"], record["attempt"], record["seq"], record["project"]) == ("queued", "0", "1", "p")
     assert record["conversation"] == conversation_id  # for jobs that do not carry it
     assert TurnRequest.model_validate_json(record["request"]) == req

@@ -18,6 +18,7 @@ from shared.events import StreamEvent, decode_entry
 from shared.models import Status
 from shared.redis_conn import EmbeddedRedis
 from shared.settings import Settings
+from shared.stream_tail import read_after
 from shared.turn_state import Retention, TurnState
 
 SETTINGS = Settings()
@@ -46,7 +47,9 @@ class Harness:
             await self.state.append(response_id, 1, [events.text_delta("msg_1", 0, f"{i} ")])
             await asyncio.sleep(pause_s)
 
-    async def finish(self, response_id: str) -> None:
+    async def finish(self, response_id: str, *, compact: bool = False) -> None:
+        """Commits the turn; `compact`: knowing its whole stream, as a worker does, so it is kept as one entry."""
+        known = await read_after(self.redis, response_id, -1) if compact else None
         assert await self.state.finish(
             response_id,
             expect=Status.IN_PROGRESS,
@@ -55,7 +58,10 @@ class Harness:
             response={"id": response_id, "status": "completed"},
             conversation_id=None,
             items=[],
+            stream=known,
         )
+        if compact:
+            assert await self.length(response_id) == 1
 
     async def produce(self, response_id: str, count: int, pause_s: float = 0.001) -> None:
         await self.write(response_id, count, pause_s)
@@ -157,6 +163,36 @@ async def test_subscriber_to_a_finished_response_replays_it_and_ends(harness: Ha
 
     assert_complete(received, 0, 6)
     assert received[-1].json()["response"]["status"] == "completed"
+
+
+async def test_subscribers_live_when_a_turn_commits_compact_get_the_rest_once_in_order(harness: Harness) -> None:
+    response_id = await harness.new_turn()
+    await harness.write(response_id, 10)
+    from_start = asyncio.create_task(harness.collect(response_id))
+    after_five = asyncio.create_task(harness.collect(response_id, after_seq=5))
+    await until_watched(harness.fanout)
+    await harness.write(response_id, 10, pause_s=0.001)
+
+    async with asyncio.timeout(GUARD_S):
+        await asyncio.sleep(0.05)  # both caught up, waiting on the reader's XREAD
+        await harness.finish(response_id, compact=True)
+        received = await from_start, await after_five
+
+    assert_complete(received[0], 0, 21)
+    assert_complete(received[1], 6, 21)
+
+
+async def test_resuming_a_compact_finished_response_after_any_event_gets_exactly_what_follows(
+    harness: Harness,
+) -> None:
+    response_id = await harness.new_turn()
+    await harness.write(response_id, 250)  # more events than one page of a replay read
+    await harness.finish(response_id, compact=True)
+    last = 251
+
+    for after in (-1, 0, 1, 5, 150, 199, 200, 201, 249, last - 1):
+        assert_complete(await harness.collect(response_id, after_seq=after), after + 1, last)
+    assert await harness.collect(response_id, after_seq=last) == []
 
 
 async def test_two_subscribers_to_one_response_both_get_everything(harness: Harness) -> None:

@@ -21,7 +21,7 @@ from shared.queue import RUN_TURN, enqueue_turn
 from shared.response_object import build_response
 from shared.settings import Settings
 from shared.stream_tail import read_after
-from shared.turn_state import TurnState
+from shared.turn_state import Retention, TurnState
 from tests.queued_records import store_queued
 from worker.agents import Agent, AgentRegistry
 from worker.arq_worker import FastPickupWorker
@@ -164,6 +164,54 @@ async def test_a_rerun_announces_itself_with_its_own_in_progress(redis: ArqRedis
     published = await read_after(redis, req.response_id, -1)
     assert [(e.type, e.attempt) for e in published] == [(events.IN_PROGRESS, 1), (events.IN_PROGRESS, 2),
                                                         (events.FAILED, 2)]
+
+
+@pytest.mark.parametrize("progress", [True, False], ids=["current record", "older record"])
+async def test_a_first_run_commits_its_whole_stream_as_one_compact_entry(redis: ArqRedis, progress: bool) -> None:
+    worker = Worker(redis)
+    req = await accepted(redis, progress=progress)
+    await TurnState(redis, worker.runner.state.retention).append(
+        req.response_id, 0, [events.lifecycle(events.CREATED, build_response(req, Status.QUEUED))]
+    )
+    job_id, token = await worker.claim()
+
+    await worker.runner.run(req.response_id, req.conversation_id, job_id, token)
+
+    assert await redis.xlen(keys.events(req.response_id)) == 1
+    published = await read_after(redis, req.response_id, -1)
+    assert [(e.seq, e.type, e.attempt) for e in published] == [
+        (0, events.CREATED, 0), (1, events.IN_PROGRESS, 1), (2, events.FAILED, 1)
+    ]
+
+
+async def test_a_rerun_commits_what_every_attempt_wrote_as_one_compact_entry(redis: ArqRedis) -> None:
+    worker = Worker(redis)
+    req = await accepted(redis)
+    state = TurnState(redis, worker.runner.state.retention)
+    await state.start(req.response_id, req.conversation_id)  # attempt 1 wrote a delta, then died
+    await state.append(req.response_id, 1, [events.text_delta(ids.message_id(), 0, "half")])
+    job_id, token = await worker.claim()
+
+    await worker.runner.run(req.response_id, req.conversation_id, job_id, token)
+
+    assert await redis.xlen(keys.events(req.response_id)) == 1
+    published = await read_after(redis, req.response_id, -1)
+    assert [(e.seq, e.type, e.attempt) for e in published] == [
+        (0, events.IN_PROGRESS, 1), (1, "response.output_text.delta", 1), (2, events.IN_PROGRESS, 2),
+        (3, events.FAILED, 2),
+    ]
+
+
+async def test_with_compaction_off_a_turn_keeps_one_entry_per_event(redis: ArqRedis) -> None:
+    worker = Worker(redis)
+    worker.runner.state = TurnState(redis, Retention.from_settings(Settings(compact_finished_turns=False)))
+    req = await accepted(redis)
+    job_id, token = await worker.claim()
+
+    await worker.runner.run(req.response_id, req.conversation_id, job_id, token)
+
+    assert await redis.xlen(keys.events(req.response_id)) == 2
+    assert await stream_types(redis, req.response_id) == [events.IN_PROGRESS, events.FAILED]
 
 
 @pytest.mark.parametrize("progress", [True, False], ids=["current record", "older record"])

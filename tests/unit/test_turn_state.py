@@ -595,9 +595,12 @@ async def test_conversation_deleted_before_finish_gets_no_items_and_is_not_recre
 
 
 def test_retention_reads_its_limits_from_settings() -> None:
-    settings = Settings(stream_ttl_s=1, response_ttl_s=2, conversation_ttl_s=3, stream_maxlen=4)
+    settings = Settings(
+        stream_ttl_s=1, response_ttl_s=2, conversation_ttl_s=3, stream_maxlen=4, compact_finished_turns=False
+    )
 
-    assert Retention.from_settings(settings) == Retention(1, 2, 3, 4)
+    assert Retention.from_settings(settings) == Retention(1, 2, 3, 4, compact=False)
+    assert Retention.from_settings(Settings()).compact  # finished turns are stored compact unless turned off
 
 
 
