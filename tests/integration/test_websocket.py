@@ -10,10 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
+from openai import OpenAI
 from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import Stack
-from tests.integration.conftest import assert_consecutive
+from tests.integration.conftest import TERMINAL as SETTLED
+from tests.integration.conftest import assert_consecutive, wait_for
 from tests.openresponses_spec import Conformance, assert_spec_valid
 
 M = "turnstream-mock"
@@ -181,6 +183,52 @@ def test_a_dropped_socket_leaves_the_turn_running_and_it_resumes_over_sse(stack:
     assert rest[-1]["type"] == "response.completed"
     text = "".join(e["delta"] for e in seen + rest if e["type"] == "response.output_text.delta")
     assert text == " ".join(str(i) for i in range(1, 61))
+
+
+def test_a_closed_socket_cancels_its_opted_in_turn_while_quiet_and_never_runs_the_creates_waiting(
+    stack: Stack, client: OpenAI
+) -> None:
+    conversation = client.conversations.create().id
+    with connect(_url(stack)) as ws:
+        _send(ws, input='call slow_tool({"seconds": 5})', conversation=conversation, cancel_on_disconnect=True)
+        _send(ws, input="count to 3", conversation=conversation, cancel_on_disconnect=True)  # waits behind it
+        seen = [_receive(ws)]
+        while seen[-1]["type"] != "response.function_call_arguments.done":
+            seen.append(_receive(ws))
+    # The socket closed while the tool runs: nothing is being sent that could fail, yet the turn is cancelled.
+    final = wait_for(client, seen[0]["response"]["id"], SETTLED, timeout=10)
+    assert final.status == "cancelled"
+    asked = [i.content[0].text for i in client.conversations.items.list(conversation).data  # type: ignore[union-attr]
+             if i.type == "message" and i.role == "user"]
+    assert asked == ['call slow_tool({"seconds": 5})']
+
+
+def test_an_opted_in_turn_resumed_over_sse_within_the_grace_runs_on(stack: Stack) -> None:
+    with connect(_url(stack)) as ws:
+        _send(ws, input="count to 60 [delay=10ms]", cancel_on_disconnect=True)
+        seen = [_receive(ws) for _ in range(8)]
+    response_id, last = seen[0]["response"]["id"], seen[-1]["sequence_number"]
+    with httpx.stream(
+        "GET", f"{stack.base_url}/responses/{response_id}", params={"stream": "true", "starting_after": last}
+    ) as reply:
+        rest = Conformance().sse(reply.read().decode())
+    assert rest[-1]["type"] == "response.completed"
+    assert_consecutive([e["sequence_number"] for e in seen + rest])
+
+
+def test_an_opted_in_turn_that_ended_leaves_the_next_plain_turn_running_when_the_socket_closes(
+    stack: Stack, client: OpenAI
+) -> None:
+    with connect(_url(stack)) as ws:
+        _send(ws, input="count to 2", cancel_on_disconnect=True)
+        _turn(ws, Conformance())
+        _send(ws, input="count to 60 [delay=10ms]")
+        response_id = _receive(ws)["response"]["id"]
+    assert wait_for(client, response_id, SETTLED, timeout=30).status == "completed"
+
+
+def _url(stack: Stack) -> str:
+    return stack.api_url.replace("http://", "ws://") + "/v1/responses"
 
 
 def test_a_hostile_message_gets_an_error_event_and_the_socket_stays_open(stack: Stack) -> None:
