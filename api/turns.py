@@ -149,7 +149,7 @@ async def accept(svc: Services, req: TurnRequest, caller: Caller, once: Claim | 
     error may follow, or a client retrying that error would run the turn twice.
     """
     add_log_context(response_id=req.response_id, conversation_id=req.conversation_id)
-    turn = _render(req)
+    turn = _render(req, svc.settings.conversation_feed_ttl_s)
     # Keys off (or no key): no concurrent-turn slot to take.
     slot = Slot(caller.key_id, caller.max_concurrent) if svc.limiter and caller.key_id else None
     outcome = await svc.acceptor.accept(turn, slot, once.mark() if once is not None else None)
@@ -161,7 +161,7 @@ async def accept(svc: Services, req: TurnRequest, caller: Caller, once: Claim | 
     return Accepted(str(turn.record["response"]), turn.written())
 
 
-def _render(req: TurnRequest) -> NewTurn:
+def _render(req: TurnRequest, feed_ttl_s: int) -> NewTurn:
     queued = build_response(req, Status.QUEUED)
     first = [events.lifecycle(events.CREATED, queued)]
     if req.background:
@@ -193,7 +193,12 @@ def _render(req: TurnRequest) -> NewTurn:
         conversation_id=req.conversation_id,
         conversation_lock=req.conversation_lock,
         record=response_record.new_record(
-            req, response_json=response_json, request_json=request_json, progress=progress, **stoppable
+            req,
+            response_json=response_json,
+            request_json=request_json,
+            progress=progress,
+            feed_ttl_s=feed_ttl_s,
+            **stoppable,
         ),
         first_events=encoded,
     )

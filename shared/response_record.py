@@ -45,6 +45,7 @@ class Field(enum.StrEnum):
     ROLLBACK = "rollback"  # "1": stopped by a `rollback`; its commit adds nothing to the conversation
     FEED = "feed"  # the conversation's live feed its events are copied to (stored conversation turns)
     FEED_SEQ = "feed_seq"  # that feed's entry counter
+    FEED_TTL = "feed_ttl"  # how long the feed lives after its last event (TURNSTREAM_CONVERSATION_FEED_TTL_S)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ def new_record(
     progress: str,
     cancelled_json: str | None = None,
     cancelled_hook: str | None = None,
+    feed_ttl_s: int = 0,
 ) -> dict[str, str | int]:
     """The fields the accept writes for a queued turn."""
     record: dict[str, str | int] = {
@@ -78,9 +80,11 @@ def new_record(
     if cancelled_json is not None and cancelled_hook is not None:
         record[Field.CANCELLED] = cancelled_json
         record[Field.CANCELLED_HOOK] = cancelled_hook
-    if req.conversation_id and req.store:  # a store=false turn is seen by its creator alone, not by the feed
+    # A store=false turn is seen by its creator alone, not by the feed.
+    if req.conversation_id and req.store and feed_ttl_s > 0:
         record[Field.FEED] = keys.conversation_feed(req.conversation_id)
         record[Field.FEED_SEQ] = keys.conversation_feed_counter(req.conversation_id)
+        record[Field.FEED_TTL] = feed_ttl_s
     return record
 
 

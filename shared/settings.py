@@ -74,6 +74,10 @@ class Settings(BaseSettings):
 
     # --- Retention ----------------------------------------------------------------------------
     stream_ttl_s: int = 86_400  # events stay replayable for a day
+    # A conversation's live feed (GET /v1/conversations/{id}/events) holds a copy of every event of its turns,
+    # uncompacted: it is for following live and reconnecting, so it lives this long after its last event, not
+    # a day. 0 = no feed (every event then costs Redis one write less).
+    conversation_feed_ttl_s: int = Field(default=600, ge=0)
     response_ttl_s: int = 30 * 86_400  # the same retention OpenAI uses for stored responses
     # store=false: a finished turn's working state (record and stream) lingers only this long, so the
     # request that created it can finish reading; it is never served by id.

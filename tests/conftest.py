@@ -210,6 +210,7 @@ def running_stack(
         wait_until(lambda: httpx.get(f"{s.mock_url}/models").status_code == 200, 30, "the mock model")
         if workers:
             wait_until(lambda: server.client().hlen(keys.AGENTS) > 0, 30, "workers")
+            wait_until(lambda: httpx.get(f"{s.api_url}/readyz").status_code == 200, 30, "a worker's heartbeat")
         yield s
     except BaseException:
         for log in sorted(logdir.iterdir()):

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from api import idempotency
 from api.auth import CallerDep
 from api.deps import ServicesDep
-from api.errors import invalid, not_found
+from api.errors import APIError, invalid, not_found
 from api.idempotency import IdempotencyKey
 from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
@@ -139,6 +139,12 @@ async def conversation_events(
 ) -> Response:
     """Every event of every turn of the conversation: with stream=true, live from now (or after a cursor)."""
     await _conversation(svc, conversation_id, caller.project)
+    if svc.settings.conversation_feed_ttl_s == 0:
+        raise APIError(
+            501,
+            "Conversation feeds are off on this deployment (TURNSTREAM_CONVERSATION_FEED_TTL_S=0).",
+            code="conversation_feed_off",
+        )
     last = await feed.last_entry(svc.redis, conversation_id)
     if starting_after is not None:
         after, param = starting_after, "starting_after"

@@ -35,13 +35,15 @@ local function append(resp, stream, attempt, maxlen, etype, body)
   return seq
 end
 
--- Renews a turn's stream and, if it has one, its conversation's feed: both live `ttl` after their last write.
+-- Renews a turn's stream (`ttl` after its last write) and, if it has one, its conversation's feed (its own TTL).
 local function expire_streams(resp, stream, ttl)
   redis.call('EXPIRE', stream, ttl)
-  local feed = redis.call('HMGET', resp, 'feed', 'feed_seq')
+  local feed = redis.call('HMGET', resp, 'feed', 'feed_seq', 'feed_ttl')
   if feed[1] then
-    redis.call('EXPIRE', feed[1], ttl)
-    redis.call('EXPIRE', feed[2], ttl)
+    -- The feed's own retention (records of before it had one: the stream's).
+    local feed_ttl = feed[3] or ttl
+    redis.call('EXPIRE', feed[1], feed_ttl)
+    redis.call('EXPIRE', feed[2], feed_ttl)
   end
 end
 

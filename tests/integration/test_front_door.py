@@ -563,3 +563,17 @@ def test_upstream_error_names_the_url_and_the_missing_v1(tmp_path: Path, start: 
     assert f"404 from {without_v1}/chat/completions" in response.error.message
     assert "/v1" in response.error.message.split("chat/completions", 1)[1]
     wait_until(lambda: "listing its models answered 404" in dev.err, 10, "the start-up warning")
+
+
+def test_with_conversation_feeds_off_the_feed_route_says_so(tmp_path: Path, start: object,
+                                                             redis_server: RedisServer) -> None:
+    env = clean_env(TURNSTREAM_REDIS_URL=redis_server.url, TURNSTREAM_AUTH="off",
+                    TURNSTREAM_CONVERSATION_FEED_TTL_S="0")
+    api = start("api", env=env)  # type: ignore[operator]
+    root = f"http://127.0.0.1:{env['TURNSTREAM_PORT']}"
+    wait_ready(f"{root}/readyz?exclude=workers", api)
+    conversation = httpx.post(f"{root}/v1/conversations", json={}).json()
+    answer = httpx.get(f"{root}/v1/conversations/{conversation['id']}/events")
+    assert answer.status_code == 501
+    assert answer.json()["error"]["code"] == "conversation_feed_off"
+    assert "TURNSTREAM_CONVERSATION_FEED_TTL_S" in answer.json()["error"]["message"]

@@ -40,7 +40,8 @@ def _start_replica(workdir: Path, primary: RedisServer) -> RedisServer:
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, RedisServer]]:
     root = tmp_path_factory.mktemp("replication")
-    env = {"TURNSTREAM_REDIS_WAIT_REPLICAS": "1", "TURNSTREAM_REDIS_WAIT_TIMEOUT_MS": "200"}
+    # Long enough that a loaded machine's replica still acknowledges in time: the first test counts on it.
+    env = {"TURNSTREAM_REDIS_WAIT_REPLICAS": "1", "TURNSTREAM_REDIS_WAIT_TIMEOUT_MS": "3000"}
     with own_stack(root, env, workers=1) as stack:
         replica = _start_replica(root, stack.redis)
         try:

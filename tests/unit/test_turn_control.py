@@ -206,7 +206,22 @@ async def test_a_conversation_turns_events_are_copied_to_its_feed_in_order(redis
     body = feed[2][1].json()
     assert body.pop("response_id") == first.response_id
     assert body == own.json()
-    assert 0 < await redis.ttl(keys.conversation_feed(conversation_id)) <= RETENTION.stream_ttl_s
+    # The feed is for following live: it lives its own (short) TTL after its last event, not the stream's day.
+    for key in (keys.conversation_feed(conversation_id), keys.conversation_feed_counter(conversation_id)):
+        assert 0 < await redis.ttl(key) <= SETTINGS.conversation_feed_ttl_s < RETENTION.stream_ttl_s
+
+
+async def test_with_feeds_off_a_conversation_turn_writes_no_feed(redis: ArqRedis) -> None:
+    conversation_id = await conversation(redis)
+    services_without_feeds = services(redis)
+    services_without_feeds.settings = SETTINGS.model_copy(update={"conversation_feed_ttl_s": 0})
+    req = request(conversation_id)
+
+    await accept(services_without_feeds, req, KEYED)
+    await TurnState(redis, RETENTION).start(req.response_id, conversation_id)
+
+    assert await redis.exists(keys.conversation_feed(conversation_id)) == 0
+    assert await field(redis, req, "feed") is None
 
 
 async def test_a_store_false_turn_stays_out_of_the_feed(redis: ArqRedis) -> None:
