@@ -18,7 +18,8 @@ def response(response_id: str) -> str:
     """HASH: status, attempt, seq (last sequence number), batch (last event batch written), cancel,
     request (JSON), response (JSON) (each zlib-compressed unless it starts with "{": shared/stored_form.py),
     progress (the turn's `response.in_progress` event, encoded at accept for the worker to publish as it starts
-    the turn; records of older API nodes lack it); for a turn in a conversation: cancelled and cancelled_hook
+    the turn; records of older API nodes lack it), deferred and waits (a wait on the queue for the upstream:
+    shared/lua/defer_turn.lua); for a turn in a conversation: cancelled and cancelled_hook
     (its cancelled Response and webhook entry, rendered at accept for an `interrupt`/`rollback` accept that
     stops it before pickup; dropped once it starts), rollback (set by a `rollback` accept: its commit adds
     nothing to the conversation), feed and feed_seq (its conversation's feed and the feed's counter, when
@@ -182,8 +183,7 @@ def upstream_cooldown(upstream: str) -> str:
 
 def upstream_retry(response_id: str) -> str:
     """HASH: a turn's retry state across the waits it spends back on the queue: first_failure_ms, failures,
-    upstream (index of the one in use), tried (what failed so far, for the final error), deferrals (waits
-    spent on the queue) and deferred_attempt (the attempt that last went back to wait)."""
+    upstream (index of the one in use), tried (what failed so far, for the final error)."""
     return f"{PREFIX}upstream-retry:{response_id}"
 
 

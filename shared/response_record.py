@@ -25,6 +25,10 @@ class Field(enum.StrEnum):
 
     STATUS = "status"  # the turn's Status; moves on its own, the Response body only at the end
     ATTEMPT = "attempt"  # runs started so far (0 while queued)
+    # The attempt that went back on the queue to wait for its upstream; the next start takes it and counts
+    # the pickup in WAITS (a continuation, not a try: tries = attempt - waits). See shared/lua/defer_turn.lua.
+    DEFERRED = "deferred"
+    WAITS = "waits"
     SEQ = "seq"  # the last event's sequence number (-1 before any)
     BATCH = "batch"  # the id of the last event batch written, so a retried batch is written once
     CANCEL = "cancel"  # "1" once a cancel was requested
@@ -128,8 +132,11 @@ async def last_seq(redis: Redis, response_id: str) -> int:
     return int(await redis.hget(keys.response(response_id), Field.SEQ) or -1)
 
 
-async def attempt(redis: Redis, response_id: str) -> int:
-    return int(await redis.hget(keys.response(response_id), Field.ATTEMPT) or 0)
+async def tries(redis: Redis, response_id: str) -> int:
+    """The turn's attempts that counted against TURNSTREAM_JOB_MAX_TRIES: those that were not pickups after a
+    wait on the queue for the upstream."""
+    attempt, waits = await redis.hmget(keys.response(response_id), [Field.ATTEMPT, Field.WAITS])
+    return int(attempt or 0) - int(waits or 0)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,13 @@ class Started:
     announced: bool = False  # its response.in_progress event was written with the start
     # A first run's stream as the start left it (asked for with `entries=True`): every entry, in order.
     entries: list[events.StreamEvent] | None = None
+    continues: bool = False  # picks the turn up after its previous attempt waited on the queue (see `defer`)
+    waits: int = 0  # the turn's attempts that were such pickups
+
+    @property
+    def tries(self) -> int:
+        """Attempts that count against TURNSTREAM_JOB_MAX_TRIES: a pickup after a wait is not a re-run."""
+        return self.attempt - self.waits
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class TurnState:
         registered = scripts(redis)
         self._append = registered.append_events
         self._start = registered.start_turn
+        self._defer = registered.defer_turn
         self._finish = registered.finish_turn
 
     async def append(self, response_id: str, attempt: int, batch: list[events.Event], batch_id: str = "") -> bool:
@@ -132,7 +140,7 @@ class TurnState:
         With compact retention a first run also gets its stream's entries, for `finish(stream=...)`."""
         r = self.retention
         conv = conversation_id or ""
-        status, attempt, cancel, request, waiting, announced, entries = await self._start(
+        status, attempt, cancel, request, waiting, announced, entries, continues, waits = await self._start(
             keys=[keys.response(response_id), keys.events(response_id), keys.conversation_turns(conv)],
             args=[r.stream_maxlen, r.stream_ttl_s, events.IN_PROGRESS, response_id, conv, "1" if r.compact else ""],
         )
@@ -144,7 +152,14 @@ class TurnState:
             bool(waiting),
             bool(announced),
             [events.decode_entry(fields) for _, fields in _entry_pairs(entries)] if entries else None,
+            bool(continues),
+            int(waits),
         )
+
+    async def defer(self, response_id: str, attempt: int) -> bool:
+        """Marks the turn as going back on the queue after `attempt` to wait for its upstream, so that the next
+        start counts the pickup as a continuation, not a try; False if `attempt` no longer owns the turn."""
+        return bool(await self._defer(keys=[keys.response(response_id)], args=[attempt]))
 
     async def finish(
         self,

@@ -100,9 +100,9 @@ class Sweeper:
         record = await response_record.load(self.redis, response_id)
         if record is None or record.status.terminal:
             return True
-        attempt = await response_record.attempt(self.redis, response_id)
-        if record.status == Status.IN_PROGRESS and attempt >= self.settings.job_max_tries:
-            outcome = gave_up(attempt)
+        tries = await response_record.tries(self.redis, response_id)
+        if record.status == Status.IN_PROGRESS and tries >= self.settings.job_max_tries:
+            outcome = gave_up(tries)
             await self.state.finish(
                 response_id,
                 expect=Status.IN_PROGRESS,
@@ -116,7 +116,7 @@ class Sweeper:
             )
             return False
         # arq refuses a job id whose result it still keeps, and stops running one past its own try count;
-        # the turn's attempt counter is what bounds re-runs here.
+        # the turn's tries (attempts less its waits for the upstream) bound re-runs here.
         await self.redis.delete(keys.arq_job(response_id), keys.arq_result(response_id), keys.arq_retry(response_id))
         await enqueue_turn(self.redis, self.settings.queue_name, response_id, record.request.conversation_id)
         log.info("sweeper: turn %s had no job; enqueued again", response_id)

@@ -40,7 +40,7 @@ from worker.redis_retry import TRANSIENT, Outage
 from worker.resume import Resumed, fold, stopped_output
 from worker.turn_telemetry import TurnTelemetry
 from worker.upstream_diagnostics import describe_upstream_error
-from worker.upstream_retry import Backoff, Exhausted, TurnRetries, deferrals, deferred_attempt
+from worker.upstream_retry import Backoff, Exhausted, TurnRetries
 from worker.upstreams import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -117,12 +117,9 @@ class TurnRunner:
                 output = stopped_output(resumed, client_tools)
                 await self._commit(req, started.attempt, TurnOutcome(status=Status.CANCELLED, output=output), claim)
                 return Status.CANCELLED.value
-            if started.attempt > self.settings.job_max_tries:
-                # Attempts that went back on the queue to wait for the upstream are not worker deaths.
-                waits = await self.outage.call(lambda: deferrals(self.redis, response_id), "retry state")
-                if started.attempt - waits > self.settings.job_max_tries:
-                    await self._commit(req, started.attempt, gave_up(started.attempt - 1 - waits), claim)
-                    return Status.FAILED.value
+            if started.tries > self.settings.job_max_tries:
+                await self._commit(req, started.attempt, gave_up(started.tries - 1), claim)
+                return Status.FAILED.value
             return await self._execute(req, started, handle, claim)
         finally:
             self.cancels.unregister(response_id)
@@ -150,11 +147,8 @@ class TurnRunner:
             resumed = fold(before)
         else:
             before, resumed = started.entries, Resumed()
-        rerun = attempt > 1
-        if rerun:
-            # A pickup after a wait on the queue for the upstream is not a re-run after a worker died.
-            waited = await self.outage.call(lambda: deferred_attempt(self.redis, req.response_id), "retry state")
-            rerun = waited != attempt - 1
+        # A pickup after a wait on the queue for the upstream is not a re-run after a worker died.
+        rerun = attempt > 1 and not started.continues
         with TurnTelemetry(req, attempt, resumed=bool(resumed), rerun=rerun).attempt_span() as telemetry:
             return await self._execute_attempt(
                 req, attempt, handle, claim, resumed, telemetry, announced=started.announced, before=before
@@ -233,7 +227,7 @@ class TurnRunner:
                         # Written now: the attempt that runs after the wait continues from the stream.
                         await emitter.flush()
                         emitter.discard()
-                        await self.outage.call(lambda: retries.deferred(attempt), "retry state")
+                        await self.outage.call(lambda: self.state.defer(req.response_id, attempt), "turn state")
                         log.info("turn %s waits %.1fs for its upstream on the queue", req.response_id, backoff.delay_s)
                         raise Deferred(backoff.delay_s) from backoff
             telemetry.ended(outcome)

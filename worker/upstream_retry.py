@@ -252,14 +252,6 @@ class TurnRetries:
         self._failed_here.clear()
         self.state.failures = 0
 
-    async def deferred(self, attempt: int) -> None:
-        """The turn goes back on the queue for its wait after `attempt`: counted, so the attempt that picks it
-        up next is not taken for a re-run after a worker death."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(self.key, "deferrals", 1)
-            pipe.hset(self.key, "deferred_attempt", str(attempt))
-            await pipe.execute()
-
     async def _save(self) -> None:
         state = self.state
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -275,14 +267,3 @@ class TurnRetries:
             pipe.expire(self.key, int(self.budget_s + _STATE_MARGIN_S))
             await pipe.execute()
 
-
-async def deferred_attempt(redis: Redis, response_id: str) -> int:
-    """The last attempt of a turn that ended by going back on the queue for an upstream wait (0: none)."""
-    value = await redis.hget(keys.upstream_retry(response_id), "deferred_attempt")
-    return int(value or 0)
-
-
-async def deferrals(redis: Redis, response_id: str) -> int:
-    """How many of a turn's attempts ended by going back on the queue for an upstream wait."""
-    value = await redis.hget(keys.upstream_retry(response_id), "deferrals")
-    return int(value or 0)

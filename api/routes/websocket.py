@@ -16,7 +16,11 @@ than TURNSTREAM_WEBSOCKET_MAX_CONNECTION_S gets `websocket_connection_limit_reac
 response has ended, and is closed; creates still waiting then are not run.
 
 Turns stay detached from the socket: one that drops mid-turn does not stop the turn in flight, and the
-client resumes it with `GET /v1/responses/{id}?stream=true&starting_after=N`.
+client resumes it with `GET /v1/responses/{id}?stream=true&starting_after=N`. A create sent with
+`cancel_on_disconnect: true` opts out: when the socket closes before that response's terminal event, it is
+cancelled after the same grace as a streamed HTTP create (api/disconnect.py), unless the client resumes it
+with `starting_after`/Last-Event-ID in the meantime. Creates still waiting in the socket's queue when it
+closes are never run, opted in or not.
 """
 
 from __future__ import annotations
@@ -82,6 +86,8 @@ class _Session:
         self.latest: Remembered | None = None
         self.closed = False
         self.in_flight: str | None = None  # the response whose events the socket is sending
+        # The opted-in (cancel_on_disconnect) response whose terminal event the client has not been sent yet.
+        self.watched: str | None = None
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -116,8 +122,20 @@ class _Session:
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
+            # Here, not when a send fails: a turn quiet for a while (a slow tool) sends nothing to fail.
             self.closed = True
+            self._client_gone()
             self.waiting.put_nowait(None)
+
+    def _watch(self, response_id: str) -> None:
+        self.watched = response_id
+        if self.closed:
+            self._client_gone()  # it closed while the create was being accepted
+
+    def _client_gone(self) -> None:
+        if self.watched is not None and self.svc.disconnects is not None:
+            self.svc.disconnects.client_gone(self.watched)
+        self.watched = None
 
     async def _take(self, raw: str) -> None:
         decoded = self._decode(raw)
@@ -185,7 +203,8 @@ class _Session:
         try:
             if isinstance(message, APIError):
                 raise message
-            req = await build_request(self.svc, self._body(message), self.caller, self.latest)
+            body = self._body(message)
+            req = await build_request(self.svc, body, self.caller, self.latest)
             accepted = await accept(self.svc, req, self.caller)
         except APIError as exc:
             self._evict(previous)
@@ -201,12 +220,15 @@ class _Session:
             await self._send_error(APIError(500, "Internal server error.", type="server_error", code="server_error"))
             return
         self.in_flight = req.response_id
+        if body.cancel_on_disconnect:
+            self._watch(req.response_id)
         if create.index < self.cancel_before:
             await self._cancel(req.response_id)  # the cancel came while it was being accepted
         try:
             final = await self._forward(req.response_id, accepted.written)
         finally:
             self.in_flight = None
+        self.watched = None  # its end was sent (or cannot be): a close from now on leaves it alone
         await self._settle(req, final)
 
     def _body(self, message: dict[str, Any]) -> CreateResponseBody:

@@ -182,7 +182,8 @@ class TurnView {
     this.head.append(this.badge);
     this.node.append(this.head);
     this.items = new Map(); // item id -> element to append deltas to
-    this.tools = new Map(); // call id -> tool card
+    this.tools = new Map(); // call id (or mcp_call item id) -> tool card
+    this.approvals = []; // approval cards, answered from their buttons once the turn has ended
     $("transcript").append(this.node);
   }
 
@@ -255,6 +256,15 @@ class TurnView {
         card.started = performance.now();
         card.state.textContent = "running…";
       }
+    } else if (item.type === "mcp_approval_request") {
+      const card = approvalCard(item);
+      this.node.append(card.node);
+      this.approvals.push(card);
+    } else if (item.type === "mcp_call") {
+      // The run of a tool a person approved (or why it did not run): shown as any tool call.
+      const card = toolCard(item.name);
+      this.node.append(card.node);
+      this.tools.set(item.id, card);
     }
     scrollDown();
   }
@@ -273,6 +283,14 @@ class TurnView {
         card.state.textContent = "done";
         if (card.started !== undefined) card.duration.textContent = `${Math.round(performance.now() - card.started)} ms`;
       }
+    } else if (item.type === "mcp_call") {
+      const card = this.tools.get(item.id);
+      if (card) {
+        card.args.textContent = pretty(item.arguments);
+        card.result.textContent = item.error ? item.error.content : pretty(item.output ?? "");
+        card.state.textContent = item.error ? "not run" : "done";
+        card.node.classList.toggle("refused", Boolean(item.error));
+      }
     } else if (item.type === "reasoning") {
       const text = this.items.get(item.id);
       if (text && !text.textContent) text.textContent = (item.content || []).map((p) => p.text).join("");
@@ -287,6 +305,8 @@ class TurnView {
 
   finish(response) {
     this.setStatus(response.status);
+    // The turn waits on a person: its first request takes the focus, so it is answered from the keyboard.
+    this.approvals.find((card) => !card.answered)?.approve.focus();
     if (response.error) this.node.append(el("p", { class: "error", role: "alert", text: response.error.message }));
     else if (response.status === "incomplete" && response.incomplete_details)
       this.node.append(el("p", { class: "muted", text: `incomplete: ${response.incomplete_details.reason}` }));
@@ -317,6 +337,47 @@ function toolCard(name) {
     result,
   );
   return { node, args, result, state: state_, duration, started: undefined };
+}
+
+// A tool call that waits on a person: what would run, and Approve / Deny (with an optional reason). The answer
+// is the next turn of the conversation, carrying an `mcp_approval_response` item.
+function approvalCard(item) {
+  const reason = el("input", { type: "text", class: "approval-reason", autocomplete: "off" });
+  const approve = el("button", { type: "button", text: "Approve" });
+  const deny = el("button", { type: "button", text: "Deny" });
+  const verdict = el("span", { class: "tool-state", text: "waiting for approval" });
+  const node = el(
+    "section",
+    { class: "tool approval", "aria-label": `Approval request ${item.name}` },
+    el("div", { class: "tool-head" }, el("span", { class: "tool-name", text: item.name }), verdict,
+      el("span", { class: "tool-duration", text: item.server_label })),
+    el("div", { class: "tool-label", text: "arguments" }),
+    el("pre", { class: "tool-args", "aria-label": "arguments", text: pretty(item.arguments) }),
+    el("label", { class: "field approval-field" }, "Reason (optional)", reason),
+    el("div", { class: "composer-actions" }, approve, deny),
+  );
+  const card = { node, approve, item, answered: false };
+  card.settle = (text) => {
+    card.answered = true;
+    verdict.textContent = text;
+    for (const control of [reason, approve, deny]) control.disabled = true;
+  };
+  const answer = (approved) => {
+    if (state.running || card.answered) return;
+    card.settle(approved ? "approved" : "denied");
+    answerApproval(item, approved, reason.value.trim());
+  };
+  approve.addEventListener("click", () => answer(true));
+  deny.addEventListener("click", () => answer(false));
+  return card;
+}
+
+function answerApproval(item, approve, reason) {
+  const answer = { type: "mcp_approval_response", approval_request_id: item.id, approve };
+  if (reason) answer.reason = reason;
+  const said = `${approve ? "Approved" : "Denied"} ${item.name}${reason ? `: ${reason}` : ""}`;
+  // The agent that asked (`server_label`) answers: the request is its own.
+  send(said, [answer], item.server_label);
 }
 
 function pretty(text) {
@@ -351,8 +412,8 @@ function setRunning(run) {
 
 // --- sending, streaming, resuming, polling, cancelling ----------------------------------------------
 
-async function send(text) {
-  const model = $("model").value;
+// `input` defaults to the text typed; an approval's answer sends its item, and the model that asked.
+async function send(text, input = text, model = $("model").value) {
   const run = new Run(new TurnView());
   setRunning(run);
   try {
@@ -363,7 +424,7 @@ async function send(text) {
       });
       openedConversation(conversation, true);
     }
-    const body = { model, input: text, conversation: state.conversationId };
+    const body = { model, input, conversation: state.conversationId };
     userMessage(text);
     $("transcript").append(run.view.node); // after the user's message
     if ($("background").checked) await runInBackground(run, body);
@@ -552,6 +613,8 @@ async function reopen(conversation) {
   $("transcript").replaceChildren();
   let after = null;
   let view = null;
+  const asked = []; // approval cards, settled below when a later item answers them
+  const verdicts = new Map(); // approval request id -> what became of it
   for (;;) {
     const params = new URLSearchParams({ order: "asc", limit: "100" });
     if (after) params.set("after", after);
@@ -560,18 +623,27 @@ async function reopen(conversation) {
       if (item.type === "message" && item.role === "user") {
         userMessage(item.content.map((p) => p.text ?? "").join(""));
         view = null;
+      } else if (item.type === "mcp_approval_response") {
+        const verdict = item.approve ? "approved" : "denied";
+        verdicts.set(item.approval_request_id, verdict);
+        userMessage(`${verdict[0].toUpperCase()}${verdict.slice(1)}${item.reason ? `: ${item.reason}` : ""}`);
+        view = null;
       } else {
+        if (item.type === "mcp_call" && !verdicts.has(item.approval_request_id))
+          verdicts.set(item.approval_request_id, item.error ? "not run" : "approved");
         if (!view) {
           view = new TurnView({ stored: true });
           view.setStatus("stored");
         }
         view.open(item);
         view.close(item);
+        if (item.type === "mcp_approval_request") asked.push(view.approvals.at(-1));
       }
     }
     if (!page.has_more) break;
     after = page.last_id;
   }
+  for (const card of asked) if (verdicts.has(card.item.id)) card.settle(verdicts.get(card.item.id));
   closeNarrowSidebar();
   $("message").focus();
 }

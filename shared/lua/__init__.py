@@ -57,6 +57,7 @@ class Scripts:
 
     accept_turn: AsyncScript
     start_turn: AsyncScript
+    defer_turn: AsyncScript
     append_events: AsyncScript
     finish_turn: AsyncScript
     enqueue_job: AsyncScript

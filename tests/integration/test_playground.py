@@ -316,6 +316,59 @@ def test_keyed_page_asks_for_a_key_and_resumes_whole_after_its_api_node_restarts
         assert answered_turns(page) == 2
 
 
+def test_keyed_page_asks_for_approval_then_runs_or_skips_the_tool(
+    browser: Browser, keyed_stack: tuple[Stack, str]
+) -> None:
+    stack, secret = keyed_stack
+    with opened(browser, stack.api_url) as (page, _):
+        page.add_init_script(f"localStorage.setItem('turnstream.apiKey', {secret!r})")
+        page.goto(f"{stack.api_url}/")
+        page.locator("#model option[value='careful']").wait_for(state="attached")
+        page.get_by_role("combobox", name="Model").select_option("careful")  # its slow_tool needs approval
+
+        send(page, 'call slow_tool({"seconds": 0.1})')
+        asked = page.get_by_role("region", name="Approval request slow_tool")
+        asked.wait_for()
+        wait_status(page, "completed")
+        assert '"seconds": 0.1' in asked.locator(".tool-args").inner_text()
+        assert "careful" in asked.locator(".tool-head").inner_text()  # the server_label: the agent that asks
+        assert page.get_by_role("region", name="Tool call slow_tool").count() == 0  # nothing ran yet
+        approve = asked.get_by_role("button", name="Approve")
+        expect(approve).to_be_focused()  # answered from the keyboard
+        page.keyboard.press("Enter")
+        ran = page.locator(".turn.assistant").nth(1).get_by_role("region", name="Tool call slow_tool")
+        expect(ran.locator(".tool-result")).to_have_text("waited 0.1s")
+        wait_status(page, "completed")
+        assert last_answer(page) == "Tool slow_tool returned: waited 0.1s."
+        assert page.locator(".turn.user").last.inner_text().endswith("Approved slow_tool")
+        expect(asked.locator(".tool-state")).to_have_text("approved")
+        assert approve.is_disabled()  # one answer per request
+
+        send(page, 'call slow_tool({"seconds": 0.2})')
+        second = page.get_by_role("region", name="Approval request slow_tool").nth(1)
+        second.wait_for()
+        wait_status(page, "completed")
+        second.get_by_role("textbox", name="Reason (optional)").fill("not now")
+        page.keyboard.press("Tab")  # to Approve
+        page.keyboard.press("Tab")  # to Deny
+        page.keyboard.press("Enter")
+        skipped = page.locator(".turn.assistant").nth(3).get_by_role("region", name="Tool call slow_tool")
+        expect(skipped.locator(".tool-result")).to_have_text("The user denied this tool call: not now")
+        wait_status(page, "completed")
+        assert skipped.locator(".tool-state").inner_text() == "not run"
+        assert last_answer(page).startswith("The tool slow_tool failed (The user denied this tool call: not now)")
+
+        # Read back from the conversation: both requests answered, both runs shown, no live buttons left.
+        page.reload()
+        page.locator("#conversation-list .conversation").first.click()
+        page.locator(".turn.user", has_text="Denied: not now").wait_for()
+        verdicts = page.locator(".approval .tool-state").all_inner_texts()
+        assert verdicts == ["approved", "denied"]
+        assert page.locator(".approval button:enabled").count() == 0
+        results = page.get_by_role("region", name="Tool call slow_tool").locator(".tool-result").all_inner_texts()
+        assert results == ["waited 0.1s", "The user denied this tool call: not now"]
+
+
 def test_keyed_page_warns_when_no_worker_is_alive(browser: Browser, keyed_stack: tuple[Stack, str]) -> None:
     stack, secret = keyed_stack
     stack.stop("worker-1")

@@ -126,7 +126,20 @@ def test_a_cut_stream_continues_in_the_same_message_after_a_wait_on_the_queue(
     assert item_ids == {message.id}
     assert kinds.count("response.in_progress") == 2  # the pickup after the wait announces itself again
     r = redis.Redis(port=retry_stack.redis.port)
-    assert r.hget(keys.upstream_retry(final.id), "deferrals") == b"1"
+    # The pickup after the wait continued the turn: not counted as a try (a worker death).
+    assert r.hmget(keys.response(final.id), ["attempt", "waits"]) == [b"2", b"1"]
+
+
+def test_more_waits_on_the_queue_than_the_job_tries_limit_still_complete_the_turn(
+    client: OpenAI, retry_stack: Stack
+) -> None:
+    # Four waits past the inline limit: five pickups, more than TURNSTREAM_JOB_MAX_TRIES (3) allows re-runs.
+    response = client.responses.create(model="plain", input=f"count to 5 [fail=429x4][retry-after=2.1] {_tag()}")
+
+    assert response.status == "completed", response.error
+    assert response.output_text == _numbers(5)
+    r = redis.Redis(port=retry_stack.redis.port)
+    assert r.hmget(keys.response(response.id), ["attempt", "waits"]) == [b"5", b"4"]
 
 
 def test_a_cut_tool_call_restarts_its_arguments_and_streams_each_fragment_once(
@@ -203,7 +216,7 @@ def test_a_long_wait_frees_the_worker_slot_for_other_turns(client: OpenAI, retry
         for _ in range(4)
     ]
     r = redis.Redis(port=retry_stack.redis.port)
-    wait_until(lambda: all(r.hget(keys.upstream_retry(i), "deferrals") for i in waiting), 20, "turns waiting")
+    wait_until(lambda: all(r.hget(keys.response(i), "deferred") for i in waiting), 20, "turns waiting")
 
     healthy = client.responses.create(model="plain", input=f"count to 3 {_tag()}")
 

@@ -10,10 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
+from openai import OpenAI
 from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import Stack
-from tests.integration.conftest import assert_consecutive
+from tests.integration.conftest import TERMINAL as SETTLED
+from tests.integration.conftest import assert_consecutive, wait_for
 from tests.openresponses_spec import Conformance, assert_spec_valid
 
 M = "turnstream-mock"
@@ -29,8 +31,7 @@ Json = dict[str, Any]
 
 @pytest.fixture
 def ws(stack: Stack) -> Iterator[ClientConnection]:
-    url = stack.api_url.replace("http://", "ws://") + "/v1/responses"
-    with connect(url, open_timeout=10) as socket:
+    with connect(_url(stack), open_timeout=10) as socket:
         yield socket
 
 
@@ -167,10 +168,11 @@ def test_an_oversized_message_is_refused(ws: ClientConnection) -> None:
     assert (error["type"], error["status"], error["error"]["code"]) == ("error", 413, "too_large")
 
 
-def test_a_dropped_socket_leaves_the_turn_running_and_it_resumes_over_sse(stack: Stack) -> None:
-    url = stack.api_url.replace("http://", "ws://") + "/v1/responses"
-    with connect(url) as ws:
-        _send(ws, input="count to 60 [delay=5ms]")
+# Opted into cancel_on_disconnect, the turn runs on all the same: its client resumes within the grace.
+@pytest.mark.parametrize("opt", [{}, {"cancel_on_disconnect": True}], ids=["plain", "cancel-on-disconnect"])
+def test_a_dropped_socket_leaves_the_turn_running_and_it_resumes_over_sse(stack: Stack, opt: Json) -> None:
+    with connect(_url(stack)) as ws:
+        _send(ws, input="count to 60 [delay=10ms]", **opt)
         seen = [_receive(ws) for _ in range(8)]
     response_id, last = seen[0]["response"]["id"], seen[-1]["sequence_number"]
     with httpx.stream(
@@ -181,6 +183,39 @@ def test_a_dropped_socket_leaves_the_turn_running_and_it_resumes_over_sse(stack:
     assert rest[-1]["type"] == "response.completed"
     text = "".join(e["delta"] for e in seen + rest if e["type"] == "response.output_text.delta")
     assert text == " ".join(str(i) for i in range(1, 61))
+
+
+def test_a_closed_socket_cancels_its_opted_in_turn_while_quiet_and_never_runs_the_creates_waiting(
+    stack: Stack, client: OpenAI
+) -> None:
+    conversation = client.conversations.create().id
+    with connect(_url(stack)) as ws:
+        _send(ws, input='call slow_tool({"seconds": 5})', conversation=conversation, cancel_on_disconnect=True)
+        _send(ws, input="count to 3", conversation=conversation, cancel_on_disconnect=True)  # waits behind it
+        seen = [_receive(ws)]
+        while seen[-1]["type"] != "response.function_call_arguments.done":
+            seen.append(_receive(ws))
+    # The socket closed while the tool runs: nothing is being sent that could fail, yet the turn is cancelled.
+    final = wait_for(client, seen[0]["response"]["id"], SETTLED, timeout=10)
+    assert final.status == "cancelled"
+    asked = [i.content[0].text for i in client.conversations.items.list(conversation).data  # type: ignore[union-attr]
+             if i.type == "message" and i.role == "user"]
+    assert asked == ['call slow_tool({"seconds": 5})']
+
+
+def test_an_opted_in_turn_that_ended_leaves_the_next_plain_turn_running_when_the_socket_closes(
+    stack: Stack, client: OpenAI
+) -> None:
+    with connect(_url(stack)) as ws:
+        _send(ws, input="count to 2", cancel_on_disconnect=True)
+        _turn(ws, Conformance())
+        _send(ws, input="count to 60 [delay=10ms]")
+        response_id = _receive(ws)["response"]["id"]
+    assert wait_for(client, response_id, SETTLED, timeout=30).status == "completed"
+
+
+def _url(stack: Stack) -> str:
+    return stack.api_url.replace("http://", "ws://") + "/v1/responses"
 
 
 def test_a_hostile_message_gets_an_error_event_and_the_socket_stays_open(stack: Stack) -> None:

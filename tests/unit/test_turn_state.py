@@ -237,6 +237,41 @@ async def test_second_start_is_a_rerun_with_attempt_two(redis: ArqRedis, state: 
     assert await status_of(redis, req.response_id) == "in_progress"
 
 
+async def test_a_pickup_after_a_wait_on_the_queue_continues_the_turn_and_is_not_a_try(
+    redis: ArqRedis, state: TurnState
+) -> None:
+    req = await store_queued(redis)
+    first = await state.start(req.response_id, req.conversation_id)
+    assert (first.continues, first.waits, first.tries) == (False, 0, 1)
+
+    assert await state.defer(req.response_id, 1)
+    after_wait = await state.start(req.response_id, req.conversation_id)
+    assert (after_wait.attempt, after_wait.continues, after_wait.waits, after_wait.tries) == (2, True, 1, 1)
+
+    # The mark is taken by that start: the pickup after a worker death that follows counts as a try.
+    after_death = await state.start(req.response_id, req.conversation_id)
+    assert (after_death.attempt, after_death.continues, after_death.waits, after_death.tries) == (3, False, 1, 2)
+    assert await redis.hget(keys.response(req.response_id), "deferred") is None
+
+
+async def test_a_wait_marked_by_a_stale_attempt_or_after_the_end_counts_for_nothing(
+    redis: ArqRedis, state: TurnState
+) -> None:
+    req = await store_queued(redis)
+    assert not await state.defer(req.response_id, 1)  # still queued: no attempt owns it
+    await state.start(req.response_id, req.conversation_id)
+    await state.start(req.response_id, req.conversation_id)
+
+    assert not await state.defer(req.response_id, 1)  # attempt 2 owns the turn now
+    rerun = await state.start(req.response_id, req.conversation_id)
+    assert (rerun.continues, rerun.tries) == (False, 3)
+
+    await finish(state, req, attempt=3)
+    assert not await state.defer(req.response_id, 3)
+    assert not await state.defer("resp_gone", 1)
+    assert not await redis.exists(keys.response("resp_gone"))  # a deleted record is not recreated
+
+
 async def test_start_of_finished_turn_changes_nothing(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
     await state.start(req.response_id, req.conversation_id)

@@ -24,8 +24,6 @@ from worker.upstream_retry import (
     TurnRetries,
     backoff_s,
     classify,
-    deferrals,
-    deferred_attempt,
     retry_after,
 )
 from worker.upstreams import Upstream, UpstreamPool, make_client
@@ -175,13 +173,3 @@ async def test_a_rerun_picks_up_the_turns_retry_state(script_redis: ArqRedis) ->
     assert rerun.route.name == "spare"
     assert rerun.retrying
     assert rerun.state.tried == {"500 from main-model@primary.test": 1}
-
-
-async def test_a_wait_on_the_queue_is_counted_so_the_next_pickup_is_no_rerun(script_redis: ArqRedis) -> None:
-    retries = await _retries(script_redis, _settings())
-    await retries.deferred(2)
-    await retries.deferred(4)
-
-    assert await deferrals(script_redis, "resp_1") == 2
-    assert await deferred_attempt(script_redis, "resp_1") == 4
-    assert await deferred_attempt(script_redis, "resp_other") == 0
