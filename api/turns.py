@@ -143,7 +143,7 @@ class Accepted:
 
 async def accept(svc: Services, req: TurnRequest, caller: Caller, once: Claim | None = None) -> Accepted:
     """Accepts the queued turn: its record, `response.created` and its job, all in one script (one round
-    trip).
+    trip; a turn its client waits for is first checked to have a live worker, a look that is usually cached).
 
     Everything it writes or returns is rendered before anything is stored: once a turn is accepted no
     error may follow, or a client retrying that error would run the turn twice.
