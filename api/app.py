@@ -24,6 +24,7 @@ from api.auth import RequestBudgetHeaders, authenticate
 from api.deps import Services
 from api.disconnect import DisconnectCancels
 from api.fanout import Fanout
+from api.live_workers import LiveWorkers
 from api.routes import agui, compact, conversations, metrics, playground, responses, system, websocket
 from api.sse import ExposeConnection
 from shared import tracing
@@ -90,6 +91,11 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
             agents=AgentDirectory(redis, passthrough=settings.allow_model_passthrough),
             fanout=fanout,
             limiter=Limiter(redis) if auth else None,
+            workers=(
+                LiveWorkers(redis, settings.queue_name, settings.live_worker_cache_s)
+                if settings.require_live_worker
+                else None
+            ),
         )
         disconnects = app.state.services.disconnects = DisconnectCancels(app.state.services)
         seeding = asyncio.create_task(_seed(KeyStore(redis, settings), seeds)) if seeds is not None else None

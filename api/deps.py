@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection
 
 from api.agent_directory import AgentDirectory
 from api.fanout import Fanout
+from api.live_workers import LiveWorkers
 from shared.rate_limits import Limiter
 from shared.settings import Settings
 from shared.turn_accept import TurnAcceptor
@@ -30,6 +31,8 @@ class Services:
     fanout: Fanout
     limiter: Limiter | None = None  # None: the API checks no keys (TURNSTREAM_AUTH=off)
     disconnects: DisconnectCancels | None = None  # cancel-on-disconnect timers (set once the services exist)
+    # None: creates are accepted whether or not a worker is alive (TURNSTREAM_REQUIRE_LIVE_WORKER=false)
+    workers: LiveWorkers | None = None
 
 
 async def _services(connection: HTTPConnection) -> Services:

@@ -10,7 +10,8 @@ APIError
  ├─ idempotency .......... 409 key still in use / 422 key reused with another body (api/idempotency.py)
  ├─ too large ............ 413
  ├─ rate limited ......... 429 + Retry-After and x-ratelimit-* (requests per minute, concurrent turns)
- └─ unavailable .......... 503 + Retry-After (Redis unreachable, queue full, no live worker on /readyz)
+ └─ unavailable .......... 503 + Retry-After (Redis unreachable, queue full, no live worker: /readyz and
+                            creates that wait for their turn, api/live_workers.py)
 """
 
 from __future__ import annotations
@@ -78,11 +79,11 @@ def store_unavailable() -> APIError:
     )
 
 
-def no_live_workers(queue: str, ttl_s: int) -> APIError:
+def no_live_workers(queue: str, ttl_s: int, hint: str = "") -> APIError:
     return APIError(
         503,
         f"No worker is alive on queue '{queue}' (none has sent a heartbeat in the last {ttl_s} s): turns would "
-        "wait in the queue. Start one with `turnstream worker`.",
+        f"wait in the queue. Start one with `turnstream worker`{hint}.",
         type="server_error",
         code="no_live_workers",
         retry_after=5,

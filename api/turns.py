@@ -14,7 +14,7 @@ from api import request_options as options
 from api.auth import Caller
 from api.continuation import Remembered, previous_context
 from api.deps import Services
-from api.errors import APIError, invalid, not_found
+from api.errors import APIError, invalid, no_live_workers, not_found
 from api.idempotency import Claim, in_use
 from api.schemas import CreateResponseBody, function_tools, normalise_input
 from shared import events, ids, keys, metrics, response_record, tracing, webhooks
@@ -143,13 +143,14 @@ class Accepted:
 
 async def accept(svc: Services, req: TurnRequest, caller: Caller, once: Claim | None = None) -> Accepted:
     """Accepts the queued turn: its record, `response.created` and its job, all in one script (one round
-    trip).
+    trip; a turn its client waits for is first checked to have a live worker, a look that is usually cached).
 
     Everything it writes or returns is rendered before anything is stored: once a turn is accepted no
     error may follow, or a client retrying that error would run the turn twice.
     """
     add_log_context(response_id=req.response_id, conversation_id=req.conversation_id)
     turn = _render(req, svc.settings.conversation_feed_ttl_s)
+    await require_live_worker(svc, req.background)
     # Keys off (or no key): no concurrent-turn slot to take.
     slot = Slot(caller.key_id, caller.max_concurrent) if svc.limiter and caller.key_id else None
     outcome = await svc.acceptor.accept(turn, slot, once.mark() if once is not None else None)
@@ -159,6 +160,19 @@ async def accept(svc: Services, req: TurnRequest, caller: Caller, once: Claim | 
         log.info("%s stopped %d turn(s) ahead of it (%s)", req.response_id, outcome.stopped, req.conversation_lock)
     metrics.TURNS_ACCEPTED.labels(req.model, req.project).inc()
     return Accepted(str(turn.record["response"]), turn.written())
+
+
+async def require_live_worker(svc: Services, background: bool) -> None:
+    """Refuses a turn whose client would wait for it while no worker is alive (api/live_workers.py); a
+    background turn is queued all the same, to run when a worker comes."""
+    if background or svc.workers is None or await svc.workers.any_alive():
+        return
+    settings = svc.settings
+    raise no_live_workers(
+        settings.queue_name,
+        settings.worker_heartbeat_ttl_s,
+        "; a background create (POST /v1/responses with \"background\": true) is queued until one comes",
+    )
 
 
 def _render(req: TurnRequest, feed_ttl_s: int) -> NewTurn:

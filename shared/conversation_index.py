@@ -23,9 +23,10 @@ class CursorNotFound(Exception):
     """Raised when the `after` cursor names no conversation of the project's index."""
 
 
-def add(pipe: Pipeline, project: str, conversation_id: str, created_at_ms: int) -> None:
-    """Indexes a new conversation; queued on the pipeline (or transaction) that stores it."""
-    pipe.zadd(keys.project_conversations(project), {conversation_id: created_at_ms})
+def add(pipe: Pipeline, project: str, conversation_id: str, created_at_ms: int, *, only_new: bool = False) -> None:
+    """Indexes a new conversation; queued on the pipeline (or transaction) that stores it. With `only_new`, an
+    id already indexed keeps its place."""
+    pipe.zadd(keys.project_conversations(project), {conversation_id: created_at_ms}, nx=only_new)
 
 
 def remove(pipe: Pipeline, project: str, conversation_id: str) -> None:

@@ -88,8 +88,17 @@ def create_in(pipe: Pipeline, conversation: dict[str, Any], project: str, items:
 
 
 async def create_if_absent(redis: Redis, conversation: dict[str, Any], project: str, ttl_s: int) -> None:
-    """Creates an empty conversation under an id the caller derived (an AG-UI thread's); one that exists is kept."""
-    await redis.set(keys.conversation(conversation["id"]), stored(conversation, project), nx=True, ex=ttl_s)
+    """Creates an empty conversation under an id the caller derived (an AG-UI thread's); one that exists is kept.
+
+    Either way it is in its project's list afterwards, like any conversation: a new one listed as made now,
+    an existing one where it was (one made before it was listed, or whose entry a crash between the two
+    writes left out, joins the list now)."""
+    conversation_id = conversation["id"]
+    created = await redis.set(keys.conversation(conversation_id), stored(conversation, project), nx=True, ex=ttl_s)
+    async with redis.pipeline(transaction=False) as pipe:
+        # A new one takes the place of an entry its expired namesake may have left in the index.
+        conversation_index.add(pipe, project, conversation_id, int(time.time() * 1000), only_new=not created)
+        await pipe.execute()
 
 
 async def replace(redis: Redis, conversation: dict[str, Any], project: str) -> None:

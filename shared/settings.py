@@ -155,6 +155,13 @@ class Settings(BaseSettings):
     # A tool call waiting on a person's approval is refused past this; the next turn states it in the history.
     approval_timeout_s: int = Field(default=86_400, ge=1)
     sync_wait_timeout_s: float = 660.0  # how long a non-stream, non-background request waits
+    # A create that waits for its turn (plain, streamed, WebSocket, AG-UI, compact) is refused with 503
+    # no_live_workers while no worker of the queue is alive; background creates are queued all the same.
+    # false queues every create (a fleet that scales its workers from zero on queue depth).
+    require_live_worker: bool = True
+    # How long this API process trusts a look at the workers' heartbeats that found one alive (a look that
+    # found none is never reused): at most one read per interval, however many creates come.
+    live_worker_cache_s: float = Field(default=1.0, ge=0, le=60)
     # WebSocket mode: a socket's age limit (the Open Responses standard's 60 minutes), after which it ends with
     # websocket_connection_limit_reached once its in-flight response is done; and how many creates may wait
     # behind the one in flight before more are refused.

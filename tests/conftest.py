@@ -121,6 +121,10 @@ class Stack:
             proc.kill()
             proc.wait()
 
+    def wait_live_worker(self, timeout: float = 30) -> None:
+        """Until the API counts a live worker: creates that wait for their turn are refused before that."""
+        wait_until(lambda: httpx.get(f"{self.api_url}/readyz").status_code == 200, timeout, "a live worker")
+
     def worker_pids(self) -> list[str]:
         return [n for n in self.procs if n.startswith("worker")]
 
@@ -210,7 +214,7 @@ def running_stack(
         wait_until(lambda: httpx.get(f"{s.mock_url}/models").status_code == 200, 30, "the mock model")
         if workers:
             wait_until(lambda: server.client().hlen(keys.AGENTS) > 0, 30, "workers")
-            wait_until(lambda: httpx.get(f"{s.api_url}/readyz").status_code == 200, 30, "a worker's heartbeat")
+            s.wait_live_worker()
         yield s
     except BaseException:
         for log in sorted(logdir.iterdir()):

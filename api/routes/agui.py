@@ -30,7 +30,7 @@ from api.json_body import JSONBodyRoute
 from api.schemas import CreateResponseBody
 from api.sse import KEEPALIVE, SSE_HEADERS, Frame, encode, ensure_capacity, parse_last_event_id
 from api.subscription import Subscription
-from api.turns import accept, build_request
+from api.turns import accept, build_request, require_live_worker
 from shared import conversation_record, keys, metrics, response_record
 from shared.events import StreamEvent
 
@@ -48,6 +48,7 @@ async def run_agent(model: str, body: RunInput, svc: ServicesDep, caller: Caller
     if (known := await _run(svc, run_key)) is not None:
         # The same runId again (a client retrying a lost answer): that run, from its start, not a second one.
         return AGUIStream(svc, known[0], RunTranslator(known[1], body.run_id))
+    await require_live_worker(svc, background=False)  # before the thread's conversation is made
     conversation_id = await _thread(svc, caller.project, body.thread_id)
     held = Held.of(await conversation_record.items(svc.redis, conversation_id))
     items = agui_input.new_items(body, conversation_id, held)

@@ -212,6 +212,10 @@ def _local_api(settings: Settings) -> str:
     return f"http://{settings.host}:{settings.port}/v1"
 
 
+def _playground(settings: Settings) -> str:
+    return f"open http://{settings.host}:{settings.port}/ for the playground"
+
+
 async def _serve(app: Any, sock: socket.socket) -> None:
     import uvicorn
 
@@ -247,8 +251,8 @@ async def _api(settings: Settings) -> None:
             "API keys required: make one with `turnstream keys create --project NAME` (same TURNSTREAM_REDIS_URL); "
             "clients send it as a Bearer token (the openai SDK's api_key)"
         )
-    _tell(settings, f"turnstream api: API on {_local_api(settings)}, Redis {redacted(url)}; access: {access}",
-          banner=True)
+    _tell(settings, f"turnstream api: API on {_local_api(settings)}, Redis {redacted(url)}; access: {access}; "
+          f"{_playground(settings)}", banner=True)
     await _serve(create_app(settings), sock)
 
 
@@ -347,7 +351,9 @@ def _print_dev_banner(settings: Settings, embedded: bool, model: str) -> None:
     where = "embedded in-process Redis (nothing persists)" if embedded else redacted(settings.redis_url or "")
     upstream = settings.openai_base_url or f"built-in mock model on :{settings.mock_port}"
     access = "API keys required" if settings.auth else "open: no API key checked (TURNSTREAM_AUTH=on to check)"
-    headline = f"turnstream dev: API on {base}/v1, {where}, upstream {upstream}; access: {access}"
+    headline = (
+        f"turnstream dev: API on {base}/v1, {where}, upstream {upstream}; access: {access}; {_playground(settings)}"
+    )
     if settings.log_format == "json":
         _tell(settings, headline, banner=True)
         return
@@ -356,6 +362,7 @@ def _print_dev_banner(settings: Settings, embedded: bool, model: str) -> None:
     print(
         f"\nturnstream dev: API on {base}/v1, {where}, upstream {upstream}\n"
         f"  access: {access}\n"
+        f"  {_playground(settings)}\n"
         f"  try:  curl -s {base}/v1/responses -H 'Content-Type: application/json' "
         f"-d '{{\"model\": \"{model}\", \"input\": \"My name is Ravi.\"}}'\n"
         f"  or:   {me} chat --url {base}/v1{chat_model}\n"

@@ -246,6 +246,28 @@ def test_runs_and_threads_belong_to_the_key_s_project(keyed: KeyedStack) -> None
         assert "Ravi" not in text_of([e for _, e in frames(other.text)])
 
 
+def test_a_thread_is_in_the_project_s_conversation_list_until_it_is_deleted(keyed: KeyedStack) -> None:
+    _, secret = keyed.key("agui-listed")
+    thread = f"t-{uuid.uuid4()}"
+    with http(keyed.api_urls[0], secret) as client:
+        plain = client.post("/v1/conversations", json={}).json()["id"]
+        assert client.post(f"/v1/agui/{M}", json={"threadId": thread, "runId": f"run-{uuid.uuid4()}",
+                                                   "messages": [user("My name is Ravi.")]}).status_code == 200
+        listed = client.get("/v1/conversations").json()["data"]
+        assert [c["id"] for c in listed][1:] == [plain]  # the thread's conversation, newest first
+        conversation = listed[0]
+        assert conversation["metadata"] == {"agui_thread_id": thread}
+
+        assert client.delete(f"/v1/conversations/{conversation['id']}").status_code == 200
+        assert [c["id"] for c in client.get("/v1/conversations").json()["data"]] == [plain]
+
+        # A run on the deleted thread starts it afresh, listed again and with no memory of the name.
+        again = client.post(f"/v1/agui/{M}", json={"threadId": thread, "runId": f"run-{uuid.uuid4()}",
+                                                   "messages": [user("What is my name?")]})
+        assert "Ravi" not in text_of([e for _, e in frames(again.text)])
+        assert [c["id"] for c in client.get("/v1/conversations").json()["data"]] == [conversation["id"], plain]
+
+
 def _response_of(stack: Stack, run_id: str) -> str:
     """The response id behind a run, from the header every AG-UI stream carries."""
     with httpx.stream("GET", f"{stack.base_url}/agui/{M}/runs/{run_id}", timeout=30) as response:

@@ -313,6 +313,7 @@ def test_worker_started_while_redis_is_down_waits_for_it(client: OpenAI, fault_s
     for name in ("worker-1", "worker-2"):
         fault_stack.stop(name)  # only the late starter is left to serve
     try:
+        fault_stack.wait_live_worker()  # the late starter's heartbeat, once it has reached Redis
         done = client.responses.create(model="plain", input="count to 5")
         assert done.status == "completed" and done.output_text == "1 2 3 4 5"
     finally:

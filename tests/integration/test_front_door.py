@@ -336,6 +336,7 @@ def test_api_banner_says_keys_are_required_and_how_to_make_one(tmp_path: Path, s
     wait_ready(f"http://127.0.0.1:{env['TURNSTREAM_PORT']}/readyz?exclude=workers", api)
     banner = api.out
     assert "API keys required" in banner and "turnstream keys create --project NAME" in banner
+    assert f"open http://127.0.0.1:{env['TURNSTREAM_PORT']}/ for the playground" in banner
 
 
 def test_a_missing_or_wrong_key_is_told_where_keys_come_from(keyed: KeyedStack, tmp_path: Path) -> None:
@@ -378,6 +379,7 @@ def test_dev_shows_where_it_listens_and_logs_each_request(tmp_path: Path, start:
     assert f"Uvicorn running on http://127.0.0.1:{mock_port}" in dev.err
     banner = dev.out
     assert f"API on http://127.0.0.1:{port}/v1" in banner
+    assert f"open http://127.0.0.1:{port}/ for the playground" in banner
     # The banner's commands run as typed here: `python -m shared.cli`, not a `turnstream` that is not on PATH.
     assert "-m shared.cli chat --url" in banner
 

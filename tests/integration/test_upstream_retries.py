@@ -290,6 +290,7 @@ def _refusing_worker(stack: Stack, name: str, closed_port: int) -> int:
         },
     )
     wait_until(lambda: _scrape(metrics_port) is not None, 30, f"{name} metrics")
+    stack.wait_live_worker()
     return metrics_port
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -14,9 +15,10 @@ from api.auth import OPEN, Caller
 from api.deps import Services
 from api.errors import APIError
 from api.idempotency import claim
+from api.live_workers import LiveWorkers
 from api.schemas import CreateResponseBody
 from api.turns import accept
-from shared import events, ids, keys
+from shared import events, fleet, ids, keys
 from shared.models import TurnRequest
 from shared.queue import RUN_TURN
 from shared.rate_limits import Limiter
@@ -26,6 +28,7 @@ from shared.stored_form import unpack_json
 from shared.stream_tail import read_after
 from shared.turn_accept import TurnAcceptor
 from shared.turn_state import Retention, TurnState
+from tests.unit.test_fleet import worker_beat
 
 SETTINGS = Settings(max_queue_depth=3)
 RETENTION = Retention.from_settings(SETTINGS)
@@ -129,6 +132,23 @@ async def test_one_accept_writes_the_record_its_first_events_the_job_and_the_wak
     assert await redis.lrange(keys.conversation_turns(conversation_id), 0, -1) == [rid.encode()]
     assert 0 < await redis.ttl(keys.conversation_turns(conversation_id)) <= RETENTION.conversation_ttl_s
     assert await redis.zrange(keys.api_key_inflight("key_1"), 0, -1) == [rid.encode()]
+
+
+async def test_with_no_live_worker_a_waited_for_turn_is_refused_and_a_background_one_queued(redis: ArqRedis) -> None:
+    svc = dataclasses.replace(services(redis), workers=LiveWorkers(redis, SETTINGS.queue_name, cache_s=1.0))
+    before = set(await redis.keys("*"))
+    with pytest.raises(APIError) as raised:
+        await accept(svc, request(), OPEN)
+    assert set(await redis.keys("*")) == before
+    error = raised.value
+    assert (error.status, error.type, error.code, error.retry_after) == (503, "server_error", "no_live_workers", 5)
+    assert "`turnstream worker`" in error.message and SETTINGS.queue_name in error.message
+
+    queued = await accept(svc, request(background=True), OPEN)
+    assert json.loads(queued.response_json)["status"] == "queued"
+
+    await fleet.beat(redis, worker_beat("w", SETTINGS.queue_name), ttl_s=30)
+    await accept(svc, request(), OPEN)
 
 
 async def test_another_projects_conversation_is_not_found_and_nothing_is_written(redis: ArqRedis) -> None:

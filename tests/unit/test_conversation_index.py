@@ -59,3 +59,33 @@ async def test_an_unknown_cursor_is_refused(script_redis: ArqRedis) -> None:
     await _make(script_redis, "p", 2)
     with pytest.raises(conversation_index.CursorNotFound):
         await conversation_record.list_page(script_redis, "p", limit=2, order="desc", after="conv_" + "f" * 48)
+
+
+async def test_a_conversation_created_if_absent_is_listed_and_keeps_its_place(script_redis: ArqRedis) -> None:
+    (older,) = await _make(script_redis, "p", 1)
+    thread = {"id": "conv_" + "a" * 48, "object": "conversation", "created_at": 1, "metadata": {}}
+    await conversation_record.create_if_absent(script_redis, thread, "p", ttl_s=60)
+    assert await _ids(script_redis, "p", limit=10, order="desc", after=None) == ([thread["id"], older], False)
+    place = await script_redis.zscore(keys.project_conversations("p"), thread["id"])
+    await conversation_record.create_if_absent(script_redis, {**thread, "metadata": {"x": "y"}}, "p", ttl_s=60)
+    assert await script_redis.zscore(keys.project_conversations("p"), thread["id"]) == place
+    assert (await conversation_record.load(script_redis, thread["id"]) or {})["metadata"] == {}  # kept as it was
+
+    await conversation_record.delete(script_redis, thread["id"], "p")
+    assert await _ids(script_redis, "p", limit=10, order="desc", after=None) == ([older], False)
+
+
+async def test_an_unlisted_existing_conversation_joins_the_list(script_redis: ArqRedis) -> None:
+    thread = {"id": "conv_" + "b" * 48, "object": "conversation", "created_at": 1, "metadata": {}}
+    # Stored without an index entry: made before the list existed, or a crash between the two writes.
+    await script_redis.set(keys.conversation(thread["id"]), conversation_record.stored(thread, "p"))
+    await conversation_record.create_if_absent(script_redis, thread, "p", ttl_s=60)
+    assert await _ids(script_redis, "p", limit=10, order="desc", after=None) == ([thread["id"]], False)
+
+
+async def test_a_conversation_made_again_after_it_expired_lists_as_new(script_redis: ArqRedis) -> None:
+    made = await _make(script_redis, "p", 2)  # listed at 1000 and 1001 ms
+    await script_redis.delete(keys.conversation(made[0]))  # expired; its entry is still in the index
+    thread = {"id": made[0], "object": "conversation", "created_at": 1, "metadata": {}}
+    await conversation_record.create_if_absent(script_redis, thread, "p", ttl_s=60)
+    assert await _ids(script_redis, "p", limit=10, order="desc", after=None) == ([made[0], made[1]], False)
