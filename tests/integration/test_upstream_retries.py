@@ -14,6 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -85,20 +86,27 @@ def test_six_failures_in_a_row_are_retried_until_the_turn_completes(
 
 def test_a_stream_cut_after_10_of_200_words_continues_in_the_same_message(client: OpenAI) -> None:
     stream = client.responses.create(model="plain", input=f"count to 200 [cut-after=10] {_tag()}", stream=True)
-    deltas, item_ids, final = [], set(), None
+    _one_message_streamed_whole(client, stream, _numbers(200))
+
+
+def _one_message_streamed_whole(client: OpenAI, stream: Any, text: str) -> tuple[list[str], str]:
+    """Reads the stream to its end and checks the stored answer is `text` in one message, streamed exactly once
+    (no word twice, none missing); returns the event types seen and the response id."""
+    deltas, item_ids, kinds, final = [], set(), [], None
     for event in stream:
+        kinds.append(event.type)
         if event.type == "response.output_text.delta":
             deltas.append(event.delta)
             item_ids.add(event.item_id)
         elif event.type == "response.completed":
             final = event.response
     assert final is not None and final.status == "completed"
-
     stored = client.responses.retrieve(final.id)
     [message] = [item for item in stored.output if item.type == "message"]
-    assert stored.output_text == _numbers(200)
-    assert "".join(deltas) == stored.output_text  # no word streamed twice, none missing
+    assert stored.output_text == text
+    assert "".join(deltas) == stored.output_text
     assert item_ids == {message.id}
+    return kinds, final.id
 
 
 def test_a_cut_stream_continues_in_the_same_message_after_a_wait_on_the_queue(
@@ -109,25 +117,11 @@ def test_a_cut_stream_continues_in_the_same_message_after_a_wait_on_the_queue(
     stream = client.responses.create(
         model="plain", input=f"count to 60 [cut-after=10][fail=429x1][retry-after=3] {_tag()}", stream=True
     )
-    deltas, item_ids, kinds, final = [], set(), [], None
-    for event in stream:
-        kinds.append(event.type)
-        if event.type == "response.output_text.delta":
-            deltas.append(event.delta)
-            item_ids.add(event.item_id)
-        elif event.type == "response.completed":
-            final = event.response
-    assert final is not None and final.status == "completed"
-
-    stored = client.responses.retrieve(final.id)
-    [message] = [item for item in stored.output if item.type == "message"]
-    assert stored.output_text == _numbers(60)
-    assert "".join(deltas) == stored.output_text
-    assert item_ids == {message.id}
+    kinds, response_id = _one_message_streamed_whole(client, stream, _numbers(60))
     assert kinds.count("response.in_progress") == 2  # the pickup after the wait announces itself again
     r = redis.Redis(port=retry_stack.redis.port)
     # The pickup after the wait continued the turn: not counted as a try (a worker death).
-    assert r.hmget(keys.response(final.id), ["attempt", "waits"]) == [b"2", b"1"]
+    assert r.hmget(keys.response(response_id), ["attempt", "waits"]) == [b"2", b"1"]
 
 
 def test_more_waits_on_the_queue_than_the_job_tries_limit_still_complete_the_turn(

@@ -10,7 +10,6 @@ import pytest
 from arq.connections import ArqRedis
 from arq.jobs import deserialize_job
 
-from api.agent_directory import AgentDirectory
 from api.auth import OPEN, Caller
 from api.deps import Services
 from api.errors import APIError
@@ -21,13 +20,12 @@ from api.turns import accept
 from shared import events, fleet, ids, keys
 from shared.models import TurnRequest
 from shared.queue import RUN_TURN
-from shared.rate_limits import Limiter
 from shared.redis_conn import EmbeddedRedis
 from shared.settings import Settings
 from shared.stored_form import unpack_json
 from shared.stream_tail import read_after
-from shared.turn_accept import TurnAcceptor
-from shared.turn_state import Retention, TurnState
+from shared.turn_state import Retention
+from tests import api_services
 from tests.unit.test_fleet import worker_beat
 
 SETTINGS = Settings(max_queue_depth=3)
@@ -41,16 +39,7 @@ def redis() -> ArqRedis:
 
 
 def services(redis: ArqRedis) -> Services:
-    # accept never streams, so it needs no fan-out.
-    return Services(
-        settings=SETTINGS,
-        redis=redis,
-        state=TurnState(redis, RETENTION),
-        acceptor=TurnAcceptor(redis, RETENTION, SETTINGS.queue_name, SETTINGS.max_queue_depth),
-        agents=AgentDirectory(redis, passthrough=True),
-        fanout=None,  # type: ignore[arg-type]
-        limiter=Limiter(redis),
-    )
+    return api_services.services(redis, SETTINGS)
 
 
 def request(caller: Caller = OPEN, **fields: Any) -> TurnRequest:

@@ -10,18 +10,16 @@ from typing import Any
 import pytest
 from arq.connections import ArqRedis
 
-from api.agent_directory import AgentDirectory
 from api.auth import Caller
 from api.deps import Services
 from api.turns import accept
 from shared import events, ids, keys
 from shared.events import decode_entry
 from shared.models import Status, TurnRequest
-from shared.rate_limits import Limiter
 from shared.response_object import build_response
 from shared.settings import Settings
-from shared.turn_accept import TurnAcceptor
 from shared.turn_state import Retention, TurnState
+from tests import api_services
 
 SETTINGS = Settings()
 RETENTION = Retention.from_settings(SETTINGS)
@@ -34,15 +32,7 @@ def redis(script_redis: ArqRedis) -> ArqRedis:
 
 
 def services(redis: ArqRedis) -> Services:
-    return Services(
-        settings=SETTINGS,
-        redis=redis,
-        state=TurnState(redis, RETENTION),
-        acceptor=TurnAcceptor(redis, RETENTION, SETTINGS.queue_name, SETTINGS.max_queue_depth),
-        agents=AgentDirectory(redis, passthrough=True),
-        fanout=None,  # type: ignore[arg-type]
-        limiter=Limiter(redis),
-    )
+    return api_services.services(redis, SETTINGS)
 
 
 def request(conversation_id: str, lock: str = "wait", **fields: Any) -> TurnRequest:
