@@ -51,8 +51,9 @@ if in_conversation then
   redis.call('RPUSH', turns, rid)
   redis.call('EXPIRE', turns, conversation_ttl)
 end
-for i = FIRST_EVENT, events_end, 2 do append(resp, stream, '0', maxlen, ARGV[i], ARGV[i + 1]) end
-expire_streams(resp, stream, stream_ttl)
+local feed = feed_of(resp)
+for i = FIRST_EVENT, events_end, 2 do append(resp, stream, '0', maxlen, ARGV[i], ARGV[i + 1], feed) end
+expire_streams(stream, stream_ttl, feed)
 if claim_accepted ~= '' then redis.call('SET', claim_key, claim_accepted, 'EX', claim_ttl) end
 enqueue(job_key, result_key, queue, queue_wake, job, job_ttl_ms, now, rid, max_wake)
 return {'accepted', stopped}

@@ -15,9 +15,10 @@ if batch_id ~= '' and st[4] == batch_id then
   return {tonumber(redis.call('HGET', resp, 'seq')), st[3] or ''}
 end
 local seq = -1
+local feed = feed_of(resp)
 for i = FIRST_EVENT, #ARGV, 2 do
-  seq = append(resp, stream, attempt, maxlen, ARGV[i], ARGV[i + 1])
+  seq = append(resp, stream, attempt, maxlen, ARGV[i], ARGV[i + 1], feed)
 end
 if batch_id ~= '' then redis.call('HSET', resp, 'batch', batch_id) end
-expire_streams(resp, stream, ttl)
+expire_streams(stream, ttl, feed)
 return {seq, st[3] or ''}

@@ -22,6 +22,7 @@ local st = redis.call('HMGET', resp, 'status', 'attempt')
 if st[1] ~= expect then return 0 end
 if attempt_expected ~= '' and st[2] ~= attempt_expected then return 0 end
 local attempt = st[2] or '0'
+local feed = feed_of(resp)
 -- A conversation deleted mid-turn gains nothing (and is not resurrected); nor does a turn stopped by a
 -- `rollback` accept, whenever that came.
 if redis.call('EXISTS', conv) == 1 and not redis.call('HGET', resp, 'rollback') then
@@ -47,17 +48,17 @@ if compact ~= '' and redis.call('HGET', resp, 'seq') == known_seq
   -- The conversation's feed gets these events one by one, as the plain path below would have written them.
   local seq = last - n_pending
   for i = FIRST_PENDING, pending_end, 2 do
-    to_feed(resp, attempt, maxlen, ARGV[i], numbered(seq, ARGV[i + 1]))
+    to_feed(feed, attempt, maxlen, ARGV[i], numbered(seq, ARGV[i + 1]))
     seq = seq + 1
   end
-  to_feed(resp, attempt, maxlen, terminal_type, numbered(last, terminal_json))
+  to_feed(feed, attempt, maxlen, terminal_type, numbered(last, terminal_json))
 else
   -- What the turn's emitter had not written yet goes out here, in order, before the terminal event.
-  for i = FIRST_PENDING, pending_end, 2 do append(resp, stream, attempt, maxlen, ARGV[i], ARGV[i + 1]) end
-  append(resp, stream, attempt, maxlen, terminal_type, terminal_json)
+  for i = FIRST_PENDING, pending_end, 2 do append(resp, stream, attempt, maxlen, ARGV[i], ARGV[i + 1], feed) end
+  append(resp, stream, attempt, maxlen, terminal_type, terminal_json, feed)
 end
 redis.call('EXPIRE', resp, response_ttl)
-expire_streams(resp, stream, stream_ttl)
+expire_streams(stream, stream_ttl, feed)
 redis.call('HDEL', resp, 'progress', 'cancelled', 'cancelled_hook')
 redis.call('ZREM', active, rid)
 -- Written with the commit, so a turn that committed is announced even if its worker dies right after.

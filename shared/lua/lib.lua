@@ -10,14 +10,18 @@ local function feed_append(feed, counter, rid, attempt, maxlen, etype, data)
              'response_id', rid, 'data', '{"response_id":"' .. rid .. '",' .. string.sub(data, 2))
 end
 
--- A turn whose record names a conversation feed (fields `feed`, `feed_seq`: keys named by the record, see the
--- loader) copies each event it writes there, in the same step, so the feed holds exactly what the response's
--- stream holds. `data` is the event as numbered in the response's stream.
-local function to_feed(resp, attempt, maxlen, etype, data)
-  local feed = redis.call('HMGET', resp, 'feed', 'feed_seq')
-  if feed[1] then
-    feed_append(feed[1], feed[2], string.sub(resp, #RESPONSE_PREFIX + 1), attempt, maxlen, etype, data)
-  end
+-- The conversation feed a turn's record names (fields `feed`, `feed_seq`, `feed_ttl`: keys named by the record,
+-- see the loader), or nil for a turn with none. Read once per script: every event the script writes goes there.
+local function feed_of(resp)
+  local f = redis.call('HMGET', resp, 'feed', 'feed_seq', 'feed_ttl')
+  if not f[1] then return nil end
+  return {key = f[1], counter = f[2], ttl = f[3], rid = string.sub(resp, #RESPONSE_PREFIX + 1)}
+end
+
+-- A turn with a feed copies each event it writes there, in the same step, so the feed holds exactly what the
+-- response's stream holds. `data` is the event as numbered in the response's stream.
+local function to_feed(feed, attempt, maxlen, etype, data)
+  if feed then feed_append(feed.key, feed.counter, feed.rid, attempt, maxlen, etype, data) end
 end
 
 -- The event JSON numbered `seq`, as a stream entry's data carries it.
@@ -26,24 +30,23 @@ local function numbered(seq, body)
 end
 
 -- Appends one event: the sequence number comes from the response hash, so writers never collide.
-local function append(resp, stream, attempt, maxlen, etype, body)
+local function append(resp, stream, attempt, maxlen, etype, body, feed)
   local seq = redis.call('HINCRBY', resp, 'seq', 1)
   local data = numbered(seq, body)
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-1',
              'seq', seq, 'type', etype, 'attempt', attempt, 'data', data)
-  to_feed(resp, attempt, maxlen, etype, data)
+  to_feed(feed, attempt, maxlen, etype, data)
   return seq
 end
 
 -- Renews a turn's stream (`ttl` after its last write) and, if it has one, its conversation's feed (its own TTL).
-local function expire_streams(resp, stream, ttl)
+local function expire_streams(stream, ttl, feed)
   redis.call('EXPIRE', stream, ttl)
-  local feed = redis.call('HMGET', resp, 'feed', 'feed_seq', 'feed_ttl')
-  if feed[1] then
+  if feed then
     -- The feed's own retention (records of before it had one: the stream's).
-    local feed_ttl = feed[3] or ttl
-    redis.call('EXPIRE', feed[1], feed_ttl)
-    redis.call('EXPIRE', feed[2], feed_ttl)
+    local feed_ttl = feed.ttl or ttl
+    redis.call('EXPIRE', feed.key, feed_ttl)
+    redis.call('EXPIRE', feed.counter, feed_ttl)
   end
 end
 
@@ -139,8 +142,9 @@ local function cancel_queued(resp, rid, turns, active, endpoints, outbox, usage,
   settle_accounts(nil, usage, false, rid, '', '')  -- cancelled before pickup: no usage
   local stream = EVENTS_PREFIX .. rid
   local terminal = '{"type":"' .. CANCELLED_EVENT .. '","response":' .. f[1] .. '}'
-  append(resp, stream, '0', maxlen, CANCELLED_EVENT, terminal)
-  expire_streams(resp, stream, stream_ttl)
+  local feed = feed_of(resp)
+  append(resp, stream, '0', maxlen, CANCELLED_EVENT, terminal, feed)
+  expire_streams(stream, stream_ttl, feed)
   redis.call('HDEL', resp, 'progress', 'cancelled', 'cancelled_hook')
   redis.call('EXPIRE', resp, response_ttl)
   redis.call('ZREM', active, rid)

@@ -32,8 +32,9 @@ end
 local announced = 0
 if st[5] then
   if attempt == 1 and (cancel == '' or cancel == '0') then
-    append(resp, stream, tostring(attempt), maxlen, in_progress_type, st[5])
-    expire_streams(resp, stream, ttl)
+    local feed = feed_of(resp)
+    append(resp, stream, tostring(attempt), maxlen, in_progress_type, st[5], feed)
+    expire_streams(stream, ttl, feed)
     announced = 1
   end
 end
