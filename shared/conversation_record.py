@@ -65,12 +65,6 @@ async def list_page(
     return ConversationPage(found[:limit], len(found) > limit)
 
 
-async def project_of(redis: Redis, conversation_id: str) -> str | None:
-    """The project a conversation belongs to, or None if there is no such conversation."""
-    conversation = await load(redis, conversation_id)
-    return None if conversation is None else conversation.get("project", DEFAULT_PROJECT)
-
-
 def stored(conversation: dict[str, Any], project: str) -> str:
     return json.dumps({**conversation, "project": project})
 
@@ -124,10 +118,6 @@ async def delete(redis: Redis, conversation_id: str, project: str) -> None:
 
 async def items(redis: Redis, conversation_id: str, start: int = 0, end: int = -1) -> list[Item]:
     return [json.loads(raw) for raw in await redis.lrange(keys.conversation_items(conversation_id), start, end)]
-
-
-async def item_count(redis: Redis, conversation_id: str) -> int:
-    return int(await redis.llen(keys.conversation_items(conversation_id)))
 
 
 async def token_estimates(redis: Redis, conversation_id: str, item_ids: list[str]) -> list[int | None]:

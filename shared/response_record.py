@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from shared import keys
 from shared.models import DEFAULT_PROJECT, Item, Status, TurnRequest
@@ -155,11 +154,6 @@ async def ending(redis: Redis, response_id: str) -> Ending:
         int(seq or -1),
         unpack_json(response) if response is not None else None,
     )
-
-
-def exists_in(pipe: Pipeline, response_id: str) -> None:
-    """Queues the record's existence check on a pipeline (readers batch it for many responses)."""
-    pipe.exists(keys.response(response_id))
 
 
 async def has_stream_or_record(redis: Redis, response_id: str) -> bool:

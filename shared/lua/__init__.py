@@ -8,9 +8,8 @@ same on every node and its SHA stable across restarts of the service.
 Keys: every key a script is given comes in KEYS, so a client (and, on a cluster, the router) knows where it
 runs. The one kind of key a script names itself is a key named by a member of a key it was given: the record
 (and event stream) of a turn queued in a conversation's turn list, the in-progress marker of a job claimed from
-a queue, the wake list of the next turn, and the keys a turn's record names in its fields (its API key's
-in-flight set, its project's usage, its conversation's feed). Those are found only inside the script,
-atomically with the member that names them.
+a queue, the wake list of the next turn, and the conversation feed a turn's record names in its fields (see
+`feed_of` in lib.lua). Those are found only inside the script, atomically with the member that names them.
 """
 
 from __future__ import annotations
