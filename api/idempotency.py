@@ -35,6 +35,7 @@ from redis.exceptions import WatchError
 from api.errors import APIError, invalid
 from shared import keys
 from shared.lua import scripts
+from shared.redis_conn import text
 from shared.turn_accept import ClaimMark
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
@@ -88,7 +89,7 @@ async def claim(
     deadline = time.monotonic() + _PENDING_WAIT_S
     while True:
         state, object_id = await script(keys=[key], args=[fingerprint, new_id, _STALE_MS, ttl_s])
-        state, object_id = _text(state), _text(object_id)
+        state, object_id = text(state), text(object_id)
         if state == "conflict":
             raise APIError(
                 422,
@@ -130,7 +131,3 @@ def in_use() -> APIError:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -36,6 +36,11 @@ async def connect(settings: Settings, embedded: EmbeddedRedis | None = None) -> 
     return ArqRedis(pool, default_queue_name=settings.queue_name)
 
 
+def text(value: bytes | str) -> str:
+    """A reply value as text: clients made without decode_responses answer bytes, fakeredis' Lua sometimes str."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def redis_settings(settings: Settings) -> RedisSettings:
     assert settings.redis_url is not None
     redis = RedisSettings.from_dsn(settings.redis_url)

@@ -22,6 +22,7 @@ from shared import events, keys, metrics, webhooks
 from shared.lua import NO_WAIT, Durability, call, scripts
 from shared.models import DEFAULT_PROJECT, Status
 from shared.queue import JobClaim
+from shared.redis_conn import text
 from shared.settings import Settings
 from shared.stored_form import pack_events, pack_json, unpack_json
 
@@ -145,7 +146,7 @@ class TurnState:
             args=[r.stream_maxlen, r.stream_ttl_s, events.IN_PROGRESS, response_id, conv, "1" if r.compact else ""],
         )
         return Started(
-            _text(status),
+            text(status),
             int(attempt),
             _flag(cancel),
             unpack_json(request) or None,
@@ -276,9 +277,7 @@ def _appended(result: list[Any]) -> bool:
     return _flag(result[1])
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _flag(value: bytes | str | None) -> bool:
-    return bool(value) and _text(value) not in ("", "0")  # type: ignore[arg-type]
+    return bool(value) and text(value) not in ("", "0")  # type: ignore[arg-type]

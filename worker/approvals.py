@@ -19,12 +19,12 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis
 
 from shared import ids, keys
 from shared.models import Item
+from shared.redis_conn import text
 
 # A request's record outlives its timeout by this much, so a late answer is told "expired", not "unknown".
 _RECORD_MARGIN_S = 86_400
@@ -77,7 +77,7 @@ class Approvals:
         name, arguments, label, created, claimed, output, error = await self.redis.hmget(key, fields)
         if name is None or created is None:
             return Claimed(Answer.EXPIRED, None)
-        request = Request(request_id, _text(name), _text(arguments or b""), _text(label or b""))
+        request = Request(request_id, text(name), text(arguments or b""), text(label or b""))
         if claimed is None:
             if int(created) + self.timeout_s * 1000 < time.time() * 1000:
                 await self.redis.hsetnx(key, "claimed", f"expired:{response_id}")
@@ -85,11 +85,11 @@ class Approvals:
             if await self.redis.hsetnx(key, "claimed", response_id):
                 return Claimed(Answer.RUN, request)
             claimed, output, error = await self.redis.hmget(key, ["claimed", "output", "error"])
-        if _text(claimed or b"") != response_id:
+        if text(claimed or b"") != response_id:
             return Claimed(Answer.TAKEN, request)
         if output is None and error is None:
             return Claimed(Answer.INTERRUPTED, request)
-        return Claimed(Answer.DONE, request, _text(output) if output else None, _text(error) if error else None)
+        return Claimed(Answer.DONE, request, text(output) if output else None, text(error) if error else None)
 
     async def settle(self, request_id: str, *, output: str | None, error: str | None) -> None:
         """Stores what answering the request produced, so a re-run reuses it instead of running the tool."""
@@ -148,7 +148,3 @@ def refusal(answer: Answer, timeout_s: int, reason: str | None = None) -> str:
     if answer is Answer.INTERRUPTED:
         return "The tool's approved run was interrupted (its worker stopped); it is not run a second time."
     return "The user denied this tool call" + (f": {reason}" if reason else ".")
-
-
-def _text(value: bytes | str | Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.lua import scripts
 from shared.queue import JobClaim
+from shared.redis_conn import text
 
 
 def now_ms() -> int:
@@ -50,7 +51,7 @@ class JobLeases:
             args=[now_ms(), max_jobs, self.lease_ms, keys.arq_in_progress(""), token_prefix],
         )
         return [
-            (_text(reply[i]), int(float(reply[i + 1])), _text(reply[i + 2])) for i in range(0, len(reply), 3)
+            (text(reply[i]), int(float(reply[i + 1])), text(reply[i + 2])) for i in range(0, len(reply), 3)
         ]
 
     async def renew(self, job_id: str, token: str) -> bool:
@@ -67,7 +68,3 @@ class JobLeases:
             keys=[*claim.keys(), self.queue],
             args=[job_id, token, "1" if finished else "", "" if requeue_score is None else requeue_score],
         )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
