@@ -109,10 +109,7 @@ class TurnRunner:
             add_log_context(attempt=started.attempt, conversation_id=req.conversation_id)
             if started.cancel_requested:
                 # Cancelled (or interrupted) while no worker held it: keep what a dead attempt produced.
-                resumed = Resumed()
-                if started.attempt > 1:
-                    stream = await self.outage.call(lambda: read_after(self.redis, response_id, -1), "stream read")
-                    resumed = fold(stream)
+                _, resumed = await self._stream_so_far(response_id, started)
                 client_tools = frozenset(t["name"] for t in req.tools if t.get("type") == "function")
                 output = stopped_output(resumed, client_tools)
                 await self._commit(req, started.attempt, TurnOutcome(status=Status.CANCELLED, output=output), claim)
@@ -137,16 +134,19 @@ class TurnRunner:
         """Waits for the turn ahead to wake this one as it commits; the timeout covers a wake that was lost."""
         await self.redis.blpop([keys.turn_wake(response_id)], timeout=1)
 
+    async def _stream_so_far(
+        self, response_id: str, started: Started
+    ) -> tuple[list[events.StreamEvent] | None, Resumed]:
+        """What the stream holds as this attempt starts, and what earlier attempts produced: a first run's start
+        sent the stream back (with compact retention), a re-run reads it to continue what was streamed."""
+        if started.attempt <= 1:
+            return started.entries, Resumed()
+        stream = await self.outage.call(lambda: read_after(self.redis, response_id, -1), "stream read")
+        return stream, fold(stream)
+
     async def _execute(self, req: TurnRequest, started: Started, handle: CancelHandle, claim: JobClaim | None) -> str:
         attempt = started.attempt
-        # What the stream holds as this attempt starts: a first run's start sent it back (with compact
-        # retention), a re-run reads it to continue what earlier attempts streamed.
-        before: list[events.StreamEvent] | None
-        if attempt > 1:
-            before = await self.outage.call(lambda: read_after(self.redis, req.response_id, -1), "stream read")
-            resumed = fold(before)
-        else:
-            before, resumed = started.entries, Resumed()
+        before, resumed = await self._stream_so_far(req.response_id, started)
         # A pickup after a wait on the queue for the upstream is not a re-run after a worker died.
         rerun = attempt > 1 and not started.continues
         with TurnTelemetry(req, attempt, resumed=bool(resumed), rerun=rerun).attempt_span() as telemetry:
