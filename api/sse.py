@@ -79,6 +79,23 @@ def parse_last_event_id(header: str | None) -> int:
     return int(header)
 
 
+def resume_after(
+    starting_after: int | None, last_event_id: str | None, *, last: int, source: str, default: int = -1
+) -> int:
+    """Where a stream resumes: after `starting_after`, else after the Last-Event-ID header, else after `default`.
+    A point past the newest event (`last`) would wait for a sequence number never written: refused up front,
+    naming the `source` ("response", "conversation")."""
+    if starting_after is not None:
+        after, param = starting_after, "starting_after"
+    elif last_event_id is not None:
+        after, param = parse_last_event_id(last_event_id), "Last-Event-ID"
+    else:
+        return default
+    if after > last:
+        raise invalid(f"'{param}' is {after}, past this {source}'s last event ({last}).", param)
+    return after
+
+
 def ensure_capacity(fanout: Fanout) -> None:
     """Raises 503 when this process already serves its cap of SSE streams; call it before committing a turn."""
     if fanout.open_streams >= fanout.max_streams:

@@ -16,7 +16,7 @@ from api.idempotency import IdempotencyKey
 from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateConversationBody, UpdateConversationBody, normalise_input
-from api.sse import SSEResponse, ensure_capacity, parse_last_event_id
+from api.sse import SSEResponse, ensure_capacity, resume_after
 from shared import conversation_feed as feed
 from shared import conversation_index, conversation_record, ids
 from shared.events import MAX_SEQUENCE_NUMBER
@@ -146,14 +146,9 @@ async def conversation_events(
             code="conversation_feed_off",
         )
     last = await feed.last_entry(svc.redis, conversation_id)
-    if starting_after is not None:
-        after, param = starting_after, "starting_after"
-    elif last_event_id is not None:
-        after, param = parse_last_event_id(last_event_id), "Last-Event-ID"
-    else:
-        after, param = (last if stream else -1), ""  # a live feed starts now; a listing from the oldest kept
-    if after > last:
-        raise invalid(f"'{param}' is {after}, past this conversation's last event ({last}).", param)
+    # Without a cursor a live feed starts now, and a listing from the oldest event kept.
+    default = last if stream else -1
+    after = resume_after(starting_after, last_event_id, last=last, source="conversation", default=default)
     if not stream:
         return JSONResponse(await feed.page(svc.redis, conversation_id, after, limit))
     ensure_capacity(svc.fanout)

@@ -16,7 +16,7 @@ from api.idempotency import Claim, IdempotencyKey
 from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateResponseBody
-from api.sse import SSEResponse, ensure_capacity, parse_last_event_id
+from api.sse import SSEResponse, ensure_capacity, resume_after
 from api.turns import Accepted, accept, build_request, wait_final
 from shared import ids, response_record
 from shared.events import MAX_SEQUENCE_NUMBER
@@ -76,14 +76,8 @@ async def get_response(
     record = await _record(svc, response_id, caller.project)
     if not stream:
         return JSONResponse(record.response)
-    if starting_after is not None:
-        after, param = starting_after, "starting_after"
-    else:
-        after, param = parse_last_event_id(last_event_id), "Last-Event-ID"
-    # Past the newest event would wait for a sequence number that is never written: refuse it up front.
     last_seq = await response_record.last_seq(svc.redis, response_id)
-    if after > last_seq:
-        raise invalid(f"'{param}' is {after}, past this response's last event ({last_seq}).", param)
+    after = resume_after(starting_after, last_event_id, last=last_seq, source="response")
     ensure_capacity(svc.fanout)
     gone = None
     if (starting_after is not None or last_event_id is not None) and svc.disconnects is not None:
