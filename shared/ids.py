@@ -34,8 +34,9 @@ _FORMATS = {
 _ITEM_FORMAT = re.compile(f"(?:{'|'.join(ITEM_PREFIXES)})_{_BODY}")
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(_RANDOM_BYTES)}"
+def new_id(prefix: str, tag: str = "") -> str:
+    """A new id; `tag` (hex digits) starts its random part: the partition it names (shared/partitions.py)."""
+    return f"{prefix}_{tag}{secrets.token_hex(_RANDOM_BYTES)[len(tag):]}"
 
 
 def is_id(value: object, prefix: str) -> bool:
@@ -48,12 +49,12 @@ def is_item_id(value: object) -> bool:
     return isinstance(value, str) and _ITEM_FORMAT.fullmatch(value) is not None
 
 
-def response_id() -> str:
-    return new_id(RESPONSE)
+def response_id(tag: str = "") -> str:
+    return new_id(RESPONSE, tag)
 
 
-def conversation_id() -> str:
-    return new_id(CONVERSATION)
+def conversation_id(tag: str = "") -> str:
+    return new_id(CONVERSATION, tag)
 
 
 def message_id() -> str:

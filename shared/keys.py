@@ -8,7 +8,33 @@ from __future__ import annotations
 
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 
+from shared import partitions
+
 PREFIX = "turnstream:"
+
+# On a Redis Cluster every key of a turn carries its partition's hash tag (shared/partitions.py); on one Redis
+# the names have none, as they always had.
+
+
+def partition(object_id: str) -> str:
+    """The hash tag a conversation's or response's keys carry: `{` + the 4 hex digits after the id's prefix +
+    `}` on a cluster, "" on one Redis. A turn of a conversation has its conversation's digits."""
+    return "{" + partitions.digits_of(object_id) + "}" if partitions.enabled() else ""
+
+
+def partition_tag(digits: str) -> str:
+    """A partition's hash tag from its 4 digits (`partitions.all_tags()`), "" on one Redis."""
+    return "{" + digits + "}" if digits else ""
+
+
+def every_partition() -> list[str]:
+    """The hash tag of every partition: [""] on one Redis."""
+    return [partition_tag(digits) for digits in partitions.all_tags()]
+
+
+def _own(object_id: str) -> str:
+    """An id that is its own hash tag on a cluster (an API key's keys share one slot, away from any turn's)."""
+    return "{" + object_id + "}" if partitions.enabled() else object_id
 
 
 RESPONSE_PREFIX = f"{PREFIX}response:"
@@ -24,12 +50,13 @@ def response(response_id: str) -> str:
     stops it before pickup; dropped once it starts), rollback (set by a `rollback` accept: its commit adds
     nothing to the conversation), feed and feed_seq (its conversation's feed and the feed's counter, when
     stored: see conversation_feed)."""
-    return f"{RESPONSE_PREFIX}{response_id}"
+    return f"{RESPONSE_PREFIX}{partition(response_id)}{response_id}"
 
 
-# ZSET: response id -> accept time (ms) of every turn not yet finished. The sweeper walks it to find turns
-# whose job was lost; the commit script removes a turn from it.
-ACTIVE_TURNS = f"{PREFIX}active-turns"
+def active_turns(part: str = "") -> str:
+    """ZSET: response id -> accept time (ms) of every turn of the partition `part` (a hash tag, or "" on one
+    Redis) not yet finished. The sweeper walks it to find turns whose job was lost; the commit removes a turn."""
+    return f"{PREFIX}active-turns{part}"
 
 # STRING: held (with a short TTL) by the one worker currently sweeping.
 SWEEPER_LOCK = f"{PREFIX}sweeper-lock"
@@ -41,13 +68,13 @@ EVENTS_PREFIX = f"{PREFIX}events:"
 def events(response_id: str) -> str:
     """STREAM: the response's events; entry id is "<sequence_number>-1". Once the turn commits, usually one
     compact entry of them all, id that of the last (shared/stored_form.py)."""
-    return f"{EVENTS_PREFIX}{response_id}"
+    return f"{EVENTS_PREFIX}{partition(response_id)}{response_id}"
 
 
 def events_scratch(response_id: str) -> str:
     """STREAM: exists only inside the commit script, which builds a finished turn's compact entry here and
     COPYs it over the turn's stream: a stream's first XADD reserves 4 KB, a copy only what it holds."""
-    return f"{PREFIX}events-scratch:{response_id}"
+    return f"{PREFIX}events-scratch:{partition(response_id)}{response_id}"
 
 
 CONVERSATION_PREFIX = f"{PREFIX}conversation:"
@@ -55,23 +82,23 @@ CONVERSATION_PREFIX = f"{PREFIX}conversation:"
 
 def conversation(conversation_id: str) -> str:
     """STRING: the conversation object (JSON)."""
-    return f"{CONVERSATION_PREFIX}{conversation_id}"
+    return f"{CONVERSATION_PREFIX}{partition(conversation_id)}{conversation_id}"
 
 
 def conversation_items(conversation_id: str) -> str:
     """LIST: conversation items (JSON), oldest first."""
-    return f"{CONVERSATION_PREFIX}{conversation_id}:items"
+    return f"{conversation(conversation_id)}:items"
 
 
 def conversation_item_tokens(conversation_id: str) -> str:
     """HASH: item id -> its estimated prompt tokens, computed once when a turn first reads the item."""
-    return f"{CONVERSATION_PREFIX}{conversation_id}:item-tokens"
+    return f"{conversation(conversation_id)}:item-tokens"
 
 
 def conversation_compaction(conversation_id: str) -> str:
     """STRING: {"index", "kept_from"}: the list index of the newest compaction item, and of the oldest item it
     kept verbatim; history sent upstream is that item, then the items from kept_from on."""
-    return f"{CONVERSATION_PREFIX}{conversation_id}:compaction"
+    return f"{conversation(conversation_id)}:compaction"
 
 
 def project_conversations(project: str) -> str:
@@ -85,13 +112,13 @@ def conversation_feed(conversation_id: str) -> str:
     """STREAM: every event of every stored turn of the conversation, as written to each response's stream;
     entry id "<n>-1", n counting the feed's entries; fields seq (n), type, attempt, response_id, data (the
     event JSON with "response_id" spliced in). A turn's record names it in its `feed` field."""
-    return f"{CONVERSATION_PREFIX}{conversation_id}:events"
+    return f"{conversation(conversation_id)}:events"
 
 
 def conversation_feed_counter(conversation_id: str) -> str:
     """STRING: the number of entries ever written to the conversation's feed (its next n); expires with it. A
     turn's record names it in its `feed_seq` field."""
-    return f"{CONVERSATION_PREFIX}{conversation_id}:events-written"
+    return f"{conversation(conversation_id)}:events-written"
 
 
 TURNS_SUFFIX = ":turns"
@@ -99,7 +126,7 @@ TURNS_SUFFIX = ":turns"
 
 def conversation_turns(conversation_id: str) -> str:
     """LIST: response ids of the conversation's unfinished turns, in arrival order; the head may run."""
-    return f"{CONVERSATION_PREFIX}{conversation_id}{TURNS_SUFFIX}"
+    return f"{conversation(conversation_id)}{TURNS_SUFFIX}"
 
 
 TURN_WAKE_PREFIX = f"{PREFIX}turn-wake:"
@@ -107,17 +134,34 @@ TURN_WAKE_PREFIX = f"{PREFIX}turn-wake:"
 
 def turn_wake(response_id: str) -> str:
     """LIST: a token is pushed here when the turn reaches the head of its conversation's queue."""
-    return f"{TURN_WAKE_PREFIX}{response_id}"
+    return f"{TURN_WAKE_PREFIX}{partition(response_id)}{response_id}"
 
 
-# LIST: the API pushes a token per enqueued turn; idle workers BLPOP it instead of sleeping.
+# LIST: a token per enqueued turn, its partition's 4 digits ("1" on one Redis); idle workers BLPOP it instead of
+# sleeping. On one Redis the enqueue pushes it; on a cluster the API does, after the accept (another slot).
 QUEUE_WAKE = f"{PREFIX}queue-wake"
+
+
+def queue(queue_name: str, part: str = "") -> str:
+    """ZSET: arq's queue of one partition (`part` its hash tag; "" on one Redis, where there is one queue)."""
+    return f"{queue_name}{part}"
+
+
+def job_id(response_id: str) -> str:
+    """A turn's arq job id: its response id, behind its partition's tag on a cluster (arq's job keys are the
+    job id behind a prefix, so they land in the turn's slot)."""
+    return f"{partition(response_id)}{response_id}"
+
+
+def response_of_job(job: str) -> str:
+    return job[job.find("}") + 1 :] if job.startswith("{") else job
+
 
 
 def client_gone(response_id: str) -> str:
     """STRING: when (ms) the client of a cancel-on-disconnect stream left; any API node's resuming tail deletes
     it, and the node that saw the client leave cancels the turn if it is still there after the grace."""
-    return f"{PREFIX}client-gone:{response_id}"
+    return f"{PREFIX}client-gone:{partition(response_id)}{response_id}"
 
 
 def approval(request_id: str) -> str:
@@ -131,9 +175,10 @@ def approval(request_id: str) -> str:
 CANCEL_CHANNEL = f"{PREFIX}cancel"
 
 
-def fanout_wake(node_id: str) -> str:
-    """STREAM: an API process writes here to interrupt its own blocking XREAD when a new stream is watched."""
-    return f"{PREFIX}fanout-wake:{node_id}"
+def fanout_wake(node_id: str, part: str = "") -> str:
+    """STREAM: an API process writes here to interrupt its own blocking XREAD (of the partition `part`'s
+    streams) when a new stream is watched."""
+    return f"{PREFIX}fanout-wake:{part}{node_id}"
 
 
 def running_jobs(queue_name: str) -> str:
@@ -184,12 +229,15 @@ def upstream_cooldown(upstream: str) -> str:
 def upstream_retry(response_id: str) -> str:
     """HASH: a turn's retry state across the waits it spends back on the queue: first_failure_ms, failures,
     upstream (index of the one in use), tried (what failed so far, for the final error)."""
-    return f"{PREFIX}upstream-retry:{response_id}"
+    return f"{PREFIX}upstream-retry:{partition(response_id)}{response_id}"
 
 
 # HASH: agent name -> AgentCard JSON, published by workers at start so any API node can list and validate models.
 AGENTS = f"{PREFIX}agents"
 
+
+# STRING: the number of partitions the data was written with (on a cluster; shared/redis_conn.py checks it).
+PARTITIONS = f"{PREFIX}partitions"
 
 # ZSET: worker id -> its last heartbeat (ms, the worker's clock); the ids of workers that may be alive.
 WORKERS = f"{PREFIX}workers"
@@ -213,7 +261,7 @@ API_KEY_PREFIX = f"{PREFIX}apikey:"
 
 def api_key(key_id: str) -> str:
     """HASH: id, digest, project, name, rpm, max_concurrent, created, last_used, requests, seeded."""
-    return f"{API_KEY_PREFIX}{key_id}"
+    return f"{API_KEY_PREFIX}{_own(key_id)}"
 
 
 RPM_SUFFIX = ":rpm"
@@ -222,22 +270,24 @@ INFLIGHT_SUFFIX = ":inflight"
 
 def api_key_rpm(key_id: str) -> str:
     """ZSET: one member per request of the last 60 s, scored by Redis' clock in ms (a sliding-window log)."""
-    return f"{API_KEY_PREFIX}{key_id}{RPM_SUFFIX}"
+    return f"{API_KEY_PREFIX}{_own(key_id)}{RPM_SUFFIX}"
 
 
 def api_key_inflight(key_id: str) -> str:
     """ZSET: response ids of the key's queued and running turns, scored by admission time in ms."""
-    return f"{API_KEY_PREFIX}{key_id}{INFLIGHT_SUFFIX}"
+    return f"{API_KEY_PREFIX}{_own(key_id)}{INFLIGHT_SUFFIX}"
 
 
-def project_usage(project: str) -> str:
-    """HASH: "<day>:input_tokens", "<day>:output_tokens", "<day>:turns", day = UTC days since 1970-01-01."""
-    return f"{PREFIX}usage:{project}"
+def project_usage(project: str, part: str = "") -> str:
+    """HASH: "<day>:input_tokens", "<day>:output_tokens", "<day>:turns", day = UTC days since 1970-01-01; one
+    per partition on a cluster (written by the partition's commits, summed when read)."""
+    return f"{PREFIX}usage:{part}{project}"
 
 
-def idempotency(project: str, scope: str, key_digest: str) -> str:
-    """STRING: JSON {fingerprint, id, state, at} of a create sent with an Idempotency-Key; kept 24 h."""
-    return f"{PREFIX}idempotency:{project}:{scope}:{key_digest}"
+def idempotency(project: str, scope: str, key_digest: str, part: str = "") -> str:
+    """STRING: JSON {fingerprint, id, state, at} of a create sent with an Idempotency-Key; kept 24 h. On a
+    cluster it is in the partition of the turn it creates (the accept checks it)."""
+    return f"{PREFIX}idempotency:{part}{project}:{scope}:{key_digest}"
 
 
 def agui_run(project: str, run_digest: str) -> str:
@@ -251,18 +301,22 @@ def webhook_endpoints(project: str) -> str:
     return f"{PREFIX}webhooks:{project}"
 
 
-# LIST: one entry (JSON) per finished turn whose project has webhooks, pushed by the commit script itself,
-# newest first. Workers expand each entry into one delivery per subscribed endpoint.
-WEBHOOK_OUTBOX = f"{PREFIX}webhook-outbox"
-
-# ZSET: delivery id -> when it is next due (ms). A worker claiming a delivery moves it into the future by a
-# lease, so a worker that dies mid-delivery leaves it to be retried once the lease lapses.
-WEBHOOK_DUE = f"{PREFIX}webhook-due"
+def webhook_outbox(part: str = "") -> str:
+    """LIST: one entry (JSON) per finished turn of the partition whose project has webhooks, pushed by the
+    commit script itself, newest first. Workers expand each entry into one delivery per subscribed endpoint."""
+    return f"{PREFIX}webhook-outbox{part}"
 
 
-def webhook_delivery(delivery_id: str) -> str:
+def webhook_due(part: str = "") -> str:
+    """ZSET: delivery id -> when it is next due (ms), of the partition's deliveries. A worker claiming a
+    delivery moves it into the future by a lease, so a worker that dies mid-delivery leaves it to be retried
+    once the lease lapses."""
+    return f"{PREFIX}webhook-due{part}"
+
+
+def webhook_delivery(delivery_id: str, part: str = "") -> str:
     """HASH: one pending delivery: endpoint, project, webhook id, body, attempts, first attempt time."""
-    return f"{PREFIX}webhook-delivery:{delivery_id}"
+    return f"{PREFIX}webhook-delivery:{part}{delivery_id}"
 
 
 # LIST: deliveries that ran out of retries (JSON), newest first, capped at TURNSTREAM_WEBHOOK_DEAD_LETTER_MAX.

@@ -185,16 +185,22 @@ class QueueStats(Collector):
         self.values: dict[str, float] = {}
 
     async def refresh(self, redis: Redis, queue_name: str) -> None:
+        parts = keys.every_partition()  # [""] on one Redis
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(queue_name)
-            pipe.zrange(queue_name, 0, 0, withscores=True)
-            pipe.zcard(keys.running_jobs(queue_name))
-            pipe.zcard(keys.ACTIVE_TURNS)
-            pipe.zcard(keys.WEBHOOK_DUE)
             pipe.llen(keys.WEBHOOK_DEAD)
-            depth, oldest, running, unfinished, webhooks, dead = await pipe.execute()
+            for part in parts:
+                queue = keys.queue(queue_name, part)
+                pipe.zcard(queue)
+                pipe.zrange(queue, 0, 0, withscores=True)
+                pipe.zcard(keys.running_jobs(queue))
+                pipe.zcard(keys.active_turns(part))
+                pipe.zcard(keys.webhook_due(part))
+            dead, *figures = await pipe.execute()
+        each = [figures[i :: 5] for i in range(5)]  # per figure, one value per partition
+        depth, running, unfinished, webhooks = sum(each[0]), sum(each[2]), sum(each[3]), sum(each[4])
         # A job's score is when it is due (ms); a deferred job's lies ahead and has not waited yet.
-        age = max(0.0, time.time() - oldest[0][1] / 1000) if oldest else 0.0
+        oldest = min((found[0][1] for found in each[1] if found), default=None)
+        age = max(0.0, time.time() - oldest / 1000) if oldest is not None else 0.0
         self.values = {
             "turnstream_queue_depth": depth,
             "turnstream_queue_running": running,

@@ -18,14 +18,38 @@ from dataclasses import dataclass
 from arq.connections import ArqRedis
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
+from redis.asyncio import Redis
 
-from shared import keys
+from shared import keys, partitions
 from shared.lua import scripts
 
-RUN_TURN = "run_turn"  # the arq function name; one job per turn, job id = response id
+RUN_TURN = "run_turn"  # the arq function name; one job per turn, job id = keys.job_id(response id)
 
-# Wake tokens beyond this are pointless: each wakes one idle worker for one poll.
+# Wake tokens beyond this are pointless on one Redis: each wakes one idle worker for one poll. On a cluster a
+# token also names the partition to claim from, so more are kept: a worker coming free finds where work waits.
 MAX_WAKE_TOKENS = 64
+MAX_CLUSTER_WAKE_TOKENS = 10_000
+
+
+def wake_tokens() -> int:
+    """The wake-list cap an enqueue script applies; 0 on a cluster, where the caller pushes the token itself."""
+    return 0 if partitions.enabled() else MAX_WAKE_TOKENS
+
+
+def script_wake_key(response_id: str) -> str:
+    """The wake list an enqueue script is given: the one list, on one Redis. On a cluster the script pushes no
+    token (`wake_tokens()` is 0) and is given a key of the turn's own slot in its place, so it stays in one."""
+    return keys.turn_wake(response_id) if partitions.enabled() else keys.QUEUE_WAKE
+
+
+async def wake_workers(redis: Redis, response_id: str) -> None:
+    """Wakes one idle worker for the turn's job, naming its partition (on a cluster; the wake list is in a slot
+    of its own, so the enqueue cannot push it). A lost token costs a delay, never the job: every worker's
+    fallback poll visits each partition in turn (worker/arq_worker.py)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.lpush(keys.QUEUE_WAKE, partitions.digits_of(response_id))
+        pipe.ltrim(keys.QUEUE_WAKE, 0, MAX_CLUSTER_WAKE_TOKENS - 1)
+        await pipe.execute()
 
 @dataclass(frozen=True)
 class JobClaim:
@@ -35,11 +59,15 @@ class JobClaim:
     job_id: str
     token: str
 
+    def queue(self) -> str:
+        """The queue of the job's partition."""
+        return keys.queue(self.queue_name, keys.partition(keys.response_of_job(self.job_id)))
+
     def keys(self) -> list[str]:
         """In-progress marker, running set, arq's run counter and job record, as finish_job takes them."""
         return [
             keys.arq_in_progress(self.job_id),
-            keys.running_jobs(self.queue_name),
+            keys.running_jobs(self.queue()),
             keys.arq_retry(self.job_id),
             keys.arq_job(self.job_id),
         ]
@@ -56,12 +84,16 @@ def job_bytes(redis: ArqRedis, response_id: str, conversation_id: str | None, en
 async def enqueue_turn(redis: ArqRedis, queue_name: str, response_id: str, conversation_id: str | None) -> bool:
     """Enqueues the turn's job (False if it already exists) and wakes one idle worker for it."""
     now = timestamp_ms()
+    job_id, part = keys.job_id(response_id), keys.partition(response_id)
     enqueued = await scripts(redis).enqueue_job(
-        keys=[keys.arq_job(response_id), keys.arq_result(response_id), queue_name, keys.QUEUE_WAKE],
+        keys=[
+            keys.arq_job(job_id), keys.arq_result(job_id), keys.queue(queue_name, part), script_wake_key(response_id)
+        ],
         args=[
-            job_bytes(redis, response_id, conversation_id, now), redis.expires_extra_ms, now, response_id,
-            MAX_WAKE_TOKENS,
+            job_bytes(redis, response_id, conversation_id, now), redis.expires_extra_ms, now, job_id, wake_tokens(),
         ],
     )
+    if enqueued and part:
+        await wake_workers(redis, response_id)
     return bool(enqueued)
 

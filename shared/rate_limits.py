@@ -21,9 +21,6 @@ from shared.lua import scripts
 
 WINDOW_MS = 60_000
 
-# A slot whose response has no record is dropped only once it is older than this.
-UNSTORED_GRACE_MS = 30_000
-
 
 @dataclass(frozen=True)
 class RequestBudget:

@@ -1,17 +1,51 @@
-"""Redis clients: a real server from a URL, or the embedded in-process fakeredis of the dev mode."""
+"""Redis clients: one Redis or a Redis Cluster from a URL, or the embedded in-process fakeredis of the dev mode."""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import fakeredis
 from arq.connections import ArqRedis, RedisSettings
+from arq.jobs import Deserializer, Serializer
 from fakeredis.aioredis import FakeAsyncRedisMixin
-from redis.asyncio import ConnectionPool
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterPipeline
+from redis.exceptions import RedisError
 
+from shared import keys, partitions
 from shared.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class _FakeArqRedis(FakeAsyncRedisMixin, ArqRedis):
     """arq's client class on fakeredis' connection class: arq needs ArqRedis, fakeredis supplies the server."""
+
+
+class ClusterArqRedis(RedisCluster):
+    """A Redis Cluster client with what the service and arq's worker use of `ArqRedis`: its job
+    (de)serializers, queue name and job expiry margin.
+
+    redis-py (5.x) refuses a transaction on a cluster. Every multi-key write that must be atomic is a script
+    of one slot (shared/lua/); what remains asks for a transaction out of habit — arq's run_job (read the
+    job, count its try: the claim's lease already makes the run exclusive), the agents' card hash, key and
+    conversation bookkeeping whose writes are ordered so that a partial one is harmless — and runs here as
+    a pipeline, which the client groups per node.
+    """
+
+    def __init__(self, *args: Any, default_queue_name: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.job_serializer: Serializer | None = None
+        self.job_deserializer: Deserializer | None = None
+        self.default_queue_name = default_queue_name
+        self.expires_extra_ms = 86_400_000  # arq's default
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        return ClusterPipeline(self)
+
+    async def close(self, close_connection_pool: bool | None = None) -> None:  # type: ignore[override]
+        await self.aclose()
 
 
 class EmbeddedRedis:
@@ -25,15 +59,62 @@ class EmbeddedRedis:
 
 
 async def connect(settings: Settings, embedded: EmbeddedRedis | None = None) -> ArqRedis:
+    """A client for the service's Redis. On a cluster (TURNSTREAM_REDIS_CLUSTER, or asked of the server) the
+    process's keys take their partitions' hash tags from here on (shared/partitions.py)."""
     if settings.redis_url is None:
         if embedded is None:
             raise RuntimeError(
                 "TURNSTREAM_REDIS_URL is not set; only `turnstream dev` can run on the embedded Redis"
             )
+        partitions.configure(None)
         return embedded.client(settings)
+    if await is_cluster(settings):
+        partitions.configure(settings.partitions)
+        cluster = ClusterArqRedis.from_url(
+            settings.redis_url, default_queue_name=settings.queue_name, socket_connect_timeout=2
+        )
+        await _check_partitions(cluster, settings.partitions)
+        return cluster  # type: ignore[return-value]
+    partitions.configure(None)
     # No ping here: an API node starts while Redis is away, answers 503 meanwhile, and recovers by itself.
     pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=30)
     return ArqRedis(pool, default_queue_name=settings.queue_name)
+
+
+async def is_cluster(settings: Settings) -> bool:
+    """TURNSTREAM_REDIS_CLUSTER, or else whether the server says `cluster_enabled:1`. A server that cannot be
+    reached now is taken for one Redis, with a warning: set the setting where the answer must not wait."""
+    if settings.redis_cluster is not None:
+        return settings.redis_cluster
+    assert settings.redis_url is not None
+    probe = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        info = await probe.info("cluster")
+    except RedisError as exc:
+        log.warning(
+            "cannot ask Redis whether it is a cluster (%s); running as on one Redis. "
+            "Set TURNSTREAM_REDIS_CLUSTER=true|false to say.", exc,
+        )
+        return False
+    finally:
+        await probe.aclose()
+    return bool(int(info.get("cluster_enabled", 0)))
+
+
+async def _check_partitions(cluster: RedisCluster, count: int) -> None:
+    """The first node to start records the partition count; every later one must have the same, or the turns
+    of partitions it does not know would wait on queues no worker of its reads."""
+    try:
+        await cluster.set(keys.PARTITIONS, count, nx=True)
+        recorded = int(await cluster.get(keys.PARTITIONS) or count)
+    except RedisError as exc:
+        log.warning("cannot check TURNSTREAM_PARTITIONS against the cluster's (%s); checked on the next start", exc)
+        return
+    if recorded != count:
+        raise RuntimeError(
+            f"TURNSTREAM_PARTITIONS={count}, but this cluster's data was written with {recorded} partitions; "
+            f"set TURNSTREAM_PARTITIONS={recorded} (it is fixed for the life of the data)"
+        )
 
 
 def text(value: bytes | str) -> str:

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.models import DEFAULT_PROJECT, Item, Status, TurnRequest
+from shared.redis_conn import text
 from shared.stored_form import unpack_json
 
 
@@ -154,6 +155,15 @@ async def ending(redis: Redis, response_id: str) -> Ending:
         int(seq or -1),
         unpack_json(response) if response is not None else None,
     )
+
+
+async def statuses(redis: Redis, response_ids: list[str]) -> list[Status | None]:
+    """Each response's status (None: no record), in one pipelined read (per node, on a cluster)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for response_id in response_ids:
+            pipe.hget(keys.response(response_id), Field.STATUS)
+        found = await pipe.execute()
+    return [Status(text(status)) if status is not None else None for status in found]
 
 
 async def has_stream_or_record(redis: Redis, response_id: str) -> bool:

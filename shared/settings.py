@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     # narrows the writes a failover can lose. 0 = answer once the primary has it (Redis' own default).
     redis_wait_replicas: int = Field(default=0, ge=0)
     redis_wait_timeout_ms: int = Field(default=100, ge=1)  # then the answer goes out anyway, counted
+    # Redis Cluster: unset = asked of the server (`cluster_enabled` in INFO); true/false forces it.
+    redis_cluster: bool | None = None
+    # Partitions of the keys on a cluster (shared/partitions.py): a power of two, fixed for the life of the
+    # data (the first node to start records it, and a node configured otherwise refuses to start).
+    partitions: int = Field(default=16, ge=1, le=1024)
 
     @field_validator("redis_url")
     @classmethod

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 
-from shared import events, keys
+from shared import events, keys, partitions, webhooks
+from shared.key_slots import KeySlots
 from shared.lua import NO_WAIT, Durability, call, scripts
-from shared.queue import MAX_WAKE_TOKENS, job_bytes
-from shared.rate_limits import UNSTORED_GRACE_MS
+from shared.queue import job_bytes, script_wake_key, wake_tokens, wake_workers
 from shared.response_record import Field
 from shared.stored_form import pack_json
 from shared.turn_state import Retention
@@ -105,19 +105,36 @@ class TurnAcceptor:
         self.queue_name = queue_name
         self.max_queue_depth = max_queue_depth
         self._accept = scripts(redis).accept_turn
+        self.key_slots = KeySlots(redis)
 
     async def accept(
         self, turn: NewTurn, slot: Slot | None = None, claim: ClaimMark | None = None
     ) -> Refusal | Accepted:
         """Accepts the turn, or says why not."""
+        rid = turn.response_id
+        if slot is not None and not await self.key_slots.take(slot.key_id, rid, slot.max_concurrent):
+            return Refusal.CONCURRENCY
+        # Should the accept fail on its way (its answer lost), the turn may be stored or not: the slot stays,
+        # to be repaired if the turn is not there (shared/key_slots.py).
+        outcome = await self._run(turn, claim)
+        if slot is not None and isinstance(outcome, Refusal):
+            await self.key_slots.release(slot.key_id, rid)
+        if isinstance(outcome, Accepted) and partitions.enabled():
+            await wake_workers(self.redis, rid)
+        return outcome
+
+    async def _run(self, turn: NewTurn, claim: ClaimMark | None) -> Refusal | Accepted:
         rid, conv, r = turn.response_id, turn.conversation_id or "", self.retention
+        part = keys.partition(rid)
+        stopping = bool(conv) and turn.conversation_lock in ("interrupt", "rollback")
+        # Turns it stops are announced to the project's webhooks like any finished turn.
+        announce = stopping and await webhooks.has_endpoints(self.redis, turn.project)
         now = timestamp_ms()  # arq's clock: the job must be due at once on every worker
         argv: list[str | int | bytes] = [
-            rid, now, turn.project, conv, turn.conversation_lock, r.conversation_ttl_s,
-            "" if slot is None else slot.max_concurrent, UNSTORED_GRACE_MS, self.max_queue_depth,
-            "" if claim is None else claim.accepted, 0 if claim is None else claim.ttl_s,
+            rid, now, turn.project, conv, turn.conversation_lock, r.conversation_ttl_s, "1" if announce else "",
+            self.max_queue_depth, "" if claim is None else claim.accepted, 0 if claim is None else claim.ttl_s,
             r.response_ttl_s, r.stream_maxlen, r.stream_ttl_s,
-            job_bytes(self.redis, rid, turn.conversation_id, now), self.redis.expires_extra_ms, MAX_WAKE_TOKENS,
+            job_bytes(self.redis, rid, turn.conversation_id, now), self.redis.expires_extra_ms, wake_tokens(),
             len(turn.first_events),
         ]  # fmt: skip
         for kind, body in turn.first_events:
@@ -130,18 +147,16 @@ class TurnAcceptor:
             keys=[
                 keys.response(rid),
                 keys.events(rid),
-                keys.ACTIVE_TURNS,
-                self.queue_name,
-                keys.arq_job(rid),
-                keys.arq_result(rid),
-                keys.QUEUE_WAKE,
-                keys.conversation(conv),
-                keys.conversation_turns(conv),
-                keys.api_key_inflight("" if slot is None else slot.key_id),
-                keys.idempotency("", "", "") if claim is None else claim.key,  # unused without a claim
-                keys.webhook_endpoints(turn.project),
-                keys.WEBHOOK_OUTBOX,
-                keys.project_usage(turn.project),
+                keys.active_turns(part),
+                keys.queue(self.queue_name, part),
+                keys.arq_job(keys.job_id(rid)),
+                keys.arq_result(keys.job_id(rid)),
+                script_wake_key(rid),
+                keys.conversation(conv or rid),  # unused without a conversation; named in the turn's slot
+                keys.conversation_turns(conv or rid),
+                keys.idempotency("", "", "", part) if claim is None else claim.key,  # unused without a claim
+                keys.webhook_outbox(part),
+                keys.project_usage(turn.project, part),
             ],
             args=argv,
             durability=self.durability,

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from shared import events, keys, metrics, webhooks
+from shared.key_slots import KeySlots
 from shared.lua import NO_WAIT, Durability, call, scripts
 from shared.models import DEFAULT_PROJECT, Status
 from shared.queue import JobClaim
@@ -26,8 +27,11 @@ from shared.redis_conn import text
 from shared.settings import Settings
 from shared.stored_form import pack_events, pack_json, unpack_json
 
-# Keys for a commit that finishes no job: the script never touches them.
-_NO_JOB = JobClaim(queue_name="", job_id="", token="")
+
+def _stand_ins(response_id: str, conversation_id: str | None) -> tuple[str, JobClaim]:
+    """What a script is given for a turn of no conversation, or a commit that finishes no job: keys it never
+    touches, named after the turn's own id so that (on a cluster) they are in the turn's slot."""
+    return conversation_id or response_id, JobClaim(queue_name="", job_id=keys.job_id(response_id), token="")
 
 
 class StaleTurn(Exception):
@@ -84,6 +88,7 @@ class TurnState:
         self.redis = redis
         self.retention = retention
         self.durability = durability  # for the commit
+        self.key_slots = KeySlots(redis)
         registered = scripts(redis)
         self._append = registered.append_events
         self._start = registered.start_turn
@@ -140,10 +145,13 @@ class TurnState:
         `conversation_id` is the turn's own (its job carries it): the script needs its turn queue's key.
         With compact retention a first run also gets its stream's entries, for `finish(stream=...)`."""
         r = self.retention
-        conv = conversation_id or ""
+        conv, _ = _stand_ins(response_id, conversation_id)
         status, attempt, cancel, request, waiting, announced, entries, continues, waits = await self._start(
             keys=[keys.response(response_id), keys.events(response_id), keys.conversation_turns(conv)],
-            args=[r.stream_maxlen, r.stream_ttl_s, events.IN_PROGRESS, response_id, conv, "1" if r.compact else ""],
+            args=[
+                r.stream_maxlen, r.stream_ttl_s, events.IN_PROGRESS, response_id, conversation_id or "",
+                "1" if r.compact else "",
+            ],
         )
         return Started(
             text(status),
@@ -190,7 +198,8 @@ class TurnState:
         number (the attempt fences every other writer off, so same count means same entries).
         """
         terminal = events.lifecycle(events.TERMINAL_TYPE_FOR_STATUS[final.value], response)
-        conv = conversation_id or ""
+        conv, no_job = _stand_ins(response_id, conversation_id)
+        part = keys.partition(response_id)
         r = self.retention
         pending_args: list[str] = []
         for event in pending:
@@ -216,13 +225,11 @@ class TurnState:
                 keys.conversation_items(conv),
                 keys.conversation_turns(conv),
                 keys.conversation(conv),
-                keys.ACTIVE_TURNS,
-                keys.webhook_endpoints(project),
-                keys.WEBHOOK_OUTBOX,
+                keys.active_turns(part),
+                keys.webhook_outbox(part),
                 keys.turn_wake(response_id),
-                keys.api_key_inflight(key_id or ""),  # unused without a key
-                keys.project_usage(project),
-                *(job or _NO_JOB).keys(),
+                keys.project_usage(project, part),
+                *(job or no_job).keys(),
                 keys.events_scratch(response_id),
             ],
             args=[
@@ -240,7 +247,7 @@ class TurnState:
                 webhooks.outbox_entry(project, response_id, final.value, response),
                 job.job_id if job else "",
                 job.token if job else "",
-                "1" if key_id else "",
+                "1" if await webhooks.has_endpoints(self.redis, project) else "",
                 *tokens,
                 compact,
                 known_seq,
@@ -252,6 +259,8 @@ class TurnState:
         )
         if committed:
             metrics.turn_finished(final.value, str(response.get("model", "")), project)
+            if key_id:
+                await self.key_slots.release(key_id, response_id)
         return bool(committed)
 
 

@@ -87,6 +87,12 @@ async def add_endpoint(redis: Redis, project: str, url: str, events: list[str], 
     return endpoint
 
 
+async def has_endpoints(redis: Redis, project: str) -> bool:
+    """Whether a finished turn of the project is announced: its commit writes the outbox entry only then (the
+    endpoints are the project's, in a slot of their own on a cluster, so the commit is told, not reading it)."""
+    return bool(await redis.exists(keys.webhook_endpoints(project)))
+
+
 async def list_endpoints(redis: Redis, project: str) -> list[Endpoint]:
     raw = await redis.hgetall(keys.webhook_endpoints(project))
     return sorted((Endpoint.from_json(v) for v in raw.values()), key=lambda e: (e.created_at, e.url))

@@ -6,10 +6,13 @@ with `job_completion_wait`) and its key names; it replaces arq's polling, claimi
 
 | arq's method             | here                                                                       |
 |--------------------------|----------------------------------------------------------------------------|
-| `main`                   | waits for Redis instead of failing at start; then `_poll_iteration` forever |
+| `main`                   | the service's client (one Redis or a cluster: shared/redis_conn.py), waiting|
+|                          | for Redis instead of failing at start; then `_poll_iteration` forever       |
 | `_poll_iteration`        | claims due jobs into leases (worker/job_leases.py), then blocks on a wake   |
 | `start_jobs`             | not called: `_claim_and_start` starts what the claim returned             |
-| `run_job`                | arq's, wrapped: a Redis outage in its bookkeeping does not stop the worker  |
+| `run_job`                | arq's, wrapped: a Redis outage in its bookkeeping does not stop the worker; |
+|                          | its MULTI (read job, count try) runs as a pipeline on a cluster (one slot:  |
+|                          | the job id carries its partition's tag; the lease makes the run exclusive)  |
 | `finish_job`             | releases the lease or re-queues, in one script; nothing if the commit did   |
 | `finish_failed_job`      | the same, finished                                                          |
 | `close`                  | arq's, tolerating a Redis that is away                                      |
@@ -46,14 +49,16 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from arq.connections import create_pool
+from arq.connections import ArqRedis
 from arq.worker import Worker
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from shared import keys, metrics
+from shared import keys, metrics, partitions
+from shared.redis_conn import text
 from worker.job_leases import JobLeases, now_ms
 from worker.redis_retry import TRANSIENT, Outage
 
@@ -67,10 +72,17 @@ async def not_a_try(redis: Redis, job_id: str) -> None:
 
 class FastPickupWorker(Worker):
     def __init__(
-        self, *args: Any, fallback_poll_s: float = 0.5, lease_s: float = 15.0, outage: Outage, **kwargs: Any
+        self,
+        *args: Any,
+        connect: Callable[[], Awaitable[ArqRedis]] | None = None,
+        fallback_poll_s: float = 0.5,
+        lease_s: float = 15.0,
+        outage: Outage,
+        **kwargs: Any,
     ) -> None:
         # arq's own sleep between polls is replaced by the blocking wait below.
         super().__init__(*args, poll_delay=0, keep_result=0, **kwargs)
+        self.connect = connect  # the service's own client (one Redis or a cluster), instead of arq's create_pool
         self.fallback_poll_s = fallback_poll_s
         self.outage = outage
         self._poll_failures = 0
@@ -80,20 +92,15 @@ class FastPickupWorker(Worker):
         # job id -> (claim token, queue score); shared with jobs through ctx so a turn can renew its lease.
         self.claims: dict[str, tuple[str, int]] = {}
         self.ctx["claims"] = self.claims
+        # The partition the next claim takes from: the one a wake token named, else the next in turn.
+        self._woken: str | None = None
+        self._turn = 0
 
     async def main(self) -> None:
         """arq's main loop, except that a worker started before Redis (or during an outage) waits for it."""
         if self._pool is None:
-            self._pool = await self.outage.call(
-                lambda: create_pool(
-                    self.redis_settings,
-                    job_deserializer=self.job_deserializer,
-                    job_serializer=self.job_serializer,
-                    default_queue_name=self.queue_name,
-                    expires_extra_ms=self.expires_extra_ms,
-                ),
-                "worker start",
-            )
+            assert self.connect is not None, "a worker is given its client or how to connect"
+            self._pool = await self.outage.call(self.connect, "worker start")
         log.info("starting worker for %d functions: %s", len(self.functions), ", ".join(self.functions))
         await self.outage.call(self._log_redis_info, "worker start")
         self.ctx["redis"] = self.pool
@@ -116,13 +123,26 @@ class FastPickupWorker(Worker):
             info.get("redis_version", "?"), info.get("used_memory_human", "?"), info.get("connected_clients", "?"),
         )
 
+    def _next_partition(self) -> str:
+        """Where this poll claims: the partition a wake token named, else each partition in turn, so a job
+        whose token was lost (or a lapsed lease, or a deferral come due) waits at most one round of fallback
+        polls, and an idle worker's polling costs the same however many partitions there are."""
+        if self._woken is not None:
+            part, self._woken = self._woken, None
+            return part
+        every = keys.every_partition()
+        self._turn = (self._turn + 1) % len(every)
+        return every[self._turn]
+
     async def _poll_iteration(self) -> None:
         try:
-            await self._claim_and_start()
+            await self._claim_and_start(self._next_partition())
             await self.heart_beat()
             if self.allow_pick_jobs and self.job_counter < self.max_jobs:
                 # Only a worker with a free slot takes a token, so the token wakes one that can run the job.
-                await self.pool.blpop([keys.QUEUE_WAKE], timeout=self.fallback_poll_s)  # type: ignore[arg-type]
+                woken = await self.pool.blpop([keys.QUEUE_WAKE], timeout=self.fallback_poll_s)  # type: ignore[arg-type]
+                if woken and partitions.enabled():
+                    self._woken = keys.partition_tag(text(woken[1]))
             else:
                 await asyncio.sleep(self.fallback_poll_s)
         except TRANSIENT as exc:
@@ -133,10 +153,10 @@ class FastPickupWorker(Worker):
             self._poll_failures = 0
             self.outage.recovered()
 
-    async def _claim_and_start(self) -> None:
+    async def _claim_and_start(self, part: str) -> None:
         assert self.leases is not None
         if self.allow_pick_jobs:
-            claimed = await self.leases.claim(self.max_jobs - self.job_counter, self.token_prefix)
+            claimed = await self.leases.claim(self.max_jobs - self.job_counter, self.token_prefix, part)
             for job_id, score, token in claimed:
                 # The score is when the job became due (enqueued, re-queued or deferred to), in ms.
                 metrics.QUEUE_WAIT.observe(max(0, now_ms() - score) / 1000)

@@ -33,21 +33,28 @@ def now_ms() -> int:
 
 
 class JobLeases:
+    """Leases on the jobs of every partition's queue (one queue on one Redis): a claim takes from one
+    partition; a job's renewal and finish go to its own partition's keys, named by its job id."""
+
     def __init__(self, redis: Redis, queue_name: str, lease_s: float) -> None:
-        self.queue = queue_name
-        self.running = keys.running_jobs(queue_name)
+        self.queue_name = queue_name
         self.lease_ms = int(lease_s * 1000)
         registered = scripts(redis)
         self._claim = registered.claim_jobs
         self._renew = registered.renew_lease
         self._finish = registered.end_job
 
-    async def claim(self, max_jobs: int, token_prefix: str) -> list[tuple[str, int, str]]:
-        """Up to `max_jobs` due jobs, now leased to the caller: (job id, queue score, claim token)."""
+    def _queue(self, job_id: str) -> str:
+        return keys.queue(self.queue_name, keys.partition(keys.response_of_job(job_id)))
+
+    async def claim(self, max_jobs: int, token_prefix: str, part: str = "") -> list[tuple[str, int, str]]:
+        """Up to `max_jobs` due jobs of the partition `part` (its hash tag), now leased to the caller:
+        (job id, queue score, claim token)."""
         if max_jobs <= 0:
             return []
+        queue = keys.queue(self.queue_name, part)
         reply = await self._claim(
-            keys=[self.queue, self.running],
+            keys=[queue, keys.running_jobs(queue)],
             args=[now_ms(), max_jobs, self.lease_ms, keys.arq_in_progress(""), token_prefix],
         )
         return [
@@ -57,14 +64,15 @@ class JobLeases:
     async def renew(self, job_id: str, token: str) -> bool:
         """Extends the lease; False once another claim owns the job (this attempt will be fenced off)."""
         result = await self._renew(
-            keys=[keys.arq_in_progress(job_id), self.running], args=[job_id, token, now_ms(), self.lease_ms]
+            keys=[keys.arq_in_progress(job_id), keys.running_jobs(self._queue(job_id))],
+            args=[job_id, token, now_ms(), self.lease_ms],
         )
         return bool(result)
 
     async def finish(self, job_id: str, token: str, *, finished: bool, requeue_score: int | None = None) -> None:
         """The job leaves this worker: finished, or back on the queue at `requeue_score`."""
-        claim = JobClaim(self.queue, job_id, token)
+        claim = JobClaim(self.queue_name, job_id, token)
         await self._finish(
-            keys=[*claim.keys(), self.queue],
+            keys=[*claim.keys(), claim.queue()],
             args=[job_id, token, "1" if finished else "", "" if requeue_score is None else requeue_score],
         )

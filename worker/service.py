@@ -16,7 +16,7 @@ from shared import keys, metrics, tracing
 from shared.logs import log_context
 from shared.lua import Durability
 from shared.queue import RUN_TURN
-from shared.redis_conn import redis_settings
+from shared.redis_conn import connect
 from shared.settings import Settings
 from shared.turn_state import Retention, TurnState
 from worker.agents import AgentRegistry, load_agents
@@ -119,7 +119,7 @@ def build_worker(
         functions=[func(run_turn, name=RUN_TURN, max_tries=settings.job_max_tries + 1, timeout=_JOB_TIMEOUT_S)],
         queue_name=settings.queue_name,
         redis_pool=redis,
-        redis_settings=None if redis is not None else redis_settings(settings),
+        connect=lambda: connect(settings),
         on_startup=startup,
         on_shutdown=shutdown,
         max_jobs=settings.max_jobs,

@@ -77,11 +77,17 @@ class Sweeper:
 
     async def sweep(self) -> SweepReport:
         report = SweepReport()
+        for part in keys.every_partition():  # one on one Redis
+            await self._sweep(part, report)
+        return report
+
+    async def _sweep(self, part: str, report: SweepReport) -> None:
+        """Sweeps one partition's active index."""
         start = 0
         while True:
             now_ms = int(time.time() * 1000)
             reply = await self._scan(
-                keys=[keys.ACTIVE_TURNS, self.settings.queue_name],
+                keys=[keys.active_turns(part), keys.queue(self.settings.queue_name, part)],
                 args=[keys.arq_job(""), keys.arq_in_progress(""), now_ms, _GRACE_MS, start, _BATCH],
             )
             scanned, removed, stranded = int(reply[0]), int(reply[1]), [r.decode() for r in reply[2:]]
@@ -92,7 +98,7 @@ class Sweeper:
                 else:
                     report.failed += 1
             if scanned < _BATCH:
-                return report
+                return
             start += scanned - removed  # removed entries shifted the ranks after them down
 
     async def _rescue(self, response_id: str) -> bool:
@@ -117,7 +123,8 @@ class Sweeper:
             return False
         # arq refuses a job id whose result it still keeps, and stops running one past its own try count;
         # the turn's tries (attempts less its waits for the upstream) bound re-runs here.
-        await self.redis.delete(keys.arq_job(response_id), keys.arq_result(response_id), keys.arq_retry(response_id))
+        job_id = keys.job_id(response_id)
+        await self.redis.delete(keys.arq_job(job_id), keys.arq_result(job_id), keys.arq_retry(job_id))
         await enqueue_turn(self.redis, self.settings.queue_name, response_id, record.request.conversation_id)
         log.info("sweeper: turn %s had no job; enqueued again", response_id)
         return True

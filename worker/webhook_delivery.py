@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 
 from shared import keys, metrics, webhooks
 from shared.lua import scripts
+from shared.redis_conn import text
 from shared.settings import Settings
 from worker.redis_retry import TRANSIENT, Outage
 
@@ -65,20 +66,27 @@ class WebhookDelivery:
             await self._http.aclose()
 
     async def step(self) -> int:
-        """Expands new outbox entries and starts the deliveries that are due; returns how many it started."""
-        await self.expand()
+        """Expands new outbox entries and starts the deliveries that are due, in every partition (one on one
+        Redis: a turn's outbox entry is written by its commit, in its partition); returns how many it started."""
+        started = 0
+        for part in keys.every_partition():
+            started += await self._step(part)
+        return started
+
+    async def _step(self, part: str) -> int:
+        await self.expand(part)
         free = self.settings.webhook_max_concurrent - len(self.inflight)
         if free <= 0:
             return 0
-        claimed = await self._claim(keys=[keys.WEBHOOK_DUE], args=[_now_ms(), free, self.lease_ms])
+        claimed = await self._claim(keys=[keys.webhook_due(part)], args=[_now_ms(), free, self.lease_ms])
         for raw in claimed:
-            task = asyncio.create_task(self._deliver(raw.decode() if isinstance(raw, bytes) else raw))
+            task = asyncio.create_task(self._deliver(part, text(raw)))
             self.inflight.add(task)
             task.add_done_callback(self.inflight.discard)
         return len(claimed)
 
-    async def expand(self) -> None:
-        entries = await self.redis.lrange(keys.WEBHOOK_OUTBOX, -_EXPAND_BATCH, -1)
+    async def expand(self, part: str = "") -> None:
+        entries = await self.redis.lrange(keys.webhook_outbox(part), -_EXPAND_BATCH, -1)
         endpoints: dict[str, list[webhooks.Endpoint]] = {}
         for raw in reversed(entries):  # oldest (the list's tail) first
             entry = json.loads(raw)
@@ -92,47 +100,47 @@ class WebhookDelivery:
                 for endpoint in endpoints[project]:
                     if event["type"] in endpoint.events:
                         delivery_id = f"{event['id']}:{endpoint.id}"
-                        deliveries.append(keys.webhook_delivery(delivery_id))
+                        deliveries.append(keys.webhook_delivery(delivery_id, part))
                         args += [endpoint.id, project, event["id"], body, delivery_id]
-            if not await self._expand(keys=[keys.WEBHOOK_OUTBOX, keys.WEBHOOK_DUE, *deliveries], args=args):
+            if not await self._expand(keys=[keys.webhook_outbox(part), keys.webhook_due(part), *deliveries], args=args):
                 return  # another worker is expanding the same entries: leave the rest to it
 
-    async def _deliver(self, delivery_id: str) -> None:
+    async def _deliver(self, part: str, delivery_id: str) -> None:
         try:
-            await self._attempt(delivery_id)
+            await self._attempt(part, delivery_id)
         except TRANSIENT as exc:
             # The delivery stays claimed until its lease lapses, then any worker tries it again.
             self.outage.failed(exc, "webhook delivery")
         except Exception:
             log.exception("webhook delivery %s: unexpected error; retried when its lease lapses", delivery_id)
 
-    async def _attempt(self, delivery_id: str) -> None:
-        key = keys.webhook_delivery(delivery_id)
+    async def _attempt(self, part: str, delivery_id: str) -> None:
+        key = keys.webhook_delivery(delivery_id, part)
         record = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(key)).items()}
         if not record:
-            await self.redis.zrem(keys.WEBHOOK_DUE, delivery_id)  # delivered by a worker whose lease lapsed
+            await self.redis.zrem(keys.webhook_due(part), delivery_id)  # delivered by a worker whose lease lapsed
             return
         endpoint = await webhooks.get_endpoint(self.redis, record["project"], record["endpoint"])
         if endpoint is None:
             metrics.WEBHOOK_ATTEMPTS.labels("dropped").inc()
-            await self._forget(delivery_id)
+            await self._forget(part, delivery_id)
             return
         error = await self._post(endpoint, record["webhook_id"], record["body"])
         attempts = int(record["attempts"]) + 1
         if error is None:
             metrics.WEBHOOK_ATTEMPTS.labels("delivered").inc()
-            await self._forget(delivery_id)
+            await self._forget(part, delivery_id)
         elif attempts > len(self.delays_s):
             metrics.WEBHOOK_ATTEMPTS.labels("dead").inc()
             log.warning("webhook %s to %s: giving up after %d attempts: %s", delivery_id, endpoint.url, attempts, error)
-            await self._bury(delivery_id, record, attempts, error)
+            await self._bury(part, delivery_id, record, attempts, error)
         else:
             metrics.WEBHOOK_ATTEMPTS.labels("failed").inc()
             # Up to 10% of jitter, so endpoints that failed together are not all retried in the same instant.
             delay = self.delays_s[attempts - 1] * random.uniform(1.0, 1.1)
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping={"attempts": attempts, "last_error": error})
-                pipe.zadd(keys.WEBHOOK_DUE, {delivery_id: _now_ms() + int(delay * 1000)})
+                pipe.zadd(keys.webhook_due(part), {delivery_id: _now_ms() + int(delay * 1000)})
                 await pipe.execute()
 
     async def _post(self, endpoint: webhooks.Endpoint, webhook_id: str, body: str) -> str | None:
@@ -148,20 +156,20 @@ class WebhookDelivery:
             return f"{type(exc).__name__}: {exc}"[:500]
         return None if response.is_success else f"HTTP {response.status_code}"
 
-    async def _forget(self, delivery_id: str) -> None:
+    async def _forget(self, part: str, delivery_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.webhook_delivery(delivery_id))
-            pipe.zrem(keys.WEBHOOK_DUE, delivery_id)
+            pipe.delete(keys.webhook_delivery(delivery_id, part))
+            pipe.zrem(keys.webhook_due(part), delivery_id)
             await pipe.execute()
 
-    async def _bury(self, delivery_id: str, record: dict[str, str], attempts: int, error: str) -> None:
+    async def _bury(self, part: str, delivery_id: str, record: dict[str, str], attempts: int, error: str) -> None:
         dead = {**record, "delivery_id": delivery_id, "attempts": attempts, "last_error": error,
                 "failed_at": int(time.time())}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.lpush(keys.WEBHOOK_DEAD, json.dumps(dead))
             pipe.ltrim(keys.WEBHOOK_DEAD, 0, self.settings.webhook_dead_letter_max - 1)
-            pipe.delete(keys.webhook_delivery(delivery_id))
-            pipe.zrem(keys.WEBHOOK_DUE, delivery_id)
+            pipe.delete(keys.webhook_delivery(delivery_id, part))
+            pipe.zrem(keys.webhook_due(part), delivery_id)
             await pipe.execute()
 
 

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from shared import events, keys, metrics
+from shared import events, keys, metrics, partitions
 from shared.models import DEFAULT_PROJECT, TERMINAL_STATUSES, Status
 from shared.settings import Settings
 
@@ -41,6 +41,7 @@ def _constants() -> str:
         f"local CANCEL_CHANNEL = '{keys.CANCEL_CHANNEL}'\n"
         f"local CANCELLED_EVENT = '{events.TERMINAL_TYPE_FOR_STATUS[Status.CANCELLED]}'\n"
         f"local DEFAULT_PROJECT = '{DEFAULT_PROJECT}'\n"
+        f"local HASH_TAGS = {'true' if partitions.enabled() else 'false'}\n"
     )
 
 
@@ -70,6 +71,7 @@ class Scripts:
     abandon_idempotency_key: AsyncScript
     expand_webhook: AsyncScript
     claim_webhooks: AsyncScript
+    take_key_slot: AsyncScript
 
 
 _registered: weakref.WeakKeyDictionary[Any, Scripts] = weakref.WeakKeyDictionary()

@@ -3,13 +3,13 @@
 -- turn, and the finish of the job it ran under. Returns 1 when committed, 0 when the turn was not in the
 -- expected state (already committed): then nothing is written and the job is left as it was.
 local resp, stream, items, turns, conv, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local endpoints, outbox, own_wake, inflight, usage = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local marker, running, retry, job = KEYS[12], KEYS[13], KEYS[14], KEYS[15]  -- JobClaim.keys()
-local scratch = KEYS[16]  -- where the compact entry is built (see below)
+local outbox, own_wake, usage = KEYS[7], KEYS[8], KEYS[9]  -- the partition's outbox, the project's usage there
+local marker, running, retry, job = KEYS[10], KEYS[11], KEYS[12], KEYS[13]  -- JobClaim.keys()
+local scratch = KEYS[14]  -- where the compact entry is built (see below)
 local expect, attempt_expected, maxlen, stream_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local response_ttl, conversation_ttl, final, response_json = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local terminal_type, terminal_json, rid, outbox_entry = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-local job_id, token, has_slot = ARGV[13], ARGV[14], ARGV[15] == '1'
+local job_id, token, announce = ARGV[13], ARGV[14], ARGV[15] == '1'  -- announce: the project has webhooks
 local input_tokens, output_tokens = ARGV[16], ARGV[17]  -- the Response's usage ('' for none)
 -- The whole stream, terminal event included, as one compressed entry (shared/stored_form.py), or ''; and the
 -- sequence number of the last entry the committing attempt knows the stream to hold.
@@ -31,7 +31,7 @@ if redis.call('EXISTS', conv) == 1 and not redis.call('HGET', resp, 'rollback') 
   redis.call('EXPIRE', conv, conversation_ttl)
 end
 redis.call('HSET', resp, 'status', final, 'response', response_json)
-settle_accounts(inflight, usage, has_slot, rid, input_tokens, output_tokens)
+settle_usage(usage, input_tokens, output_tokens)
 -- The compact entry stands for the stream only if the stream holds every entry up to what the attempt knows
 -- (none trimmed, none it did not write or read): same count, same last sequence number.
 if compact ~= '' and redis.call('HGET', resp, 'seq') == known_seq
@@ -62,15 +62,16 @@ expire_streams(stream, stream_ttl, feed)
 redis.call('HDEL', resp, 'progress', 'cancelled', 'cancelled_hook')
 redis.call('ZREM', active, rid)
 -- Written with the commit, so a turn that committed is announced even if its worker dies right after.
-if redis.call('EXISTS', endpoints) == 1 then redis.call('LPUSH', outbox, outbox_entry) end
+if announce then redis.call('LPUSH', outbox, outbox_entry) end
 -- A turn that never had to wait leaves its wake token unread; it is of no use once the turn is over.
 redis.call('DEL', own_wake)
 if redis.call('LREM', turns, 0, rid) > 0 then
   local nxt = redis.call('LINDEX', turns, 0)
   if nxt then
     -- The next turn's wake list is named by the queue's member (see the loader on keys named by members).
-    redis.call('LPUSH', TURN_WAKE_PREFIX .. nxt, '1')
-    redis.call('EXPIRE', TURN_WAKE_PREFIX .. nxt, conversation_ttl)
+    local wake = TURN_WAKE_PREFIX .. tagged(nxt)
+    redis.call('LPUSH', wake, '1')
+    redis.call('EXPIRE', wake, conversation_ttl)
   end
 end
 -- The turn's job is over with its commit: finished here, its worker has no bookkeeping left to send.

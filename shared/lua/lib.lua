@@ -1,6 +1,14 @@
 -- Functions the scripts share; the loader puts this file (after the constants) in front of every script.
 -- Each takes the keys it touches as arguments, so a script passes on the KEYS it was given.
 
+-- A turn's id as its keys name it: behind its partition's hash tag on a cluster (see shared/keys.py), so a key
+-- a script names from a member lands in the slot of the keys it was given.
+local function tagged(id)
+  if not HASH_TAGS then return id end
+  local start = string.find(id, '_', 1, true) + 1
+  return '{' .. string.sub(id, start, start + 3) .. '}' .. id
+end
+
 -- Appends one event to a conversation's live feed: entry id "<n>-1", n from the feed's own counter (kept
 -- and expiring with the feed; cheaper than reading the feed's last entry). The data is the response's event
 -- with its response id spliced in front, since deltas do not name it.
@@ -15,7 +23,9 @@ end
 local function feed_of(resp)
   local f = redis.call('HMGET', resp, 'feed', 'feed_seq', 'feed_ttl')
   if not f[1] then return nil end
-  return {key = f[1], counter = f[2], ttl = f[3], rid = string.sub(resp, #RESPONSE_PREFIX + 1)}
+  local rid = string.sub(resp, #RESPONSE_PREFIX + 1)
+  if HASH_TAGS then rid = string.sub(rid, string.find(rid, '}', 1, true) + 1) end
+  return {key = f[1], counter = f[2], ttl = f[3], rid = rid}
 end
 
 -- A turn with a feed copies each event it writes there, in the same step, so the feed holds exactly what the
@@ -58,7 +68,7 @@ local function live_head(turns)
   while true do
     local head = redis.call('LINDEX', turns, 0)
     if not head then return nil end
-    local st = redis.call('HGET', RESPONSE_PREFIX .. head, 'status')
+    local st = redis.call('HGET', RESPONSE_PREFIX .. tagged(head), 'status')
     if st and not TERMINAL[st] then return head end
     redis.call('LPOP', turns)
   end
@@ -70,8 +80,11 @@ local function enqueue(job_key, result_key, queue, wake, job, ttl_ms, score, id,
   if redis.call('EXISTS', job_key, result_key) > 0 then return 0 end
   redis.call('SET', job_key, job, 'PX', ttl_ms)
   redis.call('ZADD', queue, score, id)
-  redis.call('LPUSH', wake, '1')
-  redis.call('LTRIM', wake, 0, max_wake - 1)
+  -- On a cluster the wake list is in another slot: the caller pushes the token (max_wake 0 here).
+  if max_wake > 0 then
+    redis.call('LPUSH', wake, '1')
+    redis.call('LTRIM', wake, 0, max_wake - 1)
+  end
   return 1
 end
 
@@ -99,29 +112,11 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The number of an API key's turns in flight, once stale members are dropped: those whose response is
--- terminal, or has had no record for `grace_ms` (an accept writes the slot and the record together, but a
--- record can expire). Only a full set is repaired: a stale member costs nothing until it keeps a turn out,
--- and the common path stays O(1) however many turns are in flight.
-local function live_turns(inflight, limit, now, grace_ms)
-  local live = redis.call('ZCARD', inflight)
-  if live < limit then return live end
-  local members = redis.call('ZRANGE', inflight, 0, -1, 'WITHSCORES')
-  for i = 1, #members, 2 do
-    local status = redis.call('HGET', RESPONSE_PREFIX .. members[i], 'status')
-    if (status and TERMINAL[status]) or (not status and tonumber(members[i + 1]) < now - grace_ms) then
-      redis.call('ZREM', inflight, members[i])
-      live = live - 1
-    end
-  end
-  return live
-end
-
--- Called as a turn commits: frees its API key's slot (`inflight` is that key's set; a turn of no key holds
--- none and leaves it alone) and adds its usage to its project's day. The caller passes the token counts of
--- its Response's usage ('' when it has none), so no script decodes a Response (it may be stored compressed).
-local function settle_accounts(inflight, usage_key, has_slot, response_id, input_tokens, output_tokens)
-  if has_slot then redis.call('ZREM', inflight, response_id) end
+-- Called as a turn commits: adds its usage to its project's day (`usage_key`: the project's hash of the
+-- turn's partition). The caller passes the token counts of its Response's usage ('' when it has none), so no
+-- script decodes a Response (it may be stored compressed). The turn's API key slot is freed by the caller:
+-- the key's set is in a slot of its own (shared/key_slots.py).
+local function settle_usage(usage_key, input_tokens, output_tokens)
   local day = math.floor(tonumber(redis.call('TIME')[1]) / 86400)
   redis.call('HINCRBY', usage_key, day .. ':turns', 1)
   if input_tokens ~= '' then
@@ -134,13 +129,13 @@ end
 -- and webhook entry its own accept rendered for this (fields `cancelled`, `cancelled_hook`), the terminal
 -- event, its usage (`usage`: the conversation's project's), the active index, and its place in the
 -- conversation's queue. Its API key's slot is left to that key's next full admission, which drops finished
--- turns (see live_turns): the key is the stopped turn's, not one this script was given. Like a cancel before
+-- turns (shared/key_slots.py): the key is the stopped turn's, not one this script was given. Like a cancel before
 -- pickup it adds nothing to the conversation; its job, when a worker claims it, finds it finished.
-local function cancel_queued(resp, rid, turns, active, endpoints, outbox, usage, maxlen, stream_ttl, response_ttl)
+local function cancel_queued(resp, rid, turns, active, announce, outbox, usage, maxlen, stream_ttl, response_ttl)
   local f = redis.call('HMGET', resp, 'cancelled', 'cancelled_hook')
   redis.call('HSET', resp, 'status', 'cancelled', 'response', f[1])
-  settle_accounts(nil, usage, false, rid, '', '')  -- cancelled before pickup: no usage
-  local stream = EVENTS_PREFIX .. rid
+  settle_usage(usage, '', '')  -- cancelled before pickup: no tokens
+  local stream = EVENTS_PREFIX .. tagged(rid)
   local terminal = '{"type":"' .. CANCELLED_EVENT .. '","response":' .. f[1] .. '}'
   local feed = feed_of(resp)
   append(resp, stream, '0', maxlen, CANCELLED_EVENT, terminal, feed)
@@ -148,8 +143,8 @@ local function cancel_queued(resp, rid, turns, active, endpoints, outbox, usage,
   redis.call('HDEL', resp, 'progress', 'cancelled', 'cancelled_hook')
   redis.call('EXPIRE', resp, response_ttl)
   redis.call('ZREM', active, rid)
-  if redis.call('EXISTS', endpoints) == 1 then redis.call('LPUSH', outbox, f[2]) end
-  redis.call('DEL', TURN_WAKE_PREFIX .. rid)
+  if announce then redis.call('LPUSH', outbox, f[2]) end
+  redis.call('DEL', TURN_WAKE_PREFIX .. tagged(rid))
   redis.call('LREM', turns, 0, rid)
 end
 
@@ -158,16 +153,16 @@ end
 -- worker told, and it commits what it produced, then hands the conversation on (the queue keeps it ahead of
 -- the new turn until then). Under `rollback` each is also marked `rollback`, which its commit honours by
 -- adding nothing to the conversation. Returns how many turns were stopped.
-local function stop_turns_ahead(turns, rollback, active, endpoints, outbox, usage, maxlen, stream_ttl, response_ttl)
+local function stop_turns_ahead(turns, rollback, active, announce, outbox, usage, maxlen, stream_ttl, response_ttl)
   local stopped = 0
   for _, rid in ipairs(redis.call('LRANGE', turns, 0, -1)) do
-    local resp = RESPONSE_PREFIX .. rid
+    local resp = RESPONSE_PREFIX .. tagged(rid)
     local f = redis.call('HMGET', resp, 'status', 'cancelled')
     if f[1] and not TERMINAL[f[1]] then
       stopped = stopped + 1
       if rollback then redis.call('HSET', resp, 'rollback', '1') end
       if f[1] == 'queued' and f[2] then
-        cancel_queued(resp, rid, turns, active, endpoints, outbox, usage, maxlen, stream_ttl, response_ttl)
+        cancel_queued(resp, rid, turns, active, announce, outbox, usage, maxlen, stream_ttl, response_ttl)
       else
         -- Running (or queued by an API node that rendered no cancelled Response): its worker ends it.
         redis.call('HSET', resp, 'cancel', '1')

@@ -9,13 +9,14 @@ local ids = redis.call('ZRANGE', active, start, start + count - 1, 'WITHSCORES')
 local out = {#ids / 2, 0}
 for i = 1, #ids, 2 do
   local id, accepted = ids[i], tonumber(ids[i + 1])
-  local st = redis.call('HGET', RESPONSE_PREFIX .. id, 'status')
+  local job = tagged(id)  -- the turn's job id (shared/keys.py)
+  local st = redis.call('HGET', RESPONSE_PREFIX .. job, 'status')
   if not st or TERMINAL[st] then
     redis.call('ZREM', active, id)
     out[2] = out[2] + 1
   elseif accepted < now - grace_ms
-      and redis.call('EXISTS', marker_prefix .. id) == 0
-      and not (redis.call('EXISTS', job_prefix .. id) == 1 and redis.call('ZSCORE', queue, id)) then
+      and redis.call('EXISTS', marker_prefix .. job) == 0
+      and not (redis.call('EXISTS', job_prefix .. job) == 1 and redis.call('ZSCORE', queue, job)) then
     table.insert(out, id)
   end
 end

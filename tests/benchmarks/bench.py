@@ -365,7 +365,7 @@ def _evalsha(script: str) -> str:
 # What a worker's own timers send whatever the turns do: the webhook outbox poll and the sweeper's lock and
 # scan (each on its interval), and the idle poll (a claim, then the wait on the wake list).
 _BACKGROUND = {
-    f"LRANGE {keys.WEBHOOK_OUTBOX}", _evalsha(lua.source("expand_webhook")), _evalsha(lua.source("claim_webhooks")),
+    f"LRANGE {keys.webhook_outbox()}", _evalsha(lua.source("expand_webhook")), _evalsha(lua.source("claim_webhooks")),
     f"SET {keys.SWEEPER_LOCK}", f"GET {keys.SWEEPER_LOCK}", f"PEXPIRE {keys.SWEEPER_LOCK}",
     _evalsha(lua.source("sweep_active_turns")),
     f"BLPOP {keys.QUEUE_WAKE}",

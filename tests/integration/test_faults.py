@@ -298,7 +298,7 @@ def test_turns_whose_jobs_were_lost_are_swept_back(client: OpenAI, fault_stack: 
     settled_in = _wait_settled(fault_stack, [i for _, a, b in load for i in (a, b)], timeout=45)
     print(f"\nlost jobs: all {2 * CONVERSATIONS} turns settled {settled_in:.1f}s after the workers came back")
     _assert_exactly_once(client, fault_stack, load)
-    assert r.zcard(keys.ACTIVE_TURNS) == 0
+    assert r.zcard(keys.active_turns()) == 0
 
 
 def test_worker_started_while_redis_is_down_waits_for_it(client: OpenAI, fault_stack: Stack) -> None:

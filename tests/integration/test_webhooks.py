@@ -213,7 +213,7 @@ def test_a_worker_killed_between_commit_and_delivery(hook_stack: Stack, client: 
     response = client.responses.create(model="plain", input="hello")
     assert response.status == "completed"
     redis = hook_stack.redis.client()
-    assert redis.llen(keys.WEBHOOK_OUTBOX) == 1
+    assert redis.llen(keys.webhook_outbox()) == 1
     time.sleep(0.3)
     assert endpoint.deliveries == []
 
@@ -224,7 +224,7 @@ def test_a_worker_killed_between_commit_and_delivery(hook_stack: Stack, client: 
     time.sleep(0.3)
     [delivered] = endpoint.accepted()
     assert delivered["data"] == {"id": response.id} and delivered["type"] == "response.completed"
-    assert redis.llen(keys.WEBHOOK_OUTBOX) == 0 and redis.zcard(keys.WEBHOOK_DUE) == 0
+    assert redis.llen(keys.webhook_outbox()) == 0 and redis.zcard(keys.webhook_due()) == 0
 
 
 def test_a_receiver_that_never_accepts_ends_in_the_dead_letter_list(

@@ -117,7 +117,7 @@ async def test_one_accept_writes_the_record_its_first_events_the_job_and_the_wak
     assert (job.function, job.args) == (RUN_TURN, (rid, conversation_id))  # the start script's keys
     assert await redis.zscore(SETTINGS.queue_name, rid) == job.enqueue_time.timestamp() * 1000
     assert await redis.lrange(keys.QUEUE_WAKE, 0, -1) == [b"1"]
-    assert await redis.zscore(keys.ACTIVE_TURNS, rid) is not None
+    assert await redis.zscore(keys.active_turns(), rid) is not None
     assert await redis.lrange(keys.conversation_turns(conversation_id), 0, -1) == [rid.encode()]
     assert 0 < await redis.ttl(keys.conversation_turns(conversation_id)) <= RETENTION.conversation_ttl_s
     assert await redis.zrange(keys.api_key_inflight("key_1"), 0, -1) == [rid.encode()]

@@ -29,7 +29,7 @@ async def test_queue_figures_come_from_redis_at_scrape_time() -> None:
     now_ms = time.time() * 1000
     await redis.zadd(SETTINGS.queue_name, {"old": now_ms - 5000, "deferred": now_ms + 60_000})
     await redis.zadd(keys.running_jobs(SETTINGS.queue_name), {"running": now_ms + 15_000})
-    await redis.zadd(keys.ACTIVE_TURNS, {"a": now_ms, "b": now_ms, "c": now_ms})
+    await redis.zadd(keys.active_turns(), {"a": now_ms, "b": now_ms, "c": now_ms})
 
     await stats.refresh(redis, SETTINGS.queue_name)
 

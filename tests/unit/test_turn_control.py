@@ -94,7 +94,7 @@ async def test_a_queued_turn_ahead_is_finished_cancelled_by_the_accept_itself(re
     last = decode_entry((await redis.xrevrange(keys.events(queued.response_id), count=1))[0][1])
     assert (last.type, last.json()["response"]["status"]) == (events.INCOMPLETE, "cancelled")
     assert await turns(redis, conversation_id) == [running.response_id, new.response_id]
-    assert await redis.zscore(keys.ACTIVE_TURNS, queued.response_id) is None
+    assert await redis.zscore(keys.active_turns(), queued.response_id) is None
     # Its concurrent-turn slot counts no more: with the key's limit at the three turns it admitted, a fourth
     # is admitted (the full set drops the finished turn as it admits).
     fourth = request(ids.conversation_id())

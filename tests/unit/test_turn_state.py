@@ -654,12 +654,12 @@ async def test_append_retried_with_the_same_batch_id_is_written_once(redis: ArqR
 
 async def test_finish_removes_the_turn_from_the_active_index(redis: ArqRedis, state: TurnState) -> None:
     req = await store_queued(redis)
-    await redis.zadd(keys.ACTIVE_TURNS, {req.response_id: 1})
+    await redis.zadd(keys.active_turns(), {req.response_id: 1})
     await state.start(req.response_id, req.conversation_id)
 
     await finish(state, req, attempt=1)
 
-    assert await redis.zscore(keys.ACTIVE_TURNS, req.response_id) is None
+    assert await redis.zscore(keys.active_turns(), req.response_id) is None
 
 
 async def test_append_many_writes_each_turn_and_reports_each_outcome(redis: ArqRedis, state: TurnState) -> None:

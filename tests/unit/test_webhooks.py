@@ -110,13 +110,13 @@ async def _finished_turn(redis: ArqRedis, final: Status = Status.COMPLETED) -> t
 
 async def test_the_commit_writes_one_outbox_entry_only_when_the_project_has_endpoints(redis: ArqRedis) -> None:
     await _finished_turn(redis)
-    assert await redis.llen(keys.WEBHOOK_OUTBOX) == 0
+    assert await redis.llen(keys.webhook_outbox()) == 0
 
     await webhooks.add_endpoint(redis, "default", "http://x/hook", list(webhooks.EVENT_TYPES), 5)
     req, first, second = await _finished_turn(redis, Status.INCOMPLETE)
 
     assert (first, second) == (True, False)
-    [raw] = await redis.lrange(keys.WEBHOOK_OUTBOX, 0, -1)
+    [raw] = await redis.lrange(keys.webhook_outbox(), 0, -1)
     entry = json.loads(raw)
     assert entry["project"] == "default"
     [event] = entry["events"]
@@ -164,7 +164,7 @@ async def test_a_failing_receiver_gets_the_same_webhook_id_until_it_accepts(redi
     assert len(receiver.requests) == 3
     assert len({r.headers["webhook-id"] for r in receiver.requests}) == 1
     assert [a["data"] for a in receiver.accepted] == [{"id": req.response_id}]
-    assert await redis.zcard(keys.WEBHOOK_DUE) == 0 and await redis.llen(keys.WEBHOOK_DEAD) == 0
+    assert await redis.zcard(keys.webhook_due()) == 0 and await redis.llen(keys.WEBHOOK_DEAD) == 0
 
 
 async def test_a_delivery_out_of_retries_goes_to_the_dead_letter_list(redis: ArqRedis) -> None:
@@ -176,7 +176,7 @@ async def test_a_delivery_out_of_retries_goes_to_the_dead_letter_list(redis: Arq
     [dead] = [json.loads(d) for d in await redis.lrange(keys.WEBHOOK_DEAD, 0, -1)]
     assert dead["attempts"] == 3 and dead["last_error"] == "HTTP 503"
     assert json.loads(dead["body"])["data"] == {"id": req.response_id}
-    assert await redis.zcard(keys.WEBHOOK_DUE) == 0
+    assert await redis.zcard(keys.webhook_due()) == 0
 
 
 async def test_deliveries_of_a_removed_endpoint_are_dropped(redis: ArqRedis) -> None:
@@ -186,7 +186,7 @@ async def test_deliveries_of_a_removed_endpoint_are_dropped(redis: ArqRedis) -> 
 
     await _deliver_until_quiet(loop)
 
-    assert receiver.requests == [] and await redis.zcard(keys.WEBHOOK_DUE) == 0
+    assert receiver.requests == [] and await redis.zcard(keys.webhook_due()) == 0
 
 
 async def test_two_workers_expanding_the_same_outbox_create_each_delivery_once(redis: ArqRedis) -> None:
