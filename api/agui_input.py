@@ -32,7 +32,7 @@ from ag_ui.core import (
 from pydantic import Field
 
 from api.errors import invalid
-from shared import ids
+from shared import ids, partitions
 
 Item = dict[str, Any]
 
@@ -50,8 +50,11 @@ def _digest(*parts: str) -> str:
 
 
 def thread_conversation_id(project: str, thread_id: str) -> str:
-    """The conversation a thread is: the same for every run of the thread, different in every project."""
-    return f"{ids.CONVERSATION}_{_digest('agui-thread', project, thread_id)}"
+    """The conversation a thread is: the same for every run of the thread, different in every project (and, on a
+    cluster, in the partition its digest picks: shared/partitions.py)."""
+    digest = _digest("agui-thread", project, thread_id)
+    digits = partitions.for_new(seed=digest)
+    return f"{ids.CONVERSATION}_{digits}{digest[len(digits):]}"
 
 
 def _item_id(prefix: str, conversation_id: str, message_id: str) -> str:

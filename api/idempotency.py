@@ -8,11 +8,10 @@ per route for TURNSTREAM_IDEMPOTENCY_TTL_S, with a fingerprint of the request bo
 - same key, another body ........................... 422
 
 A request first claims the key for the id it is about to create; the step that stores the object also
-marks the claim accepted, but only if the claim is still its own (a WATCH transaction for a conversation,
-the accept script for a turn). So exactly one request
-creates the object, even when the first answer was lost and the client retried meanwhile. A claim whose
-request died before storing is taken over by a retry after _STALE_MS; should the stalled request wake up,
-its store is refused instead of creating a second object.
+marks the claim accepted, but only if the claim is still its own (the conversation's create script, the
+turn's accept script). So exactly one request creates the object, even when the first answer was lost and
+the client retried meanwhile. A claim whose request died before storing is taken over by a retry after
+_STALE_MS; should the stalled request wake up, its store is refused instead of creating a second object.
 """
 
 from __future__ import annotations
@@ -22,18 +21,16 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Header
 from pydantic import BaseModel
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
 
 from api.errors import APIError, invalid
-from shared import keys
+from shared import keys, partitions
 from shared.lua import scripts
 from shared.redis_conn import text
 from shared.turn_accept import ClaimMark
@@ -56,18 +53,9 @@ class Claim:
     replay: bool  # the key's object exists already: answer with it, create nothing
     ttl_s: int
 
-    async def guard(self, pipe: Pipeline) -> None:
-        """Called first in the transaction that stores the object; makes that transaction mark the claim."""
-        await pipe.watch(self.key)
-        raw = await pipe.get(self.key)
-        if raw is None or json.loads(raw).get("id") != self.object_id:
-            raise in_use()  # taken over after this request stalled: the other one creates the object
-        pipe.multi()
-        accepted = {"fingerprint": self.fingerprint, "id": self.object_id, "state": "accepted", "at": _now_ms()}
-        pipe.set(self.key, json.dumps(accepted), ex=self.ttl_s)
-
     def mark(self) -> ClaimMark:
-        """The claim as a turn's accept script marks it accepted, in the same step that stores the turn."""
+        """The claim as the script that stores the object (a turn's accept, a conversation's create) marks it
+        accepted, in the same step, if it is still this request's."""
         accepted = {"fingerprint": self.fingerprint, "id": self.object_id, "state": "accepted", "at": _now_ms()}
         return ClaimMark(self.key, json.dumps(accepted), self.ttl_s)
 
@@ -77,18 +65,33 @@ class Claim:
 
 
 async def claim(
-    redis: Redis, ttl_s: int, project: str, scope: str, idempotency_key: str, body: BaseModel, new_id: str
+    redis: Redis,
+    ttl_s: int,
+    project: str,
+    scope: str,
+    idempotency_key: str,
+    body: BaseModel,
+    new_id: Callable[[str], str],
+    conversation_id: str | None = None,
 ) -> Claim:
-    """Claims the key for `new_id`, or finds the object an earlier request with the same key created."""
+    """Claims the key for a new object's id (`new_id(partition digits)`), or finds the object an earlier request
+    with the same key created.
+
+    On a cluster the claim is in the partition of the object it creates, since the step that stores the
+    object checks it: a turn's conversation's partition, else the one the key's digest picks, so a retry
+    finds the same claim."""
     if not 0 < len(idempotency_key) <= _MAX_KEY_CHARS:
         raise invalid(f"Idempotency-Key must be 1 to {_MAX_KEY_CHARS} characters.", "Idempotency-Key")
-    key = keys.idempotency(project, scope, hashlib.sha256(idempotency_key.encode()).hexdigest())
+    key_digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+    digits = partitions.for_new(conversation_id, seed=key_digest)
+    key = keys.idempotency(project, scope, key_digest, keys.partition_tag(digits))
+    new_object_id = new_id(digits)
     canonical = json.dumps(body.model_dump(mode="json", exclude_unset=True), sort_keys=True, separators=(",", ":"))
     fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
     script = scripts(redis).claim_idempotency_key
     deadline = time.monotonic() + _PENDING_WAIT_S
     while True:
-        state, object_id = await script(keys=[key], args=[fingerprint, new_id, _STALE_MS, ttl_s])
+        state, object_id = await script(keys=[key], args=[fingerprint, new_object_id, _STALE_MS, ttl_s])
         state, object_id = text(state), text(object_id)
         if state == "conflict":
             raise APIError(
@@ -106,13 +109,10 @@ async def claim(
 
 @contextlib.asynccontextmanager
 async def settled(once: Claim | None) -> AsyncIterator[None]:
-    """Around storing the object a claim is for: if another request took the key over meanwhile (the store's
-    transaction saw the claim change) the answer is 409; any other failure frees the key for a retry (a
-    claim the store marked accepted stays: see `abandon`)."""
+    """Around storing the object a claim is for: a failure frees the key for a retry (a claim the store marked
+    accepted stays: see `abandon`)."""
     try:
         yield
-    except WatchError:
-        raise in_use() from None
     except BaseException:
         if once is not None:
             await once.abandon()

@@ -17,7 +17,7 @@ from api.deps import Services
 from api.errors import APIError, invalid, no_live_workers, not_found
 from api.idempotency import Claim, in_use
 from api.schemas import CreateResponseBody, function_tools, normalise_input
-from shared import events, ids, keys, metrics, response_record, tracing, webhooks
+from shared import events, ids, keys, metrics, partitions, response_record, tracing, webhooks
 from shared.events import StreamEvent
 from shared.logs import add_log_context
 from shared.models import AgentCard, Status, TurnOutcome, TurnRequest
@@ -64,7 +64,7 @@ async def build_request(
         server_tools = set(card.tools) if card else (set() if settings.allow_model_passthrough else None)
         choice = options.tool_choice(choice, {t["name"] for t in tools}, server_tools)
     return TurnRequest(
-        response_id=ids.response_id(),
+        response_id=ids.response_id(partitions.for_new(conversation_id)),  # its conversation's partition
         model=model,
         instructions=body.instructions,
         input=items,

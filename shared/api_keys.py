@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints,
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.lua import scripts
+from shared.redis_conn import text
 from shared.settings import Settings
 
 SECRET_PREFIX = "sk-ts-"
@@ -132,14 +132,14 @@ class KeyStore:
             created=int(time.time()),
             digest=digest(secret),
         )
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.API_KEY_DIGESTS, digest(secret), key.id)
-            pipe.hset(
-                keys.api_key(key.id),
-                mapping=key.model_dump(include={"id", "project", "name", "rpm", "max_concurrent", "created",
-                                                "digest", "requests"}),
-            )
-            await pipe.execute()
+        # The record, then the digest that finds it (two slots on a cluster): a record no digest names yet
+        # authorizes nothing.
+        await self.redis.hset(
+            keys.api_key(key.id),
+            mapping=key.model_dump(include={"id", "project", "name", "rpm", "max_concurrent", "created",
+                                            "digest", "requests"}),
+        )
+        await self.redis.hset(keys.API_KEY_DIGESTS, digest(secret), key.id)
         return key, secret
 
     async def list_keys(self) -> list[ApiKey]:
@@ -167,48 +167,49 @@ class KeyStore:
             return None
         fields = {k.decode(): v.decode() for k, v in record.items()}
         key = ApiKey.model_validate(fields)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(keys.API_KEY_DIGESTS, key.digest)
-            pipe.delete(keys.api_key(key.id), keys.api_key_rpm(key.id), keys.api_key_inflight(key.id))
-            await pipe.execute()
+        # The record first: from then on the key authorizes nothing (the authorize script reads it), whatever
+        # happens to the digest's entry, in another slot on a cluster.
+        await self.redis.delete(keys.api_key(key.id), keys.api_key_rpm(key.id), keys.api_key_inflight(key.id))
+        await self.redis.hdel(keys.API_KEY_DIGESTS, key.digest)
         return key
 
     async def seed(self, seeds: Sequence[SeedKey]) -> None:
         """Makes the seeded keys exactly `seeds`: creates or updates each, revokes seeded keys left out."""
-        script = scripts(self.redis).seed_key
         wanted: set[str] = set()
         for seed in seeds:
             secret_digest = digest(seed.secret.get_secret_value())
             wanted.add(secret_digest)
-            known = await self.redis.hget(keys.API_KEY_DIGESTS, secret_digest)
-            key_id = known.decode() if known is not None else _new_key_id()
-            while True:  # again only if another seeder gave this secret an id in between
-                done, key_id = await script(
-                    keys=[keys.API_KEY_DIGESTS, keys.api_key(key_id)],
-                    args=[
-                        secret_digest,
-                        key_id,
-                        seed.project,
-                        seed.name,
-                        seed.rpm or self.settings.default_key_rpm,
-                        seed.max_concurrent or self.settings.default_key_max_concurrent,
-                        int(time.time()),
-                    ],
-                )
-                key_id = key_id.decode() if isinstance(key_id, bytes) else key_id
-                if int(done):
-                    break
+            # The first seeder to name the secret gives it its id; every other (API nodes start together)
+            # takes that one. Then the record: its identity once, its settings every time.
+            await self.redis.hsetnx(keys.API_KEY_DIGESTS, secret_digest, _new_key_id())
+            key_id = text(await self.redis.hget(keys.API_KEY_DIGESTS, secret_digest))
+            record = keys.api_key(key_id)
+            for field, value in (("id", key_id), ("digest", secret_digest), ("created", str(int(time.time()))),
+                                 ("requests", "0")):
+                await self.redis.hsetnx(record, field, value)
+            await self.redis.hset(record, mapping={
+                "project": seed.project,
+                "name": seed.name,
+                "rpm": seed.rpm or self.settings.default_key_rpm,
+                "max_concurrent": seed.max_concurrent or self.settings.default_key_max_concurrent,
+                "seeded": 1,
+            })
         for key in await self.list_keys():
             if key.seeded and key.digest not in wanted:
                 await self.revoke(key.id)
 
     async def usage(self, project: str, days: int) -> list[DayUsage]:
         """The project's turns and tokens on each of the last `days` UTC days that had any, newest first."""
-        raw = await self.redis.hgetall(keys.project_usage(project))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for part in keys.every_partition():  # each partition's commits count in its own hash
+                pipe.hgetall(keys.project_usage(project, part))
+            found = await pipe.execute()
         counts: dict[int, dict[str, int]] = {}
-        for field, value in raw.items():
-            day, _, what = field.decode().partition(":")
-            counts.setdefault(int(day), {})[what] = int(value)
+        for raw in found:
+            for field, value in raw.items():
+                day, _, what = field.decode().partition(":")
+                per_day = counts.setdefault(int(day), {})
+                per_day[what] = per_day.get(what, 0) + int(value)
         today = int(time.time()) // 86_400
         epoch = date(1970, 1, 1)
         return [

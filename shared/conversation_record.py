@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from shared import conversation_index, keys
+from shared.lua import scripts
 from shared.models import DEFAULT_PROJECT, Item
+from shared.turn_accept import ClaimMark
 
 
 async def load(redis: Redis, conversation_id: str) -> dict[str, Any] | None:
@@ -69,16 +70,37 @@ def stored(conversation: dict[str, Any], project: str) -> str:
     return json.dumps({**conversation, "project": project})
 
 
-def create_in(pipe: Pipeline, conversation: dict[str, Any], project: str, items: list[Item], ttl_s: int) -> None:
-    """Queues a new conversation's writes on a transaction (the caller's, which may guard an Idempotency-Key),
-    its project's listing index included."""
+async def create(
+    redis: Redis,
+    conversation: dict[str, Any],
+    project: str,
+    items: list[Item],
+    ttl_s: int,
+    claim: ClaimMark | None = None,
+) -> bool:
+    """Creates a conversation with its first items, in one script; under an Idempotency-Key `claim`, only while
+    the claim is still this request's (False then, and nothing is written).
+
+    Its project's listing entry comes first, in a step of its own (the index is the project's, in another
+    slot on a cluster): an entry whose conversation was never written is dropped by the listing that meets it.
+    """
     conversation_id = conversation["id"]
-    pipe.set(keys.conversation(conversation_id), stored(conversation, project), ex=ttl_s)
-    # Milliseconds, so conversations made within one second still list in the order they were made.
-    conversation_index.add(pipe, project, conversation_id, int(time.time() * 1000))
-    if items:
-        pipe.rpush(keys.conversation_items(conversation_id), *(json.dumps(i) for i in items))
-        pipe.expire(keys.conversation_items(conversation_id), ttl_s)
+    async with redis.pipeline(transaction=False) as pipe:
+        # Milliseconds, so conversations made within one second still list in the order they were made.
+        conversation_index.add(pipe, project, conversation_id, int(time.time() * 1000))
+        await pipe.execute()
+    created = await scripts(redis).create_conversation(
+        keys=[
+            keys.conversation(conversation_id),
+            keys.conversation_items(conversation_id),
+            claim.key if claim else keys.conversation(conversation_id),  # unused without a claim
+        ],
+        args=[
+            stored(conversation, project), ttl_s, conversation_id, claim.accepted if claim else "",
+            claim.ttl_s if claim else 0, *(json.dumps(i) for i in items),
+        ],
+    )
+    return bool(created)
 
 
 async def create_if_absent(redis: Redis, conversation: dict[str, Any], project: str, ttl_s: int) -> None:

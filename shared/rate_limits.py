@@ -82,7 +82,7 @@ class Limiter:
     async def _counted(self, digest: str, key_id: str) -> list[Any] | None:
         """The script's reply for this key, or None when the digest does not (or no longer) name it."""
         reply = await self._authorize(
-            keys=[keys.API_KEY_DIGESTS, keys.api_key(key_id), keys.api_key_rpm(key_id)],
+            keys=[keys.api_key(key_id), keys.api_key_rpm(key_id)],
             args=[digest, key_id, WINDOW_MS],
         )
         return None if int(reply[0]) == 0 else list(reply)

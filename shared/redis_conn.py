@@ -42,9 +42,9 @@ class ClusterArqRedis(RedisCluster):
         self.expires_extra_ms = 86_400_000  # arq's default
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
-        return ClusterPipeline(self)
+        return ClusterPipeline(self)  # type: ignore[abstract]
 
-    async def close(self, close_connection_pool: bool | None = None) -> None:  # type: ignore[override]
+    async def close(self, close_connection_pool: bool | None = None) -> None:
         await self.aclose()
 
 

@@ -19,7 +19,7 @@ from api.errors import APIError, invalid, previous_response_not_found
 from api.json_body import JSONBodyRoute
 from api.schemas import normalise_input
 from api.turns import accept, agent_card, wait_final
-from shared import ids
+from shared import ids, partitions
 from shared.models import Status, TurnRequest, Usage
 
 router = APIRouter(prefix="/v1/responses", tags=["responses"], route_class=JSONBodyRoute)
@@ -46,7 +46,7 @@ async def compact_response(body: CompactBody, svc: ServicesDep, caller: CallerDe
     if previous is not None and not await is_stored_response(svc, previous, caller.project):
         raise previous_response_not_found(previous)
     req = TurnRequest(
-        response_id=ids.response_id(),
+        response_id=ids.response_id(partitions.for_new()),
         model=body.model,
         instructions=body.instructions,
         input=normalise_input(body.input) if body.input is not None else [],

@@ -18,7 +18,7 @@ from api.listing import Page, paginate
 from api.schemas import CreateConversationBody, UpdateConversationBody, normalise_input
 from api.sse import SSEResponse, ensure_capacity, resume_after
 from shared import conversation_feed as feed
-from shared import conversation_index, conversation_record, ids
+from shared import conversation_index, conversation_record, ids, partitions
 from shared.events import MAX_SEQUENCE_NUMBER
 from shared.models import DEFAULT_PROJECT
 
@@ -35,15 +35,16 @@ async def create_conversation(
     """Create a conversation, optionally seeded with up to 20 items."""
     body = body or CreateConversationBody()
     items = normalise_input(body.items, "items") if body.items else []
-    conversation_id = ids.conversation_id()
+    conversation_id = ids.conversation_id(partitions.for_new())
     once = None
     if idempotency_key is not None:
         once = await idempotency.claim(
             svc.redis, svc.settings.idempotency_ttl_s, caller.project, "conversations", idempotency_key, body,
-            conversation_id,
+            ids.conversation_id,
         )
         if once.replay:
             return await _conversation(svc, once.object_id, caller.project)
+        conversation_id = once.object_id
     conversation = {
         "id": conversation_id,
         "object": "conversation",
@@ -51,11 +52,11 @@ async def create_conversation(
         "metadata": body.metadata or {},
     }
     ttl = svc.settings.conversation_ttl_s
-    async with idempotency.settled(once), svc.redis.pipeline(transaction=True) as pipe:
-        if once is not None:
-            await once.guard(pipe)
-        conversation_record.create_in(pipe, conversation, caller.project, items, ttl)
-        await pipe.execute()
+    async with idempotency.settled(once):
+        if not await conversation_record.create(
+            svc.redis, conversation, caller.project, items, ttl, once.mark() if once is not None else None
+        ):
+            raise idempotency.in_use()  # taken over after this request stalled: the other one creates it
     return conversation
 
 

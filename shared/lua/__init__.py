@@ -66,12 +66,12 @@ class Scripts:
     end_job: AsyncScript
     sweep_active_turns: AsyncScript
     authorize_key: AsyncScript
-    seed_key: AsyncScript
     claim_idempotency_key: AsyncScript
     abandon_idempotency_key: AsyncScript
     expand_webhook: AsyncScript
     claim_webhooks: AsyncScript
     take_key_slot: AsyncScript
+    create_conversation: AsyncScript
 
 
 _registered: weakref.WeakKeyDictionary[Any, Scripts] = weakref.WeakKeyDictionary()

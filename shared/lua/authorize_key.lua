@@ -1,14 +1,14 @@
 -- Looks up an API key by its secret's digest and counts the request in its sliding-window log.
 -- Returns {0} for an unknown or revoked key, else
 -- {1 over the limit | 2 allowed, key id, project, rpm, max_concurrent, remaining, reset ms, retry-after ms}.
-local digests, record, log = KEYS[1], KEYS[2], KEYS[3]
+local record, log = KEYS[1], KEYS[2]  -- one key's, in one slot
 local digest, key_id, window = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
 -- The caller names the key it expects this digest to have (record and log keys are that key's); a digest
 -- revoked or re-pointed since then is answered as unknown.
-if redis.call('HGET', digests, digest) ~= key_id then return {0} end
-local f = redis.call('HMGET', record, 'project', 'rpm', 'max_concurrent')
-if not f[1] then return {0} end
+-- A revoked key's record is gone; a record whose digest is another's was never this secret's.
+local f = redis.call('HMGET', record, 'project', 'rpm', 'max_concurrent', 'digest')
+if not f[1] or f[4] ~= digest then return {0} end
 local now = now_ms()
 redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
 local limit = tonumber(f[2])

@@ -222,7 +222,7 @@ async def test_a_keys_concurrent_turns_are_capped_and_finished_ones_free_their_s
 
 async def test_a_turn_is_accepted_only_while_its_idempotency_claim_is_its_own(redis: ArqRedis) -> None:
     body = CreateResponseBody.model_validate({"model": "m", "input": "hi"})
-    mine = await claim(redis, 60, "default", "responses", "k-1", body, ids.response_id())
+    mine = await claim(redis, 60, "default", "responses", "k-1", body, ids.response_id)
     req = request()
     req.response_id = mine.object_id
 
@@ -230,11 +230,11 @@ async def test_a_turn_is_accepted_only_while_its_idempotency_claim_is_its_own(re
 
     stored = json.loads(await redis.get(mine.key))
     assert (stored["state"], stored["id"]) == ("accepted", req.response_id)
-    again = await claim(redis, 60, "default", "responses", "k-1", body, ids.response_id())
+    again = await claim(redis, 60, "default", "responses", "k-1", body, ids.response_id)
     assert again.replay and again.object_id == req.response_id
 
     # Taken over by another request after this one stalled: the stalled one creates nothing.
-    stalled = await claim(redis, 60, "default", "responses", "k-2", body, ids.response_id())
+    stalled = await claim(redis, 60, "default", "responses", "k-2", body, ids.response_id)
     late = request()
     late.response_id = stalled.object_id
     await redis.set(stalled.key, json.dumps({**json.loads(await redis.get(stalled.key)), "id": "resp_other"}))
