@@ -1,4 +1,5 @@
-"""One Redis reader per API process, fanning response events out to that process's subscribers.
+"""One Redis reader per API process (per partition on a cluster), fanning response events out to that
+process's subscribers.
 
 A blocking XREAD per client would pin a pooled connection each and, measured, gave p99 128 ms at 500
 clients; one XREAD over every watched stream feeding in-process subscribers gave 4.4 ms.
@@ -61,8 +62,24 @@ def record_key(source_id: str) -> str:
 class _Watch:
     response_id: str
     position: str  # the last stream entry id the reader has seen
+    part: str  # the partition (hash tag) of its stream: which reader reads it
     subscribers: set[Subscription] = field(default_factory=set)
     last_event: float = 0.0  # loop time of the last event read (or of the watch's start)
+
+
+@dataclass(eq=False)
+class _Reader:
+    """The blocking read of one partition's watched streams (on a cluster a read may name keys of one slot
+    only; on one Redis there is one partition, so one reader). It is started by the partition's first watch
+    and reads until the process stops: at most one per partition, never one per client."""
+
+    part: str
+    wake_key: str  # a stream of the partition's slot, written to interrupt the read when a watch is added
+    wake_position: str = "0-0"
+    watches: dict[str, _Watch] = field(default_factory=dict)  # by stream key
+    wake_due: bool = False
+    waking: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None
 
 
 class Fanout:
@@ -80,13 +97,12 @@ class Fanout:
         """`reader` is a client of its own: the blocking read keeps its connection busy."""
         self._redis = redis
         self._reader = reader
-        self._wake_key = keys.fanout_wake(uuid.uuid4().hex)
-        self._wake_position = "0-0"
+        self._node_id = uuid.uuid4().hex
         self._watches: dict[str, _Watch] = {}
+        self._readers: dict[str, _Reader] = {}  # by partition
+        self._running = False
         self._tasks: list[asyncio.Task[None]] = []
         self._check: asyncio.Task[None] | None = None
-        self._waking: asyncio.Task[None] | None = None
-        self._wake_due = False
         self._poll_s = poll_s
         self._down_since: float | None = None  # when the current Redis outage began, as this process saw it
         self.keepalive_s = keepalive_s
@@ -107,17 +123,34 @@ class Fanout:
         return self.loop.time()
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._read_forever()), asyncio.create_task(self._tick_forever())]
+        self._tasks = [asyncio.create_task(self._tick_forever())]
+        self._running = True
+        self._reader_of("")  # on one Redis the one reader; on a cluster, readers start with their first watch
+        for reader in self._readers.values():
+            self._start_reading(reader)
+
+    def _reader_of(self, part: str) -> _Reader:
+        reader = self._readers.get(part)
+        if reader is None:
+            reader = self._readers[part] = _Reader(part, keys.fanout_wake(self._node_id, part))
+            self._start_reading(reader)
+        return reader
+
+    def _start_reading(self, reader: _Reader) -> None:
+        if self._running and reader.task is None:
+            reader.task = asyncio.create_task(self._read_forever(reader))
 
     async def stop(self) -> None:
-        for task in (self._check, self._waking):
-            if task is not None:
-                self._tasks.append(task)
+        for reader in self._readers.values():
+            self._tasks += [t for t in (reader.task, reader.waking) if t is not None]
+        if self._check is not None:
+            self._tasks.append(self._check)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):  # Redis may be away at shutdown; the key expires anyway
-            await self._redis.delete(self._wake_key)
+        for reader in self._readers.values():
+            with contextlib.suppress(Exception):  # Redis may be away at shutdown; the key expires anyway
+                await self._redis.delete(reader.wake_key)
 
     @property
     def watched(self) -> int:
@@ -195,29 +228,32 @@ class Fanout:
         if watch is not None:  # made by another subscriber meanwhile
             watch.subscribers.add(sub)
             return False
-        watch = self._watches[key] = _Watch(sub.response_id, position, last_event=self.now())
+        part = keys.partition(sub.response_id)
+        watch = self._watches[key] = _Watch(sub.response_id, position, part, last_event=self.now())
         watch.subscribers.add(sub)
-        self._wake_reader()
+        reader = self._reader_of(part)
+        reader.watches[key] = watch
+        self._wake_reader(reader)
         return True
 
-    def _wake_reader(self) -> None:
+    def _wake_reader(self, reader: _Reader) -> None:
         """Interrupts the blocking read so it includes new streams; watches made meanwhile share one wake.
 
         Not awaited: a watch reads from its position whenever the read includes it, so its subscriber
         loses nothing by not waiting (a create's stream sends its first events meanwhile).
         """
-        self._wake_due = True
-        if self._waking is None or self._waking.done():
-            self._waking = asyncio.create_task(self._wake())
+        reader.wake_due = True
+        if reader.waking is None or reader.waking.done():
+            reader.waking = asyncio.create_task(self._wake(reader))
 
-    async def _wake(self) -> None:
+    async def _wake(self, reader: _Reader) -> None:
         # A watch made while a wake is on its way may miss the read that wake starts: it wakes once more.
-        while self._wake_due:
-            self._wake_due = False
+        while reader.wake_due:
+            reader.wake_due = False
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16)
-                    pipe.expire(self._wake_key, 3600)
+                    pipe.xadd(reader.wake_key, {"w": "1"}, maxlen=16)
+                    pipe.expire(reader.wake_key, 3600)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
                 # The read fails too while Redis is away, and its retry includes every watch.
@@ -231,6 +267,7 @@ class Fanout:
             watch.subscribers.discard(sub)
             if not watch.subscribers:
                 del self._watches[key]
+                self._readers[watch.part].watches.pop(key, None)
 
     def redis_failed(self, exc: BaseException) -> None:
         """Notes a failed Redis call of this process: logged when an outage begins, not on every call."""
@@ -244,10 +281,10 @@ class Fanout:
             log.warning("Redis reachable again after %.1fs", time.monotonic() - self._down_since)
             self._down_since = None
 
-    async def _read_forever(self) -> None:
+    async def _read_forever(self, reader: _Reader) -> None:
         while True:
             try:
-                await self._read_once()
+                await self._read_once(reader)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -260,19 +297,19 @@ class Fanout:
                 continue
             self._redis_back()
 
-    async def _read_once(self) -> None:
-        streams = {self._wake_key: self._wake_position}
-        streams.update({key: watch.position for key, watch in self._watches.items()})
+    async def _read_once(self, reader: _Reader) -> None:
+        streams = {reader.wake_key: reader.wake_position}
+        streams.update({key: watch.position for key, watch in reader.watches.items()})
         reply = await self._reader.xread(streams, block=_BLOCK_MS, count=1000)  # type: ignore[arg-type]
         now = self.now()
         read_at = time.monotonic()
         for raw_key, entries in reply or []:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             last_id = entries[-1][0].decode() if isinstance(entries[-1][0], bytes) else entries[-1][0]
-            if key == self._wake_key:
-                self._wake_position = last_id
+            if key == reader.wake_key:
+                reader.wake_position = last_id
                 continue
-            watch = self._watches.get(key)
+            watch = reader.watches.get(key)
             if watch is None:
                 continue
             # A finished turn's compact entry holds all of it; what this watch has read before is dropped.
