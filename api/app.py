@@ -14,8 +14,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.telemetry import TelemetryConfig
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp
 
 from api import errors
@@ -32,7 +30,7 @@ from shared.api_keys import KeyStore, SeedKey, seed_from_settings
 from shared.logs import LogContextMiddleware, configure_logging
 from shared.lua import Durability
 from shared.rate_limits import Limiter
-from shared.redis_conn import EmbeddedRedis, connect
+from shared.redis_conn import UNAVAILABLE, EmbeddedRedis, connect
 from shared.settings import Settings, get_settings
 from shared.turn_accept import TurnAcceptor
 from shared.turn_state import Retention, TurnState
@@ -143,7 +141,7 @@ async def _seed(store: KeyStore, seeds: Sequence[SeedKey]) -> None:
     while True:
         try:
             await store.seed(seeds)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except UNAVAILABLE as exc:
             if not failed:  # one line per outage, not one a second
                 log.warning("seeding API keys failed (%s); retrying every second", exc)
             failed = True

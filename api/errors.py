@@ -23,11 +23,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import metrics
+from shared.redis_conn import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +160,6 @@ def install(app: FastAPI) -> None:
         code = "not_found" if exc.status_code == 404 else None
         return _render(APIError(exc.status_code, str(exc.detail), code=code))
 
-    @app.exception_handler(RedisConnectionError)
-    @app.exception_handler(RedisTimeoutError)
     async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
         metrics.REDIS_ERRORS.inc()
         services = getattr(request.app.state, "services", None)
@@ -171,6 +168,9 @@ def install(app: FastAPI) -> None:
         else:
             log.warning("redis unavailable: %s", exc)
         return _render(store_unavailable())
+
+    for unavailable in UNAVAILABLE:
+        app.add_exception_handler(unavailable, _redis_down)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -10,13 +10,22 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Deserializer, Serializer
 from fakeredis.aioredis import FakeAsyncRedisMixin
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
-from redis.asyncio.cluster import ClusterPipeline
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys, partitions
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# What a call raises while Redis cannot answer for now: a dropped or refused connection, a timeout, and on a
+# cluster while a primary's replica takes over, CLUSTERDOWN / MASTERDOWN (ClusterError), TRYAGAIN, and the
+# client's own RedisClusterException when no node it knows answers (redis-py follows MOVED/ASK itself).
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError, RedisTimeoutError, ClusterError, TryAgainError, RedisClusterException
+)
 
 
 class _FakeArqRedis(FakeAsyncRedisMixin, ArqRedis):
@@ -46,6 +55,17 @@ class ClusterArqRedis(RedisCluster):
 
     async def close(self, close_connection_pool: bool | None = None) -> None:
         await self.aclose()
+
+    async def node_client(self, node: ClusterNode | None = None) -> Redis:
+        """A plain client of one node (a random one by default), with the cluster's connection settings: for
+        what the cluster client cannot do — pub/sub (none on redis-py 5's asyncio cluster client; a classic
+        PUBLISH reaches every node's subscribers), and a WAIT on the connection that wrote."""
+        if node is None:
+            if not self.get_nodes():
+                await self.initialize()
+            node = self.get_random_node()
+        kwargs = {k: v for k, v in node.connection_kwargs.items() if k != "event_dispatcher"}
+        return Redis(connection_pool=ConnectionPool(connection_class=node.connection_class, **kwargs))
 
 
 class EmbeddedRedis:
@@ -115,6 +135,12 @@ async def _check_partitions(cluster: RedisCluster, count: int) -> None:
             f"TURNSTREAM_PARTITIONS={count}, but this cluster's data was written with {recorded} partitions; "
             f"set TURNSTREAM_PARTITIONS={recorded} (it is fixed for the life of the data)"
         )
+
+
+async def signal_client(redis: Redis) -> Redis:
+    """A client that can subscribe: the client itself on one Redis, a plain client of one node on a cluster
+    (asked anew on each call, so a resubscription after a node's failure goes to a live one)."""
+    return await redis.node_client() if isinstance(redis, ClusterArqRedis) else redis
 
 
 def text(value: bytes | str) -> str:

@@ -20,6 +20,7 @@ from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
 from shared import keys, response_record
+from shared.redis_conn import signal_client
 from worker.redis_retry import TRANSIENT, Outage
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ class CancelListener:
         failures = 0
         while True:
             try:
-                async with self._redis.pubsub() as pubsub:
+                client = await signal_client(self._redis)
+                async with client.pubsub() as pubsub:
                     await pubsub.subscribe(keys.CANCEL_CHANNEL)
                     await self._catch_up()
                     self._subscribed.set()
@@ -99,7 +101,8 @@ class CancelListener:
         """A job due later (a turn waiting for its upstream) becomes due now; any other is left as it is."""
         assert self._queue is not None
         with contextlib.suppress(*TRANSIENT):
-            await self._redis.zadd(self._queue, {response_id: timestamp_ms()}, xx=True, lt=True)
+            queue = keys.queue(self._queue, keys.partition(response_id))
+            await self._redis.zadd(queue, {keys.job_id(response_id): timestamp_ms()}, xx=True, lt=True)
 
     async def _catch_up(self) -> None:
         """Honours cancels published while this process was not subscribed."""

@@ -15,19 +15,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import metrics
+from shared.redis_conn import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# ConnectionError covers BusyLoadingError (a restarted Redis still loading its AOF); ReadOnlyError is a
-# replica answering during a Sentinel failover. OSError is what a socket torn down mid-read can raise.
-TRANSIENT: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+# UNAVAILABLE's ConnectionError covers BusyLoadingError (a restarted Redis still loading its AOF); ReadOnlyError
+# is a replica answering during a Sentinel failover. OSError is what a socket torn down mid-read can raise.
+TRANSIENT: tuple[type[BaseException], ...] = (*UNAVAILABLE, ReadOnlyError, OSError)
 
 _BASE_S = 0.05
 

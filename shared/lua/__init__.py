@@ -20,9 +20,12 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import PipelineCommand
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import events, keys, metrics, partitions
 from shared.models import DEFAULT_PROJECT, TERMINAL_STATUSES, Status
@@ -107,10 +110,13 @@ async def call(
     if durability.replicas <= 0:
         return await script(keys=keys, args=args)
     for _ in range(2):
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            pipe.execute_command("WAIT", durability.replicas, durability.timeout_ms)
-            reply, acknowledged = await pipe.execute(raise_on_error=False)
+        if isinstance(redis, RedisCluster):
+            reply, acknowledged = await _on_node(redis, script, keys, args, durability)
+        else:
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", durability.replicas, durability.timeout_ms)
+                reply, acknowledged = await pipe.execute(raise_on_error=False)
         if isinstance(reply, NoScriptError):
             await redis.script_load(script.script)  # a restarted Redis forgot it; nothing was written
             continue
@@ -124,6 +130,32 @@ async def call(
             )
         return reply
     raise NoScriptError("the script could not be loaded")
+
+
+async def _on_node(
+    cluster: RedisCluster, script: AsyncScript, keys: list[Any], args: list[Any], durability: Durability
+) -> tuple[Any, Any]:
+    """EVALSHA then WAIT on one connection to the node that owns the keys' slot (a WAIT sent through the
+    cluster client goes to some node, and proves nothing). While the slot moves (a failover, resharding) the
+    node answers MOVED or is gone: the script then runs through the cluster client, which finds the owner,
+    and the write counts as not acknowledged."""
+    if not cluster.get_nodes():
+        await cluster.initialize()
+    node = cluster.get_node_from_key(keys[0])
+    if node is None:  # the slot has no known owner right now
+        return await script(keys=keys, args=args), 0
+    commands = [
+        PipelineCommand(0, "EVALSHA", script.sha, len(keys), *keys, *args),
+        PipelineCommand(1, "WAIT", durability.replicas, durability.timeout_ms),
+    ]
+    try:
+        await node.execute_pipeline(commands)
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        commands[0].result = commands[1].result = exc
+    reply, acknowledged = commands[0].result, commands[1].result
+    if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+        return await script(keys=keys, args=args), reply
+    return reply, acknowledged
 
 
 def scripts(redis: Redis) -> Scripts:
