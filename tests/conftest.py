@@ -27,6 +27,8 @@ from shared import keys
 from shared.redis_conn import EmbeddedRedis
 from shared.settings import Settings
 
+pytest_plugins = ["tests.cluster_fixtures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # In-process apps built by tests (create_app(Settings(...))) run open, as `turnstream dev` does; tests of
