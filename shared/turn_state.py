@@ -11,11 +11,12 @@ older attempt, or a cancel racing a pickup can never write twice or out of turn.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 
 from shared import events, keys, metrics, webhooks
@@ -23,7 +24,7 @@ from shared.key_slots import KeySlots
 from shared.lua import NO_WAIT, Durability, call, scripts
 from shared.models import DEFAULT_PROJECT, Status
 from shared.queue import JobClaim
-from shared.redis_conn import text
+from shared.redis_conn import UNAVAILABLE, text
 from shared.settings import Settings
 from shared.stored_form import pack_events, pack_json, unpack_json
 
@@ -112,6 +113,19 @@ class TurnState:
         Each entry gets its own outcome, in order: the cancel flag, or the exception its append raised
         (StaleTurn for a refused write). A connection error fails the whole call.
         """
+        if isinstance(self.redis, RedisCluster):
+            # A cluster pipeline takes no scripts: the appends go out together, each to its slot's node.
+            replies = await asyncio.gather(
+                *(
+                    self._append(keys=[keys.response(rid), keys.events(rid)], args=self._append_args(a, b, bid))
+                    for rid, a, b, bid in writes
+                ),
+                return_exceptions=True,
+            )
+            for reply in replies:
+                if isinstance(reply, UNAVAILABLE):
+                    raise reply
+            return [_outcome(reply) for reply in replies]
         async with self.redis.pipeline(transaction=False) as pipe:
             for response_id, attempt, batch, batch_id in writes:
                 pipe.evalsha(
@@ -125,13 +139,7 @@ class TurnState:
             retried = [w for w, r in zip(writes, replies, strict=True) if isinstance(r, NoScriptError)]
             again = iter(await self.append_many(retried))
             replies = [next(again) if isinstance(r, NoScriptError) else r for r in replies]
-        outcomes: list[bool | Exception] = []
-        for reply in replies:
-            try:
-                outcomes.append(reply if isinstance(reply, Exception | bool) else _appended(reply))
-            except StaleTurn as stale:
-                outcomes.append(stale)
-        return outcomes
+        return [_outcome(reply) for reply in replies]
 
     def _append_args(self, attempt: int, batch: list[events.Event], batch_id: str) -> list[Any]:
         argv: list[Any] = [attempt, self.retention.stream_maxlen, self.retention.stream_ttl_s, batch_id]
@@ -286,6 +294,16 @@ def _appended(result: list[Any]) -> bool:
     return _flag(result[1])
 
 
+
+
+def _outcome(reply: Any) -> bool | Exception:
+    """One append's reply as `append_many` gives it: the cancel flag, or the exception it raised."""
+    if isinstance(reply, Exception | bool):
+        return reply
+    try:
+        return _appended(reply)
+    except StaleTurn as stale:
+        return stale
 
 
 def _flag(value: bytes | str | None) -> bool:
