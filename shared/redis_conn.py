@@ -56,6 +56,12 @@ class ClusterArqRedis(RedisCluster):
     async def close(self, close_connection_pool: bool | None = None) -> None:
         await self.aclose()
 
+    async def publish(self, channel: str, message: str) -> int:
+        """A classic PUBLISH, which the cluster bus carries to every node's subscribers (redis-py 5's asyncio
+        cluster client has no pub/sub commands); sent to the default node, which the client replaces if it
+        fails."""
+        return int(await self.execute_command("PUBLISH", channel, message, target_nodes=self.DEFAULT_NODE))
+
     async def node_client(self, node: ClusterNode | None = None) -> Redis:
         """A plain client of one node (a random one by default), with the cluster's connection settings: for
         what the cluster client cannot do — pub/sub (none on redis-py 5's asyncio cluster client; a classic

@@ -1,0 +1,189 @@
+"""The service on a real Redis Cluster (three primaries, a replica each: tests/redis_cluster.py): the SDK's flows
+end to end, keys spread over the primaries, and a primary killed under load.
+
+Every key of a turn carries its partition's hash tag (shared/partitions.py), so each script runs in one slot;
+these tests drive the same API and workers as the standalone suite, with TURNSTREAM_REDIS_URL naming one seed
+node, and read the cluster directly only to check where things are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from openai import OpenAI
+from redis.cluster import RedisCluster
+
+from shared import partitions
+from tests.conftest import Stack, running_stack, wait_until
+from tests.redis_cluster import LocalCluster
+
+MODEL = "turnstream-mock"
+
+
+@dataclass
+class ClusterServer:
+    """A cluster as `running_stack` takes a server: its seed URL, and a client that follows the slots."""
+
+    cluster: LocalCluster
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url
+
+    def client(self) -> RedisCluster:
+        return RedisCluster.from_url(self.url)
+
+
+@pytest.fixture(scope="module")
+def cluster_stack(redis_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("cluster-stack")
+    with running_stack(ClusterServer(redis_cluster), root, {}) as stack:  # type: ignore[arg-type]
+        yield stack
+
+
+@pytest.fixture
+def client(cluster_stack: Stack) -> OpenAI:
+    return OpenAI(base_url=cluster_stack.base_url, api_key="test", max_retries=0, timeout=30)
+
+
+def _text_of_stream(events: list[object]) -> str:
+    return "".join(e.delta for e in events if getattr(e, "type", "") == "response.output_text.delta")  # type: ignore[attr-defined]
+
+
+def test_the_service_detects_the_cluster_and_tags_every_turn_with_a_partition(
+    client: OpenAI, redis_cluster: LocalCluster
+) -> None:
+    response = client.responses.create(model=MODEL, input="hello cluster")
+
+    assert response.status == "completed" and response.output_text
+    digits = partitions.digits_of(response.id)
+    assert digits in partitions.tags(16)  # one of the deployment's partitions, not random digits
+    cluster = RedisCluster.from_url(redis_cluster.url)
+    assert cluster.exists(f"turnstream:response:{{{digits}}}{response.id}") == 1
+    assert cluster.get("turnstream:partitions") == b"16"  # recorded by the first node to start
+
+
+def test_a_streamed_turn_sends_exactly_the_stored_text_and_resumes_after_any_event(client: OpenAI) -> None:
+    events = list(client.responses.create(model=MODEL, input="count to 20", stream=True))
+
+    response_id = events[0].response.id  # type: ignore[union-attr]
+    stored = client.responses.retrieve(response_id)
+    assert events[-1].type == "response.completed"
+    assert _text_of_stream(events) == stored.output_text
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    resumed = list(client.responses.retrieve(response_id, stream=True, starting_after=4))
+    assert [e.sequence_number for e in resumed] == list(range(5, len(events)))
+
+
+def test_conversation_turns_share_their_conversations_partition_and_history_is_kept_once(client: OpenAI) -> None:
+    conversation = client.conversations.create(items=[{"type": "message", "role": "user", "content": "seed"}])
+    turns = [client.responses.create(model=MODEL, input=f"turn {n}", conversation=conversation.id) for n in range(3)]
+
+    assert {partitions.digits_of(t.id) for t in turns} == {partitions.digits_of(conversation.id)}
+    items = client.conversations.items.list(conversation.id, order="asc").data
+    assert len(items) == 1 + 2 * 3
+    assert len({item.id for item in items}) == len(items)
+
+
+def test_background_turns_settle_and_a_cancel_stops_one_mid_answer(client: OpenAI) -> None:
+    quick = client.responses.create(model=MODEL, input="quick background", background=True)
+    slow = client.responses.create(model=MODEL, input="count to 400 [delay=20ms]", background=True)
+    wait_until(lambda: client.responses.retrieve(slow.id).status == "in_progress", 15, "the slow turn to start")
+
+    cancelled = client.responses.cancel(slow.id)
+
+    assert cancelled.status == "cancelled"
+    wait_until(lambda: client.responses.retrieve(quick.id).status == "completed", 15, "the quick turn")
+    events = list(client.responses.retrieve(slow.id, stream=True, starting_after=0))
+    # OpenAI has no cancelled stream event: a cancelled turn's stream ends incomplete, its Response cancelled.
+    assert events[-1].type == "response.incomplete"
+    assert events[-1].response.status == "cancelled"  # type: ignore[union-attr]
+
+
+def test_an_idempotent_retry_finds_the_first_turn(cluster_stack: Stack) -> None:
+    body = {"model": MODEL, "input": "only once", "background": True}
+    headers = {"Idempotency-Key": f"cluster-{time.monotonic_ns()}"}
+    first = httpx.post(f"{cluster_stack.base_url}/responses", json=body, headers=headers, timeout=30)
+    again = httpx.post(f"{cluster_stack.base_url}/responses", json=body, headers=headers, timeout=30)
+
+    assert first.status_code == again.status_code == 200
+    assert first.json()["id"] == again.json()["id"]
+
+
+def test_client_tool_calls_round_trip(client: OpenAI) -> None:
+    tool = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}}, "required": ["city"]}}
+    asked = client.responses.create(model=MODEL, input="What's the weather in Paris?", tools=[tool])  # type: ignore[list-item]
+    [call] = [item for item in asked.output if item.type == "function_call"]
+
+    answered = client.responses.create(
+        model=MODEL,
+        previous_response_id=asked.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+        tools=[tool],  # type: ignore[list-item]
+    )
+
+    assert answered.status == "completed" and answered.output_text
+
+
+def test_the_partitions_spread_evenly_over_the_primaries(redis_cluster: LocalCluster) -> None:
+    owners = Counter(redis_cluster.primary_for_slot(partitions.slot(tag)) for tag in partitions.tags(16))
+
+    assert len(owners) == 3
+    mean = 16 / 3
+    assert all(abs(count - mean) / mean <= 0.25 for count in owners.values()), owners
+
+
+def test_a_load_of_turns_lands_on_every_primary(client: OpenAI, redis_cluster: LocalCluster) -> None:
+    conversations = [client.conversations.create().id for _ in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        done = list(pool.map(
+            lambda conv: client.responses.create(model=MODEL, input="spread", conversation=conv).status,
+            conversations,
+        ))
+
+    assert done == ["completed"] * len(conversations)
+    holding = [redis.Redis(port=port).dbsize() for port, _ in redis_cluster.primaries()]
+    assert all(count > 0 for count in holding), holding
+
+
+def test_a_killed_primary_loses_no_accepted_turn_and_strands_none(fresh_cluster: LocalCluster, tmp_path: Path) -> None:
+    """kill -9 of a primary while streams and background turns run: with WAIT_REPLICAS=1 every accepted turn
+    is still there after its replica's promotion and ends once, with its history once."""
+    env = {"TURNSTREAM_REDIS_WAIT_REPLICAS": "1", "TURNSTREAM_REDIS_WAIT_TIMEOUT_MS": "500"}
+    with running_stack(ClusterServer(fresh_cluster), tmp_path, env, kill_at_end=True) as stack:  # type: ignore[arg-type]
+        client = OpenAI(base_url=stack.base_url, api_key="test", max_retries=5, timeout=60)
+        conversations = [client.conversations.create().id for _ in range(12)]
+        accepted = [
+            client.responses.create(
+                model=MODEL, input=f"count to 60 [delay=40ms] turn {n}", conversation=conv, background=True
+            ).id
+            for n, conv in enumerate(conversations)
+        ]
+        # The primary that holds the first turn's partition dies mid-answer.
+        victim = fresh_cluster.primary_for_slot(partitions.slot(partitions.digits_of(accepted[0])))
+        wait_until(lambda: client.responses.retrieve(accepted[0]).status == "in_progress", 15, "turns to run")
+        fresh_cluster.kill_primary(victim)
+        promoted_at = time.monotonic()
+        fresh_cluster.wait_promoted(victim)
+
+        def all_ended() -> bool:
+            return all(client.responses.retrieve(r).status in ("completed", "failed", "cancelled") for r in accepted)
+
+        wait_until(all_ended, 45, "every accepted turn to end")
+        assert time.monotonic() - promoted_at < 45
+        statuses = Counter(client.responses.retrieve(r).status for r in accepted)
+        assert statuses == {"completed": len(accepted)}, statuses
+        for conv, response_id in zip(conversations, accepted, strict=True):
+            items = client.conversations.items.list(conv).data
+            assert len(items) == 2, (conv, [i.type for i in items])  # the question and its answer, once
+            assert client.responses.retrieve(response_id).output_text.startswith("1 2 3")
+        assert all(proc.poll() is None for name, proc in stack.procs.items() if name.startswith("worker"))
