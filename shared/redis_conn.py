@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import fakeredis
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from arq.jobs import Deserializer, Serializer
 from fakeredis.aioredis import FakeAsyncRedisMixin
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
@@ -152,12 +152,3 @@ async def signal_client(redis: Redis) -> Redis:
 def text(value: bytes | str) -> str:
     """A reply value as text: clients made without decode_responses answer bytes, fakeredis' Lua sometimes str."""
     return value.decode() if isinstance(value, bytes) else value
-
-
-def redis_settings(settings: Settings) -> RedisSettings:
-    assert settings.redis_url is not None
-    redis = RedisSettings.from_dsn(settings.redis_url)
-    # arq's own connect retries log a countdown ("5 retries remaining...") that starts over on every attempt;
-    # the worker retries a connect itself (worker/redis_retry.py), logging once per outage.
-    redis.conn_retries = 0
-    return redis

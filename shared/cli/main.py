@@ -276,17 +276,29 @@ def _worker(settings: Settings) -> int:
 
 
 def _worker_check(settings: Settings) -> int:
-    from arq.worker import async_check_health
-
-    from shared import keys
-    from shared.redis_conn import redis_settings
-
     url = require_redis_url(settings)
     if problem := asyncio.run(redis_problem(url)):
         raise StartupError(problem)
-    # The worker refreshes its own key every 30 s (health_check_interval in worker/service.py).
-    key = keys.worker_health(settings.queue_name, socket.gethostname())
-    return asyncio.run(async_check_health(redis_settings(settings), key, settings.queue_name))
+    return asyncio.run(_read_worker_health(settings))
+
+
+async def _read_worker_health(settings: Settings) -> int:
+    """arq's health check (its messages, its exit codes), read through the service's own client, which also
+    follows a cluster's slots."""
+    from shared import keys
+    from shared.redis_conn import connect
+
+    redis = await connect(settings)
+    try:
+        # The worker refreshes its own key every 30 s (health_check_interval in worker/service.py).
+        data = await redis.get(keys.worker_health(settings.queue_name, socket.gethostname()))
+    finally:
+        await redis.close()
+    if data is None:
+        print("Health check failed: no health check sentinel value found")
+        return 1
+    print(f"Health check successful: {data.decode()}")
+    return 0
 
 
 class _InProcessStop(logging.Filter):

@@ -8,6 +8,8 @@ node, and read the cluster directly only to check where things are.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from openai import OpenAI
 from redis.cluster import RedisCluster
 
 from shared import partitions
-from tests.conftest import Stack, running_stack, wait_until
+from tests.conftest import ROOT, Stack, running_stack, wait_until
 from tests.redis_cluster import LocalCluster
 
 MODEL = "turnstream-mock"
@@ -187,3 +189,13 @@ def test_a_killed_primary_loses_no_accepted_turn_and_strands_none(fresh_cluster:
             assert len(items) == 2, (conv, [i.type for i in items])  # the question and its answer, once
             assert client.responses.retrieve(response_id).output_text.startswith("1 2 3")
         assert all(proc.poll() is None for name, proc in stack.procs.items() if name.startswith("worker"))
+
+
+def test_the_cli_reads_the_cluster(cluster_stack: Stack) -> None:
+    for args in (["worker", "--check"], ["status", "--json"]):
+        done = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "turnstream"), *args], env=cluster_stack.env, capture_output=True,
+            text=True, timeout=30,
+        )
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    assert len(json.loads(done.stdout)["workers"]) == 2  # both workers, read from the cluster
