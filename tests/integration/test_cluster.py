@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import redis
 from openai import OpenAI
@@ -199,3 +200,36 @@ def test_the_cli_reads_the_cluster(cluster_stack: Stack) -> None:
         )
         assert done.returncode == 0, (args, done.stdout, done.stderr)
     assert len(json.loads(done.stdout)["workers"]) == 2  # both workers, read from the cluster
+
+
+def test_keys_projects_and_limits_hold_on_a_cluster(redis_cluster: LocalCluster, tmp_path: Path) -> None:
+    """A key's concurrent-turn slots live in the key's own slot, its turns in every partition: the limit still
+    holds, a finished turn gives its slot back, another project sees nothing, and usage sums the partitions."""
+    alpha_secret, beta_secret = "sk-ts-alpha-" + "a" * 32, "sk-ts-beta-" + "b" * 32
+    seeds = [
+        {"project": "alpha", "secret": alpha_secret, "max_concurrent": 1},
+        {"project": "beta", "secret": beta_secret},
+    ]
+    env = {"TURNSTREAM_AUTH": "on", "TURNSTREAM_API_KEYS": json.dumps(seeds), "TURNSTREAM_QUEUE_NAME": "keyed:queue"}
+    with running_stack(ClusterServer(redis_cluster), tmp_path, env, workers=1) as stack:  # type: ignore[arg-type]
+        alpha = OpenAI(base_url=stack.base_url, api_key=alpha_secret, max_retries=0, timeout=30)
+        beta = OpenAI(base_url=stack.base_url, api_key=beta_secret, max_retries=0, timeout=30)
+        slow = alpha.responses.create(model=MODEL, input="count to 400 [delay=20ms]", background=True)
+
+        with pytest.raises(openai.RateLimitError) as refused:
+            alpha.responses.create(model=MODEL, input="a second one", background=True)
+        assert refused.value.code == "concurrency_limit_exceeded"
+        with pytest.raises(openai.NotFoundError):
+            beta.responses.retrieve(slow.id)
+
+        alpha.responses.cancel(slow.id)
+        wait_until(lambda: alpha.responses.retrieve(slow.id).status == "cancelled", 15, "the cancel")
+        assert alpha.responses.create(model=MODEL, input="now there is room").status == "completed"
+        for n in range(4):  # spread over partitions: usage is counted per partition and summed
+            beta.responses.create(model=MODEL, input=f"beta {n}")
+        listing = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "turnstream"), "keys", "list"], env=stack.env, capture_output=True,
+            text=True, timeout=30, check=True,
+        ).stdout
+        beta_days = [line.split() for line in listing.splitlines() if line.startswith("beta ")]
+        assert [int(row[2]) for row in beta_days] == [4], listing
