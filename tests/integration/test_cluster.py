@@ -233,3 +233,27 @@ def test_keys_projects_and_limits_hold_on_a_cluster(redis_cluster: LocalCluster,
         ).stdout
         beta_days = [line.split() for line in listing.splitlines() if line.startswith("beta ")]
         assert [int(row[2]) for row in beta_days] == [4], listing
+
+
+def test_a_turn_whose_workers_are_killed_mid_stream_is_rerun_and_streamed_once(
+    redis_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """kill -9 of every worker while a streamed turn runs: new workers take it over once its lease lapses, and
+    the client's stream carries each piece of text once, numbered without a gap, equal to the stored answer."""
+    env = {"TURNSTREAM_QUEUE_NAME": "rerun:queue", "TURNSTREAM_LEASE_S": "2"}
+    with running_stack(ClusterServer(redis_cluster), tmp_path, env, kill_at_end=True) as stack:  # type: ignore[arg-type]
+        client = OpenAI(base_url=stack.base_url, api_key="test", max_retries=0, timeout=60)
+        events = []
+        with client.responses.stream(model=MODEL, input="count to 80 [delay=30ms]") as stream:
+            for event in stream:
+                events.append(event)
+                if len(events) == 20:
+                    for name in ("worker-1", "worker-2"):
+                        stack.stop(name, kill=True)
+                        stack.spawn(name, "worker")
+            final = stream.get_final_response()
+
+        assert final.status == "completed"
+        assert _text_of_stream(events) == final.output_text == " ".join(str(n) for n in range(1, 81))
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        assert client.responses.retrieve(final.id).output_text == final.output_text
