@@ -27,8 +27,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from api.sse import Frame, encode, http_chunk
@@ -300,7 +301,10 @@ class Fanout:
     async def _read_once(self, reader: _Reader) -> None:
         streams = {reader.wake_key: reader.wake_position}
         streams.update({key: watch.position for key, watch in reader.watches.items()})
-        reply = await self._reader.xread(streams, block=_BLOCK_MS, count=1000)  # type: ignore[arg-type]
+        if isinstance(self._reader, RedisCluster):
+            reply = await self._xread_on_node(self._reader, reader.wake_key, streams)
+        else:
+            reply = await self._reader.xread(streams, block=_BLOCK_MS, count=1000)  # type: ignore[arg-type]
         now = self.now()
         read_at = time.monotonic()
         for raw_key, entries in reply or []:
@@ -328,6 +332,19 @@ class Fanout:
             if watch.subscribers:
                 # Read to handed over (written, or queued for a client that is not caught up), once per batch.
                 metrics.fanout_delivered(read_at)
+
+    @staticmethod
+    async def _xread_on_node(cluster: RedisCluster, key: str, streams: dict[str, str]) -> Any:
+        """The blocking XREAD sent to the node that owns the partition's slot. Left to route it, redis-py asks a
+        node for XREAD's keys (COMMAND GETKEYS) before every read: a round trip more, always on one node. When
+        the slot moves the node answers MOVED (or is gone); the client learns the new owner from that, and
+        the next read goes there."""
+        if not cluster.get_nodes():
+            await cluster.initialize()
+        node = cluster.get_node_from_key(key)
+        return await cluster.execute_command(
+            "XREAD", "COUNT", 1000, "BLOCK", _BLOCK_MS, "STREAMS", *streams, *streams.values(), target_nodes=node
+        )
 
     # --- the per-process ticker ----------------------------------------------------------------------
 
