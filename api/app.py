@@ -65,8 +65,8 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tracing.configure(settings, "turnstream-api")
-        redis = await connect(settings, embedded)
-        reader = await connect(settings, embedded)
+        redis = await connect(settings, embedded, away_is_one_redis=True)
+        reader = await connect(settings, embedded, away_is_one_redis=True)
         fanout = Fanout(
             redis,
             reader,

@@ -84,9 +84,15 @@ class EmbeddedRedis:
         return _FakeArqRedis(server=self.server, default_queue_name=settings.queue_name)
 
 
-async def connect(settings: Settings, embedded: EmbeddedRedis | None = None) -> ArqRedis:
+async def connect(
+    settings: Settings, embedded: EmbeddedRedis | None = None, *, away_is_one_redis: bool = False
+) -> ArqRedis:
     """A client for the service's Redis. On a cluster (TURNSTREAM_REDIS_CLUSTER, or asked of the server) the
-    process's keys take their partitions' hash tags from here on (shared/partitions.py)."""
+    process's keys take their partitions' hash tags from here on (shared/partitions.py).
+
+    A server that cannot be asked raises what it raised (the worker waits for it, a CLI command says so in one
+    line), unless `away_is_one_redis`: an API node starts while Redis is away, to answer 503 meanwhile, and
+    takes it for one Redis, saying so (set TURNSTREAM_REDIS_CLUSTER where that guess could be wrong)."""
     if settings.redis_url is None:
         if embedded is None:
             raise RuntimeError(
@@ -94,13 +100,23 @@ async def connect(settings: Settings, embedded: EmbeddedRedis | None = None) -> 
             )
         partitions.configure(None)
         return embedded.client(settings)
-    if await is_cluster(settings):
+    try:
+        cluster = await is_cluster(settings)
+    except (RedisError, RedisClusterException) as exc:  # away, or refusing this client (a password)
+        if not away_is_one_redis:
+            raise
+        log.warning(
+            "cannot ask Redis whether it is a cluster (%s); running as on one Redis. "
+            "Set TURNSTREAM_REDIS_CLUSTER=true|false to say.", exc,
+        )
+        cluster = False
+    if cluster:
         partitions.configure(settings.partitions)
-        cluster = ClusterArqRedis.from_url(
+        client = ClusterArqRedis.from_url(
             settings.redis_url, default_queue_name=settings.queue_name, socket_connect_timeout=2
         )
-        await _check_partitions(cluster, settings.partitions)
-        return cluster  # type: ignore[return-value]
+        await _check_partitions(client, settings.partitions)
+        return client  # type: ignore[return-value]
     partitions.configure(None)
     # No ping here: an API node starts while Redis is away, answers 503 meanwhile, and recovers by itself.
     pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=30)
@@ -108,20 +124,13 @@ async def connect(settings: Settings, embedded: EmbeddedRedis | None = None) -> 
 
 
 async def is_cluster(settings: Settings) -> bool:
-    """TURNSTREAM_REDIS_CLUSTER, or else whether the server says `cluster_enabled:1`. A server that cannot be
-    reached now is taken for one Redis, with a warning: set the setting where the answer must not wait."""
+    """TURNSTREAM_REDIS_CLUSTER, or else whether the server says `cluster_enabled:1`."""
     if settings.redis_cluster is not None:
         return settings.redis_cluster
     assert settings.redis_url is not None
     probe = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
     try:
         info = await probe.info("cluster")
-    except RedisError as exc:
-        log.warning(
-            "cannot ask Redis whether it is a cluster (%s); running as on one Redis. "
-            "Set TURNSTREAM_REDIS_CLUSTER=true|false to say.", exc,
-        )
-        return False
     finally:
         await probe.aclose()
     return bool(int(info.get("cluster_enabled", 0)))

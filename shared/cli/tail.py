@@ -59,11 +59,12 @@ async def _tail_redis(
     settings: Settings, redis: Redis | None, response_id: str, after: int, printer: _Printer
 ) -> None:
     own = redis is None
+    fix = "check TURNSTREAM_REDIS_URL, or read through an API with --url"
     if redis is None:
         try:
             redis = await connect(settings)
-        except (RedisError, OSError) as exc:
-            raise _fail(f"cannot connect to Redis: {exc}") from exc
+        except (RedisError, OSError) as exc:  # asking whether it is a cluster, when it cannot answer
+            raise _fail(f"cannot read Redis ({exc}); {fix}") from exc
     try:
         # tail() would otherwise wait forever on a stream that will never be written.
         if not await response_record.has_stream_or_record(redis, response_id):
@@ -79,7 +80,6 @@ async def _tail_redis(
     except RedisError as exc:
         last = printer.last_seq
         if last is None:
-            fix = "check TURNSTREAM_REDIS_URL, or read through an API with --url"
             raise _fail(f"cannot read Redis ({exc}); {fix}") from exc
         raise _fail(f"Redis error after event {last}: {exc}; resume with --after {last}") from exc
     finally:
