@@ -236,6 +236,22 @@ class LocalCluster:
         self._spawn(port)
         self._wait_whole(timeout, f"{port} to rejoin")
 
+    def move_slot(self, slot: int, to_port: int, timeout: float = 30) -> None:
+        """Reshards one slot, keys and all, to the primary on `to_port`, as `redis-cli --cluster reshard` does:
+        the target imports, the source migrates its keys (clients meanwhile get ASK), then every primary is
+        told the slot's new owner (clients then get MOVED)."""
+        source = self.primary_for_slot(slot)
+        src, dst = self.client(source), self.client(to_port)
+        src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        while moving := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *moving)
+        for port, _ in self.primaries():
+            self.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        wait_until(lambda: self.primary_for_slot(slot) == to_port, timeout, f"slot {slot} on {to_port}")
+        self._wait_whole(timeout, f"slot {slot} moved")
+
     # --- readiness --------------------------------------------------------------------------------------
 
     def _cluster_ok(self, port: int) -> bool:

@@ -257,3 +257,27 @@ def test_a_turn_whose_workers_are_killed_mid_stream_is_rerun_and_streamed_once(
         assert _text_of_stream(events) == final.output_text == " ".join(str(n) for n in range(1, 81))
         assert [e.sequence_number for e in events] == list(range(len(events)))
         assert client.responses.retrieve(final.id).output_text == final.output_text
+
+
+def test_a_partition_resharded_mid_turn_keeps_working(fresh_cluster: LocalCluster, tmp_path: Path) -> None:
+    """A conversation's slot moves to another primary (keys migrated, clients told ASK then MOVED) while its
+    turn runs: the turn completes once, and the conversation's next turn runs on the new owner."""
+    with running_stack(ClusterServer(fresh_cluster), tmp_path, {}) as stack:  # type: ignore[arg-type]
+        client = OpenAI(base_url=stack.base_url, api_key="test", max_retries=2, timeout=60)
+        conversation = client.conversations.create().id
+        slot = partitions.slot(partitions.digits_of(conversation))
+        source = fresh_cluster.primary_for_slot(slot)
+        target = next(port for port, _ in fresh_cluster.primaries() if port != source)
+        running = client.responses.create(
+            model=MODEL, input="count to 60 [delay=30ms]", conversation=conversation, background=True
+        )
+        wait_until(lambda: client.responses.retrieve(running.id).status == "in_progress", 15, "the turn to run")
+
+        fresh_cluster.move_slot(slot, target)
+
+        wait_until(lambda: client.responses.retrieve(running.id).status == "completed", 30, "the moved turn")
+        after = client.responses.create(model=MODEL, input="count to 3", conversation=conversation)
+        assert after.status == "completed" and after.output_text == "1 2 3"
+        items = client.conversations.items.list(conversation, order="asc").data
+        assert len(items) == 4
+        assert redis.Redis(port=target).execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0
