@@ -23,12 +23,13 @@ from tests.integration.keyed_stack import KeyedStack, M, http
 
 SECRET = re.compile(r"^sk-ts-[A-Za-z0-9_-]{43}$")
 README_SHELL = re.findall(r"<!-- shell: keys-and-projects -->\n```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+# Fixed ids (well-formed, never issued): parametrize ids must be the same in every collecting process.
 ROUTES = [
     ("POST", "/v1/responses", {"model": M, "input": "hi"}),
-    ("GET", f"/v1/responses/{ids.response_id()}", None),
+    ("GET", f"/v1/responses/{ids.RESPONSE}_{'0' * 48}", None),
     ("GET", "/v1/models", None),
     ("POST", "/v1/conversations", {}),
-    ("GET", f"/v1/conversations/{ids.conversation_id()}/items", None),
+    ("GET", f"/v1/conversations/{ids.CONVERSATION}_{'0' * 48}/items", None),
 ]
 
 
