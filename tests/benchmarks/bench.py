@@ -8,7 +8,12 @@ Sections (each reuses the script that measures it on its own):
   3. Redis commands per poll with 2 and 300 running jobs (the real claim script, on a quiet Redis);
   4. SSE fan-out: 2,000 tails on one API process at 10k deliveries/s (fanout.py);
   5. Redis memory per finished short turn and 200-word streamed turn, stored compact and as streamed
-     (memory_per_turn.py).
+     (memory_per_turn.py);
+  6. the same stack on a Redis Cluster (tests/redis_cluster.py's LocalCluster: 3 primaries with a replica each)
+     beside the standalone figures of this run: service CPU per short turn, added first token, a short turn
+     beside 300 long ones, fan-out lag at 2,000 tails, each primary's share of commands and keys, Redis CPU and
+     memory per stored turn and per streamed chunk (cluster_capacity.py). A standalone figure whose section
+     was skipped is measured in this one, on a stack of its own.
 
     .venv/bin/python tests/benchmarks/bench.py [--quick] [--skip cpu fanout ...]
 
@@ -30,11 +35,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cluster_capacity
 import fanout
 import httpx
 import latency
@@ -45,12 +51,15 @@ import uvloop
 import worker_cpu
 from arq.connections import ArqRedis
 
-from shared import keys, lua
+from shared import keys, lua, partitions
 from shared.queue import RUN_TURN
+from tests.redis_cluster import LocalCluster
 from worker.job_leases import JobLeases
 
 SHORT = "chunks=5 spacing=0"  # a short turn: five chunks back to back
-SECTIONS = ("cpu", "stack", "poll", "fanout", "memory")
+STREAMED_CHUNKS = 100
+STREAMED = f"chunks={STREAMED_CHUNKS} spacing=0"  # a streamed turn whose Redis cost is divided by its chunks
+SECTIONS = ("cpu", "stack", "poll", "fanout", "memory", "cluster")
 
 # Runs a service with a send hook on redis-py's connections: SIGUSR2 starts recording every round trip
 # (one send_packed_command: a command or a whole pipeline), the next SIGUSR2 writes them to the file.
@@ -114,10 +123,22 @@ class Figure:
 
 
 @dataclass
+class Standalone:
+    """The standalone stack's figures that the cluster section prints its own beside, kept by the sections that
+    measure them; None while not measured (the section was skipped)."""
+
+    cpu_ms: dict[str, float] | None = None  # service CPU per short turn, by part (API, workers, Redis)
+    first_token_ms: list[float] | None = None  # added time to first token at 1 turn, plain HTTP client
+    crowd_ms: list[float] | None = None  # a short turn's POST -> completed beside --long-turns long ones
+    fanout_lags_ms: list[float] | None = None  # write -> SSE tail at 2,000 tails, 10k deliveries/s
+
+
+@dataclass
 class Bench:
     args: argparse.Namespace
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="turnstream-judge-")))
     figures: list[Figure] = field(default_factory=list)
+    standalone: Standalone = field(default_factory=Standalone)
 
     def figure(self, name: str, value: str, target: str = "", met: bool | None = None) -> None:
         self.figures.append(Figure(name, value, target, met))
@@ -223,6 +244,7 @@ async def first_token_section(bench: Bench, stack: latency.Stack, client: openai
         await plain_first_delta_ms(plain_http, stack.api_url, 10)  # warm-up
         await sequential_turns(client, 10)
         alone = [t - own_p50 for t in await plain_first_delta_ms(plain_http, stack.api_url, a.turns)]
+        bench.standalone.first_token_ms = alone
         alone_sdk = [t.first_delta_ms - own_sdk_p50 for t in await sequential_turns(client, a.turns)
                      if t.first_delta_ms]
 
@@ -260,18 +282,37 @@ def process_cpu(pids: list[int]) -> float:
     return sum(worker_cpu.cpu_seconds(pid) for pid in pids)
 
 
-async def burst_cpu_section(bench: Bench, stack: latency.Stack, client: openai.AsyncOpenAI) -> None:
-    pids = [p.popen.pid for p in stack.procs]  # Redis, workers and the API (the upstream runs elsewhere)
-    bursts = bench.args.bursts
+def service_pids(stack: latency.Stack) -> dict[str, list[int]]:
+    """The stack's processes by part: the API, the workers and its own redis-server if it has one (the upstream
+    runs elsewhere)."""
+    parts: dict[str, list[int]] = {"API": [], "workers": [], "Redis": []}
+    for proc in stack.procs:
+        part = "API" if proc.name == "api" else "Redis" if proc.name == "redis" else "workers"
+        parts[part].append(proc.popen.pid)
+    return {part: pids for part, pids in parts.items() if pids}
+
+
+async def cpu_per_short_turn(client: openai.AsyncOpenAI, parts: dict[str, list[int]], bursts: int) -> dict[str, float]:
+    """CPU (ms) per short turn of each part's processes, over `bursts` bursts of 50 turns at once."""
     await asyncio.gather(*(latency.one_turn(client, SHORT) for _ in range(50)))  # warm-up
-    before = process_cpu(pids)
+    before = {part: process_cpu(pids) for part, pids in parts.items()}
     for _ in range(bursts):
         turns = await asyncio.gather(*(latency.one_turn(client, SHORT) for _ in range(50)))
         if any(t.error for t in turns):
             raise RuntimeError(f"burst turn failed: {next(t.error for t in turns if t.error)}")
-    per_turn = (process_cpu(pids) - before) / (50 * bursts) * 1000
+    return {part: (process_cpu(pids) - before[part]) / (50 * bursts) * 1000 for part, pids in parts.items()}
+
+
+def by_part(parts: dict[str, float]) -> str:
+    return ", ".join(f"{part} {value:.2f}" for part, value in parts.items())
+
+
+async def burst_cpu_section(bench: Bench, stack: latency.Stack, client: openai.AsyncOpenAI) -> None:
+    bursts = bench.args.bursts
+    parts = bench.standalone.cpu_ms = await cpu_per_short_turn(client, service_pids(stack), bursts)
+    per_turn = sum(parts.values())
     say(f"\n== service CPU per short turn (API + 2 workers + Redis, /proc/<pid>/stat), {bursts} bursts of 50: "
-        f"{per_turn:.2f} ms   target <= 6 ms")
+        f"{per_turn:.2f} ms ({by_part(parts)})   target <= 6 ms")
     bench.figure("service CPU per short turn, 50-turn burst", f"{per_turn:.2f} ms", "<= 6 ms", per_turn <= 6)
 
 
@@ -281,14 +322,14 @@ async def start_long_turns(http: httpx.AsyncClient, count: int) -> list[str]:
     return [r.raise_for_status().json()["id"] for r in replies]
 
 
-async def statuses(redis: aioredis.Redis, ids: list[str]) -> list[str]:
+async def statuses(redis: latency.AnyRedis, ids: list[str]) -> list[str]:
     pipe = redis.pipeline(transaction=False)
     for rid in ids:
         pipe.hget(keys.response(rid), "status")
     return [(s or b"").decode() for s in await pipe.execute()]
 
 
-async def until_all(redis: aioredis.Redis, ids: list[str], done: Callable[[str], bool], what: str) -> None:
+async def until_all(redis: latency.AnyRedis, ids: list[str], done: Callable[[str], bool], what: str) -> None:
     deadline = time.monotonic() + 120
     while not all(done(s) for s in await statuses(redis, ids)):
         if time.monotonic() > deadline:
@@ -296,21 +337,29 @@ async def until_all(redis: aioredis.Redis, ids: list[str], done: Callable[[str],
         await asyncio.sleep(0.2)
 
 
-async def crowd_section(bench: Bench, stack: latency.Stack, client: openai.AsyncOpenAI) -> None:
-    redis = aioredis.Redis(port=stack.redis_port)
-    totals: dict[int, list[float]] = {}
+async def short_turns_beside(
+    stack: latency.Stack, client: openai.AsyncOpenAI, running: int, samples: int
+) -> list[float]:
+    """POST -> response.completed (ms) of `samples` short turns, one at a time, while `running` long turns
+    stream; the long turns are cancelled after."""
+    redis = stack.redis_client()
     try:
         async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
-            for running in (2, bench.args.long_turns):
-                ids = await start_long_turns(http, running)
-                await until_all(redis, ids, lambda s: s == "in_progress", f"{running} long turns to start")
-                turns = await sequential_turns(client, bench.args.crowd_samples)
-                totals[running] = [t.total_ms for t in turns if t.total_ms is not None]
-                await asyncio.gather(*(http.post(f"/v1/responses/{rid}/cancel") for rid in ids))
-                await until_all(redis, ids, lambda s: s not in ("queued", "in_progress"), "long turns to stop")
+            ids = await start_long_turns(http, running)
+            await until_all(redis, ids, lambda s: s == "in_progress", f"{running} long turns to start")
+            turns = await sequential_turns(client, samples)
+            await asyncio.gather(*(http.post(f"/v1/responses/{rid}/cancel") for rid in ids))
+            await until_all(redis, ids, lambda s: s not in ("queued", "in_progress"), "long turns to stop")
     finally:
         await redis.aclose()
+    return [t.total_ms for t in turns if t.total_ms is not None]
+
+
+async def crowd_section(bench: Bench, stack: latency.Stack, client: openai.AsyncOpenAI) -> None:
     few, many = 2, bench.args.long_turns
+    totals = {running: await short_turns_beside(stack, client, running, bench.args.crowd_samples)
+              for running in (few, many)}
+    bench.standalone.crowd_ms = totals[many]
     p_few, p_many = ms(totals[few], 50), ms(totals[many], 50)
     ratio = p_many / p_few
     say(f"\n== short turn, POST -> response.completed, beside long turns (n={bench.args.crowd_samples} each)")
@@ -398,7 +447,7 @@ def split_phases(rows: dict[str, list[dict[str, Any]]]) -> Phases:
 
 
 async def round_trip_section(bench: Bench, stack: latency.Stack) -> None:
-    redis = aioredis.Redis(port=stack.redis_port)
+    redis = stack.redis_client()
     samples: list[Phases] = []
     try:
         async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
@@ -431,31 +480,51 @@ async def round_trip_section(bench: Bench, stack: latency.Stack) -> None:
     bench.figure("Redis round trips per turn outside delta writes", f"{total:.0f}", "<= 6", total <= 6)
 
 
-async def stack_section(bench: Bench) -> None:
+def bench_stack(bench: Bench, upstream: str, cluster_url: str | None = None) -> latency.Stack:
+    """The stack sections 2 and 6 measure: two workers and an API on the raw upstream, under the probe, storing
+    finished turns as --storage says; on a redis-server of its own, or on the cluster at `cluster_url`."""
     a = bench.args
-    storage = {"TURNSTREAM_COMPACT_FINISHED_TURNS": "true" if a.storage == "compact" else "false"}
-    with worker_cpu.raw_upstream(5, 0) as upstream:
-        stack = latency.Stack(
-            token_delay_ms=0, workers=2, poll_only=False, upstream_url=upstream, launcher=bench.launcher,
-            # Room for every long turn with the short ones beside them.
-            worker_env={"TURNSTREAM_MAX_JOBS": str(a.long_turns // 2 + 50),
-                        "TURNSTREAM_MAX_OUTPUT_BYTES": "10000000", **storage},
-            api_env=storage,
-        )
+    env = {"TURNSTREAM_COMPACT_FINISHED_TURNS": "true" if a.storage == "compact" else "false"}
+    if cluster_url is not None:
+        env["TURNSTREAM_PARTITIONS"] = str(cluster_capacity.PARTITIONS)
+    return latency.Stack(
+        token_delay_ms=0, workers=2, poll_only=False, upstream_url=upstream, launcher=bench.launcher,
+        # Room for every long turn with the short ones beside them.
+        worker_env={"TURNSTREAM_MAX_JOBS": str(a.long_turns // 2 + 50), "TURNSTREAM_MAX_OUTPUT_BYTES": "10000000",
+                    **env},
+        api_env=env, cluster_url=cluster_url,
+    )
+
+
+@contextlib.asynccontextmanager
+async def started(stack: latency.Stack) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The stack started and ready, with an SDK client of its API; stopped at the end, after printing the
+    services' last log lines if anything failed."""
+    try:
+        stack.start()
+        await stack.wait_ready()
+        client = sdk_client(stack)
         try:
-            stack.start()
-            await stack.wait_ready()
-            client = sdk_client(stack)
-            try:
-                await round_trip_section(bench, stack)
-                await first_token_section(bench, stack, client, upstream)
-                await burst_cpu_section(bench, stack, client)
-                await crowd_section(bench, stack, client)
-            finally:
-                await client.close()
-            stack.check_alive()
+            yield client
         finally:
-            stack.stop()
+            await client.close()
+        stack.check_alive()
+    except Exception:
+        for proc in stack.procs:
+            print(f"--- {proc.name} ({proc.log_path.name}), last lines ---\n{proc.log_tail(40)}", file=sys.stderr)
+        raise
+    finally:
+        stack.stop()
+
+
+async def stack_section(bench: Bench) -> None:
+    with worker_cpu.raw_upstream(5, 0) as upstream:
+        stack = bench_stack(bench, upstream)
+        async with started(stack) as client:
+            await round_trip_section(bench, stack)
+            await first_token_section(bench, stack, client, upstream)
+            await burst_cpu_section(bench, stack, client)
+            await crowd_section(bench, stack, client)
 
 
 # --- 3. commands per poll ------------------------------------------------------------------------------------
@@ -517,17 +586,27 @@ async def poll_section(bench: Bench) -> None:
 # --- 4. fan-out ----------------------------------------------------------------------------------------------
 
 
-async def fanout_section(bench: Bench) -> None:
-    argv = ["--rates", "10000", "--seconds", str(bench.args.fanout_seconds)]
-    args = fanout.parse_args(argv)
-    say(f"\n== fan-out: 10 responses x 200 SSE tails on one API process ({bench.args.fanout_seconds:g} s window)")
-    stack = fanout.Stack()
+def fanout_argv(bench: Bench) -> list[str]:
+    return ["--rates", "10000", "--seconds", str(bench.args.fanout_seconds)]
+
+
+async def fanout_run(bench: Bench, cluster_url: str | None = None) -> tuple[list[fanout.Level], dict[str, object]]:
+    """fanout.py's 10 responses x 200 SSE tails at 10k deliveries/s, on a redis-server of its own or on the
+    cluster at `cluster_url` (no workers there to pick the responses up: the bench writes their events)."""
+    stack = fanout.Stack(cluster_url=cluster_url)
     try:
-        levels, facts = await fanout.benchmark(stack, args)
+        return await fanout.benchmark(stack, fanout.parse_args(fanout_argv(bench)))
     finally:
         stack.stop()
-    fanout.report(levels, facts, args, ["fanout.py", *argv])
+
+
+async def fanout_section(bench: Bench) -> None:
+    argv = fanout_argv(bench)
+    say(f"\n== fan-out: 10 responses x 200 SSE tails on one API process ({bench.args.fanout_seconds:g} s window)")
+    levels, facts = await fanout_run(bench)
+    fanout.report(levels, facts, fanout.parse_args(argv), ["fanout.py", *argv])
     level = levels[-1]
+    bench.standalone.fanout_lags_ms = level.lags_ms
     p99 = ms(level.lags_ms, 99)
     bench.figure("fan-out lag p99 at 10k deliveries/s", f"{p99:.1f} ms", "<= 50 ms", p99 <= 50)
     bench.figure("fan-out API CPU per delivery", f"{level.cpu_us_per_delivery:.1f} µs", "<= 40 µs",
@@ -555,6 +634,215 @@ def memory_section(bench: Bench) -> None:
         value, before = getattr(compact, attr), getattr(plain, attr)
         bench.figure(f"Redis memory per finished {name} turn (as streamed)", f"{value:,.0f} B ({before:,.0f} B)",
                      f"<= {target:,} B", value <= target)
+
+
+# --- 6. the same stack on a Redis Cluster --------------------------------------------------------------------
+
+# LocalCluster's nodes write an AOF; the standalone's redis-server does not, so neither does the cluster here:
+# the difference measured is the cluster's (slots, replicas, the service's partitions), not persistence's.
+CLUSTER_NODE_ARGS = ("--appendonly", "no")
+
+
+@dataclass
+class RedisCost:
+    """Redis CPU and memory per unit of work, summed over a cluster's primaries."""
+
+    cpu_us: float
+    # used_memory less clients', replicas' and the AOF's buffers and the replication backlog: what is stored.
+    stored_b: float
+
+
+@contextlib.contextmanager
+def cluster_key_names() -> Iterator[None]:
+    """This process names keys as the service does on the cluster (a partition's hash tag in each), while inside."""
+    partitions.configure(cluster_capacity.PARTITIONS)
+    try:
+        yield
+    finally:
+        partitions.configure(None)
+
+
+def cluster_pids(ports: list[int]) -> dict[str, list[int]]:
+    """Every node's redis-server by role, from its own INFO."""
+    parts: dict[str, list[int]] = {"primaries": [], "replicas": []}
+    for port in ports:
+        with cluster_capacity.node(port) as r:
+            pid, role = int(r.info("server")["process_id"]), r.info("replication")["role"]
+        parts["primaries" if role == "master" else "replicas"].append(pid)
+    return parts
+
+
+async def redis_per_stored_turn(bench: Bench, stack: latency.Stack, ports: list[int]) -> cluster_capacity.Figures:
+    """cluster_capacity.py's load (conversations, then plain turns round-robin over them from 32 threads), with
+    Redis CPU and memory on `ports` read around the turns."""
+    load = argparse.Namespace(turns=bench.args.cluster_turns, conversations=bench.args.cluster_conversations)
+    figures = cluster_capacity.Figures()
+    await asyncio.to_thread(cluster_capacity.run_load, f"{stack.api_url}/v1", load, ports, figures)
+    if figures.failures:
+        raise RuntimeError(f"turns of the load failed: {dict(figures.failures)}")
+    return figures
+
+
+def stored_b(use: cluster_capacity.RedisUse) -> int:
+    return use.memory_b - use.buffers_b
+
+
+async def redis_per_streamed_chunk(stack: latency.Stack, ports: list[int], turns: int) -> RedisCost:
+    """`turns` streamed turns of STREAMED_CHUNKS upstream chunks back to back, 10 at a time: Redis CPU and stored
+    memory on `ports` over them, per chunk."""
+    body = {"model": latency.MODEL, "input": STREAMED, "stream": True}
+    lanes = asyncio.Semaphore(10)
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=120) as http:
+
+        async def completed() -> bool:
+            async with lanes, http.stream("POST", "/v1/responses", json=body) as reply:
+                return "event: response.completed" in [line async for line in reply.aiter_lines()]
+
+        await asyncio.gather(*(completed() for _ in range(10)))  # warm-up
+        await asyncio.sleep(cluster_capacity.SETTLE_S)
+        before = cluster_capacity.redis_use(ports)
+        done = await asyncio.gather(*(completed() for _ in range(turns)))
+        await asyncio.sleep(cluster_capacity.SETTLE_S)
+        after = cluster_capacity.redis_use(ports)
+    if not all(done):
+        raise RuntimeError(f"{done.count(False)} of {turns} streamed turns ended without response.completed")
+    chunks = turns * STREAMED_CHUNKS
+    return RedisCost((after.cpu_s - before.cpu_s) * 1e6 / chunks, (stored_b(after) - stored_b(before)) / chunks)
+
+
+async def added_first_token(stack: latency.Stack, upstream: str, count: int) -> list[float]:
+    """As first_token_section's 1-turn figure: POST -> first delta by a plain HTTP client, less the upstream's own
+    first-token p50."""
+    own, _ = await upstream_first_token_ms(upstream, count)
+    async with httpx.AsyncClient(timeout=30) as http:
+        await plain_first_delta_ms(http, stack.api_url, 10)  # warm-up
+        return [t - ms(own, 50) for t in await plain_first_delta_ms(http, stack.api_url, count)]
+
+
+@dataclass
+class Side:
+    """One Redis' figures in the cluster section."""
+
+    per_turn: cluster_capacity.Figures
+    per_chunk: RedisCost
+    cpu_ms: dict[str, float]
+    first_token_ms: list[float]
+    crowd_ms: list[float]
+    fanout_lags_ms: list[float]
+
+
+async def standalone_side(bench: Bench, upstream: str) -> Side:
+    """The standalone's Redis per turn and per chunk, and any figure whose own section did not run."""
+    a, kept = bench.args, bench.standalone
+    stack = bench_stack(bench, upstream)
+    async with started(stack) as client:
+        ports = [stack.redis_port]
+        per_turn = await redis_per_stored_turn(bench, stack, ports)
+        per_chunk = await redis_per_streamed_chunk(stack, ports, a.cluster_streamed)
+        if kept.cpu_ms is None:
+            kept.cpu_ms = await cpu_per_short_turn(client, service_pids(stack), a.bursts)
+        if kept.first_token_ms is None:
+            kept.first_token_ms = await added_first_token(stack, upstream, a.turns)
+        if kept.crowd_ms is None:
+            kept.crowd_ms = await short_turns_beside(stack, client, a.long_turns, a.crowd_samples)
+    if kept.fanout_lags_ms is None:
+        kept.fanout_lags_ms = (await fanout_run(bench))[0][-1].lags_ms
+    return Side(per_turn, per_chunk, kept.cpu_ms, kept.first_token_ms, kept.crowd_ms, kept.fanout_lags_ms)
+
+
+async def cluster_side(
+    bench: Bench, upstream: str, cluster: LocalCluster
+) -> tuple[Side, list[cluster_capacity.PrimaryLoad], dict[str, object]]:
+    """Every figure on the cluster, and each primary's share of the load; the load runs first, on a cluster that
+    has run nothing else yet."""
+    a = bench.args
+    # Read before the stats are reset: CLUSTER NODES and INFO would count among the load's commands.
+    primaries = cluster.primaries()
+    ports = [port for port, _ in primaries]
+    redis_pids = cluster_pids(cluster.ports)
+    stack = bench_stack(bench, upstream, cluster.url)
+    async with started(stack) as client:
+        for port in ports:
+            with cluster_capacity.node(port) as r:
+                r.config_resetstat()
+        per_turn = await redis_per_stored_turn(bench, stack, ports)
+        loads = cluster_capacity.primary_loads(primaries)
+        per_chunk = await redis_per_streamed_chunk(stack, ports, a.cluster_streamed)
+        cpu_ms = await cpu_per_short_turn(client, {**service_pids(stack), **redis_pids}, a.bursts)
+        first_token_ms = await added_first_token(stack, upstream, a.turns)
+        crowd_ms = await short_turns_beside(stack, client, a.long_turns, a.crowd_samples)
+    # With the stack's workers gone: nothing on the cluster picks the fan-out's responses up.
+    levels, facts = await fanout_run(bench, cluster.url)
+    side = Side(per_turn, per_chunk, cpu_ms, first_token_ms, crowd_ms, levels[-1].lags_ms)
+    return side, loads, facts
+
+
+async def cluster_section(bench: Bench) -> None:
+    a = bench.args
+    say(f"\n== Redis Cluster: {cluster_capacity.PARTITIONS} partitions on 3 primaries with a replica each (no AOF, "
+        "as the standalone's redis-server), the stack of section 2 on it, beside one redis-server in this run")
+    with worker_cpu.raw_upstream(5, 0) as upstream:
+        single = await standalone_side(bench, upstream)
+        with LocalCluster(server_args=CLUSTER_NODE_ARGS) as cluster, cluster_key_names():
+            clustered, loads, facts = await cluster_side(bench, upstream, cluster)
+    say(f"balance over the primaries ({a.cluster_conversations} conversations, {a.cluster_turns} turns)")
+    balanced = cluster_capacity.report_balance(loads)
+    commands_dev, keys_dev = cluster_capacity.worst_deviations(loads)
+    report_cluster(bench, clustered, single, facts)
+    bench.figure("cluster balance, worst primary's commands / keys vs mean", f"{commands_dev:+.0f}% / {keys_dev:+.0f}%",
+                 f"within ±{cluster_capacity.TARGET_DEVIATION_PCT:.0f}%", balanced)
+
+
+def report_cluster(bench: Bench, cluster: Side, single: Side, facts: dict[str, object]) -> None:
+    a = bench.args
+    cpu_c, cpu_s = sum(cluster.cpu_ms.values()), sum(single.cpu_ms.values())
+    first_c, first_s = ms(cluster.first_token_ms, 50), ms(single.first_token_ms, 50)
+    crowd_c, crowd_s = ms(cluster.crowd_ms, 50), ms(single.crowd_ms, 50)
+    lag_c, lag_s = ms(cluster.fanout_lags_ms, 99), ms(single.fanout_lags_ms, 99)
+    say(f"\n{'':<50}{'cluster':>11}{'standalone':>12}   target")
+    rows = (
+        (f"service CPU per short turn, {a.bursts} bursts of 50 (ms)", cpu_c, cpu_s, ".2f",
+         f"ratio {cpu_c / cpu_s:.2f}x <= 1.15x"),
+        ("added first token at 1 turn, p50 (ms)", first_c, first_s, ".1f", f"{first_c - first_s:+.1f} ms <= +2 ms"),
+        ("  p99 (ms)", ms(cluster.first_token_ms, 99), ms(single.first_token_ms, 99), ".1f", ""),
+        (f"short turn beside {a.long_turns} long, p50 (ms)", crowd_c, crowd_s, ".0f",
+         f"ratio {crowd_c / crowd_s:.2f}x <= 1.20x"),
+        ("fan-out lag at 2,000 tails, 10k deliveries/s, p99 (ms)", lag_c, lag_s, ".1f", "cluster <= 50 ms"),
+        ("Redis CPU per stored turn (µs)", cluster.per_turn.cpu_us_per_turn, single.per_turn.cpu_us_per_turn,
+         ",.0f", ""),
+        ("bytes per stored turn, less buffers", cluster.per_turn.bytes_per_turn_less_buffers,
+         single.per_turn.bytes_per_turn_less_buffers, ",.0f", ""),
+        ("  used_memory", cluster.per_turn.bytes_per_turn, single.per_turn.bytes_per_turn, ",.0f", ""),
+        ("Redis CPU per streamed chunk (µs)", cluster.per_chunk.cpu_us, single.per_chunk.cpu_us, ",.1f", ""),
+        ("bytes per streamed chunk, less buffers", cluster.per_chunk.stored_b, single.per_chunk.stored_b, ",.0f", ""),
+    )
+    for label, c, s, spec, target in rows:
+        say(f"{label:<50}{c:>11{spec}}{s:>12{spec}}   {target}")
+    say(f"  CPU per short turn by part (ms): cluster {by_part(cluster.cpu_ms)}; standalone {by_part(single.cpu_ms)}")
+    say(f"  stored turn: {a.cluster_turns} plain turns over {a.cluster_conversations} conversations (5 chunks each, "
+        f"conversation history and feed included); streamed chunk: {a.cluster_streamed} streamed turns of "
+        f"{STREAMED_CHUNKS} chunks; Redis CPU and memory summed over the cluster's primaries")
+    say(f"  fan-out on the cluster: {facts['tails']} tails, order errors {facts['order_errors']}, "
+        f"{facts['tails_at_terminal']} tails got the terminal event; API Redis connections (the primaries' clients "
+        f"less the bench's and the replicas'): idle {facts['redis_connections_idle']}, tails open "
+        f"{facts['redis_connections_tails_open']}, end {facts['redis_connections_end']}")
+    bench.figure("cluster / standalone service CPU per short turn",
+                 f"{cpu_c / cpu_s:.2f}x ({cpu_c:.2f} / {cpu_s:.2f} ms)", "<= 1.15x", cpu_c / cpu_s <= 1.15)
+    bench.figure("cluster - standalone added first token at 1 turn, p50",
+                 f"{first_c - first_s:+.1f} ms ({first_c:.1f} / {first_s:.1f})", "<= +2 ms", first_c - first_s <= 2)
+    bench.figure(f"cluster / standalone short turn beside {a.long_turns} long, p50",
+                 f"{crowd_c / crowd_s:.2f}x ({crowd_c:.0f} / {crowd_s:.0f} ms)", "<= 1.20x", crowd_c / crowd_s <= 1.2)
+    bench.figure("cluster fan-out lag p99 at 2,000 tails (standalone)", f"{lag_c:.1f} ms ({lag_s:.1f} ms)",
+                 "<= 50 ms", lag_c <= 50)
+    for name, c, s, unit in (
+        ("Redis CPU per stored turn", cluster.per_turn.cpu_us_per_turn, single.per_turn.cpu_us_per_turn, "µs"),
+        ("Redis memory per stored turn", cluster.per_turn.bytes_per_turn_less_buffers,
+         single.per_turn.bytes_per_turn_less_buffers, "B"),
+        ("Redis CPU per streamed chunk", cluster.per_chunk.cpu_us, single.per_chunk.cpu_us, "µs"),
+        ("Redis memory per streamed chunk", cluster.per_chunk.stored_b, single.per_chunk.stored_b, "B"),
+    ):
+        spec = ",.1f" if abs(c) < 100 else ",.0f"
+        bench.figure(f"{name}, cluster (standalone)", f"{c:{spec}} {unit} ({s:{spec}} {unit})")
 
 
 # --- the run -------------------------------------------------------------------------------------------------
@@ -586,11 +874,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="how the stack section's services store finished turns")
     parser.add_argument("--memory-short", type=int, default=500, help="short turns of the memory section")
     parser.add_argument("--memory-streamed", type=int, default=50, help="streamed turns of the memory section")
+    parser.add_argument("--cluster-turns", type=int, default=1000, help="turns of the cluster section's load")
+    parser.add_argument("--cluster-conversations", type=int, default=500, help="conversations the load's turns join")
+    parser.add_argument("--cluster-streamed", type=int, default=50,
+                        help=f"streamed turns of {STREAMED_CHUNKS} chunks for Redis per chunk")
     args = parser.parse_args(argv)
     if args.quick:
         args.turns, args.bursts, args.crowd_samples, args.traced_turns = 60, 2, 10, 3
         args.cpu_turns, args.cpu_chunks, args.cpu_repeats, args.fanout_seconds = 20, 100, 1, 6.0
         args.memory_short, args.memory_streamed = 200, 20
+        args.cluster_turns, args.cluster_conversations, args.cluster_streamed = 200, 100, 20
     return args
 
 
@@ -614,6 +907,8 @@ def main() -> int:
             uvloop.run(fanout_section(bench))
         if "memory" not in skip:
             memory_section(bench)
+        if "cluster" not in skip:
+            uvloop.run(cluster_section(bench))
     except KeyboardInterrupt:
         return 130
     summary(bench)

@@ -146,9 +146,9 @@ def partitions_served(ranges: list[SlotRange]) -> int:
     return sum(any(lo <= partitions.slot(tag) <= hi for lo, hi in ranges) for tag in partitions.tags(PARTITIONS))
 
 
-def sdk(stack: Stack) -> openai.OpenAI:
+def sdk(base_url: str) -> openai.OpenAI:
     # No retries: a failed call is counted, not hidden.
-    return openai.OpenAI(base_url=stack.base_url, api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
 
 
 def outcome(call: Callable[[], Response]) -> str:
@@ -163,9 +163,10 @@ def outcome(call: Callable[[], Response]) -> str:
     return f"{response.status}: {detail}"
 
 
-def run_load(stack: Stack, args: argparse.Namespace, ports: Sequence[int], figures: Figures) -> None:
-    """Creates the conversations, then sends the turns; Redis CPU and memory are read around the turns alone."""
-    client = sdk(stack)
+def run_load(base_url: str, args: argparse.Namespace, ports: Sequence[int], figures: Figures) -> None:
+    """Creates the conversations, then sends the turns to the API at `base_url` (".../v1"); Redis CPU and memory
+    of the Redis on `ports` are read around the turns alone."""
+    client = sdk(base_url)
     with ThreadPoolExecutor(THREADS) as pool:
         conversations = list(pool.map(lambda _: client.conversations.create().id, range(args.conversations)))
 
@@ -201,7 +202,7 @@ def primary_loads(primaries: list[tuple[int, list[SlotRange]]]) -> list[PrimaryL
 def accept_latency(stacks: dict[str, Stack], figures: dict[str, Figures], accepts: int) -> None:
     """`accepts` background creates on each stack, alternating; then waits for every one of their turns to end
     and counts the ones that did not complete."""
-    clients = {name: sdk(stack) for name, stack in stacks.items()}
+    clients = {name: sdk(stack.base_url) for name, stack in stacks.items()}
     created: dict[str, list[str]] = {name: [] for name in stacks}
     for round_ in range(10 + accepts):  # the first 10 warm up (connections open, scripts loaded)
         for name, client in clients.items():
@@ -267,12 +268,17 @@ def pct(value: float, mean: float) -> float:
     return (value - mean) / mean * 100 if mean else 0.0
 
 
-def report_balance(loads: list[PrimaryLoad], args: argparse.Namespace) -> bool:
+def worst_deviations(loads: list[PrimaryLoad]) -> tuple[float, float]:
+    """The farthest any primary's commands and keys are from the primaries' mean, in % of it (signed)."""
+    mean_commands = sum(p.commands for p in loads) / len(loads)
+    mean_keys = sum(p.keys for p in loads) / len(loads)
+    commands = max((pct(p.commands, mean_commands) for p in loads), key=abs)
+    keys = max((pct(p.keys, mean_keys) for p in loads), key=abs)
+    return commands, keys
+
+
+def report_balance(loads: list[PrimaryLoad]) -> bool:
     """Prints each primary against the mean; True when every figure is within the target."""
-    print(
-        f"\n1. Balance over the primaries ({args.conversations} conversations, {args.turns} turns, "
-        f"{PARTITIONS} partitions)"
-    )
     print(
         f"  {'primary':<9}{'slots':<13}{'partitions':>11}{'commands':>12}{'vs mean':>10}{'':>9}"
         f"{'keys':>9}{'vs mean':>10}"
@@ -371,9 +377,9 @@ def run(args: argparse.Namespace, root: Path) -> int:
             for port in ports:
                 with node(port) as r:
                     r.config_resetstat()
-            run_load(stacks["cluster"], args, ports, figures["cluster"])
+            run_load(stacks["cluster"].base_url, args, ports, figures["cluster"])
             loads = primary_loads(primaries)
-            run_load(stacks["standalone"], args, [single.port], figures["standalone"])
+            run_load(stacks["standalone"].base_url, args, [single.port], figures["standalone"])
             accept_latency(stacks, figures, args.accepts)
         except BaseException:
             log_tails(stacks)
@@ -391,7 +397,11 @@ def run(args: argparse.Namespace, root: Path) -> int:
         f"  cluster: {len(primaries)} primaries with a replica each; standalone: one redis-server; "
         f"each with mock, API and 2 workers; {os.cpu_count()} CPUs"
     )
-    met = report_balance(loads, args)
+    print(
+        f"\n1. Balance over the primaries ({args.conversations} conversations, {args.turns} turns, "
+        f"{PARTITIONS} partitions)"
+    )
+    met = report_balance(loads)
     report_per_turn(figures, args)
     report_latency(figures, args.accepts)
     clean = report_failures(figures)

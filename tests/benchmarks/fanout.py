@@ -12,7 +12,9 @@ every event exactly once, in order, and records the lag from write to receipt.
         [--seconds 15] [--py-spy] [--api-source DIR]
 
 `--api-source` runs the API from another checkout (e.g. `git worktree add /tmp/base <commit>`), so one
-session can measure before and after.
+session can measure before and after. `Stack(cluster_url=...)` runs the API on a Redis Cluster started elsewhere
+instead (tests/benchmarks/bench.py's cluster section); the bench's key names then need the cluster's partitions
+(shared.partitions.configure) in this process too.
 
 Prints per level: delivery lag p50/p99, API CPU per delivery (utime+stime from /proc/<pid>/stat over the
 measured window), the API's Redis connections, each beside its target. Not a pytest test: its numbers
@@ -42,6 +44,7 @@ from types import FrameType
 import httpx
 import redis.asyncio as aioredis
 from measure import cpu_seconds, free_port, percentile
+from redis.asyncio.cluster import ClusterPipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -54,6 +57,7 @@ TARGET_LAG_P99_MS = 50.0
 TARGET_CPU_US = 40.0
 MARK = b'"delta":"@'  # each delta starts with "@<monotonic ns>@"
 PADDING = " lorem ipsum dolor sit amet" * 3  # ~80 characters: a few merged tokens, as the emitter writes them
+AnyRedis = aioredis.Redis | aioredis.RedisCluster  # one redis-server's client, or a cluster's
 
 
 
@@ -72,7 +76,9 @@ def rss_mb(pid: int) -> float:
 @dataclass
 class Stack:
     api_source: Path | None = None
-    redis_port: int = field(default_factory=free_port)
+    # A running Redis Cluster's seed URL to run on instead of a redis-server of the stack's own.
+    cluster_url: str | None = None
+    redis_port: int = field(default_factory=free_port)  # the own redis-server's; unused on a cluster
     api_port: int = field(default_factory=free_port)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="turnstream-fanout-")))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -87,15 +93,26 @@ class Stack:
         self.procs[name] = proc
         return proc
 
+    @property
+    def redis_url(self) -> str:
+        return self.cluster_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def redis_client(self) -> AnyRedis:
+        """The bench's own client, named so that it is not counted among the API's connections."""
+        if self.cluster_url is not None:
+            return aioredis.RedisCluster.from_url(self.cluster_url, client_name="bench")
+        return aioredis.Redis(port=self.redis_port, client_name="bench")
+
     def start(self) -> None:
-        self.spawn(
-            "redis",
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            {},
-        )
+        if self.cluster_url is None:
+            self.spawn(
+                "redis",
+                ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.workdir)],
+                {},
+            )
         env = {
-            "TURNSTREAM_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "TURNSTREAM_REDIS_URL": self.redis_url,
             "TURNSTREAM_HOST": "127.0.0.1",
             "TURNSTREAM_PORT": str(self.api_port),
             # Delivery, not keys: tests/benchmarks/auth_overhead.py measures those.
@@ -215,7 +232,7 @@ class Recorder:
 class Writer:
     """Appends deltas the way a worker's turn does: stream entry "<seq>-1" and the hash's `seq`, per event."""
 
-    def __init__(self, redis: aioredis.Redis, seqs: dict[str, int]) -> None:
+    def __init__(self, redis: AnyRedis, seqs: dict[str, int]) -> None:
         self.redis = redis
         self.seqs = seqs
         self.order = list(seqs)
@@ -246,7 +263,9 @@ class Writer:
         await pipe.execute()
 
     @staticmethod
-    def _append(pipe: aioredis.client.Pipeline, response_id: str, seq: int, kind: str, data: str) -> None:
+    def _append(
+        pipe: aioredis.client.Pipeline | ClusterPipeline, response_id: str, seq: int, kind: str, data: str
+    ) -> None:
         fields = {"seq": seq, "type": kind, "attempt": 1, "data": data}
         pipe.xadd(keys.events(response_id), fields, id=f"{seq}-1")  # type: ignore[arg-type]
         pipe.hset(keys.response(response_id), "seq", seq)
@@ -266,13 +285,19 @@ class Level:
     rss_mb: float
 
 
-async def api_redis_connections(redis: aioredis.Redis) -> int:
-    clients = await redis.client_list()
+async def api_redis_connections(redis: AnyRedis) -> int:
+    """Every client but the bench's. On a cluster: summed over the primaries, their replicas' links left out (a
+    cluster client's connections for the cluster's own bookkeeping, e.g. tests/redis_cluster.py's, are counted)."""
+    if isinstance(redis, aioredis.RedisCluster):
+        per_node = await redis.client_list(target_nodes=aioredis.RedisCluster.PRIMARIES)
+        clients = [c for node in per_node.values() for c in node if "S" not in c["flags"]]
+    else:
+        clients = await redis.client_list()
     return sum(1 for c in clients if c.get("name") != "bench")
 
 
 async def run_level(
-    stack: Stack, redis: aioredis.Redis, writer: Writer, recorder: Recorder, tails: int,
+    stack: Stack, redis: AnyRedis, writer: Writer, recorder: Recorder, tails: int,
     rate: int, warmup_s: float, seconds: float, profile: Path | None,
 ) -> Level:
     events_per_s = rate / tails
@@ -342,7 +367,7 @@ async def create_responses(port: int, count: int) -> list[str]:
 async def benchmark(stack: Stack, args: argparse.Namespace) -> tuple[list[Level], dict[str, object]]:
     stack.start()
     await stack.wait_ready()
-    redis = aioredis.Redis(port=stack.redis_port, client_name="bench")
+    redis = stack.redis_client()
     loop = asyncio.get_running_loop()
     facts: dict[str, object] = {}
     try:

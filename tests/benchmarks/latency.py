@@ -1,7 +1,9 @@
 """Latency benchmark: enqueue -> pickup and POST -> first token, against a real local stack.
 
 Starts a private redis-server, the mock model, worker(s) and the API as subprocesses, drives streaming
-turns through the openai SDK at each concurrency level, prints a table and tears everything down.
+turns through the openai SDK at each concurrency level, prints a table and tears everything down. `Stack`
+also runs on a Redis Cluster started elsewhere (`cluster_url`), as tests/benchmarks/bench.py's cluster
+section does.
 
     .venv/bin/python tests/benchmarks/latency.py [--turns N] [--concurrency 1 50] [--token-delay-ms 20]
 
@@ -31,6 +33,9 @@ import httpx2
 import openai
 import redis.asyncio as aioredis
 from measure import free_port, percentile
+
+# The bench's client of the stack's Redis: one redis-server's, or a cluster's, which follows its slots.
+AnyRedis = aioredis.Redis | aioredis.RedisCluster
 
 MODEL = "turnstream-mock"
 PROMPT = "count to 5"
@@ -85,7 +90,10 @@ class Stack:
     api_env: dict[str, str] = field(default_factory=dict)
     # argv that runs a service ("api" or "worker") instead of the console script, e.g. under a probe.
     launcher: Callable[[str], list[str]] | None = None
-    redis_port: int = field(default_factory=free_port)
+    # A running Redis Cluster's seed URL (e.g. tests/redis_cluster.py's LocalCluster.url) to run on instead of
+    # a redis-server of the stack's own; the services find out it is a cluster by themselves.
+    cluster_url: str | None = None
+    redis_port: int = field(default_factory=free_port)  # the own redis-server's; unused on a cluster
     mock_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     procs: list[Proc] = field(default_factory=list)
@@ -93,7 +101,14 @@ class Stack:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        return self.cluster_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def redis_client(self) -> AnyRedis:
+        """A client of the stack's Redis for the bench to read keys with (built by shared.keys, which must be
+        configured for a cluster's partitions in this process too: shared.partitions.configure)."""
+        if self.cluster_url is not None:
+            return aioredis.RedisCluster.from_url(self.cluster_url)
+        return aioredis.Redis(host="127.0.0.1", port=self.redis_port)
 
     @property
     def api_url(self) -> str:
@@ -129,12 +144,13 @@ class Stack:
 
     def start(self) -> None:
         exe = turnstream_exe()
-        self._spawn(
-            "redis",
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--daemonize", "no"],
-            {},
-        )
+        if self.cluster_url is None:
+            self._spawn(
+                "redis",
+                ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no", "--daemonize", "no"],
+                {},
+            )
         if self.upstream_url is None:
             self._spawn(
                 "mock",
@@ -204,7 +220,7 @@ class Stack:
             await asyncio.sleep(0.1)
 
     async def _redis_pings(self) -> bool:
-        client = aioredis.Redis(host="127.0.0.1", port=self.redis_port)
+        client = self.redis_client()
         try:
             return bool(await client.ping())
         finally:
