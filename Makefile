@@ -21,8 +21,9 @@ lint: install
 	$(BIN)/ruff check api worker shared tests
 	$(BIN)/mypy
 
+# Two test processes, a module's tests in one of them (--dist loadscope: a module's stack starts once).
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadscope
 
 # deploy/ alone (also part of `test`): hadolint, Kubernetes and Compose schemas, the image's file set run.
 deploy-check: install
