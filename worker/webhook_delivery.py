@@ -69,9 +69,20 @@ class WebhookDelivery:
         """Expands new outbox entries and starts the deliveries that are due, in every partition (one on one
         Redis: a turn's outbox entry is written by its commit, in its partition); returns how many it started."""
         started = 0
-        for part in keys.every_partition():
+        for part in await self._with_work():
             started += await self._step(part)
         return started
+
+    async def _with_work(self) -> list[str]:
+        """The partitions with outbox entries or deliveries due, found by one pipelined read (one round trip
+        per node on a cluster), so an idle poll costs no script runs however many partitions there are."""
+        parts = keys.every_partition()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for part in parts:
+                pipe.exists(keys.webhook_outbox(part))
+                pipe.zrangebyscore(keys.webhook_due(part), "-inf", _now_ms(), start=0, num=1)
+            found = await pipe.execute()
+        return [part for part, outbox, due in zip(parts, found[::2], found[1::2], strict=True) if outbox or due]
 
     async def _step(self, part: str) -> int:
         await self.expand(part)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from redis.cluster import RedisCluster
 
 from shared import partitions
 from tests.conftest import ROOT, Stack, running_stack, wait_until
+from tests.integration.test_webhooks import Receiver, ReceiverServer, add_endpoint
 from tests.redis_cluster import LocalCluster
 
 MODEL = "turnstream-mock"
@@ -281,3 +283,26 @@ def test_a_partition_resharded_mid_turn_keeps_working(fresh_cluster: LocalCluste
         items = client.conversations.items.list(conversation, order="asc").data
         assert len(items) == 4
         assert redis.Redis(port=target).execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0
+
+
+def test_webhooks_announce_turns_of_every_partition_once(redis_cluster: LocalCluster, tmp_path: Path) -> None:
+    """Each partition has its own outbox, written by its turns' commits: every turn, wherever its partition,
+    is announced once, signed."""
+    env = {"TURNSTREAM_QUEUE_NAME": "hooks:queue", "TURNSTREAM_WEBHOOK_POLL_S": "0.05"}
+    receivers = ReceiverServer()
+    threading.Thread(target=receivers.serve_forever, daemon=True).start()
+    try:
+        with running_stack(ClusterServer(redis_cluster), tmp_path, env, workers=1) as stack:  # type: ignore[arg-type]
+            receiver = Receiver()
+            _, receiver.secret = add_endpoint(stack, receivers.url("cluster", receiver), "response.completed")
+            client = OpenAI(base_url=stack.base_url, api_key="test", max_retries=0, timeout=30)
+            turns = [client.responses.create(model=MODEL, input=f"announce {n}").id for n in range(8)]
+
+            wait_until(lambda: len(receiver.accepted()) >= len(turns), 20, "every announcement")
+            time.sleep(0.5)  # a second delivery of any of them would arrive by now
+            announced = Counter(hook["data"]["id"] for hook in receiver.accepted())
+            assert announced == dict.fromkeys(turns, 1)
+            assert len({partitions.digits_of(t) for t in turns}) > 1  # they spread over partitions
+    finally:
+        receivers.shutdown()
+        receivers.server_close()
