@@ -11,10 +11,15 @@ script, and a stale member costs nothing until it would keep a turn out.
 
 from __future__ import annotations
 
+import logging
+
 from redis.asyncio import Redis
 
 from shared import keys, response_record
 from shared.lua import scripts
+from shared.redis_conn import UNAVAILABLE
+
+log = logging.getLogger(__name__)
 
 # A slot whose response has no record is dropped only once it is older than this.
 UNSTORED_GRACE_MS = 30_000
@@ -36,7 +41,12 @@ class KeySlots:
         return False
 
     async def release(self, key_id: str, response_id: str) -> None:
-        await self.redis.zrem(keys.api_key_inflight(key_id), response_id)
+        """Gives the slot back. Called once the turn is settled either way (refused, or committed), so a failure
+        is logged, not raised: the member is dropped by the set's next repair."""
+        try:
+            await self.redis.zrem(keys.api_key_inflight(key_id), response_id)
+        except UNAVAILABLE as exc:
+            log.warning("API key %s: the slot of %s is left to the next repair (%s)", key_id, response_id, exc)
 
     async def _repair(self, inflight: str) -> bool:
         """Drops members whose turn is over; True if any was."""

@@ -13,6 +13,7 @@ that happens: in the worker's own job bookkeeping (worker/job_leases.py), or in 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from arq.connections import ArqRedis
@@ -22,6 +23,9 @@ from redis.asyncio import Redis
 
 from shared import keys, partitions
 from shared.lua import scripts
+from shared.redis_conn import UNAVAILABLE
+
+log = logging.getLogger(__name__)
 
 RUN_TURN = "run_turn"  # the arq function name; one job per turn, job id = keys.job_id(response id)
 
@@ -45,11 +49,15 @@ def script_wake_key(response_id: str) -> str:
 async def wake_workers(redis: Redis, response_id: str) -> None:
     """Wakes one idle worker for the turn's job, naming its partition (on a cluster; the wake list is in a slot
     of its own, so the enqueue cannot push it). A lost token costs a delay, never the job: every worker's
-    fallback poll visits each partition in turn (worker/arq_worker.py)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.lpush(keys.QUEUE_WAKE, partitions.digits_of(response_id))
-        pipe.ltrim(keys.QUEUE_WAKE, 0, MAX_CLUSTER_WAKE_TOKENS - 1)
-        await pipe.execute()
+    fallback poll visits each partition in turn (worker/arq_worker.py). So a failure here is logged, never
+    raised: the turn is accepted, and an error now would make its client retry it into a second turn."""
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(keys.QUEUE_WAKE, partitions.digits_of(response_id))
+            pipe.ltrim(keys.QUEUE_WAKE, 0, MAX_CLUSTER_WAKE_TOKENS - 1)
+            await pipe.execute()
+    except UNAVAILABLE as exc:
+        log.warning("no wake token for %s (%s); a worker's fallback poll picks it up", response_id, exc)
 
 @dataclass(frozen=True)
 class JobClaim:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import fakeredis
@@ -10,6 +12,7 @@ from arq.connections import ArqRedis
 from arq.jobs import Deserializer, Serializer
 from fakeredis.aioredis import FakeAsyncRedisMixin
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -152,10 +155,18 @@ async def _check_partitions(cluster: RedisCluster, count: int) -> None:
         )
 
 
-async def signal_client(redis: Redis) -> Redis:
-    """A client that can subscribe: the client itself on one Redis, a plain client of one node on a cluster
-    (asked anew on each call, so a resubscription after a node's failure goes to a live one)."""
-    return await redis.node_client() if isinstance(redis, ClusterArqRedis) else redis
+@contextlib.asynccontextmanager
+async def subscription(redis: Redis, channel: str) -> AsyncIterator[PubSub]:
+    """A subscription to `channel`: on the client itself on one Redis; on a cluster on a plain client of one
+    node, made for it (so a resubscription after a node's failure goes to a live one) and closed with it."""
+    client = await redis.node_client() if isinstance(redis, ClusterArqRedis) else redis
+    try:
+        async with client.pubsub() as pubsub:
+            await pubsub.subscribe(channel)
+            yield pubsub
+    finally:
+        if client is not redis:
+            await client.aclose()
 
 
 def text(value: bytes | str) -> str:

@@ -158,6 +158,13 @@ class FastPickupWorker(Worker):
         if self.allow_pick_jobs:
             claimed = await self.leases.claim(self.max_jobs - self.job_counter, self.token_prefix, part)
             for job_id, score, token in claimed:
+                running = self.tasks.get(job_id)
+                if running is not None and not running.done():
+                    # Claimed again while it runs here: its lease lapsed (a long outage, or a failover that
+                    # lost the lease's last write). The turn runs on under the new claim, not twice.
+                    log.info("job %s: claimed again while running here; it runs on under the new claim", job_id)
+                    self.claims[job_id] = (token, score)
+                    continue
                 # The score is when the job became due (enqueued, re-queued or deferred to), in ms.
                 metrics.QUEUE_WAIT.observe(max(0, now_ms() - score) / 1000)
                 self.claims[job_id] = (token, score)

@@ -20,7 +20,7 @@ from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
 from shared import keys, response_record
-from shared.redis_conn import signal_client
+from shared.redis_conn import subscription
 from worker.redis_retry import TRANSIENT, Outage
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,7 @@ class CancelListener:
         failures = 0
         while True:
             try:
-                client = await signal_client(self._redis)
-                async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(keys.CANCEL_CHANNEL)
+                async with subscription(self._redis, keys.CANCEL_CHANNEL) as pubsub:
                     await self._catch_up()
                     self._subscribed.set()
                     failures = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import openai
 from openai import AsyncOpenAI
@@ -313,7 +314,7 @@ class TurnRunner:
                 project=req.project,
                 key_id=req.key_id,
                 pending=pending,
-                job=claim,
+                job=self._current(claim),
                 stream=stream,
             ),
             "turn commit",
@@ -332,6 +333,18 @@ class TurnRunner:
         agent = self._agent(req.model)
         return await context_window.history(self.redis, req, agent, self.settings, self.client) if agent else []
 
+    def _current(self, claim: JobClaim | None) -> JobClaim | None:
+        """The claim as it stands: this worker may have claimed the job again while the turn ran (its lease
+        lapsed: a long outage, or a failover that lost the lease's write), and the turn runs on under the new
+        claim's token (see FastPickupWorker._claim_and_start)."""
+        if claim is None or claim.job_id not in self.claims:
+            return claim
+        return replace(claim, token=self.claims[claim.job_id][0])
+
+    async def _renew(self, claim: JobClaim) -> bool:
+        current = self._current(claim) or claim
+        return await self.leases.renew(current.job_id, current.token)
+
     async def _renew_lease(self, claim: JobClaim) -> None:
         """Keeps the job's lease short-lived: if this worker dies, another re-runs the turn soon.
 
@@ -342,7 +355,7 @@ class TurnRunner:
         while True:
             # The claim has just set a full lease: the first renewal is due a third of one later, not at once.
             await asyncio.sleep(self.settings.lease_s / 3)
-            if not await self.outage.call(lambda: self.leases.renew(claim.job_id, claim.token), "lease"):
+            if not await self.outage.call(lambda: self._renew(claim), "lease"):
                 log.info("job %s: lease taken over by a newer claim", claim.job_id)
                 return
 
