@@ -2,6 +2,11 @@
 
 A gateway written in another language needs only this file and docs/stream-contract in the README.
 Reading or writing these keys directly skips API keys and projects: it is infrastructure-level access.
+
+On a Redis Cluster every key of a response or conversation carries its partition's hash tag (shared/partitions.py)
+right before the id: `turnstream:events:{1a2b}resp_1a2b…`, the 4 digits after the id's prefix, so the id alone
+names the key; keys of a partition as a whole (its queue, active index, webhook outbox) carry the tag at the
+end; an API key's keys carry its id as their tag. On one Redis no name has a tag, as it always was.
 """
 
 from __future__ import annotations
@@ -11,10 +16,6 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_pre
 from shared import partitions
 
 PREFIX = "turnstream:"
-
-# On a Redis Cluster every key of a turn carries its partition's hash tag (shared/partitions.py); on one Redis
-# the names have none, as they always had.
-
 
 def partition(object_id: str) -> str:
     """The hash tag a conversation's or response's keys carry: `{` + the 4 hex digits after the id's prefix +
