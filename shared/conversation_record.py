@@ -168,11 +168,8 @@ class CompactionPointer:
 
 
 async def compaction_pointer(redis: Redis, conversation_id: str, ttl_s: int) -> CompactionPointer | None:
-    key = keys.conversation_compaction(conversation_id)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.get(key)
-        pipe.expire(key, ttl_s)  # lives as long as the conversation, whose TTL every turn renews
-        raw, _ = await pipe.execute()
+    # Read and renewed in one command: it lives as long as the conversation, whose TTL every turn renews.
+    raw = await redis.getex(keys.conversation_compaction(conversation_id), ex=ttl_s)
     if raw is None:
         return None
     pointer = json.loads(raw)

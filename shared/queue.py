@@ -52,10 +52,9 @@ async def wake_workers(redis: Redis, response_id: str) -> None:
     fallback poll visits each partition in turn (worker/arq_worker.py). So a failure here is logged, never
     raised: the turn is accepted, and an error now would make its client retry it into a second turn."""
     try:
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(keys.QUEUE_WAKE, partitions.digits_of(response_id))
-            pipe.ltrim(keys.QUEUE_WAKE, 0, MAX_CLUSTER_WAKE_TOKENS - 1)
-            await pipe.execute()
+        # One command a turn; the cap is kept by a trim only once it is passed (workers that are all busy).
+        if await redis.lpush(keys.QUEUE_WAKE, partitions.digits_of(response_id)) > MAX_CLUSTER_WAKE_TOKENS:
+            await redis.ltrim(keys.QUEUE_WAKE, 0, MAX_CLUSTER_WAKE_TOKENS - 1)
     except UNAVAILABLE as exc:
         log.warning("no wake token for %s (%s); a worker's fallback poll picks it up", response_id, exc)
 
