@@ -164,6 +164,18 @@ async def test_a_full_queue_refuses_with_503(redis: ArqRedis) -> None:
     assert (error.status, error.code) == (503, "queue_full")
 
 
+async def test_a_refused_turn_gives_its_keys_slot_back(redis: ArqRedis) -> None:
+    """The slot is taken in a step before the accept (the key's own slot on a cluster): a refusal returns it,
+    so `refused` finds every key as it was, the key's in-flight set included."""
+    svc = services(redis)
+    for _ in range(SETTINGS.max_queue_depth):
+        await accept(svc, request(), OPEN)
+
+    error = await refused(redis, request(KEYED), KEYED)
+
+    assert (error.status, error.code) == (503, "queue_full")
+
+
 async def test_reject_refuses_while_a_turn_is_in_the_conversation_and_not_after_it_ended(redis: ArqRedis) -> None:
     conversation_id = await conversation(redis)
     first = request(conversation_id=conversation_id)
