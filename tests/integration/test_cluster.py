@@ -27,6 +27,7 @@ from openai import OpenAI
 from redis.cluster import RedisCluster
 
 from shared import partitions
+from shared.stored_form import decode_entries
 from tests.conftest import ROOT, Stack, running_stack, wait_until
 from tests.integration.test_webhooks import Receiver, ReceiverServer, add_endpoint
 from tests.redis_cluster import LocalCluster
@@ -324,3 +325,16 @@ def test_webhooks_announce_turns_of_every_partition_once(redis_cluster: LocalClu
     finally:
         receivers.shutdown()
         receivers.server_close()
+
+
+def test_a_gateway_tails_a_stream_from_the_response_id_alone(client: OpenAI, redis_cluster: LocalCluster) -> None:
+    """The stream contract on a cluster: the key is the id behind its own 4 digits in braces, read with any
+    cluster client; its events are byte for byte what SSE clients got."""
+    sse = list(client.responses.create(model=MODEL, input="count to 12", stream=True))
+    response_id = sse[0].response.id  # type: ignore[union-attr]
+
+    key = f"turnstream:events:{{{response_id[5:9]}}}{response_id}"  # resp_ + 4 digits: no partition table
+    entries = RedisCluster.from_url(redis_cluster.url).xrange(key)
+    stored = [event for _, fields in entries for event in decode_entries(fields)]
+
+    assert [json.loads(event.data) for event in stored] == [e.model_dump(exclude_unset=True) for e in sse]
