@@ -67,8 +67,8 @@ class ClusterArqRedis(RedisCluster):
 
     async def node_client(self, node: ClusterNode | None = None) -> Redis:
         """A plain client of one node (a random one by default), with the cluster's connection settings: for
-        what the cluster client cannot do — pub/sub (none on redis-py 5's asyncio cluster client; a classic
-        PUBLISH reaches every node's subscribers), and a WAIT on the connection that wrote."""
+        pub/sub, which redis-py 5's asyncio cluster client lacks (a classic PUBLISH reaches every node's
+        subscribers, so any node will do)."""
         if node is None:
             if not self.get_nodes():
                 await self.initialize()
