@@ -1,18 +1,21 @@
-"""Accepting a turn: every check and every write of the accept in one atomic script, one round trip.
+"""Accepting a turn: every check and every write of the accept in one atomic script, one round trip (two with
+an API key's concurrent-turn limit).
 
-The checks, in the order a client sees their answers:
+First, for a caller with a key, a slot of the key's concurrent turns (else 429), taken by a script of its own
+in the key's own slot (shared/key_slots.py: on a cluster a key's turns are in every partition) and given back
+if the accept then refuses the turn. Then the accept's checks, in the order a client sees their answers:
   the conversation exists and is the caller's (else 404) → an Idempotency-Key claim is still this
-  request's (else 409) → the API key has a free concurrent-turn slot (else 429) → the queue has room
-  (else 503) → the conversation has no turn in progress under `conversation_lock: reject` (else 409).
+  request's (else 409) → the queue has room (else 503) → the conversation has no turn in progress under
+  `conversation_lock: reject` (else 409).
 Then the writes: under `interrupt` and `rollback`, the stop of every turn ahead in the conversation
-(queued ones finished as cancelled, running ones told to stop; see stop_turns_ahead in lib.lua); the key's
-slot, the record, the conversation's turn queue, the active index (the sweeper's), `response.created` (and
-`response.queued` for background turns), the claim marked accepted, arq's job and the wake token for an
-idle worker.
+(queued ones finished as cancelled, running ones told to stop; see stop_turns_ahead in lib.lua); the record,
+the conversation's turn queue, the active index (the sweeper's), `response.created` (and `response.queued`
+for background turns), the claim marked accepted, arq's job and, on one Redis, the wake token for an idle
+worker (on a cluster the wake list is in another slot: pushed after, best-effort, see shared/queue.py).
 
 Nothing is written unless every check passes, so a refused turn leaves nothing to undo; and a turn the
 script wrote is whole, so no failure afterwards can leave a record without its job, or a conversation
-locked by a turn that never runs.
+locked by a turn that never runs. Every key the script is given is in the turn's partition: one slot.
 """
 
 from __future__ import annotations
