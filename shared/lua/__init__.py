@@ -9,7 +9,9 @@ Keys: every key a script is given comes in KEYS, so a client (and, on a cluster,
 runs. The one kind of key a script names itself is a key named by a member of a key it was given: the record
 (and event stream) of a turn queued in a conversation's turn list, the in-progress marker of a job claimed from
 a queue, the wake list of the next turn, and the conversation feed a turn's record names in its fields (see
-`feed_of` in lib.lua). Those are found only inside the script, atomically with the member that names them.
+`feed_of` in lib.lua). Those are found only inside the script, atomically with the member that names them,
+and are in the slot of the keys it was given: on a cluster a member is named with its hash tag (`tagged` in
+lib.lua), and a record's feed is its conversation's, in the same partition.
 """
 
 from __future__ import annotations
