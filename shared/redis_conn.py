@@ -52,6 +52,20 @@ class ClusterArqRedis(RedisCluster):
         self.job_deserializer: Deserializer | None = None
         self.default_queue_name = default_queue_name
         self.expires_extra_ms = 86_400_000  # arq's default
+        self._seen: dict[str, ClusterNode] = dict(self.nodes_manager.startup_nodes)
+
+    async def initialize(self) -> ClusterArqRedis:
+        """redis-py's, with every node ever seen kept as a seed. On a failed command redis-py forgets that node
+        as a seed and closes every node's connections, which fails the commands in flight elsewhere (the
+        fan-out's blocking reads), each forgetting its node too: one dead primary could leave no seed at all,
+        and the client would never reconnect ("at least one reachable node: None"). Dead seeds cost a refused
+        connection each when the layout is read again."""
+        if self._initialize:
+            for name, node in self._seen.items():
+                self.nodes_manager.startup_nodes.setdefault(name, node)
+        await super().initialize()
+        self._seen.update(self.nodes_manager.nodes_cache)
+        return self
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         return ClusterPipeline(self)  # type: ignore[abstract]

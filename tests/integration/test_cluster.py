@@ -8,6 +8,7 @@ node, and read the cluster directly only to check where things are.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import threading
@@ -178,12 +179,16 @@ def test_a_killed_primary_loses_no_accepted_turn_and_strands_none(fresh_cluster:
             for n, conv in enumerate(conversations[:12])
         ]
         streams: dict[str, list[Any]] = {}
+        errors: dict[str, Exception] = {}
 
         def stream(conversation: str) -> None:
-            with client.responses.stream(
-                model=MODEL, input="count to 60 [delay=40ms] streamed", conversation=conversation
-            ) as events:
-                streams[conversation] = list(events)
+            try:
+                with client.responses.stream(
+                    model=MODEL, input="count to 60 [delay=40ms] streamed", conversation=conversation
+                ) as events:
+                    streams[conversation] = list(events)
+            except Exception as exc:  # reported below, not lost in its thread
+                errors[conversation] = exc
 
         readers = [threading.Thread(target=stream, args=(conv,)) for conv in conversations[12:]]
         for reader in readers:
@@ -201,6 +206,7 @@ def test_a_killed_primary_loses_no_accepted_turn_and_strands_none(fresh_cluster:
         for reader in readers:
             reader.join(30)
         assert {r: client.responses.retrieve(r).output_text for r in accepted} == dict.fromkeys(accepted, answer)
+        assert errors == {}
         assert sorted(streams) == sorted(conversations[12:])
         for events in streams.values():
             final = events[-1]
@@ -338,3 +344,36 @@ def test_a_gateway_tails_a_stream_from_the_response_id_alone(client: OpenAI, red
     stored = [event for _, fields in entries for event in decode_entries(fields)]
 
     assert [json.loads(event.data) for event in stored] == [e.model_dump(exclude_unset=True) for e in sse]
+
+
+def test_the_client_survives_a_primary_dying_under_blocking_reads_on_every_node(fresh_cluster: LocalCluster) -> None:
+    """redis-py's cluster client forgets a node as a seed when a command on it fails, and on any such failure
+    closes every node's connections, which fails the commands in flight on the others too: with a blocking
+    read on each primary (the fan-out's readers), one dead primary would make it forget every seed and never
+    reconnect. The service's client keeps the nodes it has seen as seeds."""
+    from shared.redis_conn import ClusterArqRedis
+
+    async def scenario() -> None:
+        client = ClusterArqRedis.from_url(fresh_cluster.url, default_queue_name="q")
+        owners: dict[int, str] = {}  # a partition on each primary
+        for tag in partitions.tags(16):
+            owners.setdefault(fresh_cluster.primary_for_slot(partitions.slot(tag)), tag)
+        reads = [
+            asyncio.create_task(client.xread({f"blocked{{{tag}}}": "$"}, block=20_000)) for tag in owners.values()
+        ]
+        await asyncio.sleep(0.5)
+        victim = next(iter(owners))
+        fresh_cluster.kill_primary(victim)
+        await asyncio.gather(*reads, return_exceptions=True)
+        await asyncio.to_thread(fresh_cluster.wait_promoted, victim)
+        for _ in range(20):  # until the client has read the new layout
+            try:
+                await client.set(f"after{{{owners[victim]}}}", "1")
+                break
+            except Exception:
+                await asyncio.sleep(0.5)
+        assert await client.get(f"after{{{owners[victim]}}}") == b"1"
+        assert [await client.set(f"k{{{tag}}}", tag) for tag in owners.values()] == [True] * len(owners)
+        await client.aclose()
+
+    asyncio.run(scenario())
