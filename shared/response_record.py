@@ -170,8 +170,12 @@ async def has_stream_or_record(redis: Redis, response_id: str) -> bool:
     return bool(await redis.exists(keys.response(response_id), keys.events(response_id)))
 
 
-async def cancel_requested(redis: Redis, response_id: str) -> bool:
-    return bool(await redis.hget(keys.response(response_id), Field.CANCEL))
+async def cancels_requested(redis: Redis, response_ids: list[str]) -> list[bool]:
+    """Each response's cancel flag, in one pipelined read (per node, on a cluster)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for response_id in response_ids:
+            pipe.hget(keys.response(response_id), Field.CANCEL)
+        return [bool(flag) for flag in await pipe.execute()]
 
 
 async def request_cancel(redis: Redis, response_id: str) -> None:

@@ -2,8 +2,10 @@
 
 One pub/sub subscription per process (not per turn). A turn registers before it starts, so a cancel
 published between its start and its registration cannot slip through. Pub/sub forgets what it sent while
-a subscriber was away, so after every (re)subscription the sticky `cancel` field of each registered turn
-is read back; the same field is also seen on every event flush.
+a subscriber was away (on a cluster, a subscriber's node may die and the broadcast with it), so after every
+(re)subscription the sticky `cancel` field of each registered turn is read back; the same field is also seen
+on every event flush, and read for every turn running here once a second (one pipelined read), so a turn that
+writes nothing for a while (a tool running) still sees a missed cancel within a second.
 
 A turn waiting out an upstream's Retry-After back on the queue runs nowhere: a cancel for a turn this
 process does not run moves its job's due time to now (if it lay ahead), so the first worker free starts it,
@@ -45,18 +47,21 @@ class CancelListener:
         self._outage = outage
         self._handles: dict[str, CancelHandle] = {}
         self._task: asyncio.Task[None] | None = None
+        self._polling: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen())
+        self._polling = asyncio.create_task(self._poll_forever())
         # Usually immediate; if Redis is away the listener keeps retrying on its own.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._subscribed.wait(), timeout=5)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, self._polling) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def register(self, response_id: str) -> CancelHandle:
         handle = self._handles[response_id] = CancelHandle()
@@ -103,7 +108,17 @@ class CancelListener:
             await self._redis.zadd(queue, {keys.job_id(response_id): timestamp_ms()}, xx=True, lt=True)
 
     async def _catch_up(self) -> None:
-        """Honours cancels published while this process was not subscribed."""
-        for response_id, handle in list(self._handles.items()):
-            if await response_record.cancel_requested(self._redis, response_id):
+        """Honours cancels requested for the turns running here, whether or not their signal arrived."""
+        running = list(self._handles.items())
+        if not running:
+            return
+        flags = await response_record.cancels_requested(self._redis, [response_id for response_id, _ in running])
+        for (_, handle), requested in zip(running, flags, strict=True):
+            if requested and not handle.requested:
                 handle.request()
+
+    async def _poll_forever(self, interval_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            with contextlib.suppress(*TRANSIENT):  # the subscription reports outages; the next round retries
+                await self._catch_up()
