@@ -35,22 +35,30 @@ MAX_WAKE_TOKENS = 64
 MAX_CLUSTER_WAKE_TOKENS = 10_000
 
 
-def wake_tokens() -> int:
-    """The wake-list cap an enqueue script applies; 0 on a cluster, where the caller pushes the token itself."""
-    return 0 if partitions.enabled() else MAX_WAKE_TOKENS
+@dataclass(frozen=True)
+class ScriptWake:
+    """The wake list an enqueue script is given, and the cap it keeps it at (0: the script pushes nothing)."""
+
+    key: str
+    cap: int
 
 
-def script_wake_key(response_id: str) -> str:
-    """The wake list an enqueue script is given: the one list, on one Redis. On a cluster the script pushes no
-    token (`wake_tokens()` is 0) and is given a key of the turn's own slot in its place, so it stays in one."""
-    return keys.turn_wake(response_id) if partitions.enabled() else keys.QUEUE_WAKE
+def script_wake(response_id: str) -> ScriptWake:
+    """On one Redis the enqueue script pushes the wake token to the one list itself. On a cluster that list is in
+    a slot of its own: the script pushes nothing and is given a key of the turn's own slot in its place, so it
+    stays in one slot, and `wake_after_enqueue` pushes the token."""
+    if partitions.enabled():
+        return ScriptWake(keys.turn_wake(response_id), 0)
+    return ScriptWake(keys.QUEUE_WAKE, MAX_WAKE_TOKENS)
 
 
-async def wake_workers(redis: Redis, response_id: str) -> None:
-    """Wakes one idle worker for the turn's job, naming its partition (on a cluster; the wake list is in a slot
-    of its own, so the enqueue cannot push it). A lost token costs a delay, never the job: every worker's
-    fallback poll visits each partition in turn (worker/arq_worker.py). So a failure here is logged, never
-    raised: the turn is accepted, and an error now would make its client retry it into a second turn."""
+async def wake_after_enqueue(redis: Redis, response_id: str) -> None:
+    """After a script enqueued the turn's job: on a cluster, wakes one idle worker for it, naming its partition
+    (on one Redis the script did). A lost token costs a delay, never the job: every worker's fallback poll
+    visits each partition in turn (worker/arq_worker.py). So a failure here is logged, never raised: the turn
+    is accepted, and an error now would make its client retry it into a second turn."""
+    if not partitions.enabled():
+        return
     try:
         # One command a turn; the cap is kept by a trim only once it is passed (workers that are all busy).
         if await redis.lpush(keys.QUEUE_WAKE, partitions.digits_of(response_id)) > MAX_CLUSTER_WAKE_TOKENS:
@@ -91,16 +99,15 @@ def job_bytes(redis: ArqRedis, response_id: str, conversation_id: str | None, en
 async def enqueue_turn(redis: ArqRedis, queue_name: str, response_id: str, conversation_id: str | None) -> bool:
     """Enqueues the turn's job (False if it already exists) and wakes one idle worker for it."""
     now = timestamp_ms()
-    job_id, part = keys.job_id(response_id), keys.partition(response_id)
+    job_id, wake = keys.job_id(response_id), script_wake(response_id)
     enqueued = await scripts(redis).enqueue_job(
         keys=[
-            keys.arq_job(job_id), keys.arq_result(job_id), keys.queue(queue_name, part), script_wake_key(response_id)
+            keys.arq_job(job_id), keys.arq_result(job_id), keys.queue(queue_name, keys.partition(response_id)),
+            wake.key,
         ],
-        args=[
-            job_bytes(redis, response_id, conversation_id, now), redis.expires_extra_ms, now, job_id, wake_tokens(),
-        ],
+        args=[job_bytes(redis, response_id, conversation_id, now), redis.expires_extra_ms, now, job_id, wake.cap],
     )
-    if enqueued and part:
-        await wake_workers(redis, response_id)
+    if enqueued:
+        await wake_after_enqueue(redis, response_id)
     return bool(enqueued)
 

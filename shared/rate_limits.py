@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.lua import scripts
+from shared.redis_conn import text
 
 WINDOW_MS = 60_000
 
@@ -63,7 +64,7 @@ class Limiter:
             found = await self.redis.hget(keys.API_KEY_DIGESTS, digest)
             if found is None:
                 return None
-            key_id = _text(found)
+            key_id = text(found)
             reply = await self._counted(digest, key_id)
             if reply is None:
                 return None
@@ -72,8 +73,8 @@ class Limiter:
             self._key_ids[digest] = key_id
         _, key_id, project, limit, max_concurrent, remaining, reset_ms, retry_ms = reply
         return Authorized(
-            key_id=_text(key_id),
-            project=_text(project),
+            key_id=text(key_id),
+            project=text(project),
             max_concurrent=int(max_concurrent),
             allowed=int(reply[0]) == 2,
             budget=RequestBudget(int(limit), int(remaining), int(reset_ms), int(retry_ms)),
@@ -86,7 +87,3 @@ class Limiter:
             args=[digest, key_id, WINDOW_MS],
         )
         return None if int(reply[0]) == 0 else list(reply)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

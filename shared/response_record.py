@@ -157,12 +157,17 @@ async def ending(redis: Redis, response_id: str) -> Ending:
     )
 
 
-async def statuses(redis: Redis, response_ids: list[str]) -> list[Status | None]:
-    """Each response's status (None: no record), in one pipelined read (per node, on a cluster)."""
+async def _field_of_each(redis: Redis, response_ids: list[str], field: Field) -> list[Any]:
+    """One field of each response's record, in one pipelined read (per node, on a cluster)."""
     async with redis.pipeline(transaction=False) as pipe:
         for response_id in response_ids:
-            pipe.hget(keys.response(response_id), Field.STATUS)
-        found = await pipe.execute()
+            pipe.hget(keys.response(response_id), field)
+        return list(await pipe.execute())
+
+
+async def statuses(redis: Redis, response_ids: list[str]) -> list[Status | None]:
+    """Each response's status (None: no record)."""
+    found = await _field_of_each(redis, response_ids, Field.STATUS)
     return [Status(text(status)) if status is not None else None for status in found]
 
 
@@ -171,11 +176,8 @@ async def has_stream_or_record(redis: Redis, response_id: str) -> bool:
 
 
 async def cancels_requested(redis: Redis, response_ids: list[str]) -> list[bool]:
-    """Each response's cancel flag, in one pipelined read (per node, on a cluster)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for response_id in response_ids:
-            pipe.hget(keys.response(response_id), Field.CANCEL)
-        return [bool(flag) for flag in await pipe.execute()]
+    """Each response's cancel flag."""
+    return [bool(flag) for flag in await _field_of_each(redis, response_ids, Field.CANCEL)]
 
 
 async def request_cancel(redis: Redis, response_id: str) -> None:

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 
-from shared import events, keys, partitions, webhooks
+from shared import events, keys, webhooks
 from shared.key_slots import KeySlots
 from shared.lua import NO_WAIT, Durability, call, scripts
-from shared.queue import job_bytes, script_wake_key, wake_tokens, wake_workers
+from shared.queue import job_bytes, script_wake, wake_after_enqueue
 from shared.response_record import Field
 from shared.stored_form import pack_json
 from shared.turn_state import Retention
@@ -122,13 +122,13 @@ class TurnAcceptor:
         outcome = await self._run(turn, claim)
         if slot is not None and isinstance(outcome, Refusal):
             await self.key_slots.release(slot.key_id, rid)
-        if isinstance(outcome, Accepted) and partitions.enabled():
-            await wake_workers(self.redis, rid)
+        if isinstance(outcome, Accepted):
+            await wake_after_enqueue(self.redis, rid)
         return outcome
 
     async def _run(self, turn: NewTurn, claim: ClaimMark | None) -> Refusal | Accepted:
         rid, conv, r = turn.response_id, turn.conversation_id or "", self.retention
-        part = keys.partition(rid)
+        part, job_id, wake = keys.partition(rid), keys.job_id(rid), script_wake(rid)
         stopping = bool(conv) and turn.conversation_lock in ("interrupt", "rollback")
         # Turns it stops are announced to the project's webhooks like any finished turn.
         announce = stopping and await webhooks.has_endpoints(self.redis, turn.project)
@@ -137,7 +137,7 @@ class TurnAcceptor:
             rid, now, turn.project, conv, turn.conversation_lock, r.conversation_ttl_s, "1" if announce else "",
             self.max_queue_depth, "" if claim is None else claim.accepted, 0 if claim is None else claim.ttl_s,
             r.response_ttl_s, r.stream_maxlen, r.stream_ttl_s,
-            job_bytes(self.redis, rid, turn.conversation_id, now), self.redis.expires_extra_ms, wake_tokens(),
+            job_bytes(self.redis, rid, turn.conversation_id, now), self.redis.expires_extra_ms, wake.cap,
             len(turn.first_events),
         ]  # fmt: skip
         for kind, body in turn.first_events:
@@ -152,9 +152,9 @@ class TurnAcceptor:
                 keys.events(rid),
                 keys.active_turns(part),
                 keys.queue(self.queue_name, part),
-                keys.arq_job(keys.job_id(rid)),
-                keys.arq_result(keys.job_id(rid)),
-                script_wake_key(rid),
+                keys.arq_job(job_id),
+                keys.arq_result(job_id),
+                wake.key,
                 keys.conversation(conv or rid),  # unused without a conversation; named in the turn's slot
                 keys.conversation_turns(conv or rid),
                 keys.idempotency("", "", "", part) if claim is None else claim.key,  # unused without a claim
