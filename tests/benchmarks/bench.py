@@ -10,10 +10,10 @@ Sections (each reuses the script that measures it on its own):
   5. Redis memory per finished short turn and 200-word streamed turn, stored compact and as streamed
      (memory_per_turn.py);
   6. the same stack on a Redis Cluster (tests/redis_cluster.py's LocalCluster: 3 primaries with a replica each)
-     beside the standalone figures of this run: service CPU per short turn, added first token, a short turn
-     beside 300 long ones, fan-out lag at 2,000 tails, each primary's share of commands and keys, Redis CPU and
-     memory per stored turn and per streamed chunk (cluster_capacity.py). A standalone figure whose section
-     was skipped is measured in this one, on a stack of its own.
+     and on one redis-server with a replica, both running at once: service CPU per short turn, added first
+     token and a short turn beside 300 long ones, taken from the two stacks in alternating rounds; fan-out lag
+     at 2,000 tails (the standalone's from section 4, or measured here if it was skipped); each primary's share
+     of commands and keys, Redis CPU and memory per stored turn and per streamed chunk (cluster_capacity.py).
 
     .venv/bin/python tests/benchmarks/bench.py [--quick] [--skip cpu fanout ...]
 
@@ -31,6 +31,7 @@ import os
 import platform
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cluster_capacity
 import fanout
@@ -70,7 +71,8 @@ log_path, role = sys.argv[1].replace("{pid}", str(os.getpid())), sys.argv[2]
 del sys.argv[1:]
 trace = None
 send = connection.AbstractConnection.send_packed_command
-KEYED = {"LRANGE", "GET", "SET", "PEXPIRE", "BLPOP"}  # named with their key, to tell the workers' own loops apart
+# Named with their key, to tell the workers' own loops apart.
+KEYED = {"LRANGE", "GET", "SET", "PEXPIRE", "BLPOP", "EXISTS", "ZRANGEBYSCORE"}
 
 def names(packed):
     out, i = [], 0
@@ -124,12 +126,10 @@ class Figure:
 
 @dataclass
 class Standalone:
-    """The standalone stack's figures that the cluster section prints its own beside, kept by the sections that
-    measure them; None while not measured (the section was skipped)."""
+    """The standalone figure that the cluster section prints its own beside, kept by the section that measures
+    it; None while not measured (the section was skipped). The cluster section measures the others itself, on
+    both stacks in turn."""
 
-    cpu_ms: dict[str, float] | None = None  # service CPU per short turn, by part (API, workers, Redis)
-    first_token_ms: list[float] | None = None  # added time to first token at 1 turn, plain HTTP client
-    crowd_ms: list[float] | None = None  # a short turn's POST -> completed beside --long-turns long ones
     fanout_lags_ms: list[float] | None = None  # write -> SSE tail at 2,000 tails, 10k deliveries/s
 
 
@@ -244,7 +244,6 @@ async def first_token_section(bench: Bench, stack: latency.Stack, client: openai
         await plain_first_delta_ms(plain_http, stack.api_url, 10)  # warm-up
         await sequential_turns(client, 10)
         alone = [t - own_p50 for t in await plain_first_delta_ms(plain_http, stack.api_url, a.turns)]
-        bench.standalone.first_token_ms = alone
         alone_sdk = [t.first_delta_ms - own_sdk_p50 for t in await sequential_turns(client, a.turns)
                      if t.first_delta_ms]
 
@@ -278,23 +277,37 @@ async def first_token_section(bench: Bench, stack: latency.Stack, client: openai
                      f"<= {target[0]:g} / {target[1]:g} ms", p50 <= target[0] and p99 <= target[1])
 
 
+@contextlib.contextmanager
+def key_names(cluster_url: str | None) -> Iterator[None]:
+    """This process names keys as the services on the cluster at `cluster_url` do while inside (a partition's hash
+    tag in each), or as on one Redis (None)."""
+    partitions.configure(cluster_capacity.PARTITIONS if cluster_url is not None else None)
+    try:
+        yield
+    finally:
+        partitions.configure(None)
+
+
 def process_cpu(pids: list[int]) -> float:
     return sum(worker_cpu.cpu_seconds(pid) for pid in pids)
 
 
 def service_pids(stack: latency.Stack) -> dict[str, list[int]]:
-    """The stack's processes by part: the API, the workers and its own redis-server if it has one (the upstream
-    runs elsewhere)."""
-    parts: dict[str, list[int]] = {"API": [], "workers": [], "Redis": []}
+    """The stack's processes by part: the API, the workers and its own redis-server and replica if it has them
+    (the upstream runs elsewhere)."""
+    parts: dict[str, list[int]] = {"API": [], "workers": [], "Redis": [], "replica": []}
     for proc in stack.procs:
-        part = "API" if proc.name == "api" else "Redis" if proc.name == "redis" else "workers"
+        part = {"api": "API", "redis": "Redis", "replica": "replica"}.get(proc.name, "workers")
         parts[part].append(proc.popen.pid)
     return {part: pids for part, pids in parts.items() if pids}
 
 
+async def warm_up(client: openai.AsyncOpenAI) -> None:
+    await asyncio.gather(*(latency.one_turn(client, SHORT) for _ in range(50)))
+
+
 async def cpu_per_short_turn(client: openai.AsyncOpenAI, parts: dict[str, list[int]], bursts: int) -> dict[str, float]:
     """CPU (ms) per short turn of each part's processes, over `bursts` bursts of 50 turns at once."""
-    await asyncio.gather(*(latency.one_turn(client, SHORT) for _ in range(50)))  # warm-up
     before = {part: process_cpu(pids) for part, pids in parts.items()}
     for _ in range(bursts):
         turns = await asyncio.gather(*(latency.one_turn(client, SHORT) for _ in range(50)))
@@ -309,7 +322,8 @@ def by_part(parts: dict[str, float]) -> str:
 
 async def burst_cpu_section(bench: Bench, stack: latency.Stack, client: openai.AsyncOpenAI) -> None:
     bursts = bench.args.bursts
-    parts = bench.standalone.cpu_ms = await cpu_per_short_turn(client, service_pids(stack), bursts)
+    await warm_up(client)
+    parts = await cpu_per_short_turn(client, service_pids(stack), bursts)
     per_turn = sum(parts.values())
     say(f"\n== service CPU per short turn (API + 2 workers + Redis, /proc/<pid>/stat), {bursts} bursts of 50: "
         f"{per_turn:.2f} ms ({by_part(parts)})   target <= 6 ms")
@@ -322,16 +336,19 @@ async def start_long_turns(http: httpx.AsyncClient, count: int) -> list[str]:
     return [r.raise_for_status().json()["id"] for r in replies]
 
 
-async def statuses(redis: latency.AnyRedis, ids: list[str]) -> list[str]:
+async def statuses(stack: latency.Stack, redis: latency.AnyRedis, ids: list[str]) -> list[str]:
     pipe = redis.pipeline(transaction=False)
-    for rid in ids:
-        pipe.hget(keys.response(rid), "status")
+    with key_names(stack.cluster_url):
+        for rid in ids:
+            pipe.hget(keys.response(rid), "status")
     return [(s or b"").decode() for s in await pipe.execute()]
 
 
-async def until_all(redis: latency.AnyRedis, ids: list[str], done: Callable[[str], bool], what: str) -> None:
+async def until_all(
+    stack: latency.Stack, redis: latency.AnyRedis, ids: list[str], done: Callable[[str], bool], what: str
+) -> None:
     deadline = time.monotonic() + 120
-    while not all(done(s) for s in await statuses(redis, ids)):
+    while not all(done(s) for s in await statuses(stack, redis, ids)):
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         await asyncio.sleep(0.2)
@@ -346,10 +363,10 @@ async def short_turns_beside(
     try:
         async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
             ids = await start_long_turns(http, running)
-            await until_all(redis, ids, lambda s: s == "in_progress", f"{running} long turns to start")
+            await until_all(stack, redis, ids, lambda s: s == "in_progress", f"{running} long turns to start")
             turns = await sequential_turns(client, samples)
             await asyncio.gather(*(http.post(f"/v1/responses/{rid}/cancel") for rid in ids))
-            await until_all(redis, ids, lambda s: s not in ("queued", "in_progress"), "long turns to stop")
+            await until_all(stack, redis, ids, lambda s: s not in ("queued", "in_progress"), "long turns to stop")
     finally:
         await redis.aclose()
     return [t.total_ms for t in turns if t.total_ms is not None]
@@ -359,7 +376,6 @@ async def crowd_section(bench: Bench, stack: latency.Stack, client: openai.Async
     few, many = 2, bench.args.long_turns
     totals = {running: await short_turns_beside(stack, client, running, bench.args.crowd_samples)
               for running in (few, many)}
-    bench.standalone.crowd_ms = totals[many]
     p_few, p_many = ms(totals[few], 50), ms(totals[many], 50)
     ratio = p_many / p_few
     say(f"\n== short turn, POST -> response.completed, beside long turns (n={bench.args.crowd_samples} each)")
@@ -411,9 +427,11 @@ def _evalsha(script: str) -> str:
     return "EVALSHA:" + hashlib.sha1(script.encode()).hexdigest()[:12]
 
 
-# What a worker's own timers send whatever the turns do: the webhook outbox poll and the sweeper's lock and
-# scan (each on its interval), and the idle poll (a claim, then the wait on the wake list).
+# What a worker's own timers send whatever the turns do: the webhook outbox poll (one pipelined look for work,
+# then the expand and claim scripts where there is some) and the sweeper's lock and scan (each on its
+# interval), and the idle poll (a claim, then the wait on the wake list).
 _BACKGROUND = {
+    f"EXISTS {keys.webhook_outbox()}", f"ZRANGEBYSCORE {keys.webhook_due()}",
     f"LRANGE {keys.webhook_outbox()}", _evalsha(lua.source("expand_webhook")), _evalsha(lua.source("claim_webhooks")),
     f"SET {keys.SWEEPER_LOCK}", f"GET {keys.SWEEPER_LOCK}", f"PEXPIRE {keys.SWEEPER_LOCK}",
     _evalsha(lua.source("sweep_active_turns")),
@@ -455,7 +473,7 @@ async def round_trip_section(bench: Bench, stack: latency.Stack) -> None:
             async def one_background_turn() -> None:
                 body = {"model": latency.MODEL, "input": "chunks=3 spacing=100", "background": True}
                 rid = (await http.post("/v1/responses", json=body)).raise_for_status().json()["id"]
-                await until_all(redis, [rid], lambda s: s == "completed", "the traced turn")
+                await until_all(stack, redis, [rid], lambda s: s == "completed", "the traced turn")
 
             await one_background_turn()  # warm-up: scripts loaded, pools open
             for _ in range(bench.args.traced_turns):
@@ -480,9 +498,10 @@ async def round_trip_section(bench: Bench, stack: latency.Stack) -> None:
     bench.figure("Redis round trips per turn outside delta writes", f"{total:.0f}", "<= 6", total <= 6)
 
 
-def bench_stack(bench: Bench, upstream: str, cluster_url: str | None = None) -> latency.Stack:
+def bench_stack(bench: Bench, upstream: str, cluster_url: str | None = None, replica: bool = False) -> latency.Stack:
     """The stack sections 2 and 6 measure: two workers and an API on the raw upstream, under the probe, storing
-    finished turns as --storage says; on a redis-server of its own, or on the cluster at `cluster_url`."""
+    finished turns as --storage says; on a redis-server of its own (with a replica of it if `replica`), or on
+    the cluster at `cluster_url`."""
     a = bench.args
     env = {"TURNSTREAM_COMPACT_FINISHED_TURNS": "true" if a.storage == "compact" else "false"}
     if cluster_url is not None:
@@ -492,7 +511,7 @@ def bench_stack(bench: Bench, upstream: str, cluster_url: str | None = None) -> 
         # Room for every long turn with the short ones beside them.
         worker_env={"TURNSTREAM_MAX_JOBS": str(a.long_turns // 2 + 50), "TURNSTREAM_MAX_OUTPUT_BYTES": "10000000",
                     **env},
-        api_env=env, cluster_url=cluster_url,
+        api_env=env, cluster_url=cluster_url, replica=replica,
     )
 
 
@@ -638,8 +657,9 @@ def memory_section(bench: Bench) -> None:
 
 # --- 6. the same stack on a Redis Cluster --------------------------------------------------------------------
 
-# LocalCluster's nodes write an AOF; the standalone's redis-server does not, so neither does the cluster here:
-# the difference measured is the cluster's (slots, replicas, the service's partitions), not persistence's.
+# LocalCluster's nodes write an AOF; the standalone's redis-server does not, so neither does the cluster here.
+# The standalone has a replica as each primary has, so the difference measured is the cluster's (its shards,
+# slots and the service's partitions), not persistence's or replication's.
 CLUSTER_NODE_ARGS = ("--appendonly", "no")
 
 
@@ -650,16 +670,6 @@ class RedisCost:
     cpu_us: float
     # used_memory less clients', replicas' and the AOF's buffers and the replication backlog: what is stored.
     stored_b: float
-
-
-@contextlib.contextmanager
-def cluster_key_names() -> Iterator[None]:
-    """This process names keys as the service does on the cluster (a partition's hash tag in each), while inside."""
-    partitions.configure(cluster_capacity.PARTITIONS)
-    try:
-        yield
-    finally:
-        partitions.configure(None)
 
 
 def cluster_pids(ports: list[int]) -> dict[str, list[int]]:
@@ -710,85 +720,115 @@ async def redis_per_streamed_chunk(stack: latency.Stack, ports: list[int], turns
     return RedisCost((after.cpu_s - before.cpu_s) * 1e6 / chunks, (stored_b(after) - stored_b(before)) / chunks)
 
 
-async def added_first_token(stack: latency.Stack, upstream: str, count: int) -> list[float]:
-    """As first_token_section's 1-turn figure: POST -> first delta by a plain HTTP client, less the upstream's own
-    first-token p50."""
-    own, _ = await upstream_first_token_ms(upstream, count)
-    async with httpx.AsyncClient(timeout=30) as http:
-        await plain_first_delta_ms(http, stack.api_url, 10)  # warm-up
-        return [t - ms(own, 50) for t in await plain_first_delta_ms(http, stack.api_url, count)]
+# Rounds of the figures the cluster section takes from both stacks in turn (the CPU figure's are --bursts).
+FIRST_TOKEN_ROUNDS = 10
+CROWD_ROUNDS = 3
+
+
+@dataclass
+class Running:
+    """One side of the cluster section, started: its stack, an SDK client of its API, its processes by part and
+    its primaries' ports."""
+
+    stack: latency.Stack
+    client: openai.AsyncOpenAI
+    pids: dict[str, list[int]]
+    ports: list[int]
+
+
+T = TypeVar("T")
+
+
+async def in_turns(
+    rounds: int, sides: dict[str, Running], measure: Callable[[Running], Awaitable[T]]
+) -> dict[str, list[T]]:
+    """`measure` on each side in turn, `rounds` times over: whatever slows this shared machine for a while
+    (its other processes, the CPU's clock) falls on both sides alike instead of on whichever ran then."""
+    out: dict[str, list[T]] = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, side in sides.items():
+            out[name].append(await measure(side))
+    return out
 
 
 @dataclass
 class Side:
-    """One Redis' figures in the cluster section."""
+    """One side's figures in the cluster section."""
 
     per_turn: cluster_capacity.Figures
     per_chunk: RedisCost
-    cpu_ms: dict[str, float]
+    cpu_rounds: list[dict[str, float]]  # CPU (ms) per short turn by part, one dict per round of 50 turns
     first_token_ms: list[float]
     crowd_ms: list[float]
-    fanout_lags_ms: list[float]
+    fanout_lags_ms: list[float] = field(default_factory=list)
+
+    @property
+    def cpu_ms(self) -> dict[str, float]:
+        """CPU (ms) per short turn by part over all rounds (each round is 50 turns)."""
+        return {part: statistics.fmean(r[part] for r in self.cpu_rounds) for part in self.cpu_rounds[0]}
 
 
-async def standalone_side(bench: Bench, upstream: str) -> Side:
-    """The standalone's Redis per turn and per chunk, and any figure whose own section did not run."""
-    a, kept = bench.args, bench.standalone
-    stack = bench_stack(bench, upstream)
-    async with started(stack) as client:
-        ports = [stack.redis_port]
-        per_turn = await redis_per_stored_turn(bench, stack, ports)
-        per_chunk = await redis_per_streamed_chunk(stack, ports, a.cluster_streamed)
-        if kept.cpu_ms is None:
-            kept.cpu_ms = await cpu_per_short_turn(client, service_pids(stack), a.bursts)
-        if kept.first_token_ms is None:
-            kept.first_token_ms = await added_first_token(stack, upstream, a.turns)
-        if kept.crowd_ms is None:
-            kept.crowd_ms = await short_turns_beside(stack, client, a.long_turns, a.crowd_samples)
-    if kept.fanout_lags_ms is None:
-        kept.fanout_lags_ms = (await fanout_run(bench))[0][-1].lags_ms
-    return Side(per_turn, per_chunk, kept.cpu_ms, kept.first_token_ms, kept.crowd_ms, kept.fanout_lags_ms)
-
-
-async def cluster_side(
-    bench: Bench, upstream: str, cluster: LocalCluster
-) -> tuple[Side, list[cluster_capacity.PrimaryLoad], dict[str, object]]:
-    """Every figure on the cluster, and each primary's share of the load; the load runs first, on a cluster that
-    has run nothing else yet."""
+async def both_sides(bench: Bench, upstream: str, cluster: LocalCluster) -> tuple[
+    dict[str, Side], list[cluster_capacity.PrimaryLoad]
+]:
+    """Every figure on the cluster's stack and on the standalone's (one redis-server with a replica), both
+    running at once; the cluster's load runs first, on a cluster that has run nothing else yet."""
     a = bench.args
     # Read before the stats are reset: CLUSTER NODES and INFO would count among the load's commands.
     primaries = cluster.primaries()
-    ports = [port for port, _ in primaries]
-    redis_pids = cluster_pids(cluster.ports)
-    stack = bench_stack(bench, upstream, cluster.url)
-    async with started(stack) as client:
-        for port in ports:
+    cluster_stack = bench_stack(bench, upstream, cluster_url=cluster.url)
+    single_stack = bench_stack(bench, upstream, replica=True)
+    async with started(cluster_stack) as cluster_client, started(single_stack) as single_client:
+        live = {
+            "cluster": Running(cluster_stack, cluster_client,
+                               {**service_pids(cluster_stack), **cluster_pids(cluster.ports)},
+                               [port for port, _ in primaries]),
+            "standalone": Running(single_stack, single_client, service_pids(single_stack), [single_stack.redis_port]),
+        }
+        for port in live["cluster"].ports:
             with cluster_capacity.node(port) as r:
                 r.config_resetstat()
-        per_turn = await redis_per_stored_turn(bench, stack, ports)
+        per_turn = {"cluster": await redis_per_stored_turn(bench, cluster_stack, live["cluster"].ports)}
         loads = cluster_capacity.primary_loads(primaries)
-        per_chunk = await redis_per_streamed_chunk(stack, ports, a.cluster_streamed)
-        cpu_ms = await cpu_per_short_turn(client, {**service_pids(stack), **redis_pids}, a.bursts)
-        first_token_ms = await added_first_token(stack, upstream, a.turns)
-        crowd_ms = await short_turns_beside(stack, client, a.long_turns, a.crowd_samples)
-    # With the stack's workers gone: nothing on the cluster picks the fan-out's responses up.
-    levels, facts = await fanout_run(bench, cluster.url)
-    side = Side(per_turn, per_chunk, cpu_ms, first_token_ms, crowd_ms, levels[-1].lags_ms)
-    return side, loads, facts
+        per_turn["standalone"] = await redis_per_stored_turn(bench, single_stack, live["standalone"].ports)
+        per_chunk = {name: await redis_per_streamed_chunk(r.stack, r.ports, a.cluster_streamed)
+                     for name, r in live.items()}
+
+        await in_turns(1, live, lambda r: warm_up(r.client))
+        cpu = await in_turns(a.bursts, live, lambda r: cpu_per_short_turn(r.client, r.pids, 1))
+
+        own_p50 = ms((await upstream_first_token_ms(upstream, a.turns))[0], 50)
+        async with httpx.AsyncClient(timeout=30) as http:
+            await in_turns(1, live, lambda r: plain_first_delta_ms(http, r.stack.api_url, 10))  # warm-up
+            firsts = await in_turns(FIRST_TOKEN_ROUNDS, live, lambda r: plain_first_delta_ms(
+                http, r.stack.api_url, max(1, a.turns // FIRST_TOKEN_ROUNDS)))
+
+        crowds = await in_turns(CROWD_ROUNDS, live, lambda r: short_turns_beside(
+            r.stack, r.client, a.long_turns, a.crowd_samples))
+    sides = {
+        name: Side(per_turn[name], per_chunk[name], cpu[name], [t - own_p50 for part in firsts[name] for t in part],
+                   [t for part in crowds[name] for t in part])
+        for name in live
+    }
+    return sides, loads
 
 
 async def cluster_section(bench: Bench) -> None:
     a = bench.args
-    say(f"\n== Redis Cluster: {cluster_capacity.PARTITIONS} partitions on 3 primaries with a replica each (no AOF, "
-        "as the standalone's redis-server), the stack of section 2 on it, beside one redis-server in this run")
-    with worker_cpu.raw_upstream(5, 0) as upstream:
-        single = await standalone_side(bench, upstream)
-        with LocalCluster(server_args=CLUSTER_NODE_ARGS) as cluster, cluster_key_names():
-            clustered, loads, facts = await cluster_side(bench, upstream, cluster)
+    say(f"\n== Redis Cluster: {cluster_capacity.PARTITIONS} partitions on 3 primaries with a replica each, beside "
+        "one redis-server with a replica (no AOF on either), the stack of section 2 on each, both running at once; "
+        "the CPU, first-token and crowd figures taken from the two in turn, round by round")
+    with worker_cpu.raw_upstream(5, 0) as upstream, LocalCluster(server_args=CLUSTER_NODE_ARGS) as cluster:
+        sides, loads = await both_sides(bench, upstream, cluster)
+        # With the stacks' workers gone: nothing on the cluster picks the fan-out's responses up.
+        with key_names(cluster.url):
+            levels, facts = await fanout_run(bench, cluster.url)
+    sides["cluster"].fanout_lags_ms = levels[-1].lags_ms
+    sides["standalone"].fanout_lags_ms = bench.standalone.fanout_lags_ms or (await fanout_run(bench))[0][-1].lags_ms
     say(f"balance over the primaries ({a.cluster_conversations} conversations, {a.cluster_turns} turns)")
     balanced = cluster_capacity.report_balance(loads)
     commands_dev, keys_dev = cluster_capacity.worst_deviations(loads)
-    report_cluster(bench, clustered, single, facts)
+    report_cluster(bench, sides["cluster"], sides["standalone"], facts)
     bench.figure("cluster balance, worst primary's commands / keys vs mean", f"{commands_dev:+.0f}% / {keys_dev:+.0f}%",
                  f"within ±{cluster_capacity.TARGET_DEVIATION_PCT:.0f}%", balanced)
 
@@ -796,13 +836,18 @@ async def cluster_section(bench: Bench) -> None:
 def report_cluster(bench: Bench, cluster: Side, single: Side, facts: dict[str, object]) -> None:
     a = bench.args
     cpu_c, cpu_s = sum(cluster.cpu_ms.values()), sum(single.cpu_ms.values())
+    rounds = zip(cluster.cpu_rounds, single.cpu_rounds, strict=True)
+    round_ratios = [sum(c.values()) / sum(s.values()) for c, s in rounds]
+    bare_c = cpu_c - cluster.cpu_ms.get("replicas", 0.0)
+    bare_s = cpu_s - single.cpu_ms.get("replica", 0.0)
     first_c, first_s = ms(cluster.first_token_ms, 50), ms(single.first_token_ms, 50)
     crowd_c, crowd_s = ms(cluster.crowd_ms, 50), ms(single.crowd_ms, 50)
     lag_c, lag_s = ms(cluster.fanout_lags_ms, 99), ms(single.fanout_lags_ms, 99)
     say(f"\n{'':<50}{'cluster':>11}{'standalone':>12}   target")
     rows = (
-        (f"service CPU per short turn, {a.bursts} bursts of 50 (ms)", cpu_c, cpu_s, ".2f",
+        (f"service CPU per short turn, {a.bursts} rounds of 50 (ms)", cpu_c, cpu_s, ".2f",
          f"ratio {cpu_c / cpu_s:.2f}x <= 1.15x"),
+        ("  less the replicas (ms)", bare_c, bare_s, ".2f", f"ratio {bare_c / bare_s:.2f}x"),
         ("added first token at 1 turn, p50 (ms)", first_c, first_s, ".1f", f"{first_c - first_s:+.1f} ms <= +2 ms"),
         ("  p99 (ms)", ms(cluster.first_token_ms, 99), ms(single.first_token_ms, 99), ".1f", ""),
         (f"short turn beside {a.long_turns} long, p50 (ms)", crowd_c, crowd_s, ".0f",
@@ -818,10 +863,12 @@ def report_cluster(bench: Bench, cluster: Side, single: Side, facts: dict[str, o
     )
     for label, c, s, spec, target in rows:
         say(f"{label:<50}{c:>11{spec}}{s:>12{spec}}   {target}")
-    say(f"  CPU per short turn by part (ms): cluster {by_part(cluster.cpu_ms)}; standalone {by_part(single.cpu_ms)}")
+    say(f"  CPU per short turn by part (ms): cluster {by_part(cluster.cpu_ms)}; standalone {by_part(single.cpu_ms)}; "
+        f"ratio round by round: median {statistics.median(round_ratios):.2f}x, "
+        f"{min(round_ratios):.2f}x to {max(round_ratios):.2f}x")
     say(f"  stored turn: {a.cluster_turns} plain turns over {a.cluster_conversations} conversations (5 chunks each, "
         f"conversation history and feed included); streamed chunk: {a.cluster_streamed} streamed turns of "
-        f"{STREAMED_CHUNKS} chunks; Redis CPU and memory summed over the cluster's primaries")
+        f"{STREAMED_CHUNKS} chunks; Redis CPU and memory summed over the primaries (the replicas' are not in them)")
     say(f"  fan-out on the cluster: {facts['tails']} tails, order errors {facts['order_errors']}, "
         f"{facts['tails_at_terminal']} tails got the terminal event; API Redis connections (the primaries' clients "
         f"less the bench's and the replicas'): idle {facts['redis_connections_idle']}, tails open "
@@ -862,9 +909,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer turns and shorter windows (~3 min)")
     parser.add_argument("--skip", nargs="*", choices=SECTIONS, default=[], help="sections to leave out")
     parser.add_argument("--turns", type=int, default=200, help="first-token samples at 1 turn (half beside 50)")
-    parser.add_argument("--bursts", type=int, default=4, help="50-turn bursts for service CPU per turn")
+    parser.add_argument("--bursts", type=int, default=10,
+                        help="50-turn bursts for service CPU per turn (on the cluster: rounds of one on each side)")
     parser.add_argument("--long-turns", type=int, default=300, help="long turns running beside a short one")
-    parser.add_argument("--crowd-samples", type=int, default=30, help="short turns beside 2 and beside many")
+    parser.add_argument("--crowd-samples", type=int, default=30,
+                        help="short turns beside 2 and beside many (on the cluster: each round, on each side)")
     parser.add_argument("--traced-turns", type=int, default=5, help="turns whose round trips are counted")
     parser.add_argument("--cpu-turns", type=int, default=40)
     parser.add_argument("--cpu-chunks", type=int, default=200)
@@ -880,7 +929,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help=f"streamed turns of {STREAMED_CHUNKS} chunks for Redis per chunk")
     args = parser.parse_args(argv)
     if args.quick:
-        args.turns, args.bursts, args.crowd_samples, args.traced_turns = 60, 2, 10, 3
+        args.turns, args.bursts, args.crowd_samples, args.traced_turns = 60, 4, 10, 3
         args.cpu_turns, args.cpu_chunks, args.cpu_repeats, args.fanout_seconds = 20, 100, 1, 6.0
         args.memory_short, args.memory_streamed = 200, 20
         args.cluster_turns, args.cluster_conversations, args.cluster_streamed = 200, 100, 20

@@ -94,6 +94,10 @@ class Stack:
     # a redis-server of the stack's own; the services find out it is a cluster by themselves.
     cluster_url: str | None = None
     redis_port: int = field(default_factory=free_port)  # the own redis-server's; unused on a cluster
+    # The own redis-server with a replica of it, as a deployment that fails over runs it (a cluster's primaries
+    # each have theirs): the primary then pays for feeding it.
+    replica: bool = False
+    replica_port: int = field(default_factory=free_port)
     mock_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     procs: list[Proc] = field(default_factory=list)
@@ -145,12 +149,16 @@ class Stack:
     def start(self) -> None:
         exe = turnstream_exe()
         if self.cluster_url is None:
-            self._spawn(
-                "redis",
-                ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--daemonize", "no"],
-                {},
-            )
+            servers = [("redis", self.redis_port, ["--repl-diskless-sync-delay", "0"])]
+            if self.replica:
+                servers.append(("replica", self.replica_port, ["--replicaof", "127.0.0.1", str(self.redis_port)]))
+            for name, port, extra in servers:
+                self._spawn(
+                    name,
+                    ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                     "--save", "", "--appendonly", "no", "--daemonize", "no", *extra],
+                    {},
+                )
         if self.upstream_url is None:
             self._spawn(
                 "mock",
@@ -197,6 +205,8 @@ class Stack:
         deadline = time.monotonic() + READY_TIMEOUT_S
         async with httpx2.AsyncClient(timeout=2.0) as http:
             await self._until(deadline, "redis PING", self._redis_pings)
+            if self.replica and self.cluster_url is None:
+                await self._until(deadline, "the replica's link to its primary", self._replica_linked)
             if self.upstream_url is None:
                 await self._until(
                     deadline, "mock model /v1/models", lambda: self._lists_model(http, self.mock_url)
@@ -225,6 +235,10 @@ class Stack:
             return bool(await client.ping())
         finally:
             await client.aclose()
+
+    async def _replica_linked(self) -> bool:
+        async with aioredis.Redis(host="127.0.0.1", port=self.replica_port) as replica:
+            return (await replica.info("replication")).get("master_link_status") == "up"
 
     async def _workers_logged_ready(self) -> bool:
         workers = [p for p in self.procs if p.name.startswith("worker")]
