@@ -295,24 +295,25 @@ def process_cpu(pids: list[int]) -> float:
 def service_pids(stack: latency.Stack) -> dict[str, list[int]]:
     """The stack's processes by part: the API, the workers and its own redis-server and replica if it has them
     (the upstream runs elsewhere)."""
-    parts: dict[str, list[int]] = {"API": [], "workers": [], "Redis": [], "replica": []}
+    parts: dict[str, list[int]] = {"API": [], "workers": [], "Redis": [], "replicas": []}
     for proc in stack.procs:
-        part = {"api": "API", "redis": "Redis", "replica": "replica"}.get(proc.name, "workers")
+        part = {"api": "API", "redis": "Redis", "replica": "replicas"}.get(proc.name, "workers")
         parts[part].append(proc.popen.pid)
     return {part: pids for part, pids in parts.items() if pids}
 
 
-async def warm_up(client: openai.AsyncOpenAI) -> None:
-    await asyncio.gather(*(latency.one_turn(client, SHORT) for _ in range(50)))
+async def burst(client: openai.AsyncOpenAI) -> None:
+    """50 short turns at once; raises if any failed."""
+    turns = await asyncio.gather(*(latency.one_turn(client, SHORT) for _ in range(50)))
+    if any(t.error for t in turns):
+        raise RuntimeError(f"burst turn failed: {next(t.error for t in turns if t.error)}")
 
 
 async def cpu_per_short_turn(client: openai.AsyncOpenAI, parts: dict[str, list[int]], bursts: int) -> dict[str, float]:
     """CPU (ms) per short turn of each part's processes, over `bursts` bursts of 50 turns at once."""
     before = {part: process_cpu(pids) for part, pids in parts.items()}
     for _ in range(bursts):
-        turns = await asyncio.gather(*(latency.one_turn(client, SHORT) for _ in range(50)))
-        if any(t.error for t in turns):
-            raise RuntimeError(f"burst turn failed: {next(t.error for t in turns if t.error)}")
+        await burst(client)
     return {part: (process_cpu(pids) - before[part]) / (50 * bursts) * 1000 for part, pids in parts.items()}
 
 
@@ -322,7 +323,7 @@ def by_part(parts: dict[str, float]) -> str:
 
 async def burst_cpu_section(bench: Bench, stack: latency.Stack, client: openai.AsyncOpenAI) -> None:
     bursts = bench.args.bursts
-    await warm_up(client)
+    await burst(client)  # warm-up
     parts = await cpu_per_short_turn(client, service_pids(stack), bursts)
     per_turn = sum(parts.values())
     say(f"\n== service CPU per short turn (API + 2 workers + Redis, /proc/<pid>/stat), {bursts} bursts of 50: "
@@ -794,7 +795,7 @@ async def both_sides(bench: Bench, upstream: str, cluster: LocalCluster) -> tupl
         per_chunk = {name: await redis_per_streamed_chunk(r.stack, r.ports, a.cluster_streamed)
                      for name, r in live.items()}
 
-        await in_turns(1, live, lambda r: warm_up(r.client))
+        await in_turns(1, live, lambda r: burst(r.client))  # warm-up
         cpu = await in_turns(a.bursts, live, lambda r: cpu_per_short_turn(r.client, r.pids, 1))
 
         own_p50 = ms((await upstream_first_token_ms(upstream, a.turns))[0], 50)
@@ -839,7 +840,7 @@ def report_cluster(bench: Bench, cluster: Side, single: Side, facts: dict[str, o
     rounds = zip(cluster.cpu_rounds, single.cpu_rounds, strict=True)
     round_ratios = [sum(c.values()) / sum(s.values()) for c, s in rounds]
     bare_c = cpu_c - cluster.cpu_ms.get("replicas", 0.0)
-    bare_s = cpu_s - single.cpu_ms.get("replica", 0.0)
+    bare_s = cpu_s - single.cpu_ms.get("replicas", 0.0)
     first_c, first_s = ms(cluster.first_token_ms, 50), ms(single.first_token_ms, 50)
     crowd_c, crowd_s = ms(cluster.crowd_ms, 50), ms(single.crowd_ms, 50)
     lag_c, lag_s = ms(cluster.fanout_lags_ms, 99), ms(single.fanout_lags_ms, 99)
