@@ -42,14 +42,23 @@ class Heartbeat:
             beat_at=time.time(),
         )
 
+    async def first(self) -> None:
+        """The first beat, retried until Redis answers. The worker's start awaits it before publishing its agents,
+        so an API that lists a worker's model also finds the worker alive (it refuses turns while none is)."""
+        await self.outage.call(self._beat, "heartbeat")
+
     async def run_forever(self) -> None:
+        """The beats after the first, one every TURNSTREAM_WORKER_HEARTBEAT_S."""
         while True:
+            await asyncio.sleep(self.settings.worker_heartbeat_s)
             try:
-                await fleet.beat(self.redis, self.record(), self.settings.worker_heartbeat_ttl_s)
+                await self._beat()
             except TRANSIENT as exc:
                 # The poll loop reports the outage and its end; a missed beat only ages this worker's record.
                 self.outage.failed(exc, "heartbeat")
-            await asyncio.sleep(self.settings.worker_heartbeat_s)
+
+    async def _beat(self) -> None:
+        await fleet.beat(self.redis, self.record(), self.settings.worker_heartbeat_ttl_s)
 
     async def leave(self) -> None:
         """Stopping: readers stop counting this worker at once instead of after the TTL."""

@@ -81,6 +81,10 @@ def build_worker(
         tracing.configure(settings, "turnstream-worker")
         if settings.worker_metrics_port:
             ctx["metrics"] = metrics.serve(settings.host, settings.worker_metrics_port)
+        heartbeat = Heartbeat(pool, settings, lambda: worker.job_counter, outage)
+        await heartbeat.first()
+        ctx["heartbeat"] = heartbeat
+        ctx["heartbeat_task"] = asyncio.create_task(heartbeat.run_forever())
         await outage.call(lambda: publish_agents(pool, agents), "agent publish")
         cancels = CancelListener(pool, outage, settings.queue_name)
         await cancels.start()
@@ -91,9 +95,6 @@ def build_worker(
         ctx["runner"] = TurnRunner(pool, settings, agents, client, cancels, outage, ctx["claims"])
         ctx["sweeper"] = asyncio.create_task(Sweeper(pool, settings, state, outage).run_forever())
         ctx["webhooks"] = asyncio.create_task(WebhookDelivery(pool, settings, outage).run_forever())
-        heartbeat = Heartbeat(pool, settings, lambda: worker.job_counter, outage)
-        ctx["heartbeat"] = heartbeat
-        ctx["heartbeat_task"] = asyncio.create_task(heartbeat.run_forever())
         if settings.openai_base_url is not None:  # the built-in mock answers any model name
             ctx["upstream_check"] = asyncio.create_task(check_upstream_models(client, agents))
         log.info("worker ready: agents %s, upstream %s", ", ".join(a.name for a in agents), settings.upstream_base_url)
