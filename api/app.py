@@ -107,6 +107,8 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
                         await seeding
                 await disconnects.stop()
                 await fanout.stop()
+                with contextlib.suppress(Exception):  # tokens not pushed cost a fallback poll's delay, no turn
+                    await app.state.services.acceptor.wake_tokens.flush()
             finally:
                 await reader.aclose()
                 await redis.aclose()

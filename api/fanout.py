@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 # Events per Redis read of a replay or refill: what a client that is not reading can make this process hold.
 _PAGE = 200
 _BLOCK_MS = 10_000
+# A reader's wake stream outlives a process that died without deleting it by this long at most. Its expiry is
+# renewed by a wake a quarter of that after the last renewal, not by every wake: one write a wake, not two.
+_WAKE_TTL_S = 3600
 
 
 def is_feed(source_id: str) -> bool:
@@ -80,6 +83,7 @@ class _Reader:
     watches: dict[str, _Watch] = field(default_factory=dict)  # by stream key
     wake_due: bool = False
     waking: asyncio.Task[None] | None = None
+    expiry_renewed: float = float("-inf")  # loop time of the wake stream's last EXPIRE
     task: asyncio.Task[None] | None = None
 
 
@@ -251,11 +255,16 @@ class Fanout:
         # A watch made while a wake is on its way may miss the read that wake starts: it wakes once more.
         while reader.wake_due:
             reader.wake_due = False
+            renew = self.now() - reader.expiry_renewed >= _WAKE_TTL_S / 4
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.xadd(reader.wake_key, {"w": "1"}, maxlen=16)
-                    pipe.expire(reader.wake_key, 3600)
-                    await pipe.execute()
+                if renew:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        pipe.xadd(reader.wake_key, {"w": "1"}, maxlen=16)
+                        pipe.expire(reader.wake_key, _WAKE_TTL_S)
+                        await pipe.execute()
+                    reader.expiry_renewed = self.now()
+                else:
+                    await self._redis.xadd(reader.wake_key, {"w": "1"}, maxlen=16)
             except (RedisError, OSError) as exc:
                 # The read fails too while Redis is away, and its retry includes every watch.
                 log.warning("fan-out cannot wake its reader (%s)", exc)

@@ -13,6 +13,7 @@ that happens: in the worker's own job bookkeeping (worker/job_leases.py), or in 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -57,14 +58,47 @@ async def wake_after_enqueue(redis: Redis, response_id: str) -> None:
     (on one Redis the script did). A lost token costs a delay, never the job: every worker's fallback poll
     visits each partition in turn (worker/arq_worker.py). So a failure here is logged, never raised: the turn
     is accepted, and an error now would make its client retry it into a second turn."""
-    if not partitions.enabled():
-        return
+    if partitions.enabled():
+        await _push_tokens(redis, [partitions.digits_of(response_id)])
+
+
+async def _push_tokens(redis: Redis, tokens: list[str]) -> None:
     try:
-        # One command a turn; the cap is kept by a trim only once it is passed (workers that are all busy).
-        if await redis.lpush(keys.QUEUE_WAKE, partitions.digits_of(response_id)) > MAX_CLUSTER_WAKE_TOKENS:
+        # One command; the cap is kept by a trim only once it is passed (workers that are all busy).
+        if await redis.lpush(keys.QUEUE_WAKE, *tokens) > MAX_CLUSTER_WAKE_TOKENS:
             await redis.ltrim(keys.QUEUE_WAKE, 0, MAX_CLUSTER_WAKE_TOKENS - 1)
     except UNAVAILABLE as exc:
-        log.warning("no wake token for %s (%s); a worker's fallback poll picks it up", response_id, exc)
+        log.warning("no wake token for %d turns (%s); a worker's fallback poll picks them up", len(tokens), exc)
+
+
+class WakeTokens:
+    """`wake_after_enqueue` for a process that accepts many turns at once (the API): not awaited by the
+    accept, and the tokens of every turn accepted while a push is on its way go in the next push together, in
+    one command. A lone turn's token goes at once, as before; a burst of accepts costs a few pushes, not one
+    round trip each."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._due: list[str] = []
+        self._pushing: asyncio.Task[None] | None = None
+
+    def after_enqueue(self, response_id: str) -> None:
+        if not partitions.enabled():
+            return
+        self._due.append(partitions.digits_of(response_id))
+        if self._pushing is None or self._pushing.done():
+            self._pushing = asyncio.create_task(self._push())
+
+    async def _push(self) -> None:
+        while self._due:
+            tokens, self._due = self._due, []
+            await _push_tokens(self._redis, tokens)
+
+    async def flush(self) -> None:
+        """Waits for the tokens due to be pushed (at shutdown: none is left behind)."""
+        if self._pushing is not None:
+            await self._pushing
+
 
 @dataclass(frozen=True)
 class JobClaim:

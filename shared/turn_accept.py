@@ -11,7 +11,8 @@ Then the writes: under `interrupt` and `rollback`, the stop of every turn ahead 
 (queued ones finished as cancelled, running ones told to stop; see stop_turns_ahead in lib.lua); the record,
 the conversation's turn queue, the active index (the sweeper's), `response.created` (and `response.queued`
 for background turns), the claim marked accepted, arq's job and, on one Redis, the wake token for an idle
-worker (on a cluster the wake list is in another slot: pushed after, best-effort, see shared/queue.py).
+worker (on a cluster the wake list is in another slot: pushed after, best-effort and batched with the
+process's other accepts, see shared/queue.py).
 
 Nothing is written unless every check passes, so a refused turn leaves nothing to undo; and a turn the
 script wrote is whole, so no failure afterwards can leave a record without its job, or a conversation
@@ -29,7 +30,7 @@ from arq.utils import timestamp_ms
 from shared import events, keys, webhooks
 from shared.key_slots import KeySlots
 from shared.lua import NO_WAIT, Durability, call, scripts
-from shared.queue import job_bytes, script_wake, wake_after_enqueue
+from shared.queue import WakeTokens, job_bytes, script_wake
 from shared.response_record import Field
 from shared.stored_form import pack_json
 from shared.turn_state import Retention
@@ -109,6 +110,7 @@ class TurnAcceptor:
         self.max_queue_depth = max_queue_depth
         self._accept = scripts(redis).accept_turn
         self.key_slots = KeySlots(redis)
+        self.wake_tokens = WakeTokens(redis)
 
     async def accept(
         self, turn: NewTurn, slot: Slot | None = None, claim: ClaimMark | None = None
@@ -123,7 +125,7 @@ class TurnAcceptor:
         if slot is not None and isinstance(outcome, Refusal):
             await self.key_slots.release(slot.key_id, rid)
         if isinstance(outcome, Accepted):
-            await wake_after_enqueue(self.redis, rid)
+            self.wake_tokens.after_enqueue(rid)
         return outcome
 
     async def _run(self, turn: NewTurn, claim: ClaimMark | None) -> Refusal | Accepted:

@@ -73,3 +73,26 @@ async def test_passthrough_does_not_reload_for_every_unknown_model(redis: ArqRed
         assert await directory.card(name) is None
 
     assert counting.reads == 1
+
+
+async def test_requests_that_find_the_cache_stale_together_share_one_read(redis: ArqRedis) -> None:
+    counting = CountingRedis(redis)
+    directory = AgentDirectory(counting, passthrough=False)  # type: ignore[arg-type]
+    await publish(redis, AgentCard(name="a", model="m"))
+
+    cards = await asyncio.gather(*(directory.card("a") for _ in range(50)))
+
+    assert cards == [AgentCard(name="a", model="m")] * 50
+    assert counting.reads == 1
+
+
+async def test_a_caller_cancelled_during_a_shared_reload_does_not_cancel_it_for_the_others(redis: ArqRedis) -> None:
+    directory = AgentDirectory(redis, passthrough=False)
+    await publish(redis, AgentCard(name="a", model="m"))
+    leaving = asyncio.create_task(directory.card("a"))
+    staying = asyncio.create_task(directory.card("a"))
+    await asyncio.sleep(0)  # both are waiting on the one reload
+    leaving.cancel()
+
+    assert await staying == AgentCard(name="a", model="m")
+    assert leaving.cancelled()
