@@ -13,6 +13,12 @@ ticker per process sends keep-alives, drops stalled clients and notices deleted 
 
 How one subscriber goes from replay to live without a gap or a duplicate is in api/subscription.py.
 
+A new watch must be in the reader's blocking read to be served: a watch that is not makes the reader's read
+end (a write to its wake stream) and start again with it, two round trips. Most watches start on a stream the
+process just created, so the reader reads a few streams *before they exist*: the ids the process gives its
+next new responses (`response_id`). A create's watch on one of those is in the read already, and needs no
+wake; so is any watch made while the reader is between reads.
+
 A subscription follows a response's stream, or, named by a conversation id, that conversation's live feed
 (every event of its turns, numbered by the feed: see keys.conversation_feed), which never ends on its own.
 """
@@ -43,9 +49,13 @@ log = logging.getLogger(__name__)
 # Events per Redis read of a replay or refill: what a client that is not reading can make this process hold.
 _PAGE = 200
 _BLOCK_MS = 10_000
+# Response ids a reader holds ready for its partition's next creates (see the module's doc): more than the creates
+# that usually come while one read is in flight on a busy partition, few enough to add nothing to a read's cost.
+_SPARE_IDS = 4
 # A reader's wake stream outlives a process that died without deleting it by this long at most. Its expiry is
 # renewed by a wake a quarter of that after the last renewal, not by every wake: one write a wake, not two.
 _WAKE_TTL_S = 3600
+_AFTER_CREATED = events.entry_id(0)
 
 
 def is_feed(source_id: str) -> bool:
@@ -81,6 +91,8 @@ class _Reader:
     wake_key: str  # a stream of the partition's slot, written to interrupt the read when a watch is added
     wake_position: str = "0-0"
     watches: dict[str, _Watch] = field(default_factory=dict)  # by stream key
+    spares: list[str] = field(default_factory=list)  # ids of responses not made yet, whose streams it reads
+    reading: dict[str, str] | None = None  # the streams (and positions) of the read in flight, if one is
     wake_due: bool = False
     waking: asyncio.Task[None] | None = None
     expiry_renewed: float = float("-inf")  # loop time of the wake stream's last EXPIRE
@@ -140,6 +152,15 @@ class Fanout:
             reader = self._readers[part] = _Reader(part, keys.fanout_wake(self._node_id, part))
             self._start_reading(reader)
         return reader
+
+    def response_id(self, digits: str) -> str:
+        """A new response's id, in the partition `digits` names: one whose stream the partition's reader is
+        likely reading already, so that a watch on it needs no wake."""
+        reader = self._reader_of(keys.partition_tag(digits))
+        response_id = reader.spares.pop(0) if reader.spares else ids.response_id(digits)
+        while len(reader.spares) < _SPARE_IDS:  # read from the reader's next read on
+            reader.spares.append(ids.response_id(digits))
+        return response_id
 
     def _start_reading(self, reader: _Reader) -> None:
         if self._running and reader.task is None:
@@ -238,7 +259,8 @@ class Fanout:
         watch.subscribers.add(sub)
         reader = self._reader_of(part)
         reader.watches[key] = watch
-        self._wake_reader(reader)
+        if reader.reading is not None and reader.reading.get(key) != watch.position:
+            self._wake_reader(reader)  # else the read in flight has it, or the next read will
         return True
 
     def _wake_reader(self, reader: _Reader) -> None:
@@ -309,11 +331,18 @@ class Fanout:
 
     async def _read_once(self, reader: _Reader) -> None:
         streams = {reader.wake_key: reader.wake_position}
+        # A spare's stream is read from after the `response.created` its accept writes, where a create's watch
+        # starts (the first events a create's subscriber is handed without a read).
+        streams.update({keys.events(rid): _AFTER_CREATED for rid in reader.spares})
         streams.update({key: watch.position for key, watch in reader.watches.items()})
-        if isinstance(self._reader, RedisCluster):
-            reply = await self._xread_on_node(self._reader, reader.wake_key, streams)
-        else:
-            reply = await self._reader.xread(streams, block=_BLOCK_MS, count=1000)  # type: ignore[arg-type]
+        reader.reading = streams
+        try:
+            if isinstance(self._reader, RedisCluster):
+                reply = await self._xread_on_node(self._reader, reader.wake_key, streams)
+            else:
+                reply = await self._reader.xread(streams, block=_BLOCK_MS, count=1000)  # type: ignore[arg-type]
+        finally:
+            reader.reading = None
         now = self.now()
         read_at = time.monotonic()
         for raw_key, entries in reply or []:

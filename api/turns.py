@@ -64,7 +64,7 @@ async def build_request(
         server_tools = set(card.tools) if card else (set() if settings.allow_model_passthrough else None)
         choice = options.tool_choice(choice, {t["name"] for t in tools}, server_tools)
     return TurnRequest(
-        response_id=ids.response_id(partitions.for_new(conversation_id)),  # its conversation's partition
+        response_id=svc.fanout.response_id(partitions.for_new(conversation_id)),  # its conversation's partition
         model=model,
         instructions=body.instructions,
         input=items,

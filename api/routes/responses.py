@@ -44,7 +44,7 @@ async def create_response(
     if idempotency_key is not None:
         once = await idempotency.claim(
             svc.redis, svc.settings.idempotency_ttl_s, caller.project, "responses", idempotency_key, body,
-            ids.response_id, body.conversation_id if ids.is_id(body.conversation_id, ids.CONVERSATION) else None,
+            svc.fanout.response_id, body.conversation_id if ids.is_id(body.conversation_id, ids.CONVERSATION) else None,
         )
         if once.replay:
             return await _replay(svc, body, once.object_id, caller.project)

@@ -31,9 +31,9 @@ class Harness:
     state: TurnState
     fanout: Fanout
 
-    async def new_turn(self) -> str:
+    async def new_turn(self, response_id: str | None = None) -> str:
         """A record as the API stores it, with its `response.created` event, started by a worker."""
-        response_id = ids.response_id()
+        response_id = response_id or ids.response_id()
         await self.redis.hset(
             keys.response(response_id),
             mapping={"status": Status.QUEUED.value, "attempt": 0, "seq": -1, "request": "{}", "response": "{}"},
@@ -667,3 +667,30 @@ async def test_a_redis_outage_is_logged_once_when_it_begins_and_once_when_it_end
     lines = [r.getMessage() for r in caplog.records if r.name == "api.fanout"]
     assert len(lines) == 2, lines
     assert lines[0].startswith("cannot reach Redis (Error 111") and lines[1].startswith("Redis reachable again after")
+
+
+async def wakes(redis: ArqRedis) -> int:
+    """Writes to the reader's wake stream so far."""
+    return sum([await redis.xlen(key) for key in await redis.keys(keys.fanout_wake("*"))])
+
+
+async def test_a_watch_on_a_new_response_whose_stream_the_reader_already_reads_needs_no_wake(
+    harness: Harness,
+) -> None:
+    # The partition's first id: the reader holds the next ones from its next read on (this watch wakes it).
+    first = await harness.new_turn(harness.fanout.response_id(""))
+    collecting = asyncio.create_task(harness.collect(first))
+    await until_watched(harness.fanout)
+    await harness.produce(first, 2)
+    assert len(await collecting) == 4
+    woken = await wakes(harness.redis)
+    assert woken == 1
+
+    for _ in range(3):
+        response_id = await harness.new_turn(harness.fanout.response_id(""))
+        collecting = asyncio.create_task(harness.collect(response_id))
+        await until_watched(harness.fanout)
+        await harness.produce(response_id, 2)
+
+        assert [event.seq for event in await collecting] == [0, 1, 2, 3]
+    assert await wakes(harness.redis) == woken
