@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,13 @@ from shared.response_object import build_response
 from shared.turn_accept import NewTurn, Refusal, Slot
 
 log = logging.getLogger(__name__)
+
+
+def response_ids(svc: Services, body: CreateResponseBody) -> Callable[[str], str]:
+    """How a create's response id is made from its partition's digits. A create watched from its first event on
+    (streamed, or waited for) takes an id whose stream the fan-out already reads (api/fanout.py); a background
+    one takes a fresh id, since its `response.queued` would end that read for no one."""
+    return ids.response_id if body.background else svc.fanout.response_id
 
 
 async def build_request(
@@ -64,7 +72,7 @@ async def build_request(
         server_tools = set(card.tools) if card else (set() if settings.allow_model_passthrough else None)
         choice = options.tool_choice(choice, {t["name"] for t in tools}, server_tools)
     return TurnRequest(
-        response_id=svc.fanout.response_id(partitions.for_new(conversation_id)),  # its conversation's partition
+        response_id=response_ids(svc, body)(partitions.for_new(conversation_id)),  # its conversation's partition
         model=model,
         instructions=body.instructions,
         input=items,

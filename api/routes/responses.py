@@ -17,7 +17,7 @@ from api.json_body import JSONBodyRoute
 from api.listing import Page, paginate
 from api.schemas import CreateResponseBody
 from api.sse import SSEResponse, ensure_capacity, resume_after
-from api.turns import Accepted, accept, build_request, wait_final
+from api.turns import Accepted, accept, build_request, response_ids, wait_final
 from shared import ids, response_record
 from shared.events import MAX_SEQUENCE_NUMBER
 from shared.models import PROMPT_TOO_LONG, Status
@@ -42,9 +42,10 @@ async def create_response(
         ensure_capacity(svc.fanout)  # refused before anything is stored: the turn would run unwatched
     once = None
     if idempotency_key is not None:
+        conversation_id = body.conversation_id if ids.is_id(body.conversation_id, ids.CONVERSATION) else None
         once = await idempotency.claim(
             svc.redis, svc.settings.idempotency_ttl_s, caller.project, "responses", idempotency_key, body,
-            svc.fanout.response_id, body.conversation_id if ids.is_id(body.conversation_id, ids.CONVERSATION) else None,
+            response_ids(svc, body), conversation_id,
         )
         if once.replay:
             return await _replay(svc, body, once.object_id, caller.project)
