@@ -82,3 +82,10 @@ def test_an_api_keys_keys_share_a_slot_of_their_own(cluster: None) -> None:
     found = {slot(keys.api_key(kid)), slot(keys.api_key_rpm(kid)), slot(keys.api_key_inflight(kid))}
 
     assert len(found) == 1
+
+
+def test_new_ids_without_a_conversation_or_a_seed_take_each_partition_in_turn(cluster: None) -> None:
+    picked = [partitions.for_new() for _ in range(3 * 16)]
+
+    assert sorted(set(picked)) == sorted(partitions.tags(16))
+    assert all(picked.count(tag) == 3 for tag in partitions.tags(16))
