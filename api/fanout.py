@@ -167,6 +167,7 @@ class Fanout:
             reader.task = asyncio.create_task(self._read_forever(reader))
 
     async def stop(self) -> None:
+        self._running = False  # a create or a watch that comes in while the API stops starts no reader
         for reader in self._readers.values():
             self._tasks += [t for t in (reader.task, reader.waking) if t is not None]
         if self._check is not None:
