@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 _PAGE = 200
 _BLOCK_MS = 10_000
 # Response ids a reader holds ready for its partition's next creates (see the module's doc): more than the creates
-# that usually come while one read is in flight on a busy partition, few enough to add nothing to a read's cost.
+# that usually come while one read is in flight on a busy partition, few enough to add little to a read's cost.
 _SPARE_IDS = 4
 # A reader's wake stream outlives a process that died without deleting it by this long at most. Its expiry is
 # renewed by a wake a quarter of that after the last renewal, not by every wake: one write a wake, not two.
@@ -84,8 +84,9 @@ class _Watch:
 @dataclass(eq=False)
 class _Reader:
     """The blocking read of one partition's watched streams (on a cluster a read may name keys of one slot
-    only; on one Redis there is one partition, so one reader). It is started by the partition's first watch
-    and reads until the process stops: at most one per partition, never one per client."""
+    only; on one Redis there is one partition, so one reader). It is started by the partition's first watch or
+    first new response id (`Fanout.response_id`) and reads until the process stops: at most one per partition,
+    never one per client."""
 
     part: str
     wake_key: str  # a stream of the partition's slot, written to interrupt the read when a watch is added
@@ -142,7 +143,7 @@ class Fanout:
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._tick_forever())]
         self._running = True
-        self._reader_of("")  # on one Redis the one reader; on a cluster, readers start with their first watch
+        self._reader_of("")  # on one Redis the one reader; on a cluster, each starts when first needed
         for reader in self._readers.values():
             self._start_reading(reader)
 

@@ -47,7 +47,7 @@ class ScriptWake:
 def script_wake(response_id: str) -> ScriptWake:
     """On one Redis the enqueue script pushes the wake token to the one list itself. On a cluster that list is in
     a slot of its own: the script pushes nothing and is given a key of the turn's own slot in its place, so it
-    stays in one slot, and `wake_after_enqueue` pushes the token."""
+    stays in one slot, and the token is pushed after it (`wake_after_enqueue`, or `WakeTokens` in the API)."""
     if partitions.enabled():
         return ScriptWake(keys.turn_wake(response_id), 0)
     return ScriptWake(keys.QUEUE_WAKE, MAX_WAKE_TOKENS)
