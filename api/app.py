@@ -27,7 +27,6 @@ from api.routes import agui, compact, conversations, metrics, playground, respon
 from api.sse import ExposeConnection
 from shared import tracing
 from shared.api_keys import KeyStore, SeedKey, seed_from_settings
-from shared.gc_freeze import freeze_startup_objects
 from shared.logs import LogContextMiddleware, configure_logging
 from shared.lua import Durability
 from shared.rate_limits import Limiter
@@ -98,7 +97,6 @@ def create_app(settings: Settings, embedded: EmbeddedRedis | None = None) -> Fas
         )
         disconnects = app.state.services.disconnects = DisconnectCancels(app.state.services)
         seeding = asyncio.create_task(_seed(KeyStore(redis, settings), seeds)) if seeds is not None else None
-        freeze_startup_objects()
         try:
             yield
         finally:

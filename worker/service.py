@@ -13,7 +13,6 @@ from arq.worker import Retry, func
 from openai import AsyncOpenAI
 
 from shared import keys, metrics, tracing
-from shared.gc_freeze import freeze_startup_objects
 from shared.logs import log_context
 from shared.lua import Durability
 from shared.queue import RUN_TURN
@@ -98,7 +97,6 @@ def build_worker(
         ctx["webhooks"] = asyncio.create_task(WebhookDelivery(pool, settings, outage).run_forever())
         if settings.openai_base_url is not None:  # the built-in mock answers any model name
             ctx["upstream_check"] = asyncio.create_task(check_upstream_models(client, agents))
-        freeze_startup_objects()
         log.info("worker ready: agents %s, upstream %s", ", ".join(a.name for a in agents), settings.upstream_base_url)
 
     async def shutdown(ctx: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ from shared.cli.startup import (
     redis_problem,
     require_redis_url,
 )
+from shared.gc_freeze import freeze_startup_objects
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 
@@ -253,7 +254,9 @@ async def _api(settings: Settings) -> None:
         )
     _tell(settings, f"turnstream api: API on {_local_api(settings)}, Redis {redacted(url)}; access: {access}; "
           f"{_playground(settings)}", banner=True)
-    await _serve(create_app(settings), sock)
+    app = create_app(settings)
+    freeze_startup_objects()
+    await _serve(app, sock)
 
 
 async def _mock(settings: Settings) -> None:
@@ -271,6 +274,7 @@ def _worker(settings: Settings) -> int:
     worker = _build_worker(settings)  # a bad agents module is reported before anything else
     # Not fatal when Redis is away: a worker started before Redis (or during an outage) waits for it, saying
     # so once (worker/redis_retry.py), and then serves.
+    freeze_startup_objects()
     worker.run()
     return 0
 
@@ -344,6 +348,7 @@ async def _dev(settings: Settings) -> None:
     tasks = [_serve(create_app(settings, embedded), api_sock), worker.async_run()]
     if mock_sock is not None:
         tasks.append(_serve(create_mock_app(settings.mock_token_delay_ms, settings.mock_context_tokens), mock_sock))
+    freeze_startup_objects()
     try:
         await asyncio.gather(*tasks)
     finally:

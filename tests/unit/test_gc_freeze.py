@@ -1,20 +1,41 @@
-"""A started API keeps its startup objects out of the garbage collector's full collections."""
+"""`turnstream api` keeps its startup objects out of the garbage collector's full collections."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
+# Run in a process of its own: freezing the test runner's objects is what the entry point must not do to a
+# process that embeds the app (shared/gc_freeze.py).
+_PROBE = """
 import gc
+import importlib
+cli = importlib.import_module("shared.cli.main")
 
-from api.app import create_app
-from shared.redis_conn import EmbeddedRedis
-from shared.settings import Settings
+async def serve(app, sock):
+    print("frozen", gc.get_freeze_count())
+
+cli._serve = serve
+cli.main(["api"])
+"""
 
 
-async def test_a_started_api_has_frozen_its_startup_objects() -> None:
-    # Nothing is unfrozen here: that would hand every frozen object of this test process back to the collector,
-    # whose next full collection could then stall a timing test that runs after this one.
-    for _ in range(2):  # the second app is started in a process that has frozen objects already
-        app = create_app(Settings(), EmbeddedRedis())
-        before = gc.get_freeze_count()
-        async with app.router.lifespan_context(app):
-            frozen = gc.get_freeze_count() - before
-        assert frozen > 100, frozen  # what starting it made (~500 objects here; ~80,000 in a fresh process)
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_api_process_freezes_its_startup_objects_before_it_serves() -> None:
+    env = {
+        **os.environ,
+        "TURNSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}",  # nothing there: the API starts anyway
+        "TURNSTREAM_PORT": str(free_port()),
+    }
+    done = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("frozen ")]
+    assert int(line.split()[1]) > 10_000  # its modules, models and routes, not a handful of objects
