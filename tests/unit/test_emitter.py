@@ -17,9 +17,7 @@ from shared.turn_state import Retention, StaleTurn, TurnState
 from worker.emitter import Emitter
 from worker.redis_retry import Outage
 
-# Long enough that a loaded machine's stall (CI runs this beside integration tests on 2 cores) does not close a
-# window before a test has looked at what is still buffered: at 0.05 s, two CI runs saw a window close early.
-WINDOW = 0.2
+WINDOW = 0.05
 SETTINGS = Settings()
 
 
