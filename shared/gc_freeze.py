@@ -9,8 +9,7 @@ walks only what the process made since.
 
 It is the process's entry point that freezes (shared/cli/main.py: `api`, `worker`, `dev`), not the app or the
 worker they build: a process that embeds those (the test suite runs them in its own process) keeps its own
-collector as it is. Frozen there, the test process's later full collections took 0.3 s at times, long enough
-to close a 0.2 s emitter window in the middle of a test.
+collector as it is.
 """
 
 from __future__ import annotations
