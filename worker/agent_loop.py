@@ -569,7 +569,7 @@ class AgentTurn:
 
     async def _answer(self, request_id: str, answer: Item) -> Item:
         assert self.approvals is not None
-        claimed = await self.approvals.claim(request_id, self.req.response_id)
+        claimed = await self.approvals.claim(request_id, self.req.response_id, self.req.created_at)
         request = claimed.request or Request(request_id, "unknown", "{}", self.agent.name)
         output, error = claimed.output, claimed.error
         if claimed.answer is Answer.RUN:

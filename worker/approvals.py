@@ -11,7 +11,9 @@ At most once: whoever answers a request first takes its `claimed` field (HSETNX)
 two workers running one turn, or a re-run after a worker died never run the tool twice. A re-run whose dead
 attempt had finished the tool reuses its stored result; one that died while the tool ran does not run it
 again and says so. A request left unanswered past TURNSTREAM_APPROVAL_TIMEOUT_S is refused, and the next turn
-on the conversation states in its output that it expired.
+on the conversation states in its output that it expired. Whether an answer came in time is judged by when its
+turn was accepted, not by when a worker got to it: a queue backlog or a worker restart does not turn an answer
+given in time into a refusal.
 """
 
 from __future__ import annotations
@@ -70,8 +72,10 @@ class Approvals:
             pipe.expire(key, self.timeout_s + _RECORD_MARGIN_S)
             await pipe.execute()
 
-    async def claim(self, request_id: str, response_id: str) -> Claimed:
-        """Takes the request for the turn `response_id`, unless someone already has (see Answer)."""
+    async def claim(self, request_id: str, response_id: str, answered_at_s: int) -> Claimed:
+        """Takes the request for the turn `response_id`, accepted at `answered_at_s` (its `created_at`, whole
+        seconds: an answer may be up to a second later than the timeout), unless someone already has (see
+        Answer)."""
         key = keys.approval(request_id)
         fields = ["name", "arguments", "server_label", "created", "claimed", "output", "error"]
         name, arguments, label, created, claimed, output, error = await self.redis.hmget(key, fields)
@@ -79,7 +83,7 @@ class Approvals:
             return Claimed(Answer.EXPIRED, None)
         request = Request(request_id, text(name), text(arguments or b""), text(label or b""))
         if claimed is None:
-            if int(created) + self.timeout_s * 1000 < time.time() * 1000:
+            if int(created) + self.timeout_s * 1000 < answered_at_s * 1000:
                 await self.redis.hsetnx(key, "claimed", f"expired:{response_id}")
                 return Claimed(Answer.EXPIRED, request)
             if await self.redis.hsetnx(key, "claimed", response_id):

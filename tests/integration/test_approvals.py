@@ -140,6 +140,9 @@ def test_the_approved_tool_runs_once_when_the_worker_dies_between_approval_and_r
     approved = client.responses.create(
         model="careful", input=_answer(True, request.id), conversation=conv.id, background=True
     )
+    # No worker until the request's timeout has passed: the answer came in time (its turn was accepted within
+    # it), so it stands, however late a worker gets to it.
+    time.sleep(APPROVAL_TIMEOUT_S + 0.5)
     _ensure_worker(approval_stack)
 
     final = wait_for(client, approved.id, TERMINAL, timeout=30)
