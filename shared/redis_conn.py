@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,6 +33,25 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
+# Commands that wait for something to happen (a blocking read, a pop from an empty list, replicas to confirm):
+# each keeps its connection as long as it waits, so they are bounded by who issues them (a fan-out reader per
+# partition, one wake pop per worker), not by `redis_max_in_flight`, which they would otherwise starve.
+_BLOCKING = frozenset({"BLPOP", "BRPOP", "BLMPOP", "BLMOVE", "BRPOPLPUSH", "BZPOPMIN", "BZPOPMAX", "WAIT"})
+
+
+# Set while a pipeline holds its place in flight: a pipeline redirected mid-way (MOVED, ASK) re-sends those
+# commands one by one through the client, and they go under the pipeline's place instead of waiting for one
+# more, which could deadlock with every place held by such a pipeline.
+_in_pipeline: contextvars.ContextVar[bool] = contextvars.ContextVar("in_pipeline", default=False)
+
+
+def _blocks(args: tuple[Any, ...]) -> bool:
+    name = str(args[0]).upper()
+    if name in ("XREAD", "XREADGROUP"):
+        return any(str(arg).upper() == "BLOCK" for arg in args[1:6])
+    return name in _BLOCKING
+
+
 class _FakeArqRedis(FakeAsyncRedisMixin, ArqRedis):
     """arq's client class on fakeredis' connection class: arq needs ArqRedis, fakeredis supplies the server."""
 
@@ -44,10 +65,16 @@ class ClusterArqRedis(RedisCluster):
     job, count its try: the claim's lease already makes the run exclusive), the agents' card hash, key and
     conversation bookkeeping whose writes are ordered so that a partial one is harmless — and runs here as
     a pipeline, which the client groups per node.
+
+    redis-py's node pools open a connection for every command in flight and never close it, so 500 requests at
+    once would leave ~500 connections open on a node for the life of the process. Here at most
+    `max_in_flight` commands (a pipeline counts as one) are in flight; more wait their turn, which on one
+    node costs them next to nothing, as Redis runs commands one at a time anyway.
     """
 
-    def __init__(self, *args: Any, default_queue_name: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, default_queue_name: str, max_in_flight: int = 64, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.in_flight = asyncio.Semaphore(max_in_flight)
         self.job_serializer: Serializer | None = None
         self.job_deserializer: Deserializer | None = None
         self.default_queue_name = default_queue_name
@@ -67,8 +94,14 @@ class ClusterArqRedis(RedisCluster):
         self._seen.update(self.nodes_manager.nodes_cache)
         return self
 
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if _blocks(args) or _in_pipeline.get():
+            return await super().execute_command(*args, **kwargs)
+        async with self.in_flight:
+            return await super().execute_command(*args, **kwargs)
+
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
-        return ClusterPipeline(self)  # type: ignore[abstract]
+        return _BoundedPipeline(self)  # type: ignore[abstract]
 
     async def close(self, close_connection_pool: bool | None = None) -> None:
         await self.aclose()
@@ -89,6 +122,20 @@ class ClusterArqRedis(RedisCluster):
             node = self.get_random_node()
         kwargs = {k: v for k, v in node.connection_kwargs.items() if k != "event_dispatcher"}
         return Redis(connection_pool=ConnectionPool(connection_class=node.connection_class, **kwargs))
+
+
+class _BoundedPipeline(ClusterPipeline):
+    """A cluster pipeline that counts as one command in flight (it holds a connection on each node it uses)."""
+
+    _client: ClusterArqRedis
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        async with self._client.in_flight:
+            held = _in_pipeline.set(True)
+            try:
+                return await super().execute(raise_on_error, allow_redirections)
+            finally:
+                _in_pipeline.reset(held)
 
 
 class EmbeddedRedis:
@@ -130,7 +177,10 @@ async def connect(
     if cluster:
         partitions.configure(settings.partitions)
         client = ClusterArqRedis.from_url(
-            settings.redis_url, default_queue_name=settings.queue_name, socket_connect_timeout=2
+            settings.redis_url,
+            default_queue_name=settings.queue_name,
+            max_in_flight=settings.redis_max_in_flight,
+            socket_connect_timeout=2,
         )
         await _check_partitions(client, settings.partitions)
         return client  # type: ignore[return-value]

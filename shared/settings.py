@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     # Partitions of the keys on a cluster (shared/partitions.py): a power of two, fixed for the life of the
     # data (the first node to start records it, and a node configured otherwise refuses to start).
     partitions: int = Field(default=16, ge=1, le=1024)
+    # On a cluster, the most commands a process has in flight at once, blocking reads left out: each holds a
+    # connection to its node, and the cluster client opens one per concurrent command and keeps it, so a burst
+    # of requests would otherwise leave a connection per request open on each node.
+    redis_max_in_flight: int = Field(default=64, ge=1)
 
     @field_validator("redis_url")
     @classmethod

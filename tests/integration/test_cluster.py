@@ -377,3 +377,74 @@ def test_the_client_survives_a_primary_dying_under_blocking_reads_on_every_node(
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_burst_of_commands_opens_no_more_connections_per_node_than_the_bound(redis_cluster: LocalCluster) -> None:
+    """redis-py's node pools open a connection for every command in flight and keep it: 300 commands at once on
+    one node leave ~300 connections open. The service's client keeps `max_in_flight` commands in flight; blocking
+    reads do not count (a read blocked on each primary does not hold up a command), and neither do the commands
+    of a pipeline it already counts."""
+    from shared.redis_conn import ClusterArqRedis
+
+    tag = partitions.tags(16)[0]
+
+    def connections(name: str) -> int:
+        """The client's connections to the burst's node, its blocked reads' left out."""
+        with redis_cluster.client(redis_cluster.primary_for_slot(partitions.slot(tag))) as node:
+            return sum(1 for c in node.client_list() if c["name"] == name and c["cmd"] != "xread")
+
+    async def burst(name: str, max_in_flight: int) -> int:
+        client = ClusterArqRedis.from_url(
+            redis_cluster.url, default_queue_name="q", max_in_flight=max_in_flight, client_name=name
+        )
+        await client.set(f"burst{{{tag}}}", "x")
+        blocked = [
+            asyncio.create_task(client.xread({f"bound-blocked{{{t}}}": "$"}, block=5_000))
+            for t in partitions.tags(16)[:3]
+        ]
+        await asyncio.sleep(0.2)
+        got = await asyncio.gather(*(client.get(f"burst{{{tag}}}") for _ in range(300)))
+        async with client.pipeline() as pipe:
+            for _ in range(5):
+                pipe.get(f"burst{{{tag}}}")
+            piped = await pipe.execute()
+        assert got == [b"x"] * 300 and piped == [b"x"] * 5
+        assert not any(read.done() for read in blocked)  # the burst went past reads still blocked
+        open_now = await asyncio.to_thread(connections, name)
+        for read in blocked:
+            read.cancel()
+        await asyncio.gather(*blocked, return_exceptions=True)
+        await client.aclose()
+        return open_now
+
+    async def scenario() -> tuple[int, int]:
+        return await burst("bounded", 4), await burst("unbounded", 1_000)
+
+    bounded, unbounded = asyncio.run(scenario())
+    assert 1 <= bounded <= 4
+    assert unbounded > 50  # what the bound prevents
+
+
+def test_a_pipeline_redirected_under_the_bound_does_not_wait_for_itself(fresh_cluster: LocalCluster) -> None:
+    """A pipeline that meets MOVED re-sends those commands one by one through the client. With one command in
+    flight allowed and the pipeline holding it, they must go under the pipeline's place, not wait for another
+    (which would never come)."""
+    from shared.redis_conn import ClusterArqRedis
+
+    tag = partitions.tags(16)[0]
+    slot = partitions.slot(tag)
+    other = next(port for port, _ in fresh_cluster.primaries() if port != fresh_cluster.primary_for_slot(slot))
+
+    async def scenario() -> list[Any]:
+        client = ClusterArqRedis.from_url(fresh_cluster.url, default_queue_name="q", max_in_flight=1)
+        await client.set(f"moved{{{tag}}}", "before")
+        await asyncio.to_thread(fresh_cluster.move_slot, slot, other)  # the client's slot table is now stale
+        async with client.pipeline() as pipe:
+            pipe.get(f"moved{{{tag}}}")
+            pipe.set(f"moved{{{tag}}}", "after")
+            result = await asyncio.wait_for(pipe.execute(), timeout=10)
+        result.append(await client.get(f"moved{{{tag}}}"))
+        await client.aclose()
+        return result
+
+    assert asyncio.run(scenario()) == [b"before", True, b"after"]
