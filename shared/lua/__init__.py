@@ -124,7 +124,13 @@ async def call(
             continue
         if isinstance(reply, Exception):
             raise reply
-        if isinstance(acknowledged, Exception) or int(acknowledged) < durability.replicas:
+        if isinstance(acknowledged, Exception):
+            metrics.REDIS_WAIT_SHORT.inc()
+            log.warning(
+                "a write's WAIT for %d replicas (TURNSTREAM_REDIS_WAIT_REPLICAS) got no answer: %s",
+                durability.replicas, acknowledged,
+            )
+        elif int(acknowledged) < durability.replicas:
             metrics.REDIS_WAIT_SHORT.inc()
             log.warning(
                 "a write reached %s of %d replicas within %d ms (TURNSTREAM_REDIS_WAIT_REPLICAS)",

@@ -16,7 +16,7 @@ from api.errors import APIError
 from api.idempotency import claim
 from api.live_workers import LiveWorkers
 from api.schemas import CreateResponseBody
-from api.turns import accept
+from api.turns import _render, accept
 from shared import events, fleet, ids, keys
 from shared.models import TurnRequest
 from shared.queue import RUN_TURN
@@ -24,6 +24,7 @@ from shared.redis_conn import EmbeddedRedis
 from shared.settings import Settings
 from shared.stored_form import unpack_json
 from shared.stream_tail import read_after
+from shared.turn_accept import Accepted
 from shared.turn_state import Retention
 from tests import api_services
 from tests.unit.test_fleet import worker_beat
@@ -255,3 +256,22 @@ async def test_a_turn_is_accepted_only_while_its_idempotency_claim_is_its_own(re
         await accept(services(redis), late, OPEN, stalled)
     assert (raised.value.status, raised.value.code) == (409, "idempotency_key_in_use")
     assert set(await redis.keys("*")) == before
+
+
+async def test_an_accept_run_again_after_its_answer_was_lost_accepts_the_turn_once(redis: ArqRedis) -> None:
+    """A primary that dies after running the accept but before answering leaves the API to run it again (on the
+    promoted replica, which has the write): it must answer `accepted` for the turn it already stored, not
+    refuse it (the conversation is now held by that very turn, the queue may be full with it) and not write
+    it twice, or the client, told of an error, would create the turn again."""
+    conversation_id = await conversation(redis)
+    req = request(conversation_id=conversation_id, conversation_lock="reject")
+    svc = api_services.services(redis, Settings(max_queue_depth=1))
+    await accept(svc, req, OPEN)
+    stored = {key: await redis.dump(key) for key in await redis.keys("*")}
+
+    turn = _render(req, SETTINGS.conversation_feed_ttl_s)
+    again = await svc.acceptor._run(turn, None)
+
+    assert again == Accepted(stopped=0)
+    assert {key: await redis.dump(key) for key in await redis.keys("*")} == stored
+    assert await redis.lrange(keys.conversation_turns(conversation_id), 0, -1) == [req.response_id.encode()]
