@@ -27,10 +27,11 @@ if claim_accepted ~= '' then
   -- Taken over after this request stalled: the request that holds it now creates the turn.
   if not claim or cjson.decode(claim)['id'] ~= rid then return {'claim_lost'} end
 end
--- Run again after its answer was lost (a primary that died between running it and answering: shared/lua's
--- `call`): the response id is this request's own, so a record under it is this accept's, already done. Judged
--- before the checks that the turn itself would now fail (a full queue, a conversation it holds), and not
--- done again: the client gets its turn, once.
+-- Run again after its answer was lost: redis-py sends a command again when its connection drops (and on a
+-- cluster drops every node's connections when one node fails), and shared/lua's `call` runs an accept again
+-- when its node went away. The response id is this request's own, so a record under it is this accept's,
+-- already done. Judged before the checks that the turn itself would now fail (a full queue, a conversation it
+-- holds), and not done again: the client gets its turn, once.
 if redis.call('EXISTS', resp) == 1 then return {'accepted', 0} end
 if redis.call('ZCARD', queue) >= tonumber(max_queue_depth) then return {'queue_full'} end
 if in_conversation then
