@@ -45,10 +45,15 @@ _BLOCKING = frozenset({"BLPOP", "BRPOP", "BLMPOP", "BLMOVE", "BRPOPLPUSH", "BZPO
 _in_pipeline: contextvars.ContextVar[bool] = contextvars.ContextVar("in_pipeline", default=False)
 
 
+def _word(arg: Any) -> str:
+    # redis-py passes some of a command's words as bytes (XREAD's b"BLOCK").
+    return (arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)).upper()
+
+
 def _blocks(args: tuple[Any, ...]) -> bool:
-    name = str(args[0]).upper()
+    name = _word(args[0])
     if name in ("XREAD", "XREADGROUP"):
-        return any(str(arg).upper() == "BLOCK" for arg in args[1:6])
+        return any(_word(arg) == "BLOCK" for arg in args[1:6])
     return name in _BLOCKING
 
 

@@ -382,8 +382,7 @@ def test_the_client_survives_a_primary_dying_under_blocking_reads_on_every_node(
 def test_a_burst_of_commands_opens_no_more_connections_per_node_than_the_bound(redis_cluster: LocalCluster) -> None:
     """redis-py's node pools open a connection for every command in flight and keep it: 300 commands at once on
     one node leave ~300 connections open. The service's client keeps `max_in_flight` commands in flight; blocking
-    reads do not count (a read blocked on each primary does not hold up a command), and neither do the commands
-    of a pipeline it already counts."""
+    reads do not count: more of them than the bound, blocked, hold up no command."""
     from shared.redis_conn import ClusterArqRedis
 
     tag = partitions.tags(16)[0]
@@ -403,7 +402,7 @@ def test_a_burst_of_commands_opens_no_more_connections_per_node_than_the_bound(r
             for t in partitions.tags(16)[:3]
         ]
         await asyncio.sleep(0.2)
-        got = await asyncio.gather(*(client.get(f"burst{{{tag}}}") for _ in range(300)))
+        got = await asyncio.wait_for(asyncio.gather(*(client.get(f"burst{{{tag}}}") for _ in range(300))), 3)
         async with client.pipeline() as pipe:
             for _ in range(5):
                 pipe.get(f"burst{{{tag}}}")
@@ -418,10 +417,10 @@ def test_a_burst_of_commands_opens_no_more_connections_per_node_than_the_bound(r
         return open_now
 
     async def scenario() -> tuple[int, int]:
-        return await burst("bounded", 4), await burst("unbounded", 1_000)
+        return await burst("bounded", 2), await burst("unbounded", 1_000)
 
     bounded, unbounded = asyncio.run(scenario())
-    assert 1 <= bounded <= 4
+    assert 1 <= bounded <= 2
     assert unbounded > 50  # what the bound prevents
 
 
