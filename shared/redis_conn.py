@@ -77,7 +77,7 @@ class ClusterArqRedis(RedisCluster):
     node costs them next to nothing, as Redis runs commands one at a time anyway.
     """
 
-    def __init__(self, *args: Any, default_queue_name: str, max_in_flight: int = 64, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, default_queue_name: str, max_in_flight: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.in_flight = asyncio.Semaphore(max_in_flight)
         self.job_serializer: Serializer | None = None

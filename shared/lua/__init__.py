@@ -124,17 +124,13 @@ async def call(
             continue
         if isinstance(reply, Exception):
             raise reply
-        if isinstance(acknowledged, Exception):
+        failed = isinstance(acknowledged, Exception)
+        if failed or int(acknowledged) < durability.replicas:
             metrics.REDIS_WAIT_SHORT.inc()
             log.warning(
-                "a write's WAIT for %d replicas (TURNSTREAM_REDIS_WAIT_REPLICAS) got no answer: %s",
-                durability.replicas, acknowledged,
-            )
-        elif int(acknowledged) < durability.replicas:
-            metrics.REDIS_WAIT_SHORT.inc()
-            log.warning(
-                "a write reached %s of %d replicas within %d ms (TURNSTREAM_REDIS_WAIT_REPLICAS)",
-                acknowledged, durability.replicas, durability.timeout_ms,
+                "a write's WAIT for %d replicas within %d ms (TURNSTREAM_REDIS_WAIT_REPLICAS) got %s",
+                durability.replicas, durability.timeout_ms,
+                f"no answer ({acknowledged})" if failed else f"{acknowledged} of them",
             )
         return reply
     raise NoScriptError("the script could not be loaded")

@@ -28,6 +28,7 @@ from openai import OpenAI
 from redis.cluster import RedisCluster
 
 from shared import partitions
+from shared.settings import Settings
 from shared.stored_form import decode_entries
 from tests.conftest import ROOT, Stack, running_stack, wait_until
 from tests.integration.test_webhooks import Receiver, ReceiverServer, add_endpoint
@@ -354,7 +355,9 @@ def test_the_client_survives_a_primary_dying_under_blocking_reads_on_every_node(
     from shared.redis_conn import ClusterArqRedis
 
     async def scenario() -> None:
-        client = ClusterArqRedis.from_url(fresh_cluster.url, default_queue_name="q")
+        client = ClusterArqRedis.from_url(
+            fresh_cluster.url, default_queue_name="q", max_in_flight=Settings().redis_max_in_flight
+        )
         owners: dict[int, str] = {}  # a partition on each primary
         for tag in partitions.tags(16):
             owners.setdefault(fresh_cluster.primary_for_slot(partitions.slot(tag)), tag)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
+
+from tests.conftest import free_port
 
 # Run in a process of its own: freezing the test runner's objects is what the entry point must not do to a
 # process that embeds the app (shared/gc_freeze.py).
@@ -20,12 +21,6 @@ async def serve(app, sock):
 cli._serve = serve
 cli.main(["api"])
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_the_api_process_freezes_its_startup_objects_before_it_serves() -> None:
