@@ -16,7 +16,9 @@ lib.lua), and a record's feed is its conversation's, in the same partition.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import weakref
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -31,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import events, keys, metrics, partitions
 from shared.models import DEFAULT_PROJECT, TERMINAL_STATUSES, Status
+from shared.redis_conn import UNAVAILABLE
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -136,29 +139,54 @@ async def call(
     raise NoScriptError("the script could not be loaded")
 
 
+# How long a script whose node went away waits for its slot to be served again (a replica's promotion takes the
+# nodes' timeout and an election) before the error is its caller's.
+_FAILOVER_WAIT_S = 30.0
+_DROPPED = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+async def _where_served(script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
+    """The script run through the cluster client, which finds the slot's owner, waiting out a failover."""
+    delay, deadline = 0.1, time.monotonic() + _FAILOVER_WAIT_S
+    while True:
+        try:
+            return await script(keys=keys, args=args)
+        except UNAVAILABLE:
+            if time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
 async def _on_node(
     cluster: RedisCluster, script: AsyncScript, keys: list[Any], args: list[Any], durability: Durability
 ) -> tuple[Any, Any]:
     """EVALSHA then WAIT on one connection to the node that owns the keys' slot (a WAIT sent through the
     cluster client goes to some node, and proves nothing). While the slot moves (a failover, resharding) the
     node answers MOVED or is gone: the script then runs through the cluster client, which finds the owner,
-    and the write counts as not acknowledged."""
+    and the write counts as not acknowledged. So it does when the node went away after running the script but
+    before its replica confirmed the write, which the node may have taken with it: the scripts run here are
+    safe to run again (an accept answers for the turn it stored, a commit already made is refused), and run
+    where the slot is served now, the write is surely there."""
     if not cluster.get_nodes():
         await cluster.initialize()
     node = cluster.get_node_from_key(keys[0])
     if node is None:  # the slot has no known owner right now
-        return await script(keys=keys, args=args), 0
+        return await _where_served(script, keys, args), 0
     commands = [
         PipelineCommand(0, "EVALSHA", script.sha, len(keys), *keys, *args),
         PipelineCommand(1, "WAIT", durability.replicas, durability.timeout_ms),
     ]
     try:
         await node.execute_pipeline(commands)
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    except _DROPPED as exc:
         commands[0].result = commands[1].result = exc
     reply, acknowledged = commands[0].result, commands[1].result
-    if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
-        return await script(keys=keys, args=args), reply
+    if isinstance(reply, NoScriptError):  # nothing ran: the caller loads the script and calls again
+        return reply, acknowledged
+    if isinstance(reply, Exception) or isinstance(acknowledged, _DROPPED):
+        why = reply if isinstance(reply, Exception) else acknowledged  # what the caller logs
+        return await _where_served(script, keys, args), why
     return reply, acknowledged
 
 
